@@ -1,0 +1,69 @@
+"""Package-wide settings: verbosity and the data directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger("storm_sc")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(levelname)s [storm_sc] %(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    # scanpy and spatialdata log through the root logger; do not print our lines twice.
+    logger.propagate = False
+
+DATA_DIR_ENV = "STORM_SC_DATA_DIR"
+
+
+class _Settings:
+    """Global settings of storm_sc (``st.settings``).
+
+    Attributes
+    ----------
+    verbosity
+        A :mod:`logging` level name or number for the ``storm_sc`` logger.
+    data_dir
+        Where datasets and checkpoints are cached. Defaults to ``$STORM_SC_DATA_DIR`` or the
+        platform cache folder (``~/.cache/storm_sc`` on Linux).
+    progress
+        Show tqdm progress bars for long work.
+    """
+
+    def __init__(self) -> None:
+        self._data_dir: Path | None = None
+        self.progress: bool = True
+
+    @property
+    def verbosity(self) -> int:
+        return logger.level
+
+    @verbosity.setter
+    def verbosity(self, level: int | str) -> None:
+        logger.setLevel(level.upper() if isinstance(level, str) else level)
+
+    @property
+    def data_dir(self) -> Path:
+        if self._data_dir is not None:
+            return self._data_dir
+        env = os.environ.get(DATA_DIR_ENV)
+        if env:
+            return Path(env).expanduser()
+        import pooch
+
+        return Path(pooch.os_cache("storm_sc"))
+
+    @data_dir.setter
+    def data_dir(self, path: str | os.PathLike | None) -> None:
+        self._data_dir = None if path is None else Path(path).expanduser()
+
+    def show_progress(self, verbose: bool | None = None) -> bool:
+        """Whether a progress bar should be shown, honouring an explicit ``verbose`` first."""
+        if verbose is not None:
+            return bool(verbose)
+        return self.progress and logger.isEnabledFor(logging.INFO)
+
+
+settings = _Settings()

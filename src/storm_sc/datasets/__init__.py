@@ -1,0 +1,1 @@
+"""storm_sc.datasets."""

@@ -1,0 +1,23 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests._paths import DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The read-only folder of real public datasets (``../shared/data``)."""
+    if not DATA_DIR.exists():
+        pytest.skip(f"real data folder not available: {DATA_DIR} (set STORM_SC_TEST_DATA)")
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never let a test write into the user's cache or the shared data: caches go to a temp folder."""
+    monkeypatch.setenv("STORM_SC_DATA_DIR", str(tmp_path_factory.getbasetemp() / "storm_cache"))
