@@ -1,0 +1,210 @@
+"""Adapter for a scanpy-style Visium AnnData: ``.obsm["spatial"]`` plus ``.uns["spatial"][library_id]``.
+
+``.obsm["spatial"]`` holds ``(x, y)`` in full-resolution pixels of the original scan, which is not stored; the
+stored images (``hires``, ``lowres``) are downscaled by ``scalefactors["tissue_<key>_scalef"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from spatialdata.models import Image2DModel
+from spatialdata.transformations import Identity
+
+from storm_sc._constants import VISIUM_SPOT_DIAMETER_UM
+from storm_sc._settings import logger
+
+from ._adapter import MAX_SCALE_RATIO
+from ._elements import check_inside, check_table
+from ._spatial_input import SpatialInput
+from ._visium import VISIUM_FULLRES_SPOT_UM, VISIUM_SPOT_PITCH_UM, lattice_scale
+
+_OBSM_KEY = "spatial"
+_UNS_KEY = "spatial"
+
+
+def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any]]:
+    libs = adata.uns.get(_UNS_KEY)
+    if not isinstance(libs, dict) or not libs:
+        raise ValueError(
+            "This AnnData has no `.uns['spatial'][library_id]` with images and scalefactors (scanpy's Visium layout). "
+            "Read Visium data with `spatialdata_io.visium(...)`, or build a SpatialData with `st.io.from_arrays(...)`."
+        )
+    if library_id is None:
+        if len(libs) > 1:
+            raise ValueError(f"`.uns['spatial']` holds several libraries {list(libs)}; pass `library_id=`.")
+        library_id = next(iter(libs))
+    elif library_id not in libs:
+        raise ValueError(f"No library {library_id!r} in `.uns['spatial']`; libraries found: {list(libs)}.")
+    lib = libs[library_id]
+    if not isinstance(lib, dict) or not isinstance(lib.get("scalefactors"), dict):
+        raise ValueError(f"`.uns['spatial'][{library_id!r}]` has no 'scalefactors'; it is not scanpy's Visium layout.")
+    return library_id, lib
+
+
+def _to_uint8_rgb(img: np.ndarray) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"The image must be (y, x, 3) RGB or (y, x, 4) RGBA; got shape {arr.shape}.")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        # scanpy reads PNGs as floats in [0, 1]
+        scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0
+        return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -> tuple[str, float]:
+    """Choose the image (highest resolution by default); return it with its scalefactor from full-res pixels."""
+    sf = lib["scalefactors"]
+    images = lib.get("images") or {}
+    scalefs = {k: sf.get(f"tissue_{k}_scalef") for k in images}
+    usable = {k: float(v) for k, v in scalefs.items() if v is not None and float(v) > 0}
+    if image_key is None:
+        if not usable:
+            raise ValueError(
+                f"`.uns['spatial'][{library_id!r}]` has no image with a scalefactor (images: {list(images)}, "
+                f"scalefactors: {list(sf)}); an H&E image with its `tissue_<key>_scalef` is needed."
+            )
+        image_key = max(usable, key=lambda k: (usable[k], k))
+    elif image_key not in usable:
+        raise ValueError(
+            f"No usable image {image_key!r} in `.uns['spatial'][{library_id!r}]['images']`; images with a "
+            f"scalefactor: {sorted(usable)}."
+        )
+    return image_key, usable[image_key]
+
+
+def _image_mpp(
+    adata: AnnData,
+    xy: np.ndarray,
+    lib: dict[str, Any],
+    library_id: str,
+    image_key: str,
+    scalef: float,
+    mpp: float | None,
+) -> tuple[float, str]:
+    """Return the microns per pixel of the chosen image, and where that number came from."""
+    # microns per full-resolution pixel: the spot lattice first, Space Ranger's theoretical spot second
+    fit = lattice_scale(adata.obs, np.zeros(adata.n_obs), xy)
+    spot_px = lib["scalefactors"].get("spot_diameter_fullres")
+    spot_px = float(spot_px) if spot_px is not None and math.isfinite(float(spot_px)) and float(spot_px) > 0 else None
+    if fit is not None:
+        um_per_full, found = fit[0], f"the {VISIUM_SPOT_PITCH_UM:g} um Visium spot pitch (array_row/array_col)"
+    elif spot_px is not None:
+        um_per_full = VISIUM_FULLRES_SPOT_UM / spot_px
+        found = f"spot_diameter_fullres (a theoretical {VISIUM_FULLRES_SPOT_UM:g} um spot)"
+        logger.warning(
+            "No usable array_row/array_col in `.obs`; the scale from spot_diameter_fullres may be ~10%% off."
+        )
+    else:
+        um_per_full, found = None, None
+    if mpp is not None:
+        image_mpp, source = float(mpp), f"mpp={mpp:g} given"
+        if um_per_full is not None:
+            native = um_per_full / scalef
+            ratio = image_mpp / native
+            if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
+                off = f"{1 / ratio:.3g}x smaller" if ratio < 1 else f"{ratio:.3g}x larger"
+                raise ValueError(
+                    f"`mpp={mpp:g}` is {off} than the scale of the {image_key!r} image found from {found} "
+                    f"(mpp = {native:.4g}). `mpp` is microns per pixel of the chosen image (not of the full-"
+                    "resolution scan); check its units, or leave `mpp=None`."
+                )
+    elif um_per_full is not None:
+        image_mpp, source = um_per_full / scalef, found
+    else:
+        raise ValueError(
+            f"Neither `.obs[['array_row', 'array_col']]` nor `spot_diameter_fullres` give the scale of library "
+            f"{library_id!r}; pass `mpp=` (microns per pixel of the {image_key!r} image)."
+        )
+    return image_mpp, source
+
+
+def resolve_anndata(
+    adata: AnnData,
+    *,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    library_id: str | None = None,
+) -> SpatialInput:
+    """Resolve a scanpy-style Visium AnnData; called by :func:`storm_sc.io.resolve`.
+
+    Parameters
+    ----------
+    adata
+        Observations with ``.obsm["spatial"]`` (full-resolution pixels) and ``.uns["spatial"][library_id]``.
+    image_key
+        ``"hires"`` or ``"lowres"`` (any key of ``.uns["spatial"][library_id]["images"]`` with a
+        ``tissue_<key>_scalef``); defaults to the highest resolution present.
+    mpp
+        Microns per pixel of the chosen image; by default from the 100 um spot pitch (``.obs["array_row"]``,
+        ``.obs["array_col"]``), else from ``spot_diameter_fullres`` (Space Ranger's theoretical 65 um spot).
+    library_id
+        Library in ``.uns["spatial"]``; required when there are several.
+
+    Returns
+    -------
+    A :class:`SpatialInput` whose image is the chosen stored image (not a copy of the user's array when it is
+    already uint8 RGB) and whose ``centers_px`` are in that image's pixels.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> import storm_sc as st
+    >>> adata = ad.AnnData(np.ones((1, 2), dtype=np.float32), obsm={"spatial": np.array([[500.0, 400.0]])})
+    >>> adata.uns["spatial"] = {"s1": {"images": {"hires": np.zeros((100, 100, 3), np.uint8)},
+    ...     "scalefactors": {"tissue_hires_scalef": 0.1, "spot_diameter_fullres": 100.0}}}
+    >>> si = st.io.resolve(adata)
+    >>> si.centers_px.tolist(), round(si.mpp, 2)
+    ([[50.0, 40.0]], 6.5)
+    """
+    check_table(adata, None)
+    if _OBSM_KEY not in adata.obsm:
+        raise ValueError(
+            "This AnnData has no `.obsm['spatial']` positions; it needs them in full-resolution pixels (x, y)."
+        )
+    xy = np.asarray(adata.obsm[_OBSM_KEY], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"`.obsm['spatial']` must be (n_obs, 2) with x, y; got shape {xy.shape}.")
+    xy = xy[:, :2]
+    if not np.isfinite(xy).all():
+        raise ValueError("`.obsm['spatial']` holds NaN or infinite positions; drop those observations first.")
+    library_id, lib = _library(adata, library_id)
+    image_key, scalef = _choose_image(lib, library_id, image_key)
+    image_mpp, source = _image_mpp(adata, xy, lib, library_id, image_key, scalef, mpp)
+
+    rgb = _to_uint8_rgb(lib["images"][image_key])
+    image = Image2DModel.parse(
+        rgb, dims=("y", "x", "c"), c_coords=["r", "g", "b"], transformations={_OBSM_KEY: Identity()}
+    )
+    centers_px = xy * scalef
+    check_inside(centers_px, image, image_key, None)
+    si = SpatialInput(
+        table=adata,
+        table_key=None,
+        regions=(),
+        platform="visium",
+        coordinate_system=_OBSM_KEY,
+        centers_um=centers_px * image_mpp,
+        image_key=image_key,
+        image=image,
+        centers_px=centers_px,
+        mpp=image_mpp,
+        library_id=library_id,
+        extra={
+            "mpp_source": source,
+            "scalefactor": scalef,
+            "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
+            "spot_pitch_um": VISIUM_SPOT_PITCH_UM,
+        },
+    )
+    logger.info("Resolved %r (scale from %s).", si, source)
+    return si

@@ -1,0 +1,40 @@
+"""Adapter for NanoString CosMx SpatialData written by ``spatialdata_io.cosmx``.
+
+The reader writes one labels element per field of view (FOV), each placed in ``global`` (pixels of the
+instrument's global frame) by an affine, and the table annotates all of them. The composite images are
+immunofluorescence, not H&E, so none is used unless named.
+"""
+
+from __future__ import annotations
+
+from storm_sc._settings import logger
+
+from ._adapter import PhysicalScale, PlatformAdapter, Slide
+from ._elements import affine_xy, linear_scale
+
+#: Microns per pixel of CosMx SMI images (NanoString: 0.12028 um/px at the 20x imaging of the instrument).
+COSMX_MPP = 0.12028
+
+
+class CosMxAdapter(PlatformAdapter):
+    """NanoString CosMx SMI (single cells segmented per FOV)."""
+
+    platform = "cosmx"
+
+    def choose_image(self, slide: Slide) -> str | None:
+        if slide.sdata.images:
+            logger.info(
+                "CosMx images %s are immunofluorescence composites, not H&E; none is used. "
+                "Pass `image_key=` to use one anyway.",
+                list(slide.sdata.images),
+            )
+        return None
+
+    def scale(self, slide: Slide) -> PhysicalScale:
+        # labels are in instrument pixels; the affine to `global` carries the FOV offset and, at most, a flip
+        unit = linear_scale(affine_xy(slide.region_elements[0], slide.coordinate_system))
+        return PhysicalScale(
+            COSMX_MPP / unit,
+            source=f"the CosMx pixel size ({COSMX_MPP} um/px)",
+            extra={"pixel_size_um": COSMX_MPP},
+        )

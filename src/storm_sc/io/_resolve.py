@@ -1,0 +1,318 @@
+"""Resolve a SpatialData (or a scanpy-style AnnData) from any platform into one :class:`SpatialInput`."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+from anndata import AnnData
+from spatialdata import SpatialData
+from xarray import DataArray, DataTree
+
+from storm_sc._constants import ATTRS_STORM
+from storm_sc._settings import logger
+
+from ._adapter import MAX_SCALE_RATIO, PhysicalScale, PlatformAdapter, Slide
+from ._anndata import resolve_anndata
+from ._cosmx import CosMxAdapter
+from ._elements import (
+    affine_xy,
+    anisotropy,
+    apply_affine,
+    check_inside,
+    check_table,
+    coordinate_systems,
+    describe_images,
+    linear_scale,
+    observation_size,
+    pick_coordinate_system,
+    region_centroids,
+    shared_coordinate_systems,
+    table_regions,
+)
+from ._generic import GenericAdapter, HESTAdapter, LegacySTAdapter
+from ._spatial_input import SpatialInput
+from ._visium import VisiumAdapter
+from ._visium_hd import VisiumHDAdapter
+from ._xenium import XeniumAdapter
+
+# One adapter per platform name; detect_platform returns one of these keys.
+_ADAPTERS: dict[str, PlatformAdapter] = {
+    a.platform: a
+    for a in (
+        VisiumAdapter(),
+        VisiumHDAdapter(),
+        XeniumAdapter(),
+        CosMxAdapter(),
+        LegacySTAdapter(),
+        HESTAdapter(),
+        GenericAdapter(),
+    )
+}
+_READER_ATTR = "spatialdata_io_reader"
+# Plausible observation sizes (um) when the platform gives no expected size: sub-cellular to very large spots.
+_SIZE_RANGE_UM = (0.3, 1000.0)
+
+
+def detect_platform(sdata: SpatialData) -> str:
+    """Tell which platform produced a SpatialData.
+
+    Reads ``sdata.attrs["spatialdata_io_reader"]`` (set by ``spatialdata-io`` readers), then
+    ``sdata.attrs["storm_sc"]["platform"]`` (set by storm_sc's own builders); anything else is ``"generic"``.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+
+    Returns
+    -------
+    One of ``"visium"``, ``"visium_hd"``, ``"xenium"``, ``"cosmx"``, ``"legacy_st"``, ``"hest"``, ``"generic"``.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> import storm_sc as st
+    >>> sdata = st.io.from_arrays(ad.AnnData(np.ones((1, 1))), np.zeros((1, 2)), mpp=1.0, platform="legacy_st")
+    >>> st.io.detect_platform(sdata)
+    'legacy_st'
+    """
+    if not isinstance(sdata, SpatialData):
+        raise TypeError(f"`sdata` must be a SpatialData, got {type(sdata).__name__}.")
+    reader = sdata.attrs.get(_READER_ATTR)
+    if isinstance(reader, str):
+        # accept "visium" as well as a qualified "spatialdata_io.visium" / "spatialdata_io.readers.visium"
+        name = reader.rsplit(".", 1)[-1].lower()
+        if name in _ADAPTERS:
+            return name
+    storm = sdata.attrs.get(ATTRS_STORM)
+    if isinstance(storm, dict) and storm.get("platform") in _ADAPTERS:
+        return str(storm["platform"])
+    return "generic"
+
+
+def _check_mpp(mpp: float | None) -> None:
+    if mpp is None:
+        return
+    if isinstance(mpp, bool) or not isinstance(mpp, Real) or not math.isfinite(mpp) or mpp <= 0:
+        raise ValueError(
+            f"`mpp` must be a positive number of microns per full-resolution pixel of the image (per coordinate "
+            f"unit when there is no image); got {mpp!r}."
+        )
+
+
+def _no_scale_message(platform: str, image_key: str | None) -> str:
+    target = f"of image {image_key!r}" if image_key is not None else "of the coordinates (no image)"
+    return (
+        f"The physical scale of this {platform} slide is unknown: pass `mpp=` (microns per full-resolution pixel "
+        f"{target}). E.g. for spots on a 100 um pitch that lie d pixels apart, mpp = 100 / d."
+    )
+
+
+def _require_scale_source(adapter: PlatformAdapter, slide: Slide, platform: str, image_key: str | None) -> None:
+    """Refuse early, before positions are computed, when neither the data nor the user give a scale."""
+    if not adapter.may_know_scale(slide):
+        raise ValueError(_no_scale_message(platform, image_key))
+
+
+def _check_scale(
+    um_per_unit: float,
+    found: PhysicalScale,
+    *,
+    size_um: float | None,
+    user_mpp: float | None,
+    cs_per_px: float | None,
+    platform: str,
+) -> None:
+    """Refuse a user's mpp that contradicts the platform's own scale; warn about implausible sizes."""
+    if user_mpp is not None and found.um_per_unit is not None:
+        ratio = um_per_unit / found.um_per_unit
+        if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
+            native = found.um_per_unit * (cs_per_px if cs_per_px is not None else 1.0)
+            off = f"{1 / ratio:.3g}x smaller" if ratio < 1 else f"{ratio:.3g}x larger"
+            what = f"; observations would measure {size_um:.3g} um across" if size_um is not None else ""
+            raise ValueError(
+                f"`mpp={user_mpp:g}` is {off} than the scale of this {platform} slide found from {found.source} "
+                f"(mpp = {native:.4g}){what}. `mpp` is microns per full-resolution pixel of the chosen image; "
+                "check its units, or leave `mpp=None` to use the data's own scale."
+            )
+        return
+    if size_um is None:
+        return
+    if user_mpp is not None and found.expected_size_um is not None:
+        ratio = size_um / found.expected_size_um
+        if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
+            raise ValueError(
+                f"With `mpp={user_mpp:g}`, {platform} observations (spots, bins) measure {size_um:.3g} um, but "
+                f"should be about {found.expected_size_um:.3g} um ({ratio:.2g}x off). `mpp` is microns per "
+                "full-resolution pixel of the chosen image; check its units."
+            )
+    elif not (_SIZE_RANGE_UM[0] <= size_um <= _SIZE_RANGE_UM[1]):
+        logger.warning(
+            "With the scale from %s, observations measure %.3g um across, which is implausible for spots or "
+            "cells; check that `mpp` is microns per full-resolution pixel.",
+            f"mpp={user_mpp:g}" if user_mpp is not None else found.source,
+            size_um,
+        )
+
+
+def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_key: str | None) -> str:
+    """Return the coordinate system shared by the table's elements and the image, with a clear error when none is."""
+    region_els = slide.region_elements
+    candidates = shared_coordinate_systems(region_els + ([image] if image is not None else []))
+    if not candidates:
+        placed = {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, region_els, strict=True)}
+        if image is not None:
+            placed[image_key] = sorted(coordinate_systems(image))
+        raise ValueError(
+            f"The table's elements and the image share no coordinate system, so they cannot be aligned: {placed}. "
+            "Place them in a common one with `spatialdata.transformations.set_transformation`, or choose another "
+            "`image_key=`."
+        )
+    return pick_coordinate_system(candidates, region_els, image)
+
+
+def resolve(
+    data: SpatialData | AnnData,
+    *,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    library_id: str | None = None,
+) -> SpatialInput:
+    """Find the table, its positions, the H&E image and the physical scale of one slide, from any platform.
+
+    Works on SpatialData from ``spatialdata-io`` readers (Visium, Visium HD, Xenium, CosMx), from storm_sc's own
+    builders (:func:`~storm_sc.io.from_arrays`, legacy ST, HEST) and on any SpatialData with an image, shapes or
+    labels and a linked table; also on a scanpy-style AnnData (``.obsm["spatial"]`` + ``.uns["spatial"]``).
+    Coordinate systems are discovered, never assumed. Nothing in ``data`` is modified.
+
+    Parameters
+    ----------
+    data
+        A SpatialData, or an AnnData with ``.obsm["spatial"]`` in full-resolution pixels and
+        ``.uns["spatial"][library_id]`` holding ``images`` and ``scalefactors`` (scanpy's Visium layout).
+    table_key
+        Table to use; required when the SpatialData holds several and the platform has no rule.
+    image_key
+        H&E image to use; by default the platform's H&E image (Visium: the highest resolution present; Xenium:
+        an aligned H&E image if any; CosMx: none, its images are immunofluorescence), else the only RGB image.
+        For an AnnData: ``"hires"`` or ``"lowres"``.
+    mpp
+        Microns per full-resolution pixel of the chosen image (per coordinate unit when there is no image).
+        Overrides the platform's metadata; required when the data do not state a scale.
+    library_id
+        Name of the slide; defaults to what the data record (dataset id), else the table key.
+
+    Returns
+    -------
+    The resolved :class:`~storm_sc.io.SpatialInput`; ``image`` is ``None`` for expression-only data.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> import storm_sc as st
+    >>> adata = ad.AnnData(np.ones((2, 3), dtype=np.float32))
+    >>> img = np.zeros((100, 100, 3), dtype=np.uint8)
+    >>> sdata = st.io.from_arrays(adata, np.array([[20.0, 30.0], [60.0, 70.0]]), img, mpp=0.5)
+    >>> si = st.io.resolve(sdata)
+    >>> si.centers_um.tolist()
+    [[10.0, 15.0], [30.0, 35.0]]
+    """
+    _check_mpp(mpp)
+    if library_id is not None and not isinstance(library_id, str):
+        raise TypeError(f"`library_id` must be a string, got {type(library_id).__name__}.")
+    if isinstance(data, AnnData):
+        if table_key is not None:
+            raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
+        return resolve_anndata(data, image_key=image_key, mpp=mpp, library_id=library_id)
+    if not isinstance(data, SpatialData):
+        raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
+    sdata = data
+    if not sdata.tables:
+        raise ValueError(
+            "This SpatialData has no table (observations x genes). Add one linked to the spots/cells with "
+            "`spatialdata.models.TableModel.parse(..., region=...)`."
+        )
+    if table_key is not None and table_key not in sdata.tables:
+        raise ValueError(f"No table {table_key!r}; tables found: {list(sdata.tables)}.")
+    if image_key is not None and image_key not in sdata.images:
+        raise ValueError(f"No image {image_key!r}; images found: {describe_images(sdata)}.")
+
+    platform = detect_platform(sdata)
+    adapter = _ADAPTERS[platform]
+    table_key = table_key if table_key is not None else adapter.choose_table(sdata)
+    table = sdata.tables[table_key]
+    check_table(table, table_key)
+    regions, region_key, instance_key = table_regions(table, table_key)
+    slide = Slide(sdata, table_key, table, regions, region_key, instance_key)
+    slide.links = adapter.link_regions(slide)
+    element_keys = slide.element_keys
+
+    if image_key is None:
+        image_key = adapter.choose_image(slide)
+        if image_key is None:
+            logger.info("No H&E image for table %r (%s): resolved for expression-only use.", table_key, platform)
+    image = sdata.images[image_key] if image_key is not None else None
+    cs = _coordinate_system(slide, image, image_key)
+    slide.coordinate_system, slide.image_key = cs, image_key
+
+    cs_per_px = None
+    if image is not None:
+        img_affine = affine_xy(image, cs)
+        cs_per_px = linear_scale(img_affine)
+        if anisotropy(img_affine) > 1.02:
+            logger.warning("Image %r has non-square pixels in %r; using their geometric mean size.", image_key, cs)
+    if mpp is None:
+        _require_scale_source(adapter, slide, platform, image_key)
+
+    slide.centers = region_centroids(sdata, table, region_key, slide.links, cs)
+    found = adapter.scale(slide)
+    if mpp is not None:
+        um_per_unit = float(mpp) / cs_per_px if cs_per_px is not None else float(mpp)
+        source = f"mpp={mpp:g} given"
+    elif found.um_per_unit is not None:
+        um_per_unit, source = float(found.um_per_unit), found.source
+    else:
+        raise ValueError(_no_scale_message(platform, image_key))
+    if not (math.isfinite(um_per_unit) and um_per_unit > 0):
+        raise ValueError(f"The scale found ({source}) is not a positive number: {um_per_unit!r}; pass `mpp=`.")
+    size_cs = observation_size(sdata, element_keys, cs)
+    _check_scale(
+        um_per_unit,
+        found,
+        size_um=None if size_cs is None else size_cs * um_per_unit,
+        user_mpp=mpp,
+        cs_per_px=cs_per_px,
+        platform=platform,
+    )
+
+    centers_cs = slide.centers
+    centers_px = image_mpp = None
+    if image is not None:
+        centers_px = apply_affine(np.linalg.inv(img_affine), centers_cs)
+        image_mpp = um_per_unit * cs_per_px
+        check_inside(centers_px, image, image_key, table_key)
+    centers_um = centers_cs * um_per_unit
+
+    lib = library_id or adapter.library_id(slide) or table_key
+    extra = {"mpp_source": source, **found.extra}
+    if found.expected_size_um is not None:
+        extra.setdefault("observation_size_um", found.expected_size_um)
+    si = SpatialInput(
+        table=table,
+        table_key=table_key,
+        regions=element_keys,
+        platform=platform,
+        coordinate_system=cs,
+        centers_um=np.ascontiguousarray(centers_um, dtype=np.float64),
+        image_key=image_key,
+        image=image,
+        centers_px=None if centers_px is None else np.ascontiguousarray(centers_px, dtype=np.float64),
+        mpp=image_mpp,
+        library_id=str(lib),
+        extra=extra,
+    )
+    logger.info("Resolved %r (scale from %s).", si, source)
+    return si

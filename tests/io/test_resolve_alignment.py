@@ -1,0 +1,139 @@
+"""resolve() on generated SpatialData: positions land on the right pixels through any affine, in true microns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from spatialdata.transformations import Identity, set_transformation
+
+import storm_sc as st
+from storm_sc.io._elements import full_res
+from tests.io._synthetic import affine, aligned_sdata, decode_pixels, expression, fingerprint
+
+TRANSFORMS = {
+    "identity": (affine(0, 1, 0, 0), affine(0, 1, 0, 0)),
+    "scaled_shapes": (affine(0, 1, 0, 0), affine(0, 0.25, 0, 0)),
+    "rotated_image": (affine(30, 2.5, 100, -40), affine(0, 1, 0, 0)),
+    "both_affine": (affine(30, 2.5, 100, -40), affine(-10, 0.2, 5, 7)),
+}
+
+
+@pytest.mark.parametrize("multiscale", [False, True], ids=["single", "multiscale"])
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_centers_px_decode_to_true_pixels(name, multiscale):
+    image_to_cs, shapes_to_cs = TRANSFORMS[name]
+    sdata, true_px = aligned_sdata(image_to_cs=image_to_cs, shapes_to_cs=shapes_to_cs, multiscale=multiscale)
+    si = st.io.resolve(sdata, mpp=0.4)
+
+    assert si.platform == "generic"
+    assert si.image_key == "he"
+    assert si.regions == ("spots",)
+    assert si.coordinate_system == "aligned"
+    np.testing.assert_allclose(si.centers_px, true_px, atol=1e-6)
+    # the image's own pixel values say which pixel each centre falls in (level 0 of a pyramid)
+    img = full_res(si.image).values
+    np.testing.assert_array_equal(decode_pixels(img, si.centers_px), np.floor(true_px).astype(int))
+    assert si.mpp == pytest.approx(0.4)
+    # microns: distances are pixel distances times mpp, whatever the transforms
+    d_um = np.linalg.norm(si.centers_um[1:] - si.centers_um[:-1], axis=1)
+    d_px = np.linalg.norm(true_px[1:] - true_px[:-1], axis=1)
+    np.testing.assert_allclose(d_um, d_px * 0.4, rtol=1e-9)
+
+
+def test_rows_follow_table_order_not_shapes_order():
+    sdata, true_px = aligned_sdata(n_obs=30, seed=3)
+    # table rows reversed: positions must follow them
+    table = sdata.tables["table"]
+    sdata.tables["table"] = table[::-1].copy()
+    si = st.io.resolve(sdata, mpp=1.0)
+    np.testing.assert_allclose(si.centers_px, true_px[::-1], atol=1e-6)
+    assert list(si.table.obs_names) == list(table.obs_names[::-1])
+
+
+def test_from_arrays_round_trip_needs_no_mpp():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    centers = np.column_stack([rng.uniform(0, 200, 25), rng.uniform(0, 120, 25)])
+    sdata = st.io.from_arrays(expression(25), centers, img, mpp=0.8, spot_diameter_um=55.0, library_id="s1")
+    si = st.io.resolve(sdata)
+    assert si.platform == "generic"
+    assert si.library_id == "s1"
+    assert si.mpp == pytest.approx(0.8)
+    np.testing.assert_allclose(si.centers_px, centers, atol=1e-9)
+    np.testing.assert_allclose(si.centers_um, centers * 0.8, atol=1e-9)
+    # the user's mpp overrides the recorded one
+    assert st.io.resolve(sdata, mpp=1.0).mpp == pytest.approx(1.0)
+
+
+def test_recorded_mpp_converts_to_another_image():
+    """attrs mpp is per pixel of the recorded image; a second image at half resolution gets twice the mpp."""
+    img = np.zeros((100, 100, 3), dtype=np.uint8)
+    sdata = st.io.from_arrays(expression(4), np.array([[10, 10], [50, 50], [80, 20], [30, 90.0]]), img, mpp=0.5)
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    sdata.images["small"] = Image2DModel.parse(
+        np.zeros((3, 50, 50), dtype=np.uint8),
+        dims=("c", "y", "x"),
+        transformations={"global": Scale([2, 2], axes=("y", "x"))},
+    )
+    si = st.io.resolve(sdata, image_key="small")
+    assert si.mpp == pytest.approx(1.0)
+    np.testing.assert_allclose(si.centers_px, np.array([[5, 5], [25, 25], [40, 10], [15, 45.0]]))
+    np.testing.assert_allclose(si.centers_um, st.io.resolve(sdata).centers_um)
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [("legacy_st", "legacy_st"), ("hest", "hest"), ("generic", "generic"), ("nonsense", "generic")],
+)
+def test_detect_platform_from_storm_attrs(platform, expected):
+    sdata = st.io.from_arrays(expression(2), np.zeros((2, 2)), mpp=1.0, platform=platform)
+    assert st.io.detect_platform(sdata) == expected
+
+
+@pytest.mark.parametrize("reader", ["visium", "spatialdata_io.visium", "VISIUM"])
+def test_detect_platform_accepts_reader_prefix(reader):
+    sdata, _ = aligned_sdata(n_obs=3)
+    sdata.attrs["spatialdata_io_reader"] = reader
+    assert st.io.detect_platform(sdata) == "visium"
+    sdata.attrs["spatialdata_io_reader"] = "merscope"  # a reader without an adapter
+    assert st.io.detect_platform(sdata) == "generic"
+
+
+def test_expression_only_without_image_uses_mpp_per_unit():
+    sdata = st.io.from_arrays(
+        expression(3), np.array([[0, 0], [10, 0], [0, 20.0]]), None, mpp=2.0, platform="legacy_st"
+    )
+    si = st.io.resolve(sdata)
+    assert not si.has_image
+    assert si.centers_px is None
+    assert si.mpp is None
+    np.testing.assert_allclose(si.centers_um, [[0, 0], [20, 0], [0, 40]])
+
+
+def test_picks_the_coordinate_system_shared_with_the_image():
+    sdata, true_px = aligned_sdata(n_obs=10)
+    # a second system that only the shapes live in must not be chosen
+    set_transformation(sdata.shapes["spots"], Identity(), "shapes_only")
+    before = fingerprint(sdata)
+    si = st.io.resolve(sdata, mpp=1.0)
+    assert si.coordinate_system == "aligned"
+    np.testing.assert_allclose(si.centers_px, true_px, atol=1e-6)
+    assert fingerprint(sdata) == before
+
+
+def test_border_observations_warn_only(storm_log):
+    sdata, _ = aligned_sdata(n_obs=50, width=200, height=200)
+    from shapely.affinity import translate
+
+    shapes = sdata.shapes["spots"]
+    moved = shapes.copy()
+    # two spots pushed just past the left edge: allowed, patches get padded
+    first = moved.index[:2]
+    moved.loc[first, "geometry"] = [translate(g, xoff=-g.x - 3) for g in moved.loc[first, "geometry"]]
+    sdata.shapes["spots"] = moved
+    si = st.io.resolve(sdata, mpp=1.0)
+    assert (si.centers_px[:, 0] < 0).sum() == 2
+    assert "2 of 50 observations" in storm_log.text
+    assert "lie outside image" in storm_log.text
