@@ -21,3 +21,18 @@ DEFAULT_PATCH_UM = 112.0
 DEFAULT_PATCH_PX = 224
 VISIUM_SPOT_DIAMETER_UM = 55.0
 LEGACY_ST_SPOT_DIAMETER_UM = 100.0
+
+# Published labels and annotations written by the dataset loaders
+OBS_TRUE_DOMAIN = "true_domain"  # .obs: the planted domain of st.datasets.toy
+VAR_MARKER_OF = "marker_of"  # .var: which domain a toy gene marks ("" for background genes)
+OBS_LAYER = "layer"  # .obs: manual layers of dlpfc (L1-L6, WM) and mob (olfactory bulb layers)
+OBS_PATHOLOGIST_LABEL = "pathologist_label"  # .obs: her2st ST-pat/lbl
+OBS_EXPRESSION_CLUSTER = "expression_cluster"  # .obs: her2st res/ST-cluster/lbl
+OBS_ORGANOID = "organoid"  # .obs: visium_ffpe organoid_selection.txt
+VAR_HISTOGENE_PANEL = "histogene_panel"  # .var: the 785-gene panel of HisToGene/Hist2ST on her2st
+
+# Sub-keys of sdata.attrs["storm_sc"]
+ATTRS_DATASET = "dataset"  # the dataset a loader returned
+ATTRS_TECHNOLOGY = "technology"  # the technology behind a from_arrays build
+ATTRS_MPP_SOURCE = "mpp_source"  # how the pixel size was obtained (given, estimated, ...)
+ATTRS_SEED = "seed"  # the seed of generated data
