@@ -128,7 +128,7 @@ def _no_scalef(a):
 
 
 BAD = {
-    "no_uns_spatial": (_drop_uns, {}, r"no `.uns\['spatial'\]\[library_id\]`"),
+    "no_uns_spatial": (_drop_uns, {}, r"no image in `.uns\['spatial'\]`, so the unit of its positions is unknown; pass `mpp=`"),
     "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\]; pass `library_id=`"),
     "unknown_library": (lambda a: None, {"library_id": "nope"}, r"No library 'nope'.*\['lib1'\]"),
     "unknown_image": (lambda a: None, {"image_key": "fullres"}, r"No usable image 'fullres'.*\['hires', 'lowres'\]"),
@@ -174,3 +174,16 @@ def test_matches_the_spatialdata_route_on_real_visium():
     order = si_s.table.obs_names.get_indexer(adata.obs_names)
     np.testing.assert_allclose(si_a.centers_px, si_s.centers_px[order], atol=1e-6)
     assert si_a.mpp == pytest.approx(si_s.mpp, rel=1e-6)
+
+
+def test_positions_only_anndata_needs_mpp_and_has_no_image():
+    import anndata as ad
+
+    import storm_sc as st
+
+    adata = ad.AnnData(np.ones((3, 2), dtype=np.float32), obsm={"spatial": np.array([[0.0, 0], [10, 0], [0, 20]])})
+    with pytest.raises(ValueError, match="mpp="):
+        st.io.resolve(adata)
+    si = st.io.resolve(adata, mpp=0.5)
+    assert not si.has_image
+    np.testing.assert_allclose(si.centers_um, [[0, 0], [5, 0], [0, 10]])

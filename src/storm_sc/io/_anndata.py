@@ -128,6 +128,27 @@ def _image_mpp(
     return image_mpp, source
 
 
+def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_id: str | None) -> SpatialInput:
+    """A table with positions and no image (e.g. cell centroids): expression and spatial context only."""
+    if mpp is None or not math.isfinite(mpp) or mpp <= 0:
+        raise ValueError(
+            "This AnnData has `.obsm['spatial']` but no image in `.uns['spatial']`, so the unit of its positions is "
+            f"unknown; pass `mpp=` (microns per coordinate unit, e.g. 1.0 for positions in microns), got {mpp!r}."
+        )
+    si = SpatialInput(
+        table=adata,
+        table_key=None,
+        regions=(),
+        platform="generic",
+        coordinate_system=_OBSM_KEY,
+        centers_um=xy * float(mpp),
+        library_id=library_id or "slide",
+        extra={"mpp_source": "given (microns per coordinate unit)"},
+    )
+    logger.info("Resolved %r (positions only: no image).", si)
+    return si
+
+
 def resolve_anndata(
     adata: AnnData,
     *,
@@ -149,6 +170,9 @@ def resolve_anndata(
         ``.obs["array_col"]``), else from ``spot_diameter_fullres`` (Space Ranger's theoretical 65 um spot).
     library_id
         Library in ``.uns["spatial"]``; required when there are several.
+
+    Without ``.uns["spatial"]``, the positions alone are used (expression-only), and ``mpp`` is then required:
+    microns per unit of ``.obsm["spatial"]``.
 
     Returns
     -------
@@ -177,6 +201,8 @@ def resolve_anndata(
     xy = xy[:, :2]
     if not np.isfinite(xy).all():
         raise ValueError("`.obsm['spatial']` holds NaN or infinite positions; drop those observations first.")
+    if not adata.uns.get(_UNS_KEY) and image_key is None:
+        return _positions_only(adata, xy, mpp, library_id)
     library_id, lib = _library(adata, library_id)
     image_key, scalef = _choose_image(lib, library_id, image_key)
     image_mpp, source = _image_mpp(adata, xy, lib, library_id, image_key, scalef, mpp)
