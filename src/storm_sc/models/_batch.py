@@ -1,0 +1,80 @@
+"""The tensors of one forward pass: observations (flat) and, for some of them, their spatial neighbourhoods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class StormBatch:
+    """A flat set of ``m`` observations plus ``b`` centres whose neighbours index into that set.
+
+    Observations are encoded once each (morphology, expression, fusion); the spatial encoder then gathers, for
+    every centre, its niche and region neighbours by index. Index ``-1`` marks a missing neighbour.
+
+    Attributes
+    ----------
+    has_image
+        ``(m,)`` bool: the observation has an H&E patch (or precomputed features).
+    has_expression
+        ``(m,)`` bool: the observation has measured expression.
+    gene_ids, gene_values, gene_valid
+        ``(m, t)`` gene tokens: vocabulary index, log1p value, and whether the slot holds a measured gene.
+    centre
+        ``(b,)`` rows of the centres.
+    niche_idx, niche_valid, niche_dxy
+        ``(b, k1)`` neighbour rows, validity and ``(b, k1, 2)`` offsets in microns.
+    region_idx, region_valid, region_dxy
+        The same for the region level ``(b, k2)``.
+    images
+        ``(m, 3, s, s)`` uint8 patches (rows without an image are ignored), or ``None``.
+    features
+        ``(m, f)`` precomputed patch features instead of ``images``, or ``None``.
+    recon_mask
+        Training: ``(m, t)`` tokens hidden from the encoder and reconstructed (centres only).
+    drop_image, drop_expression
+        Training: ``(m,)`` modality dropout of the joint view.
+    stain_alpha, stain_beta
+        Training: ``(m, 3)`` stain-jitter parameters (see :func:`storm_sc.models.stain_jitter`).
+    """
+
+    has_image: torch.Tensor
+    has_expression: torch.Tensor
+    gene_ids: torch.Tensor
+    gene_values: torch.Tensor
+    gene_valid: torch.Tensor
+    centre: torch.Tensor
+    niche_idx: torch.Tensor
+    niche_valid: torch.Tensor
+    niche_dxy: torch.Tensor
+    region_idx: torch.Tensor
+    region_valid: torch.Tensor
+    region_dxy: torch.Tensor
+    images: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    recon_mask: torch.Tensor | None = None
+    drop_image: torch.Tensor | None = None
+    drop_expression: torch.Tensor | None = None
+    stain_alpha: torch.Tensor | None = None
+    stain_beta: torch.Tensor | None = None
+
+    @property
+    def n_obs(self) -> int:
+        """Number of observations ``m`` in the flat set."""
+        return int(self.has_image.shape[0])
+
+    @property
+    def n_centres(self) -> int:
+        """Number of centres ``b``."""
+        return int(self.centre.shape[0])
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> StormBatch:
+        """Return a copy with every tensor on ``device``."""
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return replace(self, **moved)

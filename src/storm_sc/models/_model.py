@@ -1,0 +1,585 @@
+"""``StormModel``: the network with its gene vocabulary, inference, checkpoints and training entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from storm_sc._settings import logger
+
+from ._checkpoint import (
+    SUFFIX,
+    CheckpointError,
+    IncompatibleCheckpointError,
+    decode_json,
+    read_checkpoint,
+    read_metadata,
+    storage_dtype,
+    write_checkpoint,
+)
+from ._config import StormConfig
+from ._inference import embed_inputs, predict_inputs
+from ._inputs import StormInputs, prepare_inputs
+from ._network import StormNetwork
+from ._pretrained import resolve_pretrained
+from ._registry import get_config
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from storm_sc.io import SpatialInput
+    from storm_sc.pp import GeneVocabulary
+
+
+@dataclass(frozen=True, eq=False)
+class ExpressionPrediction:
+    """Expression predicted from H&E and spatial context, with per-gene uncertainty.
+
+    Attributes
+    ----------
+    mean
+        ``(n_obs, n_genes)`` float32 predicted log1p expression (library size 1e4).
+    std
+        ``(n_obs, n_genes)`` float32 predicted standard deviation on the same scale.
+    genes
+        Gene symbols of the columns.
+    obs_names
+        Observation names of the rows, when known.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    genes: list[str]
+    obs_names: pd.Index | None = None
+
+    def __repr__(self) -> str:
+        return f"ExpressionPrediction({self.mean.shape[0]} obs x {len(self.genes)} genes)"
+
+
+def _as_vocabulary(vocabulary: GeneVocabulary | Sequence[str] | None) -> GeneVocabulary:
+    from storm_sc.pp import GeneVocabulary
+
+    if vocabulary is None:
+        raise ValueError(
+            "A STORM model needs its gene vocabulary: pass `vocabulary=st.pp.GeneVocabulary.from_genes(genes)` "
+            "(e.g. the union of the training panels), or train with `st.training.pretrain`, which builds it."
+        )
+    if isinstance(vocabulary, GeneVocabulary):
+        return vocabulary
+    if isinstance(vocabulary, str):
+        raise TypeError("`vocabulary` must be a GeneVocabulary or a sequence of gene symbols, not a single string.")
+    return GeneVocabulary.from_genes(list(vocabulary))
+
+
+class StormModel:
+    """STORM: joint embeddings of H&E morphology, gene expression and spatial context.
+
+    Parameters
+    ----------
+    config
+        A registered architecture name (``"storm-tiny"``, ``"storm-small"``, ``"storm-base"``; see
+        :func:`storm_sc.models.list_configs`) or a :class:`StormConfig`.
+    vocabulary
+        The model's genes (a :class:`storm_sc.pp.GeneVocabulary` or gene symbols); any panel is aligned to it.
+    backbone
+        A torch module encoding patches, for configs with ``morphology="module"``.
+    seed
+        Seed of the weight initialisation (the global torch random state is left untouched).
+    pretrained_backbone
+        Download pretrained weights for ``timm:``/``hf:`` backbones.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> model = st.models.StormModel("storm-tiny", ["GFAP", "MBP", "SNAP25"], seed=0)
+    >>> model
+    StormModel(storm-tiny, 3 genes, ... parameters)
+    """
+
+    def __init__(
+        self,
+        config: str | StormConfig = "storm-small",
+        vocabulary: GeneVocabulary | Sequence[str] | None = None,
+        *,
+        backbone: nn.Module | None = None,
+        seed: int | None = 0,
+        pretrained_backbone: bool = True,
+    ) -> None:
+        if isinstance(config, str):
+            config = get_config(config)
+        if not isinstance(config, StormConfig):
+            raise TypeError(f"`config` must be a config name or a StormConfig, got {type(config).__name__}.")
+        self._vocabulary = _as_vocabulary(vocabulary)
+        self._config = config
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.network = StormNetwork(
+                config, len(self._vocabulary), backbone=backbone, pretrained_backbone=pretrained_backbone
+            )
+        self.manifest: dict[str, Any] = {}
+        # Facts of the last training run in this session that are not reproducible (throughput, log folder).
+        self.training_summary: dict[str, Any] = {}
+
+    # -- description ---------------------------------------------------------------------------------------
+    @property
+    def config(self) -> StormConfig:
+        """The architecture."""
+        return self._config
+
+    @property
+    def vocabulary(self) -> GeneVocabulary:
+        """The model's genes."""
+        return self._vocabulary
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of weights."""
+        return sum(p.numel() for p in self.network.parameters())
+
+    def __repr__(self) -> str:
+        return f"StormModel({self._config.name}, {len(self._vocabulary)} genes, {self.n_parameters:,} parameters)"
+
+    def weights_digest(self) -> str:
+        """sha256 of all weights (names, shapes, bytes): equal digests mean bit-identical models.
+
+        Returns
+        -------
+        Hex digest.
+
+        Examples
+        --------
+        >>> import storm_sc as st
+        >>> a = st.models.StormModel("storm-tiny", ["A", "B"], seed=1)
+        >>> a.weights_digest() == st.models.StormModel("storm-tiny", ["A", "B"], seed=1).weights_digest()
+        True
+        """
+        h = hashlib.sha256()
+        for name, t in sorted(self.network.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        data: SpatialData | AnnData | SpatialInput,
+        *,
+        use_image: bool = True,
+        use_expression: bool = True,
+        table_key: str | None = None,
+        image_key: str | None = None,
+        mpp: float | None = None,
+        library_id: str | None = None,
+        layer: str | None = None,
+        gene_symbols: str | None = None,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+        verbose: bool | None = None,
+    ) -> StormInputs:
+        """Resolve one slide and turn it into the model's array inputs (patches, aligned expression, neighbours).
+
+        Parameters
+        ----------
+        data
+            A SpatialData, an AnnData with spatial coordinates, or a SpatialInput from :func:`storm_sc.io.resolve`.
+        use_image
+            Read H&E patches (or the config's precomputed features) when the slide has them.
+        use_expression
+            Align and read the expression.
+        table_key, image_key, mpp, library_id
+            Passed to :func:`storm_sc.io.resolve`.
+        layer, gene_symbols
+            Passed to :func:`storm_sc.pp.align_genes`.
+        cache_dir
+            Folder for a memory-mapped patch cache (default: RAM below 2 GiB).
+        num_workers
+            Worker processes reading patches.
+        verbose
+            Progress bars.
+
+        Returns
+        -------
+        The slide's :class:`StormInputs`; reuse it across ``embed`` / ``predict_expression`` calls.
+
+        Examples
+        --------
+        >>> inputs = model.prepare(sdata)  # doctest: +SKIP
+        >>> model.embed(inputs).shape  # doctest: +SKIP
+        (1000, 64)
+        """
+        return prepare_inputs(
+            data,
+            config=self._config,
+            vocabulary=self._vocabulary,
+            use_image=use_image,
+            use_expression=use_expression,
+            table_key=table_key,
+            image_key=image_key,
+            mpp=mpp,
+            library_id=library_id,
+            layer=layer,
+            gene_symbols=gene_symbols,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+            verbose=verbose,
+        )
+
+    def _inputs(
+        self, data: Any, *, use_image: bool, use_expression: bool, resolve: dict[str, Any], verbose: bool | None
+    ) -> StormInputs:
+        if isinstance(data, StormInputs):
+            given = {k: v for k, v in resolve.items() if v is not None}
+            if given:
+                raise ValueError(f"{sorted(given)} only apply when `data` is not already StormInputs; drop them.")
+            return data
+        return self.prepare(data, use_image=use_image, use_expression=use_expression, verbose=verbose, **resolve)
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def embed(
+        self,
+        data: SpatialData | AnnData | SpatialInput | StormInputs,
+        *,
+        level: str = "joint",
+        use_image: bool = True,
+        use_expression: bool = True,
+        table_key: str | None = None,
+        image_key: str | None = None,
+        mpp: float | None = None,
+        library_id: str | None = None,
+        batch_size: int = 256,
+        device: str | torch.device = "auto",
+        verbose: bool | None = None,
+    ) -> np.ndarray:
+        """Embedding of every observation from whatever modalities are present, with its spatial context.
+
+        Parameters
+        ----------
+        data
+            One slide: SpatialData, AnnData, SpatialInput, or :class:`StormInputs` from :meth:`prepare`.
+        level
+            ``"joint"`` (observation + niche + region, ``embed_dim`` wide), or one level alone
+            (``"observation"``, ``"niche"``, ``"region"``; ``hidden_dim`` wide).
+        use_image, use_expression
+            Modalities to use (e.g. ``use_expression=False`` for an H&E-only embedding).
+        table_key, image_key, mpp, library_id
+            Passed to :func:`storm_sc.io.resolve`.
+        batch_size
+            Observations per forward pass.
+        device
+            ``"auto"`` (CUDA with bf16 autocast when available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        verbose
+            Progress bars.
+
+        Returns
+        -------
+        ``(n_obs, dim)`` float32 embeddings in table order.
+
+        Examples
+        --------
+        >>> import storm_sc as st
+        >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)  # doctest: +SKIP
+        >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names)  # doctest: +SKIP
+        >>> model.embed(sdata).shape  # doctest: +SKIP
+        (60, 16)
+        """
+        if not (use_image or use_expression):
+            raise ValueError("At least one of `use_image` and `use_expression` must be True.")
+        resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
+        inputs = self._inputs(
+            data, use_image=use_image, use_expression=use_expression, resolve=resolve, verbose=verbose
+        )
+        return embed_inputs(
+            self.network,
+            inputs,
+            level=level,
+            use_image=use_image,
+            use_expression=use_expression,
+            batch_size=batch_size,
+            device=device,
+            verbose=verbose,
+        )
+
+    def predict_expression(
+        self,
+        data: SpatialData | AnnData | SpatialInput | StormInputs,
+        *,
+        genes: Sequence[str] | None = None,
+        table_key: str | None = None,
+        image_key: str | None = None,
+        mpp: float | None = None,
+        library_id: str | None = None,
+        batch_size: int = 256,
+        device: str | torch.device = "auto",
+        verbose: bool | None = None,
+    ) -> ExpressionPrediction:
+        """Expression of vocabulary genes predicted from H&E and positions only (measured expression is not read).
+
+        Parameters
+        ----------
+        data
+            One slide with an H&E image (or the config's patch features).
+        genes
+            Genes to predict (symbols or Ensembl ids in the vocabulary); default every vocabulary gene.
+        table_key, image_key, mpp, library_id
+            Passed to :func:`storm_sc.io.resolve`.
+        batch_size
+            Observations per forward pass.
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        verbose
+            Progress bars.
+
+        Returns
+        -------
+        :class:`ExpressionPrediction` with Gaussian mean and standard deviation of log1p expression (library size
+        1e4) per observation and gene.
+
+        Examples
+        --------
+        >>> pred = model.predict_expression(sdata, genes=["ERBB2", "CD74"])  # doctest: +SKIP
+        >>> pred.mean.shape, pred.std.shape  # doctest: +SKIP
+        ((1000, 2), (1000, 2))
+        """
+        if genes is None:
+            ids = np.arange(len(self._vocabulary))
+        else:
+            if isinstance(genes, str):
+                genes = [genes]
+            try:
+                ids = np.asarray(self._vocabulary.index(list(genes)), dtype=np.int64)
+            except KeyError as err:
+                raise ValueError(f"Cannot predict genes outside the model's vocabulary: {err.args[0]}") from err
+        resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
+        if not isinstance(data, StormInputs):
+            from storm_sc.pp._input import as_spatial_input
+
+            data = as_spatial_input(data, caller="StormModel.predict_expression", **resolve)
+            resolve = {}
+            cfg = self._config
+            if not (data.has_image if cfg.uses_pixels else cfg.features_key in data.table.obsm):
+                what = "H&E image" if cfg.uses_pixels else f"patch features (obsm[{cfg.features_key!r}])"
+                raise ValueError(
+                    f"Slide {data.library_id!r} has no {what}, and expression is predicted from morphology and "
+                    "positions only. Pass data with an image (`image_key=`)."
+                )
+        inputs = self._inputs(data, use_image=True, use_expression=False, resolve=resolve, verbose=verbose)
+        if not inputs.has_image:
+            raise ValueError(
+                f"Slide {inputs.library_id!r} has no H&E image (or patch features), and expression is predicted from "
+                "morphology and positions only."
+            )
+        mean, std = predict_inputs(self.network, inputs, ids, batch_size=batch_size, device=device, verbose=verbose)
+        symbols = self._vocabulary.symbols
+        return ExpressionPrediction(mean=mean, std=std, genes=[symbols[i] for i in ids], obs_names=inputs.obs_names)
+
+    # -- training -------------------------------------------------------------------------------------------
+    def fit(self, data: Any, **kwargs: Any) -> StormModel:
+        """Train (or fine-tune) this model in place; see :func:`storm_sc.training.fit` for the options.
+
+        Parameters
+        ----------
+        data
+            Slides: SpatialData / AnnData / SpatialInput, :class:`storm_sc.training.TrainingSlide`, or a dict of
+            name to either.
+        **kwargs
+            Options of :func:`storm_sc.training.fit` (``max_epochs``, ``batch_size``, ``seed``, ``devices`` ...).
+
+        Returns
+        -------
+        This model, trained.
+
+        Examples
+        --------
+        >>> model.fit([sdata], max_epochs=3, seed=0)  # doctest: +SKIP
+        StormModel(storm-tiny, ...)
+        """
+        from storm_sc.training import fit
+
+        return fit(self, data, **kwargs)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, path: str | Path, *, overwrite: bool = False, dtype: str = "float32") -> Path:
+        """Write the model to one ``.safetensors`` file (weights, config, vocabulary, version, data manifest).
+
+        Parameters
+        ----------
+        path
+            Target file; ``.safetensors`` is appended when it has no suffix.
+        overwrite
+            Replace an existing file.
+        dtype
+            Storage precision of floating-point weights: ``"float32"`` (bit-exact), or ``"float16"`` /
+            ``"bfloat16"`` (half the size; loaded back as float32).
+
+        Returns
+        -------
+        The path written.
+
+        Examples
+        --------
+        >>> model.save("storm.safetensors")  # doctest: +SKIP
+        PosixPath('storm.safetensors')
+        """
+        from storm_sc import __version__
+
+        store = storage_dtype(dtype)
+        tensors = {name: (t.to(store) if t.is_floating_point() else t) for name, t in self.network.state_dict().items()}
+        metadata = {
+            "storm_sc_version": __version__,
+            "torch_version": torch.__version__,
+            "storage_dtype": dtype,
+            "config": json.dumps(self._config.to_dict(), sort_keys=True),
+            "vocabulary": json.dumps(self._vocabulary.to_dict(), sort_keys=True),
+            "manifest": json.dumps(self.manifest, sort_keys=True, default=str),
+        }
+        written = write_checkpoint(path, tensors, metadata, overwrite=overwrite)
+        logger.info("Saved %r to %s (%.2f MB).", self, written, written.stat().st_size / 1e6)
+        return written
+
+    @classmethod
+    def load(cls, path: str | Path, *, backbone: nn.Module | None = None) -> StormModel:
+        """Read a model written by :meth:`save`, verifying its integrity and compatibility.
+
+        Parameters
+        ----------
+        path
+            The ``.safetensors`` checkpoint.
+        backbone
+            The custom morphology module, for configs with ``morphology="module"``.
+
+        Returns
+        -------
+        The model (on the CPU, in evaluation mode).
+
+        Raises
+        ------
+        CheckpointError
+            Truncated, not a checkpoint, or modified after saving (content hash mismatch).
+        IncompatibleCheckpointError
+            Written by a newer storm_sc, or config / vocabulary / weights that do not fit together.
+
+        Examples
+        --------
+        >>> model = st.models.StormModel.load("storm.safetensors")  # doctest: +SKIP
+        """
+        from storm_sc.pp import GeneVocabulary
+
+        tensors, metadata = read_checkpoint(path)
+        try:
+            config = StormConfig.from_dict(decode_json(path, metadata, "config"))
+        except (TypeError, ValueError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise IncompatibleCheckpointError(f"{path}: its model config cannot be used here: {err}") from err
+        try:
+            vocabulary = GeneVocabulary.from_dict(decode_json(path, metadata, "vocabulary"))
+        except (TypeError, ValueError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise IncompatibleCheckpointError(f"{path}: its gene vocabulary cannot be read: {err}") from err
+        model = cls(config, vocabulary, backbone=backbone, seed=None, pretrained_backbone=False)
+        _load_weights(model.network, tensors, path, n_genes=len(vocabulary))
+        model.manifest = decode_json(path, metadata, "manifest") if "manifest" in metadata else {}
+        model.network.eval()
+        return model
+
+    @classmethod
+    def inspect(cls, path: str | Path) -> dict[str, Any]:
+        """Read the header of a checkpoint (version, config, manifest, vocabulary size) without its weights.
+
+        Parameters
+        ----------
+        path
+            The ``.safetensors`` checkpoint.
+
+        Returns
+        -------
+        ``{"storm_sc_version", "storage_dtype", "config", "manifest", "n_genes", ...}``.
+
+        Examples
+        --------
+        >>> st.models.StormModel.inspect("storm.safetensors")["config"]["name"]  # doctest: +SKIP
+        'storm-small'
+        """
+        metadata = read_metadata(path)
+        out: dict[str, Any] = {k: v for k, v in metadata.items() if k not in ("config", "vocabulary", "manifest")}
+        out["config"] = decode_json(path, metadata, "config")
+        out["manifest"] = decode_json(path, metadata, "manifest") if "manifest" in metadata else {}
+        out["n_genes"] = len(decode_json(path, metadata, "vocabulary").get("symbols", []))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path | None = None, *, backbone: nn.Module | None = None, verbose: bool | None = None
+    ) -> StormModel:
+        """Load a pretrained model: a local checkpoint file, or a registered name (bundled, cached or downloaded).
+
+        Parameters
+        ----------
+        name_or_path
+            Path to a ``.safetensors`` checkpoint; else a name from :func:`storm_sc.models.list_pretrained`
+            (looked for in the package, then in ``<st.settings.data_dir>/models``, then downloaded there; sha256
+            verified); ``None`` for the reference checkpoint shipped with storm_sc.
+        backbone
+            The custom morphology module, for configs with ``morphology="module"``.
+        verbose
+            Download progress bar.
+
+        Returns
+        -------
+        The model.
+
+        Examples
+        --------
+        >>> model = st.models.StormModel.from_pretrained()  # doctest: +SKIP
+        >>> model = st.models.StormModel.from_pretrained("runs/toy/model.safetensors")  # doctest: +SKIP
+        """
+        if name_or_path is not None:
+            path = Path(name_or_path).expanduser()
+            if path.exists():
+                return cls.load(path, backbone=backbone)
+            if str(name_or_path).endswith(SUFFIX) or path.parent != Path("."):
+                raise FileNotFoundError(f"No checkpoint file at {path}.")
+        return cls.load(
+            resolve_pretrained(None if name_or_path is None else str(name_or_path), verbose=verbose), backbone=backbone
+        )
+
+
+def _load_weights(network: StormNetwork, tensors: dict[str, torch.Tensor], path: str | Path, *, n_genes: int) -> None:
+    expected = network.state_dict()
+    emb = tensors.get("expression.gene_embedding.weight")
+    if emb is not None and emb.shape[0] != n_genes:
+        raise IncompatibleCheckpointError(
+            f"{path}: the gene vocabulary lists {n_genes} genes but the weights embed {emb.shape[0]}; the header and "
+            "weights come from different models."
+        )
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            details.append(
+                "shape mismatch "
+                + ", ".join(f"{k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
+            )
+        raise IncompatibleCheckpointError(
+            f"{path}: the weights do not fit the architecture described by its config ({'; '.join(details)})."
+        )
+    network.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

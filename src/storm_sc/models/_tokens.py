@@ -1,0 +1,99 @@
+"""Which gene tokens represent an observation: its most expressed genes plus measured genes drawn at random."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+# Seed of the draws at inference time: an observation's tokens depend only on its row, so embeddings are
+# reproducible and independent of batching.
+INFERENCE_SEED = 20_240_403
+
+
+def row_tokens(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    row: int,
+    n_panel: int,
+    max_genes: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Panel columns and values of one CSR row's tokens.
+
+    With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
+    the most expressed genes (stable order: ties by column) and the rest to measured genes drawn at random,
+    which are mostly zeros: "measured but absent" is information a panel-agnostic model must see.
+    """
+    start, end = indptr[row], indptr[row + 1]
+    cols, vals = indices[start:end], data[start:end]
+    if n_panel <= max_genes:
+        out = np.zeros(n_panel, dtype=np.float32)
+        out[cols] = vals
+        return np.arange(n_panel), out
+    n_top = min(int(np.count_nonzero(vals)), max_genes // 2)
+    order = np.lexsort((cols, -vals))[:n_top]
+    top_cols, top_vals = cols[order], vals[order].astype(np.float32)
+    n_rest = max_genes - n_top
+    draw = rng.choice(n_panel, size=min(n_panel, n_rest + n_top), replace=False)
+    rest = draw[~np.isin(draw, top_cols, assume_unique=True)][:n_rest]
+    # cols of a canonical CSR row are sorted: look the drawn columns' values up by binary search
+    pos = np.searchsorted(cols, rest)
+    pos_c = np.minimum(pos, max(len(cols) - 1, 0))
+    hit = (pos < len(cols)) & (cols[pos_c] == rest) if len(cols) else np.zeros(len(rest), dtype=bool)
+    rest_vals = np.where(hit, vals[pos_c] if len(cols) else 0.0, 0.0).astype(np.float32)
+    return np.concatenate([top_cols, rest]), np.concatenate([top_vals, rest_vals])
+
+
+def gene_tokens(
+    expression: sparse.csr_matrix,
+    gene_index: np.ndarray,
+    rows: np.ndarray,
+    max_genes: int,
+    *,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Build padded gene tokens of several observations.
+
+    Parameters
+    ----------
+    expression
+        ``(n_obs, n_panel)`` CSR log1p expression of one slide (canonical: sorted column indices).
+    gene_index
+        ``(n_panel,)`` vocabulary index of each column.
+    rows
+        Observations to tokenise; ``-1`` gives an empty (all-invalid) row.
+    max_genes
+        Tokens per observation.
+    rng
+        Random draws (training); ``None`` draws from a generator seeded by each row index (inference).
+
+    Returns
+    -------
+    ``(ids, values, valid)``, each ``(len(rows), max_genes)``: vocabulary indices, log1p values and which slots
+    hold a token (panels smaller than ``max_genes`` leave the rest invalid).
+
+    Examples
+    --------
+    >>> from scipy import sparse
+    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0, 1.0]], dtype=np.float32))
+    >>> ids, values, valid = gene_tokens(x, np.array([5, 6, 7]), np.array([0]), 4)
+    >>> ids.tolist(), values.tolist(), valid.tolist()
+    ([[5, 6, 7, 0]], [[0.0, 2.0, 1.0, 0.0]], [[True, True, True, False]])
+    """
+    n_panel = expression.shape[1]
+    width = max_genes
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    values = np.zeros((len(rows), width), dtype=np.float32)
+    valid = np.zeros((len(rows), width), dtype=bool)
+    indptr, indices, data = expression.indptr, expression.indices, expression.data
+    for k, row in enumerate(rows):
+        if row < 0:
+            continue
+        gen = rng if rng is not None else np.random.default_rng([INFERENCE_SEED, int(row)])
+        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen)
+        t = len(cols)
+        ids[k, :t] = gene_index[cols]
+        values[k, :t] = vals
+        valid[k, :t] = True
+    return ids, values, valid

@@ -1,0 +1,201 @@
+"""Optimisation, data, split and hardware settings of a training run, as one validated record."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from storm_sc.models import LossWeights
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train a STORM model (the architecture is a :class:`storm_sc.models.StormConfig`).
+
+    Attributes
+    ----------
+    max_epochs
+        Passes over the training centres.
+    max_steps
+        Stop after this many optimiser steps (``-1``: no limit).
+    batch_size
+        Centre observations per step and process; each brings its niche and region neighbours.
+    lr, weight_decay
+        AdamW learning rate and decoupled weight decay (not applied to biases, norms and embeddings).
+    warmup_steps
+        Linear warm-up, then cosine decay to ``min_lr_ratio * lr``.
+    min_lr_ratio
+        Final learning rate as a fraction of ``lr``.
+    gradient_clip
+        Clip the gradient norm (``0``: off).
+    mask_fraction
+        Fraction of a centre's gene tokens hidden and reconstructed.
+    image_dropout, expression_dropout
+        Probability that an observation having both modalities loses its image / its expression in the joint view.
+    stain_jitter
+        Half-width of the uniform jitter of stain concentrations (H&E optical densities) and their offsets.
+    geometric_augment
+        Random 90-degree rotations and flips of a whole neighbourhood (patches and relative positions together).
+    context_grad
+        Back-propagate into the encoders through the neighbours too (about three times slower per step); by
+        default the encoders learn from the centres and the spatial blocks from every token.
+    contrastive_weight, context_contrastive_weight, masked_expression_weight, predicted_expression_weight
+        Weights of the objectives (see :class:`storm_sc.models.LossWeights`).
+    gather_contrastive
+        With several processes, contrast against every process's batch (more negatives).
+    val_fraction
+        Fraction of slide groups (patients) held out for validation; with a single group, a spatial block of
+        that fraction of each slide is held out instead (with a warning).
+    val_groups
+        Explicit validation groups (overrides ``val_fraction``).
+    early_stopping_patience
+        Stop after this many epochs without a better validation loss (``None``: never).
+    seed
+        Seed of weight initialisation, sampling, masking and augmentation.
+    num_workers
+        DataLoader worker processes per training process.
+    accelerator, devices, strategy, num_nodes, precision
+        Lightning Trainer settings. ``devices="auto"`` follows torchrun / SLURM when launched by them.
+        ``precision=None``: ``"bf16-mixed"`` on GPUs, ``"32-true"`` on CPUs.
+    log_every_n_steps
+        Logging interval of step-level losses.
+    checkpoint_dtype
+        Storage precision of the checkpoint written to ``output_dir`` (``"float32"``, ``"float16"``,
+        ``"bfloat16"``; see :meth:`storm_sc.models.StormModel.save`).
+    """
+
+    max_epochs: int = 20
+    max_steps: int = -1
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    gradient_clip: float = 1.0
+    mask_fraction: float = 0.25
+    image_dropout: float = 0.25
+    expression_dropout: float = 0.25
+    stain_jitter: float = 0.05
+    geometric_augment: bool = True
+    context_grad: bool = False
+    contrastive_weight: float = 1.0
+    context_contrastive_weight: float = 1.0
+    masked_expression_weight: float = 1.0
+    predicted_expression_weight: float = 1.0
+    gather_contrastive: bool = True
+    val_fraction: float = 0.2
+    val_groups: tuple[str, ...] | None = None
+    early_stopping_patience: int | None = 5
+    seed: int = 0
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    log_every_n_steps: int = 10
+    checkpoint_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.val_groups, list | str):
+            groups = [self.val_groups] if isinstance(self.val_groups, str) else self.val_groups
+            object.__setattr__(self, "val_groups", tuple(str(g) for g in groups))
+        problems = []
+        for name in ("max_epochs", "batch_size", "num_nodes", "log_every_n_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"`{name}` must be a positive integer (got {v!r})")
+        for name in ("warmup_steps", "num_workers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                problems.append(f"`{name}` must be an integer >= 0 (got {v!r})")
+        if not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
+            problems.append(f"`max_steps` must be -1 or a positive integer (got {self.max_steps!r})")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                problems.append(f"`{name}` must be a positive number (got {v!r})")
+        for name in (
+            "weight_decay",
+            "gradient_clip",
+            "stain_jitter",
+            "contrastive_weight",
+            "context_contrastive_weight",
+            "masked_expression_weight",
+            "predicted_expression_weight",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                problems.append(f"`{name}` must be a number >= 0 (got {v!r})")
+        for name in ("mask_fraction", "image_dropout", "expression_dropout", "val_fraction", "min_lr_ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not 0 <= v < 1:
+                problems.append(f"`{name}` must be in [0, 1) (got {v!r})")
+        if self.image_dropout + self.expression_dropout >= 1:
+            problems.append("`image_dropout + expression_dropout` must be < 1 (some observations must keep both)")
+        if self.stain_jitter >= 1:
+            problems.append("`stain_jitter` must be < 1")
+        if self.early_stopping_patience is not None and (
+            not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 1
+        ):
+            problems.append(
+                f"`early_stopping_patience` must be a positive integer or None (got {self.early_stopping_patience!r})"
+            )
+        if self.checkpoint_dtype not in ("float32", "float16", "bfloat16"):
+            problems.append(f"`checkpoint_dtype` must be float32, float16 or bfloat16 (got {self.checkpoint_dtype!r})")
+        if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
+            problems.append(f"`devices` must be 'auto' or a positive integer (got {self.devices!r})")
+        if problems:
+            raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        """The objectives' weights."""
+        return LossWeights(
+            self.contrastive_weight,
+            self.context_contrastive_weight,
+            self.masked_expression_weight,
+            self.predicted_expression_weight,
+        )
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        """Return a copy with some fields changed (validated; unknown names are an error).
+
+        Parameters
+        ----------
+        **changes
+            Field names and values.
+
+        Returns
+        -------
+        The new config.
+
+        Examples
+        --------
+        >>> TrainingConfig().replace(max_epochs=3).max_epochs
+        3
+        """
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"Unknown training option(s) {unknown}; valid options: {sorted(known)}.")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable fields.
+
+        Returns
+        -------
+        Field name to value.
+
+        Examples
+        --------
+        >>> TrainingConfig().to_dict()["batch_size"]
+        64
+        """
+        out = dataclasses.asdict(self)
+        if out["val_groups"] is not None:
+            out["val_groups"] = list(out["val_groups"])
+        return out

@@ -1,0 +1,360 @@
+"""``fit`` (train a given model) and ``pretrain`` (build one and train it): the training engine's entry points."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from storm_sc._settings import logger, settings
+from storm_sc.models import StormConfig, StormModel
+
+from ._config import TrainingConfig
+from ._dataset import ContextDataset, ContextSampler, collate
+from ._module import BestWeights, History, StormLightningModule, Throughput
+from ._slides import TRAIN, VAL, PreparedSlide, as_slides, prepare_slides, slide_manifest, split, union_vocabulary
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from storm_sc.pp import GeneVocabulary
+
+MODEL_FILE = "model.safetensors"
+
+
+def _options(config: TrainingConfig | None, overrides: dict[str, Any]) -> TrainingConfig:
+    base = config if config is not None else TrainingConfig()
+    if not isinstance(base, TrainingConfig):
+        raise TypeError(f"`config` must be a TrainingConfig, got {type(base).__name__}.")
+    return base.replace(**overrides) if overrides else base
+
+
+def _launch_settings(options: TrainingConfig) -> dict[str, Any]:
+    """Trainer hardware settings; follows torchrun / SLURM launches when ``devices="auto"``."""
+    devices: int | str = options.devices
+    num_nodes = options.num_nodes
+    strategy = options.strategy
+    env = os.environ
+    if devices == "auto" and "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:  # torchrun / torchelastic
+        devices = int(env["LOCAL_WORLD_SIZE"])
+        num_nodes = max(1, int(env["WORLD_SIZE"]) // devices)
+    elif (
+        devices == "auto"
+        and "SLURM_NTASKS_PER_NODE" in env
+        and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    ):
+        devices = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
+        num_nodes = int(env.get("SLURM_NNODES", num_nodes))
+    multi = (isinstance(devices, int) and devices > 1) or num_nodes > 1
+    if strategy == "auto" and multi:
+        strategy = "ddp"
+    accelerator = options.accelerator
+    precision = options.precision or ("bf16-mixed" if _uses_gpu(options) else "32-true")
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "precision": precision,
+    }
+
+
+def _uses_gpu(options: TrainingConfig) -> bool:
+    return options.accelerator in ("gpu", "cuda") or (options.accelerator == "auto" and torch.cuda.is_available())
+
+
+def _world_size(launch: dict[str, Any]) -> int:
+    devices = launch["devices"]
+    per_node = devices if isinstance(devices, int) else 1
+    return per_node * launch["num_nodes"]
+
+
+def fit(
+    model: StormModel,
+    data: Any,
+    *,
+    config: TrainingConfig | None = None,
+    output_dir: str | Path | None = None,
+    overwrite: bool = False,
+    callbacks: Sequence[L.Callback] = (),
+    cache_dir: str | Path | None = None,
+    init_gene_statistics: bool = False,
+    provenance: dict[str, Any] | None = None,
+    verbose: bool | None = None,
+    **options: Any,
+) -> StormModel:
+    """Train a STORM model in place on spatial slides (CPU, one GPU with bf16, or many with DDP).
+
+    Each training sample is a centre observation with its niche and region neighbours. Four objectives are
+    optimised: contrastive alignment of morphology and expression (per observation, and between the H&E-only and
+    expression-only contextual embeddings), reconstruction of masked gene tokens from the joint view, and
+    prediction of measured expression from H&E and positions only; modality dropout teaches the model to embed
+    observations with either modality missing. Validation holds out whole slide groups (patients),
+    and training stops early when the validation loss stops improving; the best weights are kept.
+
+    Parameters
+    ----------
+    model
+        The model to train (its vocabulary and architecture are kept).
+    data
+        Slides: SpatialData / AnnData / SpatialInput / :class:`TrainingSlide`, a list of them, or a dict of
+        name to them. Give :class:`TrainingSlide` objects a ``group`` (patient) to split by patient.
+    config
+        Training settings; ``**options`` override single fields.
+    output_dir
+        Folder for the checkpoint (``model.safetensors``) and the CSV logs (``logs/metrics.csv``). ``None``:
+        nothing is written (epoch losses stay in ``model.manifest["run"]["history"]``).
+    overwrite
+        Replace an existing ``model.safetensors`` in ``output_dir``.
+    callbacks
+        Extra Lightning callbacks.
+    cache_dir
+        Folder for memory-mapped patch caches of large slides (default: the system temporary folder).
+    provenance
+        Extra description of the run stored in the manifest (e.g. the YAML recipe).
+    init_gene_statistics
+        Start the expression decoders at each gene's mean and variance in the training observations (for a
+        freshly initialised model; :func:`pretrain` does this).
+    verbose
+        Progress bars.
+    **options
+        Fields of :class:`TrainingConfig` (``max_epochs=``, ``batch_size=``, ``lr=``, ``seed=``, ``devices=``, ...).
+
+    Returns
+    -------
+    The trained model (on the CPU), its ``manifest`` describing the data, split and run.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=300, n_genes=60, n_domains=3, seed=0)  # doctest: +SKIP
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names)  # doctest: +SKIP
+    >>> st.training.fit(model, sdata, max_epochs=2, seed=0)  # doctest: +SKIP
+    StormModel(storm-tiny, 60 genes, ...)
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger
+
+    if not isinstance(model, StormModel):
+        raise TypeError(f"`model` must be a StormModel, got {type(model).__name__}.")
+    opts = _options(config, options)
+    slides = as_slides(data)
+    out_dir = Path(output_dir).expanduser() if output_dir is not None else None
+    if out_dir is not None and (out_dir / MODEL_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / MODEL_FILE} already exists; pass overwrite=True or another output_dir.")
+    launch = _launch_settings(opts)
+
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    prepared = prepare_slides(model, slides, cache_dir=cache_dir, num_workers=opts.num_workers, verbose=verbose)
+    split_info = split(prepared, val_groups=opts.val_groups, val_fraction=opts.val_fraction, seed=opts.seed)
+    train_set = ContextDataset(prepared, TRAIN, model.config, opts, train=True)
+    val_set = ContextDataset(prepared, VAL, model.config, opts, train=False)
+    if len(train_set) == 0:
+        raise ValueError("No training observations are left after the validation split; lower `val_fraction`.")
+    if init_gene_statistics:
+        _init_gene_statistics(model, prepared)
+
+    world = _world_size(launch)
+    per_process = math.ceil(len(train_set) / world)
+    drop_last = per_process > opts.batch_size  # full batches keep the contrastive loss comparable across steps
+    steps_per_epoch = max(1, per_process // opts.batch_size if drop_last else math.ceil(per_process / opts.batch_size))
+    total_steps = steps_per_epoch * opts.max_epochs if opts.max_steps < 0 else opts.max_steps
+
+    loader_args = {
+        "batch_size": opts.batch_size,
+        "collate_fn": collate,
+        "num_workers": opts.num_workers,
+        "persistent_workers": False,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    if opts.num_workers:
+        loader_args["prefetch_factor"] = 4
+    # Our samplers shard across processes themselves and carry the epoch into the items (see ContextSampler).
+    train_sampler = ContextSampler(len(train_set), shuffle=True, seed=opts.seed)
+    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=drop_last, **loader_args)
+    val_loader = None
+    if len(val_set):
+        val_loader = DataLoader(val_set, sampler=ContextSampler(len(val_set), shuffle=False, seed=0), **loader_args)
+
+    best, history, throughput = BestWeights(), History(), Throughput()
+    cbs: list[L.Callback] = [best, history, throughput, *callbacks]
+    if val_loader is not None and opts.early_stopping_patience is not None:
+        # not strict: a run cut short by max_steps before its first validation simply has nothing to compare
+        cbs.append(
+            EarlyStopping(
+                monitor="val/loss",
+                patience=opts.early_stopping_patience,
+                mode="min",
+                strict=False,
+                check_on_train_epoch_end=False,
+            )
+        )
+    csv = CSVLogger(save_dir=out_dir, name="", version="logs") if out_dir is not None else None
+    show = settings.show_progress(verbose)
+    module = StormLightningModule(model.network, opts, total_steps)
+    model.network.train()
+    trainer = L.Trainer(
+        **launch,
+        max_epochs=opts.max_epochs,
+        max_steps=opts.max_steps,
+        gradient_clip_val=opts.gradient_clip or None,
+        log_every_n_steps=min(opts.log_every_n_steps, steps_per_epoch),
+        logger=csv if csv is not None else False,
+        callbacks=cbs,
+        default_root_dir=out_dir,
+        enable_checkpointing=False,
+        enable_progress_bar=show,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        # the projection heads' batch statistics then cover the global batch, as the gathered contrastive loss does
+        # (torch synchronises batch norm on GPUs only)
+        sync_batchnorm=world > 1 and _uses_gpu(opts),
+    )
+    logger.info(
+        "Training %r on %d slides: %d training / %d validation centres (%s split), %d steps per epoch, %s.",
+        model,
+        len(prepared),
+        len(train_set),
+        len(val_set),
+        split_info["strategy"],
+        steps_per_epoch,
+        ", ".join(f"{k}={v}" for k, v in launch.items()),
+    )
+    with warnings.catch_warnings():
+        # Small data sets trigger Lightning's "few batches / workers" hints; the settings are deliberate.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+    best.restore(model.network)
+    model.network.cpu().eval()
+    model.manifest = {
+        **({"provenance": provenance} if provenance else {}),
+        "datasets": [slide_manifest(p) for p in prepared],
+        "split": split_info,
+        "training": opts.to_dict(),
+        "run": {
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+            "best_epoch": best.best_epoch,
+            "best_val_loss": None if best.best_epoch is None else round(best.best, 6),
+            "history": history.epochs,
+        },
+    }
+    log_dir = None if csv is None else str(csv.log_dir)
+    model.training_summary = {"patches_per_second": throughput.patches_per_second, "log_dir": log_dir}
+    logger.info(
+        "Training done: %d epochs, %.1f patches/s per process%s.",
+        trainer.current_epoch,
+        throughput.patches_per_second,
+        f"; logs in {log_dir}" if log_dir else "",
+    )
+    if out_dir is not None and trainer.is_global_zero:
+        model.save(out_dir / MODEL_FILE, overwrite=overwrite, dtype=opts.checkpoint_dtype)
+    return model
+
+
+def pretrain(
+    data: Any,
+    *,
+    model: str | StormConfig | StormModel = "storm-small",
+    vocabulary: GeneVocabulary | Sequence[str] | None = None,
+    config: TrainingConfig | None = None,
+    output_dir: str | Path | None = None,
+    overwrite: bool = False,
+    callbacks: Sequence[L.Callback] = (),
+    cache_dir: str | Path | None = None,
+    provenance: dict[str, Any] | None = None,
+    verbose: bool | None = None,
+    **options: Any,
+) -> StormModel:
+    """Pretrain a STORM model from scratch on spatial slides; see :func:`fit` for the training itself.
+
+    Parameters
+    ----------
+    data
+        Slides (see :func:`fit`).
+    model
+        Architecture name (``"storm-tiny"``, ``"storm-small"``, ``"storm-base"``), a :class:`StormConfig`, or a
+        :class:`StormModel` to continue training.
+    vocabulary
+        Genes of the model; default the union of the slides' genes.
+    config, output_dir, overwrite, callbacks, cache_dir, provenance, verbose, **options
+        As in :func:`fit`.
+
+    Returns
+    -------
+    The trained model.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=300, n_genes=60, n_domains=3, seed=0)  # doctest: +SKIP
+    >>> model = st.training.pretrain(sdata, model="storm-tiny", max_epochs=2, output_dir="runs/toy")  # doctest: +SKIP
+    """
+    opts = _options(config, options)
+    if isinstance(model, StormModel):
+        if vocabulary is not None:
+            raise ValueError("`vocabulary` cannot change an existing model's genes; drop it.")
+        net = model
+    else:
+        slides = as_slides(data)
+        vocab = vocabulary if vocabulary is not None else union_vocabulary(slides)
+        net = StormModel(model, vocab, seed=opts.seed)
+        data = slides
+    return fit(
+        net,
+        data,
+        config=opts,
+        output_dir=output_dir,
+        overwrite=overwrite,
+        callbacks=callbacks,
+        cache_dir=cache_dir,
+        init_gene_statistics=not isinstance(model, StormModel),
+        provenance=provenance,
+        verbose=verbose,
+    )
+
+
+@torch.no_grad()
+def _init_gene_statistics(model: StormModel, prepared: Sequence[PreparedSlide]) -> None:
+    """Set the decoders' per-gene biases to the genes' mean and log-variance over the training observations.
+
+    A fresh decoder otherwise spends its first hundreds of steps learning per-gene averages; starting from them
+    lets the objectives shape the embedding from the first epoch.
+    """
+    n = len(model.vocabulary)
+    total, total_sq, count = np.zeros(n), np.zeros(n), np.zeros(n)
+    for p in prepared:
+        if p.inputs.expression is None:
+            continue
+        x = p.inputs.expression[p.rows(TRAIN)]
+        gi = p.inputs.gene_index
+        total[gi] += np.asarray(x.sum(axis=0)).ravel()
+        total_sq[gi] += np.asarray(x.multiply(x).sum(axis=0)).ravel()
+        count[gi] += x.shape[0]
+    seen = count > 0
+    if not seen.any():
+        return
+    mean = np.clip(total[seen] / count[seen], 1e-3, None)
+    var = np.clip(total_sq[seen] / count[seen] - (total[seen] / count[seen]) ** 2, 1e-2, None)
+    idx = torch.as_tensor(np.flatnonzero(seen))
+    for head in (model.network.reconstruction_head, model.network.prediction_head):
+        raw_mean = torch.as_tensor(mean + np.log(-np.expm1(-mean)), dtype=torch.float32)  # softplus inverse
+        half = 0.5 * (head.logvar_max - head.logvar_min)
+        mid = 0.5 * (head.logvar_max + head.logvar_min)
+        scaled = np.clip((np.log(var) - mid) / half, -0.99, 0.99)
+        raw_lv = torch.as_tensor(half * np.arctanh(scaled), dtype=torch.float32)
+        head.mean_bias[idx] = raw_mean
+        head.logvar_bias[idx] = raw_lv

@@ -1,0 +1,188 @@
+"""The Lightning wrapper of the STORM network, and the callbacks of a training run."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from storm_sc.models import StormBatch, StormNetwork
+from storm_sc.models._network import LOSS_NAMES
+
+from ._config import TrainingConfig
+
+# Parameters without weight decay: biases, norms, learned tokens and the gene/bin embedding tables.
+_NO_DECAY_MARKERS = ("bias", "norm", "embedding", "bins", "query", "cls", "pos", "_type", "empty", "logit_scale")
+
+
+class StormLightningModule(L.LightningModule):
+    """Trains a :class:`storm_sc.models.StormNetwork` on :class:`storm_sc.models.StormBatch` batches.
+
+    Parameters
+    ----------
+    network
+        The network (trained in place).
+    options
+        Training settings.
+    total_steps
+        Optimiser steps planned (for the learning-rate schedule).
+    """
+
+    def __init__(self, network: StormNetwork, options: TrainingConfig, total_steps: int) -> None:
+        super().__init__()
+        self.network = network
+        self.options = options
+        self.total_steps = max(int(total_steps), 1)
+
+    def transfer_batch_to_device(self, batch: StormBatch, device: torch.device, dataloader_idx: int) -> StormBatch:
+        """Move every tensor of the batch (a dataclass Lightning does not know)."""
+        return batch.to(device, non_blocking=True)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.all_gather(t, sync_grads=True)
+
+    def _step(self, batch: StormBatch, stage: str) -> torch.Tensor:
+        multi = self.trainer.world_size > 1 and self.options.gather_contrastive
+        losses = self.network.losses(
+            batch,
+            weights=self.options.loss_weights,
+            augment=stage == "train",
+            context_grad=self.options.context_grad,
+            gather=self._gather if multi and stage == "train" else None,
+            rank=self.global_rank,
+        )
+        size = batch.n_centres
+        on_step = stage == "train"
+        for name in ("loss", *LOSS_NAMES):
+            self.log(
+                f"{stage}/{name}",
+                losses[name].detach(),
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=size,
+                sync_dist=True,
+                prog_bar=name == "loss",
+            )
+        return losses["loss"]
+
+    def training_step(self, batch: StormBatch, batch_idx: int) -> torch.Tensor:
+        """Weighted sum of the objectives on one batch."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: StormBatch, batch_idx: int) -> torch.Tensor:
+        """Compute the same objectives without augmentation or dropout."""
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with linear warm-up and cosine decay, stepped every optimiser step."""
+        decay, no_decay = [], []
+        for name, p in self.network.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or any(m in name for m in _NO_DECAY_MARKERS) else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.options.lr,
+        )
+        warmup, total, floor = self.options.warmup_steps, self.total_steps, self.options.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class BestWeights(L.Callback):
+    """Keep (in memory) the weights of the epoch with the lowest validation loss, and restore them at the end.
+
+    Every process holds identical weights under data parallelism, so no file needs to be shared.
+    """
+
+    def __init__(self, monitor: str = "val/loss") -> None:
+        self.monitor = monitor
+        self.best: float = math.inf
+        self.best_epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) < self.best:
+            self.best, self.best_epoch = float(value), trainer.current_epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in pl_module.network.state_dict().items()}
+
+    def restore(self, network: StormNetwork) -> None:
+        """Load the best weights seen (no-op without validation)."""
+        if self.state is not None:
+            network.load_state_dict(self.state)
+
+
+class History(L.Callback):
+    """Epoch-level losses (training and validation) for the manifest and for inspection."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if key.endswith("_epoch") or key.startswith("val/"):
+                row[key.removesuffix("_epoch")] = round(float(value), 6)
+        self.epochs.append(row)
+
+
+class Throughput(L.Callback):
+    """Patches (observations with an image) per second of training per process, data loading included.
+
+    Timed from the start of each epoch's first batch to the end of its last one, so validation and the loading
+    of the first batch (worker start-up) are excluded. Logged per epoch as ``train/patches_per_s``.
+    """
+
+    def __init__(self) -> None:
+        self.patches = 0
+        self.seconds = 0.0
+        self._epoch_start: float | None = None
+        self._epoch_patches = 0
+        self._last_end = 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._epoch_start is None:
+            self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._epoch_patches += int(batch.has_image.sum())
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._epoch_start is None:
+            return
+        elapsed = self._last_end - self._epoch_start
+        self.patches += self._epoch_patches
+        self.seconds += elapsed
+        if elapsed > 0:
+            pl_module.log(
+                "train/patches_per_s",
+                self._epoch_patches / elapsed,
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=True,
+            )
+        self._epoch_start, self._epoch_patches = None, 0
+
+    @property
+    def patches_per_second(self) -> float:
+        """Average over the run."""
+        return self.patches / self.seconds if self.seconds else float("nan")

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.spatial.distance import cdist
+
+from storm_sc.models import StormInputs, get_config
+from storm_sc.models._neighbors import niche_neighbors, pick, region_neighbors
+from storm_sc.models._tokens import gene_tokens
+
+
+def test_small_panel_gives_every_measured_gene():
+    x = sparse.csr_matrix(np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], dtype=np.float32))
+    ids, values, valid = gene_tokens(x, np.array([10, 20, 30]), np.array([0, -1, 1]), 5)
+    assert ids.shape == (3, 5)
+    assert ids[0, :3].tolist() == [10, 20, 30]
+    assert values[0, :3].tolist() == [0.0, 2.0, 1.0]
+    assert valid.sum(1).tolist() == [3, 0, 3]
+
+
+def test_large_panel_takes_top_half_then_random_measured_genes(rng):
+    n_panel, budget = 500, 40
+    dense = np.zeros((1, n_panel), dtype=np.float32)
+    expressed = rng.choice(n_panel, 60, replace=False)
+    dense[0, expressed] = rng.uniform(0.5, 5.0, 60).astype(np.float32)
+    x = sparse.csr_matrix(dense)
+    gene_index = np.arange(n_panel) + 1000
+    ids, values, valid = gene_tokens(x, gene_index, np.array([0]), budget, rng=np.random.default_rng(1))
+    assert valid.all()
+    assert len(set(ids[0].tolist())) == budget
+    top = np.argsort(-dense[0])[: budget // 2] + 1000
+    assert set(top.tolist()) <= set(ids[0].tolist())
+    # every token's value is the measured one (zeros included)
+    np.testing.assert_array_equal(values[0], dense[0, ids[0] - 1000])
+    # inference draws depend only on the row: identical twice
+    a = gene_tokens(x, gene_index, np.array([0]), budget)
+    b = gene_tokens(x, gene_index, np.array([0]), budget)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_niche_neighbours_match_brute_force(rng):
+    xy = rng.uniform(0, 1000, (80, 2))
+    nn = niche_neighbors(xy, 6)
+    d = cdist(xy, xy)
+    np.fill_diagonal(d, np.inf)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(np.sort(nn, axis=1), np.sort(expected, axis=1))
+    assert niche_neighbors(xy[:3], 6)[0].tolist() == [1, 2, -1, -1, -1, -1]
+
+
+def test_region_neighbours_cover_the_radius_sparsely(rng):
+    xy = rng.uniform(0, 500, (300, 2))
+    pool = region_neighbors(xy, 150.0, 10)
+    assert pool.shape == (300, 10)
+    d = cdist(xy, xy)
+    for i in range(0, 300, 37):
+        members = pool[i][pool[i] >= 0]
+        assert i not in members
+        assert (d[i, members] <= 150.0).all()
+        inside = (d[i] <= 150.0).sum() - 1
+        assert len(members) == min(10, inside)
+        if inside > 10:  # spread from near to far, not just the 10 nearest
+            assert d[i, members].max() > np.sort(d[i])[11]
+    assert pick(pool[0], 4, None).tolist() == pick(pool[0], 4, None).tolist()
+    drawn = pick(pool[0], 4, np.random.default_rng(0))
+    assert set(drawn.tolist()) <= set(pool[0].tolist())
+
+
+def test_storm_inputs_validation():
+    cfg = get_config("storm-tiny")
+    xy = np.random.default_rng(0).uniform(0, 500, (20, 2))
+    x = np.random.default_rng(0).poisson(1, (20, 7)).astype(np.float32)
+    inputs = StormInputs.from_arrays(xy, config=cfg, expression=x, gene_index=np.arange(7))
+    assert inputs.has_expression
+    assert not inputs.has_image
+    assert inputs.niche_neighbors.shape == (20, cfg.niche_k)
+    with pytest.raises(ValueError, match="go together"):
+        StormInputs.from_arrays(xy, config=cfg, expression=x)
+    with pytest.raises(ValueError, match="uint8"):
+        StormInputs.from_arrays(xy, config=cfg, patches=np.zeros((20, 3, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="one vocabulary index per expression column"):
+        StormInputs.from_arrays(xy, config=cfg, expression=x, gene_index=np.arange(6))

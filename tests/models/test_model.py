@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+import storm_sc as st
+from storm_sc.models import StormInputs, StormModel
+
+
+def test_embed_levels_and_modalities(tiny_model, toy_sdata):
+    inputs = tiny_model.prepare(toy_sdata, verbose=False)
+    cfg = tiny_model.config
+    joint = tiny_model.embed(inputs, verbose=False)
+    assert joint.shape == (150, cfg.embed_dim)
+    assert joint.dtype == np.float32
+    assert np.isfinite(joint).all()
+    for level in ("observation", "niche", "region"):
+        assert tiny_model.embed(inputs, level=level, verbose=False).shape == (150, cfg.hidden_dim)
+    image_only = tiny_model.embed(inputs, use_expression=False, verbose=False)
+    expr_only = tiny_model.embed(inputs, use_image=False, verbose=False)
+    assert not np.allclose(joint, image_only)
+    assert not np.allclose(image_only, expr_only)
+    with pytest.raises(ValueError, match="level"):
+        tiny_model.embed(inputs, level="cell", verbose=False)
+    with pytest.raises(ValueError, match="At least one"):
+        tiny_model.embed(inputs, use_image=False, use_expression=False, verbose=False)
+
+
+def test_embed_is_deterministic_and_independent_of_batching(tiny_model, toy_sdata):
+    inputs = tiny_model.prepare(toy_sdata, verbose=False)
+    a = tiny_model.embed(inputs, batch_size=256, device="cpu", verbose=False)
+    b = tiny_model.embed(inputs, batch_size=7, device="cpu", verbose=False)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(a, tiny_model.embed(toy_sdata, verbose=False))
+
+
+def test_embed_arguments_are_checked(tiny_model, toy_sdata):
+    inputs = tiny_model.prepare(toy_sdata, verbose=False)
+    with pytest.raises(ValueError, match="only apply when `data` is not already StormInputs"):
+        tiny_model.embed(inputs, mpp=1.0, verbose=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            tiny_model.embed(inputs, device="cuda", verbose=False)
+
+
+def test_predict_expression_reads_only_morphology_and_positions(tiny_model, toy_sdata):
+    pred = tiny_model.predict_expression(toy_sdata, verbose=False)
+    n_genes = len(tiny_model.vocabulary)
+    assert pred.mean.shape == pred.std.shape == (150, n_genes)
+    assert (pred.std > 0).all()
+    assert (pred.mean >= 0).all()
+    assert pred.genes == list(tiny_model.vocabulary.symbols)
+    assert list(pred.obs_names) == list(toy_sdata["table"].obs_names)
+    sub = tiny_model.predict_expression(toy_sdata, genes=["gene_0003", "GENE_0001"], verbose=False)
+    np.testing.assert_allclose(sub.mean, pred.mean[:, [3, 1]], rtol=1e-5, atol=1e-6)
+    # scrambling the measured expression changes nothing: it is never read
+    scrambled = st.datasets.toy(n_obs=150, n_genes=40, n_domains=3, seed=0)
+    table = scrambled["table"]
+    table.X = table.X[np.random.default_rng(0).permutation(150)]
+    np.testing.assert_array_equal(tiny_model.predict_expression(scrambled, verbose=False).mean, pred.mean)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        tiny_model.predict_expression(toy_sdata, genes=["NOT_A_GENE"], verbose=False)
+
+
+def test_missing_modalities_at_the_slide_level(toy_vocab):
+    model = StormModel("storm-tiny", toy_vocab, seed=0)
+    no_image = st.datasets.toy(n_obs=120, n_genes=40, n_domains=3, image=False, seed=3)
+    emb = model.embed(no_image, verbose=False)
+    assert emb.shape == (120, model.config.embed_dim)
+    with pytest.raises(ValueError, match="has no H&E image"):
+        model.predict_expression(no_image, verbose=False)
+    with pytest.raises(ValueError, match="gives the model nothing to read"):
+        model.embed(no_image, use_expression=False, verbose=False)
+
+
+def _slide_with_genes(toy_sdata, columns):
+    import anndata as ad
+
+    table = toy_sdata["table"]
+    sub = ad.AnnData(table.X[:, columns].copy(), obs=table.obs[[]].copy(), var=table.var.iloc[columns][[]].copy())
+    xy = np.asarray(toy_sdata["toy_spots"].geometry.get_coordinates())
+    return st.io.from_arrays(sub, xy, None, mpp=2.0)
+
+
+def test_panels_that_cover_part_of_the_vocabulary(toy_sdata):
+    genes = list(toy_sdata["table"].var_names)
+    vocab = st.pp.GeneVocabulary.from_genes(genes + ["EXTRA1", "EXTRA2"])  # a panel-agnostic vocabulary
+    model = StormModel("storm-tiny", vocab, seed=0)
+    panel = _slide_with_genes(toy_sdata, list(range(10, 30)))  # a slide measuring 20 of the 42 genes
+    inputs = model.prepare(panel, verbose=False)
+    assert inputs.gene_index.tolist() == list(range(10, 30))
+    emb = model.embed(inputs, verbose=False)
+    assert emb.shape == (150, model.config.embed_dim)
+    assert np.isfinite(emb).all()
+    # the same genes measured in another column order give the same embedding
+    reordered = _slide_with_genes(toy_sdata, list(range(29, 9, -1)))
+    np.testing.assert_allclose(model.embed(reordered, verbose=False), emb, rtol=1e-5, atol=1e-5)
+    # a bigger panel changes the expression-only embedding, but the model reads both
+    full = model.embed(toy_sdata, use_image=False, verbose=False)
+    assert full.shape == emb.shape
+    assert not np.allclose(full, emb)
+
+
+def test_storm_inputs_from_arrays_feed_the_model(tiny_model, rng):
+    xy = rng.uniform(0, 2000, (60, 2))
+    patches = rng.integers(0, 256, (60, 3, 32, 32), dtype=np.uint8)
+    x = rng.poisson(2.0, (60, 12)).astype(np.float32)
+    inputs = StormInputs.from_arrays(
+        xy, config=tiny_model.config, patches=patches, expression=np.log1p(x), gene_index=np.arange(12)
+    )
+    assert tiny_model.embed(inputs, verbose=False).shape == (60, tiny_model.config.embed_dim)
+    pred = tiny_model.predict_expression(inputs, genes=["gene_0000"], verbose=False)
+    assert pred.mean.shape == (60, 1)
+
+
+def test_construction_errors():
+    with pytest.raises(ValueError, match="needs its gene vocabulary"):
+        StormModel("storm-tiny")
+    with pytest.raises(TypeError, match="single string"):
+        StormModel("storm-tiny", "GFAP")
+    a = StormModel("storm-tiny", ["A", "B"], seed=3)
+    b = StormModel("storm-tiny", ["A", "B"], seed=3)
+    c = StormModel("storm-tiny", ["A", "B"], seed=4)
+    assert a.weights_digest() == b.weights_digest() != c.weights_digest()
+    assert "storm-tiny" in repr(a)
+    assert a.n_parameters > 0

@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+
+from storm_sc.models import StormModel
+from storm_sc.training import (
+    ContextDataset,
+    ContextSampler,
+    TrainingConfig,
+    TrainingSlide,
+    collate,
+    union_vocabulary,
+)
+from storm_sc.training._slides import TRAIN, VAL, as_slides, prepare_slides, split
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"mask_fraction": 1.0}, "mask_fraction"),
+        ({"image_dropout": 0.6, "expression_dropout": 0.5}, "image_dropout"),
+        ({"devices": "two"}, "devices"),
+        ({"checkpoint_dtype": "int8"}, "checkpoint_dtype"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience"),
+    ],
+)
+def test_training_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**changes)
+    with pytest.raises(ValueError, match="Unknown training option"):
+        TrainingConfig().replace(epochs=3)
+    assert TrainingConfig(val_groups=["P1"]).val_groups == ("P1",)
+
+
+def test_as_slides_names_groups_and_errors(toy_pair):
+    slides = as_slides(toy_pair)
+    assert [s.name for s in slides] == ["a", "b"]
+    assert [s.group for s in slides] == ["a", "b"]
+    slides = as_slides([TrainingSlide(toy_pair["a"], group="P1"), toy_pair["b"]])
+    assert [s.name for s in slides] == ["slide0", "slide1"]
+    assert slides[0].group == "P1"
+    with pytest.raises(ValueError, match="unique"):
+        as_slides([TrainingSlide(toy_pair["a"], name="x"), TrainingSlide(toy_pair["b"], name="x")])
+    with pytest.raises(TypeError, match="expected SpatialData"):
+        as_slides([toy_pair["a"], 3])
+    with pytest.raises(ValueError, match="No training slides"):
+        as_slides([])
+
+
+def test_union_vocabulary_spans_all_panels(toy_pair):
+    a = toy_pair["a"]["table"][:, :20]
+    b = toy_pair["b"]["table"][:, 10:].copy()
+    b.var_names = [g.upper() for g in b.var_names]  # same genes in another case: one entry each
+    vocab = union_vocabulary(as_slides([a, b]))
+    assert len(vocab) == 30
+    assert vocab.symbols[:3] == ("gene_0000", "gene_0001", "gene_0002")
+    both = union_vocabulary(as_slides([a, b]), min_slides=2)
+    assert both.symbols == tuple(f"gene_{i:04d}" for i in range(10, 20))
+    top = union_vocabulary(as_slides([a, b]), max_genes=12)
+    assert len(top) == 12
+    assert set(both.symbols) < set(top.symbols)  # genes of both slides rank first, then the most detected
+    with pytest.raises(ValueError, match="min_slides"):
+        union_vocabulary(as_slides([a, b]), min_slides=0)
+
+
+def _prepared(data, model=None, **kw):
+    slides = as_slides(data)
+    model = model or StormModel("storm-tiny", union_vocabulary(slides), seed=0)
+    return model, prepare_slides(model, slides, cache_dir=None, num_workers=0, verbose=False)
+
+
+def test_split_by_group_by_fraction_and_spatial_block(toy_pair, small_toy):
+    model, prepared = _prepared([TrainingSlide(toy_pair["a"], group="P1"), TrainingSlide(toy_pair["b"], group="P2")])
+    info = split(prepared, val_groups=["P2"], val_fraction=0.2, seed=0)
+    assert info["strategy"] == "group"
+    assert info["val_groups"] == ["P2"]
+    assert (prepared[0].partition == TRAIN).all()
+    assert (prepared[1].partition == VAL).all()
+    info = split(prepared, val_groups=None, val_fraction=0.3, seed=0)
+    assert len(info["val_groups"]) == 1
+    with pytest.raises(ValueError, match="match no slide group"):
+        split(prepared, val_groups=["P9"], val_fraction=0.2, seed=0)
+    with pytest.raises(ValueError, match="every group"):
+        split(prepared, val_groups=["P1", "P2"], val_fraction=0.2, seed=0)
+    assert split(prepared, val_groups=None, val_fraction=0.0, seed=0)["strategy"] == "none"
+
+    _, single = _prepared(small_toy, model)
+    info = split(single, val_groups=None, val_fraction=0.25, seed=0)
+    x = single[0].inputs.centers_um[:, 0]
+    assert info["strategy"] == "spatial_block"
+    assert x[single[0].partition == VAL].min() > x[single[0].partition == TRAIN].max()
+
+
+def test_items_are_reproducible_per_seed_epoch_and_index(small_toy):
+    model, prepared = _prepared(small_toy)
+    split(prepared, val_groups=None, val_fraction=0.3, seed=0)
+    cfg, opts = model.config, TrainingConfig(seed=5)
+    train = ContextDataset(prepared, TRAIN, cfg, opts, train=True)
+    val = ContextDataset(prepared, VAL, cfg, opts, train=False)
+    assert len(train) + len(val) == 200
+    size = 1 + cfg.niche_k + cfg.region_k
+    for ds in (train, val):
+        for i in range(0, len(ds), 9):
+            item = ds[i]
+            assert item["has_image"].shape == (size,)
+            assert item["has_image"][0]
+            assert item["has_expression"][0]
+            assert item["niche_valid"].sum() + item["region_valid"].sum() > 0
+    a, b = train[3], train[3]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = train[len(train) + 3]  # the same centre in the next epoch
+    assert not all(np.array_equal(a[k], c[k]) for k in ("recon_mask", "stain_alpha"))
+    assert not val[2]["drop_image"].any()
+    assert np.allclose(val[2]["stain_alpha"], 1.0)
+
+
+def test_collate_lays_out_centres_and_neighbours(small_toy):
+    model, prepared = _prepared(small_toy)
+    ds = ContextDataset(prepared, TRAIN, model.config, TrainingConfig(), train=True)
+    batch = collate([ds[i] for i in range(5)])
+    cfg = model.config
+    size = 1 + cfg.niche_k + cfg.region_k
+    assert batch.n_obs == 5 * size
+    assert batch.centre.tolist() == [i * size for i in range(5)]
+    assert batch.images.dtype == torch.uint8
+    assert batch.images.shape[-1] == cfg.image_size
+    valid_niche = batch.niche_idx[batch.niche_valid]
+    assert ((valid_niche % size) >= 1).all()
+    assert ((valid_niche % size) <= cfg.niche_k).all()
+    assert (batch.niche_idx[~batch.niche_valid] == -1).all()
+    assert (batch.recon_mask.reshape(5, size, -1)[:, 1:] == 0).all()  # only centres are masked
+    losses = model.network.losses(batch)
+    assert torch.isfinite(losses["loss"])
+
+
+def test_dataset_neighbours_respect_the_partition(small_toy):
+    model, prepared = _prepared(small_toy)
+    split(prepared, val_groups=None, val_fraction=0.3, seed=0)
+    ds = ContextDataset(prepared, VAL, model.config, TrainingConfig(), train=False)
+    part = prepared[0].partition
+    inputs = prepared[0].inputs
+    for i in range(len(ds)):
+        row = ds.index[i, 1]
+        item = ds[i]
+        dxy = np.concatenate([item["niche_dxy"][item["niche_valid"]], item["region_dxy"][item["region_valid"]]])
+        members = inputs.centers_um[row] + dxy
+        nearest = np.argmin(((inputs.centers_um[None] - members[:, None]) ** 2).sum(-1), axis=1)
+        assert (part[nearest] == VAL).all()
+
+
+def test_sampler_shards_processes_and_carries_the_epoch(monkeypatch):
+    sampler = ContextSampler(10, shuffle=True, seed=0)
+    keys = list(sampler)
+    assert sorted(keys) == list(range(10))
+    assert len(sampler) == 10
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    assert sorted(epoch2) == list(range(20, 30))
+    assert [k - 20 for k in epoch2] != keys
+    shards = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(ContextSampler, "_layout", staticmethod(lambda rank=rank: (rank, 3)))
+        shards.append(list(sampler))
+        assert len(sampler) == 4
+    assert all(len(s) == 4 for s in shards)
+    assert set().union(*map(set, shards)) == set(range(20, 30))  # every item, the first two repeated to pad
+    ordered = ContextSampler(5, shuffle=False, seed=0)
+    ordered.set_epoch(3)
+    monkeypatch.setattr(ContextSampler, "_layout", staticmethod(lambda: (0, 1)))
+    assert list(ordered) == [15, 16, 17, 18, 19]

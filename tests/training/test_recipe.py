@@ -1,0 +1,134 @@
+import json
+
+import pytest
+import yaml
+
+import storm_sc as st
+from storm_sc.cli import main
+from storm_sc.models import StormModel
+from storm_sc.training import TrainingConfig, load_recipe
+from storm_sc.training._fit import _launch_settings
+
+TOY = {"loader": "toy", "args": {"n_obs": 120, "n_genes": 24, "n_domains": 3, "seed": 0}}
+
+
+def _write(tmp_path, **recipe):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_recipe_is_parsed_with_sections_and_overrides(tmp_path):
+    path = _write(
+        tmp_path,
+        model={"name": "storm-tiny", "overrides": {"region_k": 4}},
+        patch_px=24,
+        datasets=[dict(TOY, group="P1"), dict(TOY, args=dict(TOY["args"], seed=1), name="second")],
+        training={"max_epochs": 3},
+        split={"val_groups": ["second"]},
+        trainer={"devices": 1},
+        output_dir=str(tmp_path / "out"),
+        seed=7,
+    )
+    recipe = load_recipe(path, overrides=["training.batch_size=8", "trainer.accelerator=cpu"])
+    assert recipe.model.region_k == 4
+    assert recipe.model.image_size == 24
+    assert recipe.training == TrainingConfig(
+        max_epochs=3, batch_size=8, val_groups=("second",), devices=1, accelerator="cpu", seed=7
+    )
+    assert [d["name"] for d in recipe.datasets] == ["toy(n_obs=120, n_genes=24, n_domains=3, seed=0)", "second"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"datasets": [TOY], "output_dir": "x", "epochs": 3}, "Unknown key"),
+        ({"datasets": [TOY], "output_dir": "x", "training": {"epochs": 3}}, "Unknown key"),
+        ({"datasets": [], "output_dir": "x"}, "non-empty list"),
+        ({"datasets": [{"loader": "nope"}], "output_dir": "x"}, "unknown loader"),
+        ({"datasets": [{"loader": "toy", "args": {"n_cells": 3}}], "output_dir": "x"}, "do not fit"),
+        ({"datasets": [{"loader": "toy", "path": "a.zarr"}], "output_dir": "x"}, "exactly one of"),
+        ({"datasets": [TOY]}, "output_dir"),
+        ({"datasets": [TOY], "output_dir": "x", "model": "storm-huge"}, "registered"),
+        ({"datasets": [TOY], "output_dir": "x", "training": {"lr": -1}}, "lr"),
+    ],
+)
+def test_bad_recipes_are_refused_before_any_work(tmp_path, recipe, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe(_write(tmp_path, **recipe))
+
+
+def test_vocabulary_filters_in_a_recipe(tmp_path):
+    recipe = load_recipe(_write(tmp_path, datasets=[TOY], output_dir="x", vocabulary={"max_genes": 10}))
+    assert recipe.vocabulary == {"max_genes": 10}
+    with pytest.raises(ValueError, match="Unknown key"):
+        load_recipe(_write(tmp_path, datasets=[TOY], output_dir="x", vocabulary={"top": 10}))
+
+
+def test_missing_files_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_recipe(tmp_path / "none.yaml")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_recipe(_write(tmp_path, datasets=[{"path": str(tmp_path / "gone.zarr")}], output_dir="x"))
+
+
+def test_cli_dry_run_and_a_real_run_from_a_zarr_path(tmp_path, capsys):
+    sdata = st.datasets.toy(n_obs=120, n_genes=24, n_domains=3, seed=0)
+    sdata.write(tmp_path / "slide.zarr")
+    path = _write(
+        tmp_path,
+        model="storm-tiny",
+        datasets=[{"path": str(tmp_path / "slide.zarr"), "group": "P1"}, TOY],
+        training={"max_steps": 2, "batch_size": 16},
+        trainer={"accelerator": "cpu", "devices": 1},
+        output_dir=str(tmp_path / "out"),
+    )
+    assert main(["pretrain", "--config", str(path), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["datasets"] == ["slide", "toy(n_obs=120, n_genes=24, n_domains=3, seed=0)"]
+    assert main(["pretrain", "--config", str(path), "--set", "split.val_groups=[P1]"]) == 0
+    assert "trained StormModel(storm-tiny" in capsys.readouterr().out
+    model = StormModel.load(tmp_path / "out" / "model.safetensors")
+    assert model.manifest["provenance"]["recipe"]["split"] == {"val_groups": ["P1"]}
+    assert model.manifest["datasets"][0]["source"] == {"path": str((tmp_path / "slide.zarr").resolve())}
+    assert (tmp_path / "out" / "logs" / "metrics.csv").is_file()
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["pretrain", "--config", str(path)])
+
+
+def test_shipped_configs_are_valid(monkeypatch):
+    from tests._paths import REPO_ROOT
+
+    configs = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {"storm-tiny-toy.yaml", "storm-small.yaml", "storm-base.yaml"}
+    for path in configs:
+        recipe = load_recipe(path)
+        assert recipe.datasets
+        assert recipe.output_dir
+
+
+def test_launch_follows_torchrun_and_slurm(monkeypatch):
+    for var in ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    plain = _launch_settings(TrainingConfig(accelerator="cpu"))
+    assert plain == {
+        "accelerator": "cpu",
+        "devices": "auto",
+        "num_nodes": 1,
+        "strategy": "auto",
+        "precision": "32-true",
+    }
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    torchrun = _launch_settings(TrainingConfig(accelerator="cpu"))
+    assert (torchrun["devices"], torchrun["num_nodes"], torchrun["strategy"]) == (4, 2, "ddp")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x3)")
+    monkeypatch.setenv("SLURM_NNODES", "3")
+    monkeypatch.setenv("SLURM_JOB_NAME", "storm")
+    slurm = _launch_settings(TrainingConfig(accelerator="cpu"))
+    assert (slurm["devices"], slurm["num_nodes"], slurm["strategy"]) == (2, 3, "ddp")
+    explicit = _launch_settings(TrainingConfig(accelerator="cpu", devices=1))
+    assert explicit["devices"] == 1
+    assert explicit["strategy"] == "auto"
