@@ -36,3 +36,5 @@ ATTRS_DATASET = "dataset"  # the dataset a loader returned
 ATTRS_TECHNOLOGY = "technology"  # the technology behind a from_arrays build
 ATTRS_MPP_SOURCE = "mpp_source"  # how the pixel size was obtained (given, estimated, ...)
 ATTRS_SEED = "seed"  # the seed of generated data
+# .layers of the predicted-expression table
+LAYER_PREDICTED_STD = "predicted_std"

@@ -10,7 +10,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
-from storm_sc._constants import ATTRS_STORM
+from storm_sc._constants import ATTRS_STORM, UNS_STORM
 from storm_sc._settings import logger
 
 from ._adapter import MAX_SCALE_RATIO, PhysicalScale, PlatformAdapter, Slide
@@ -242,7 +242,10 @@ def resolve(
 
     platform = detect_platform(sdata)
     adapter = _ADAPTERS[platform]
-    table_key = table_key if table_key is not None else adapter.choose_table(sdata)
+    if table_key is None:
+        # Tables of predictions written by storm_sc annotate the same spots; the user means the measured one.
+        measured = [k for k, t in sdata.tables.items() if "predict_expression" not in t.uns.get(UNS_STORM, {})]
+        table_key = measured[0] if len(measured) == 1 else adapter.choose_table(sdata)
     table = sdata.tables[table_key]
     check_table(table, table_key)
     regions, region_key, instance_key = table_regions(table, table_key)

@@ -1,0 +1,212 @@
+"""``st.tl.storm_domains``: spatially coherent tissue domains from the STORM embedding."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+from spatialdata import SpatialData
+
+from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
+from storm_sc._settings import logger
+from storm_sc.io import SpatialInput, resolve
+from storm_sc.pp import spatial_graph
+
+from ._target import as_slide_list, check_key_free, copy_for_output, record_params
+
+# Neighbours per observation for spatial smoothing: the first hexagonal ring on Visium, a cell's close contacts.
+_SMOOTH_NEIGHS = 6
+
+
+def _smooth(x: np.ndarray, graph: sparse.csr_matrix, steps: int, weight: float) -> np.ndarray:
+    """Mix each embedding with the mean of its spatial neighbours: domains then follow tissue, not noise."""
+    degree = np.asarray(graph.sum(axis=1)).ravel()
+    inv = np.divide(1.0, degree, out=np.zeros_like(degree, dtype=np.float64), where=degree > 0)
+    walk = sparse.diags(inv) @ graph
+    has_neighbours = (degree > 0)[:, None]
+    for _ in range(steps):
+        x = np.where(has_neighbours, (1.0 - weight) * x + weight * (walk @ x), x)
+    return x
+
+
+def _cluster(z: np.ndarray, n_domains: int | None, resolution: float, random_state: int) -> np.ndarray:
+    if n_domains is not None:
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters=n_domains, n_init=10, random_state=random_state).fit_predict(z)
+    import scanpy as sc
+
+    tmp = AnnData(np.zeros((len(z), 0), dtype=np.float32), obsm={"z": z})
+    sc.pp.neighbors(tmp, use_rep="z", n_neighbors=min(15, len(z) - 1), random_state=random_state)
+    sc.tl.leiden(tmp, resolution=resolution, random_state=random_state, flavor="igraph", n_iterations=-1,
+                 directed=False)  # fmt: skip
+    return tmp.obs["leiden"].astype(int).to_numpy()
+
+
+def _ordered_labels(labels: np.ndarray) -> pd.Categorical:
+    """Name domains 0, 1, ... by decreasing size so that the naming itself is reproducible."""
+    uniq, counts = np.unique(labels, return_counts=True)
+    order = uniq[np.lexsort((uniq, -counts))]
+    rename = {old: str(new) for new, old in enumerate(order)}
+    names = [str(i) for i in range(len(order))]
+    return pd.Categorical([rename[v] for v in labels], categories=names)
+
+
+def _palette(n: int) -> list[str]:
+    from scanpy.plotting.palettes import default_20, default_102
+
+    if n <= 20:
+        return list(default_20[:n])
+    return [default_102[i % len(default_102)] for i in range(n)]
+
+
+def storm_domains(
+    data: SpatialData | AnnData | list[SpatialData | AnnData],
+    n_domains: int | None = None,
+    *,
+    resolution: float = 1.0,
+    use_rep: str = OBSM_EMBEDDING,
+    key_added: str = OBS_DOMAIN,
+    library_key: str | None = None,
+    random_state: int = 0,
+    table_key: str | None = None,
+    smooth_steps: int = 2,
+    smooth_weight: float = 0.5,
+    overwrite: bool = False,
+    copy: bool = False,
+) -> SpatialData | AnnData | list[SpatialData | AnnData] | None:
+    """Spatial domains (a tissue map) from the STORM embedding.
+
+    Each observation's embedding is mixed with the mean of its spatial neighbours (in microns, never across
+    slides), then all observations of all slides are clustered together, so that a domain means the same thing
+    on every slide analysed in one call. With ``n_domains`` the clustering is k-means with exactly that many
+    domains (for comparison with annotations); otherwise Leiden on a k-nearest-neighbour graph of the smoothed
+    embedding, whose number of domains grows with ``resolution``. Domains are named ``"0"``, ``"1"``, ... by
+    decreasing size; the result is deterministic for a ``random_state``.
+
+    Parameters
+    ----------
+    data
+        A SpatialData or AnnData whose table holds ``.obsm[use_rep]`` (see :func:`storm_sc.tl.storm_embed`), or a
+        list of them (domains consistent across slides).
+    n_domains
+        Exact number of domains; ``None`` lets ``resolution`` decide.
+    resolution
+        Leiden resolution when ``n_domains`` is ``None`` (higher: more domains).
+    use_rep
+        The embedding in ``.obsm``.
+    key_added
+        Key in ``.obs`` of the domains; colours go to ``.uns[f"{key_added}_colors"]``.
+    library_key
+        Column of ``.obs`` telling apart several slides held in one table (no smoothing across them).
+    random_state
+        Seed of the clustering.
+    table_key
+        Which table, when the SpatialData holds several.
+    smooth_steps, smooth_weight
+        Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing).
+    overwrite
+        Replace an existing ``.obs[key_added]``.
+    copy
+        Return a copy with the result instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or the copy (a list for a list) when ``copy=True``. Writes, on the table of each slide:
+
+    - ``.obs[key_added]``: categorical domains;
+    - ``.uns[f"{key_added}_colors"]``: one colour per domain, shared by every slide of the call;
+    - ``.uns["storm"][key_added]``: the parameters.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> sdata["table"].obsm["X_storm"] = sdata["table"].X.toarray()  # any embedding works
+    >>> st.tl.storm_domains(sdata, n_domains=3)
+    >>> sdata["table"].obs["storm_domain"].cat.categories.tolist()
+    ['0', '1', '2']
+    """
+    if n_domains is not None and (not isinstance(n_domains, int | np.integer) or n_domains < 1):
+        raise ValueError(f"`n_domains` must be a positive integer or None, got {n_domains!r}.")
+    if not resolution > 0:
+        raise ValueError(f"`resolution` must be positive, got {resolution!r}.")
+    if not isinstance(smooth_steps, int) or smooth_steps < 0 or not 0.0 <= smooth_weight <= 1.0:
+        raise ValueError("`smooth_steps` must be an integer >= 0 and `smooth_weight` in [0, 1].")
+    slides, single = as_slide_list(data)
+    targets = [copy_for_output(s) for s in slides] if copy else slides
+
+    resolved: list[SpatialInput] = []
+    for t in targets:
+        # Domains need positions and the embedding, not the image: do not let a missing image stop them.
+        slide = resolve(t, table_key=table_key, image_key=None, mpp=None) if isinstance(t, SpatialData) else resolve(t)
+        table = slide.table
+        if use_rep not in table.obsm:
+            raise KeyError(
+                f"{slide.library_id}: .obsm[{use_rep!r}] not found; run st.tl.storm_embed first or pass `use_rep=` "
+                f"(available: {sorted(table.obsm)})."
+            )
+        if library_key is not None and library_key not in table.obs:
+            raise KeyError(f"{slide.library_id}: `library_key` {library_key!r} is not a column of .obs.")
+        rep = np.asarray(table.obsm[use_rep], dtype=np.float64)
+        if rep.ndim != 2 or not np.isfinite(rep).all():
+            raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
+        check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
+        resolved.append(slide)
+    n_total = sum(s.n_obs for s in resolved)
+    if n_domains is not None and n_domains > n_total:
+        raise ValueError(f"`n_domains`={n_domains} exceeds the number of observations ({n_total}).")
+
+    start = time.perf_counter()
+    parts = []
+    for slide in resolved:
+        rep = np.asarray(slide.table.obsm[use_rep], dtype=np.float64)
+        if smooth_steps and slide.n_obs > 1:
+            graph = spatial_graph(slide, n_neighs=min(_SMOOTH_NEIGHS, slide.n_obs - 1), library_key=library_key)
+            rep = _smooth(rep, graph.tocsr(), smooth_steps, smooth_weight)
+        parts.append(rep)
+    z = np.vstack(parts)
+    # Standardise the dimensions so that no single one dominates the distances.
+    z = (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-8)
+    labels = _ordered_labels(_cluster(z, n_domains, resolution, random_state))
+    colors = _palette(len(labels.categories))
+
+    offset = 0
+    for slide in resolved:
+        table = slide.table
+        table.obs[key_added] = pd.Categorical(
+            np.asarray(labels)[offset : offset + slide.n_obs], categories=labels.categories
+        )
+        offset += slide.n_obs
+        table.uns[f"{key_added}_colors"] = colors
+        record_params(
+            table,
+            key_added,
+            {
+                "tool": "storm_domains",
+                "n_domains": n_domains,
+                "n_found": len(labels.categories),
+                "resolution": resolution if n_domains is None else None,
+                "method": "kmeans" if n_domains is not None else "leiden",
+                "use_rep": use_rep,
+                "library_key": library_key,
+                "random_state": random_state,
+                "smooth_steps": smooth_steps,
+                "smooth_weight": smooth_weight,
+                "n_slides": len(resolved),
+            },
+        )
+    logger.info(
+        "added .obs[%r]: %d domains over %d observations in %d slide(s), %.1f s",
+        key_added,
+        len(labels.categories),
+        n_total,
+        len(resolved),
+        time.perf_counter() - start,
+    )
+    if not copy:
+        return None
+    return targets[0] if single else targets

@@ -1,0 +1,191 @@
+"""``st.tl.storm_embed``: a joint STORM embedding per spot or cell."""
+
+from __future__ import annotations
+
+import copy as _copy
+import time
+from pathlib import Path
+from typing import Literal
+
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from storm_sc._constants import OBSM_EMBEDDING
+from storm_sc._settings import logger
+from storm_sc.io import resolve
+from storm_sc.models import StormModel
+
+from ._model_arg import get_model, model_name
+from ._target import as_slide_list, check_key_free, copy_for_output, record_params
+
+Modalities = Literal["auto", "image", "expression", "both"]
+_MODALITIES = ("auto", "image", "expression", "both")
+_DEFAULT_BATCH = 256
+
+
+def parse_modalities(modalities: str) -> tuple[bool, bool, bool]:
+    """``(want_image, want_expression, strict)``: strict when the user named the modalities explicitly."""
+    if modalities not in _MODALITIES:
+        raise ValueError(f"`modalities` must be one of {_MODALITIES}, got {modalities!r}.")
+    if modalities == "auto":
+        return True, True, False
+    return modalities in ("image", "both"), modalities in ("expression", "both"), True
+
+
+def storm_embed(
+    data: SpatialData | AnnData | list[SpatialData | AnnData],
+    model: StormModel | str | Path | None = None,
+    *,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    modalities: Modalities = "auto",
+    key_added: str = OBSM_EMBEDDING,
+    batch_size: int | None = None,
+    device: str = "auto",
+    adapt_epochs: int = 0,
+    random_state: int = 0,
+    overwrite: bool = False,
+    copy: bool = False,
+    verbose: bool | None = None,
+) -> SpatialData | AnnData | list[SpatialData | AnnData] | None:
+    """Joint STORM embedding of every spot or cell from H&E morphology, expression and spatial context.
+
+    Each observation is encoded from its H&E patch (``patch_um`` of tissue around it) and its measured expression
+    (genes aligned to the model's vocabulary by symbol; missing genes are masked), then placed in its niche and
+    region by attention over its spatial neighbours in microns. Works on Visium, Visium HD (a bin table or
+    segmented cells), Xenium, CosMx and legacy ST, and on several slides at once (a list).
+
+    Optionally, the model first adapts to the user's own slides without labels (``adapt_epochs > 0``): the same
+    self-supervised objectives as pretraining, run on a copy of the model for a few epochs, as GraphST, STAGATE and
+    Novae do. It helps when the slides differ from the pretraining corpus (tissue, platform, staining); the
+    adapted model is not returned and the given model is left unchanged.
+
+    Parameters
+    ----------
+    data
+        A SpatialData (the usual case), an AnnData with ``.obsm["spatial"]`` (and an image in
+        ``.uns["spatial"]``), or a list of them.
+    model
+        A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
+        reference checkpoint bundled with storm_sc.
+    table_key, image_key, mpp
+        Which table and image to use and the image's microns per pixel, when they cannot be found unambiguously
+        (see :func:`storm_sc.io.resolve`).
+    modalities
+        ``"auto"``: H&E, expression and spatial context when present, degrading gracefully when one is missing;
+        ``"image"``: H&E (and context) only; ``"expression"``: expression (and context) only; ``"both"``: require
+        both (an error if either is missing).
+    key_added
+        Key in ``.obsm`` of the table for the embedding.
+    batch_size
+        Observations per forward pass (default 256).
+    device
+        ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    adapt_epochs
+        Epochs of self-supervised adaptation to ``data`` before embedding (0: none).
+    random_state
+        Seed of the adaptation.
+    overwrite
+        Replace an existing ``.obsm[key_added]``.
+    copy
+        Return a copy with the result instead of writing into ``data``.
+    verbose
+        Progress bars (default: ``st.settings``).
+
+    Returns
+    -------
+    ``None``, or the copy (a list for a list) when ``copy=True``. Writes, on the table of each slide:
+
+    - ``.obsm[key_added]``: ``(n_obs, d)`` float32 embedding;
+    - ``.uns["storm"][key_added]``: the parameters, the modalities used, the model and the storm_sc version.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> st.tl.storm_embed(sdata, model, verbose=False)
+    >>> sdata["table"].obsm["X_storm"].shape[0]
+    200
+    """
+    want_image, want_expression, strict = parse_modalities(modalities)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if not isinstance(adapt_epochs, int) or adapt_epochs < 0:
+        raise ValueError(f"`adapt_epochs` must be a non-negative integer, got {adapt_epochs!r}.")
+    slides, single = as_slide_list(data)
+    targets = [copy_for_output(s) for s in slides] if copy else slides
+
+    # Everything that can fail on the user's input is checked before any model is loaded or any result written.
+    resolved = [resolve(t, table_key=table_key, image_key=image_key, mpp=mpp) for t in targets]
+    for slide in resolved:
+        check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite)
+        if strict and want_image and not slide.has_image:
+            raise ValueError(
+                f"Slide {slide.library_id!r} has no H&E image but modalities={modalities!r} asks for it; "
+                "pass `image_key=` or use modalities='expression' or 'auto'."
+            )
+        if strict and want_expression and slide.table.n_vars == 0:
+            raise ValueError(f"Slide {slide.library_id!r} has no expression but modalities={modalities!r} asks for it.")
+
+    net = get_model(model, verbose=verbose)
+    if adapt_epochs:
+        net = _copy.deepcopy(net)
+        logger.info("adapting %s to %d slide(s) for %d epoch(s) (self-supervised)", net, len(resolved), adapt_epochs)
+        net.fit(resolved, max_epochs=adapt_epochs, seed=random_state, verbose=verbose)
+
+    results = []
+    for slide in resolved:
+        start = time.perf_counter()
+        use_image = want_image and slide.has_image
+        use_expression = want_expression and slide.table.n_vars > 0
+        inputs = net.prepare(slide, use_image=use_image, use_expression=use_expression, verbose=verbose)
+        use_image = use_image and inputs.has_image
+        use_expression = use_expression and inputs.expression is not None
+        results.append(
+            (
+                slide,
+                net.embed(
+                    inputs,
+                    use_image=use_image,
+                    use_expression=use_expression,
+                    batch_size=batch_size or _DEFAULT_BATCH,
+                    device=device,
+                    verbose=verbose,
+                ),
+                [m for m, used in (("image", use_image), ("expression", use_expression)) if used],
+                time.perf_counter() - start,
+            )
+        )
+
+    # Results are written only once every slide has been embedded: a failure leaves all inputs untouched.
+    for slide, embedding, used, seconds in results:
+        slide.table.obsm[key_added] = embedding
+        record_params(
+            slide.table,
+            key_added,
+            {
+                "tool": "storm_embed",
+                "model": model_name(net, model),
+                "architecture": net.config.name,
+                "modalities": used + ["spatial context"],
+                "modalities_requested": modalities,
+                "adapt_epochs": adapt_epochs,
+                "random_state": random_state,
+                "table_key": slide.table_key,
+                "image_key": slide.image_key if "image" in used else None,
+                "mpp": slide.mpp if "image" in used else None,
+            },
+        )
+        logger.info(
+            "%s: added .obsm[%r] (%d x %d, from %s) in %.1f s",
+            slide.library_id,
+            key_added,
+            *embedding.shape,
+            " + ".join(used + ["spatial context"]),
+            seconds,
+        )
+    if not copy:
+        return None
+    return targets[0] if single else targets

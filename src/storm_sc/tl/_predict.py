@@ -1,0 +1,163 @@
+"""``st.tl.predict_expression``: gene expression predicted from the H&E image alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from spatialdata import SpatialData
+from spatialdata.models import TableModel, get_table_keys
+
+from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
+from storm_sc._settings import logger
+from storm_sc.io import resolve
+from storm_sc.models import StormModel
+
+from ._model_arg import get_model, model_name
+from ._target import check_key_free, record_params
+
+
+def _split_genes(genes: Sequence[str] | str | None, model: StormModel) -> tuple[list[str] | None, list[str]]:
+    """Requested genes the model knows (in request order) and those it does not; matching ignores case."""
+    if genes is None:
+        return None, []
+    if isinstance(genes, str):
+        genes = [genes]
+    known = {g.upper(): g for g in model.vocabulary.symbols}
+    inside = [known[g.upper()] for g in genes if g.upper() in known]
+    outside = [g for g in genes if g.upper() not in known]
+    return list(dict.fromkeys(inside)), outside
+
+
+def predict_expression(
+    data: SpatialData | AnnData,
+    model: StormModel | str | Path | None = None,
+    *,
+    genes: Sequence[str] | str | None = None,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    key_added: str = TABLE_PREDICTED,
+    device: str = "auto",
+    batch_size: int = 256,
+    overwrite: bool = False,
+    verbose: bool | None = None,
+) -> AnnData:
+    """Gene expression predicted from the H&E image and the positions alone, with a per-gene uncertainty.
+
+    The measured expression is never read, even when the table has it: each observation's prediction comes from
+    its H&E patch and the patches of its spatial neighbours. Compare the result with the measurement to find
+    where morphology explains expression, or apply the model to H&E-only slides.
+
+    Parameters
+    ----------
+    data
+        A SpatialData with an H&E image (the usual case), or an AnnData with ``.obsm["spatial"]`` and an image in
+        ``.uns["spatial"]``.
+    model
+        A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
+        reference checkpoint bundled with storm_sc.
+    genes
+        Genes to predict (symbols, any case); default every gene of the model's vocabulary. Genes outside the
+        model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not
+        silently dropped; an error when none is known.
+    table_key, image_key, mpp
+        Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
+    key_added
+        Key of the result in ``sdata.tables`` (SpatialData input).
+    device
+        ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ...
+    batch_size
+        Observations per forward pass.
+    overwrite
+        Replace an existing ``sdata.tables[key_added]``.
+    verbose
+        Progress bars (default: ``st.settings``).
+
+    Returns
+    -------
+    AnnData with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table: ``X`` the predicted log1p
+    expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its predicted standard deviation,
+    ``uns["storm"]`` the parameters. For a SpatialData it is also stored as ``sdata.tables[key_added]``,
+    annotating the same element(s) as the measured table.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> pred = st.tl.predict_expression(sdata, model, genes=["gene_0000", "gene_0001"], verbose=False)
+    >>> pred.shape
+    (200, 2)
+    """
+    if not isinstance(data, SpatialData | AnnData):
+        raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
+    if isinstance(data, SpatialData):
+        check_key_free(data.tables, key_added, "sdata.tables", overwrite=overwrite)
+    slide = resolve(data, table_key=table_key, image_key=image_key, mpp=mpp)
+    if not slide.has_image:
+        raise ValueError(
+            f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
+            "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
+        )
+    net = get_model(model, verbose=verbose)
+    inside, outside = _split_genes(genes, net)
+    if genes is not None and not inside:
+        raise ValueError(
+            f"None of the requested genes is in the model's vocabulary of {len(net.vocabulary)} genes: "
+            f"{outside[:10]}{' ...' if len(outside) > 10 else ''}."
+        )
+    if outside:
+        logger.warning(
+            "%d requested gene(s) are not in the model's panel and are not predicted: %s%s",
+            len(outside),
+            outside[:10],
+            " ..." if len(outside) > 10 else "",
+        )
+
+    start = time.perf_counter()
+    prediction = net.predict_expression(slide, genes=inside, batch_size=batch_size, device=device, verbose=verbose)
+
+    source = slide.table
+    obs = source.obs.copy()
+    result = AnnData(
+        X=prediction.mean.astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(prediction.genes, name="gene")),
+        layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32)},
+        obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
+    )
+    result.var["measured_in_table"] = result.var_names.str.upper().isin(source.var_names.str.upper())
+    record_params(
+        result,
+        "predict_expression",
+        {
+            "tool": "predict_expression",
+            "model": model_name(net, model),
+            "architecture": net.config.name,
+            "table_key": slide.table_key,
+            "image_key": slide.image_key,
+            "mpp": slide.mpp,
+            "scale": "log1p, library size 1e4",
+        },
+    )
+    result.uns[UNS_STORM]["genes_not_in_model"] = list(outside)
+
+    if isinstance(data, SpatialData) and slide.table_key is not None:
+        attrs = source.uns.get(TableModel.ATTRS_KEY)
+        if attrs is not None:
+            region, region_key, instance_key = get_table_keys(source)
+            result = TableModel.parse(result, region=region, region_key=region_key, instance_key=instance_key)
+        data.tables[key_added] = result
+    logger.info(
+        "predicted %d gene(s) for %d observations from H&E in %.1f s%s",
+        result.n_vars,
+        result.n_obs,
+        time.perf_counter() - start,
+        f"; added sdata.tables[{key_added!r}]" if isinstance(data, SpatialData) else "",
+    )
+    return result

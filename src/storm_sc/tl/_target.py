@@ -1,0 +1,62 @@
+"""Where a tool writes its results: the table of a SpatialData (or a bare AnnData), never half-way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from storm_sc import __version__
+from storm_sc._constants import UNS_STORM
+
+
+def as_slide_list(data: Any, name: str = "data") -> tuple[list[SpatialData | AnnData], bool]:
+    """The slides in ``data`` and whether a single slide was given (so results come back the same shape)."""
+    if isinstance(data, SpatialData | AnnData):
+        return [data], True
+    if isinstance(data, Sequence) and not isinstance(data, str) and data:
+        bad = [type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)]
+        if bad:
+            raise TypeError(f"`{name}` must hold SpatialData or AnnData objects; got {sorted(set(bad))}.")
+        return list(data), False
+    raise TypeError(
+        f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them; got {type(data).__name__}."
+    )
+
+
+def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
+    """A copy whose tables can be written without touching ``data``.
+
+    Images, shapes, labels and points are shared (tools never write into them, and copying a whole-slide image
+    would cost its size in memory); tables are deep-copied.
+    """
+    if isinstance(data, AnnData):
+        return data.copy()
+    copied = SpatialData(
+        images=dict(data.images),
+        labels=dict(data.labels),
+        points=dict(data.points),
+        shapes=dict(data.shapes),
+        tables={k: t.copy() for k, t in data.tables.items()},
+    )
+    copied.attrs.update(data.attrs)
+    return copied
+
+
+def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrite: bool) -> None:
+    """Refuse to replace an existing result unless asked to."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"`key_added` must be a non-empty string, got {key!r}.")
+    if key in mapping and not overwrite:
+        raise ValueError(
+            f"{where}[{key!r}] already exists; pass another `key_added=` or `overwrite=True` to replace it."
+        )
+
+
+def record_params(table: AnnData, key: str, params: Mapping[str, Any]) -> None:
+    """Store the parameters of a result in ``.uns["storm"][key]`` so that it explains itself later."""
+    entry = dict(params)
+    entry.setdefault("storm_sc_version", __version__)
+    table.uns.setdefault(UNS_STORM, {})[key] = entry

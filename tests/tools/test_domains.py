@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import storm_sc as st
+
+
+@pytest.fixture
+def embedded(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=6)
+    st.tl.storm_embed(sdata, trained_model, verbose=False)
+    return sdata
+
+
+def test_exact_number_and_colours(embedded):
+    st.tl.storm_domains(embedded, n_domains=3)
+    table = embedded["table"]
+    domains = table.obs["storm_domain"]
+    assert domains.dtype.name == "category"
+    assert list(domains.cat.categories) == ["0", "1", "2"]
+    assert len(table.uns["storm_domain_colors"]) == 3
+    assert table.uns["storm"]["storm_domain"]["method"] == "kmeans"
+
+
+def test_deterministic_for_a_seed(embedded):
+    st.tl.storm_domains(embedded, n_domains=4, key_added="a", random_state=3)
+    st.tl.storm_domains(embedded, n_domains=4, key_added="b", random_state=3)
+    obs = embedded["table"].obs
+    assert (obs["a"] == obs["b"]).all()
+
+
+def test_trained_domains_recover_planted_ones(embedded):
+    st.tl.storm_domains(embedded, n_domains=3)
+    obs = embedded["table"].obs
+    assert adjusted_rand_score(obs["true_domain"], obs["storm_domain"]) > 0.5
+
+
+def test_smoothing_makes_domains_spatially_coherent(embedded):
+    table = embedded["table"]
+    # A noisy embedding: truth plus strong noise. Neighbour smoothing must make domains more coherent.
+    rng = np.random.default_rng(0)
+    truth = table.obs["true_domain"].cat.codes.to_numpy()
+    table.obsm["noisy"] = np.eye(3)[truth] + rng.normal(scale=1.2, size=(table.n_obs, 3))
+    st.tl.storm_domains(embedded, n_domains=3, use_rep="noisy", key_added="raw", smooth_steps=0)
+    st.tl.storm_domains(embedded, n_domains=3, use_rep="noisy", key_added="smooth")
+    raw = adjusted_rand_score(truth, table.obs["raw"])
+    smooth = adjusted_rand_score(truth, table.obs["smooth"])
+    assert smooth > raw + 0.1
+
+
+def test_leiden_resolution(embedded):
+    st.tl.storm_domains(embedded, resolution=0.3, key_added="low")
+    st.tl.storm_domains(embedded, resolution=3.0, key_added="high")
+    obs = embedded["table"].obs
+    assert obs["high"].nunique() > obs["low"].nunique() >= 1
+
+
+def test_consistent_across_slides(embedded):
+    import spatialdata as sd
+
+    twin = sd.deepcopy(embedded)
+    st.tl.storm_domains([embedded, twin], n_domains=3)
+    a, b = embedded["table"].obs["storm_domain"], twin["table"].obs["storm_domain"]
+    assert (a.to_numpy() == b.to_numpy()).all()
+    assert embedded["table"].uns["storm_domain_colors"] == twin["table"].uns["storm_domain_colors"]
+
+
+def test_errors_before_work(embedded, toy_sdata_factory):
+    fresh = toy_sdata_factory(seed=7)
+    with pytest.raises(KeyError, match="storm_embed"):
+        st.tl.storm_domains(fresh, n_domains=3)
+    with pytest.raises(ValueError, match="n_domains"):
+        st.tl.storm_domains(embedded, n_domains=0)
+    st.tl.storm_domains(embedded, n_domains=2)
+    with pytest.raises(ValueError, match="already exists"):
+        st.tl.storm_domains(embedded, n_domains=3)
+    assert embedded["table"].obs["storm_domain"].nunique() == 2
+    copy = st.tl.storm_domains(embedded, n_domains=3, key_added="d3", copy=True)
+    assert "d3" not in embedded["table"].obs and "d3" in copy["table"].obs

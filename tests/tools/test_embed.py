@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+import storm_sc as st
+
+
+def test_embed_writes_obsm_and_params(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=1)
+    out = st.tl.storm_embed(sdata, trained_model, verbose=False)
+    assert out is None
+    table = sdata["table"]
+    emb = table.obsm["X_storm"]
+    assert emb.shape[0] == table.n_obs and emb.dtype == np.float32 and np.isfinite(emb).all()
+    params = table.uns["storm"]["X_storm"]
+    assert params["tool"] == "storm_embed"
+    assert params["modalities"] == ["image", "expression", "spatial context"]
+    assert params["storm_sc_version"] == st.__version__
+
+
+def test_embed_copy_leaves_input_untouched(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=1)
+    before = set(sdata["table"].obsm), set(sdata["table"].uns)
+    result = st.tl.storm_embed(sdata, trained_model, copy=True, verbose=False)
+    assert (set(sdata["table"].obsm), set(sdata["table"].uns)) == before
+    assert "X_storm" in result["table"].obsm
+
+
+def test_embed_refuses_to_overwrite(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=1)
+    sdata["table"].obsm["X_storm"] = np.zeros((sdata["table"].n_obs, 2))
+    with pytest.raises(ValueError, match="already exists"):
+        st.tl.storm_embed(sdata, trained_model, verbose=False)
+    np.testing.assert_array_equal(sdata["table"].obsm["X_storm"], 0)
+    st.tl.storm_embed(sdata, trained_model, overwrite=True, verbose=False)
+    assert sdata["table"].obsm["X_storm"].shape[1] > 2
+
+
+def test_embed_degrades_without_image(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=2, image=False)
+    st.tl.storm_embed(sdata, trained_model, verbose=False)
+    assert sdata["table"].uns["storm"]["X_storm"]["modalities"] == ["expression", "spatial context"]
+    with pytest.raises(ValueError, match="no H&E image"):
+        st.tl.storm_embed(sdata, trained_model, modalities="image", key_added="other", verbose=False)
+    assert "other" not in sdata["table"].obsm
+
+
+def test_embed_modalities_change_the_embedding(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=3)
+    st.tl.storm_embed(sdata, trained_model, modalities="image", key_added="he", verbose=False)
+    st.tl.storm_embed(sdata, trained_model, modalities="expression", key_added="ex", verbose=False)
+    assert not np.allclose(sdata["table"].obsm["he"], sdata["table"].obsm["ex"])
+
+
+def test_embed_rejects_bad_arguments_before_work(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=1)
+    with pytest.raises(ValueError, match="modalities"):
+        st.tl.storm_embed(sdata, trained_model, modalities="rna")
+    with pytest.raises(ValueError, match="batch_size"):
+        st.tl.storm_embed(sdata, trained_model, batch_size=0)
+    with pytest.raises(TypeError, match="SpatialData"):
+        st.tl.storm_embed("not data", trained_model)
+    assert "X_storm" not in sdata["table"].obsm
+
+
+def test_embed_several_slides(toy_sdata_factory, trained_model):
+    slides = [toy_sdata_factory(seed=4), toy_sdata_factory(seed=5, image=False)]
+    st.tl.storm_embed(slides, trained_model, verbose=False)
+    dims = {s["table"].obsm["X_storm"].shape[1] for s in slides}
+    assert len(dims) == 1

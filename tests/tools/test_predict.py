@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+import storm_sc as st
+
+
+def test_prediction_table(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=8)
+    pred = st.tl.predict_expression(sdata, trained_model, genes=["gene_0000", "GENE_0001", "NOT_A_GENE"], verbose=False)
+    assert list(pred.var_names) == ["gene_0000", "gene_0001"]
+    assert pred.shape == (sdata["table"].n_obs, 2)
+    assert list(pred.obs_names) == list(sdata["table"].obs_names)
+    assert (pred.layers["predicted_std"] > 0).all()
+    assert pred.uns["storm"]["genes_not_in_model"] == ["NOT_A_GENE"]
+    stored = sdata.tables["storm_predicted"]
+    assert stored is pred or stored.shape == pred.shape
+    from spatialdata.models import get_table_keys
+
+    assert get_table_keys(stored)[0] == get_table_keys(sdata["table"])[0]
+
+
+def test_prediction_never_reads_measured_expression(toy_sdata_factory, trained_model):
+    a = toy_sdata_factory(seed=9)
+    b = toy_sdata_factory(seed=9)
+    b["table"].X = np.full(b["table"].shape, 7.0, dtype=np.float32)  # same image and positions, other "measurement"
+    pa = st.tl.predict_expression(a, trained_model, verbose=False)
+    pb = st.tl.predict_expression(b, trained_model, verbose=False)
+    np.testing.assert_allclose(pa.X, pb.X)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a briefly trained model's expression head barely varies with morphology (pred sd ~0.02 on toy)",
+)
+def test_prediction_follows_morphology(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=10)
+    pred = st.tl.predict_expression(sdata, trained_model, verbose=False)
+    table = sdata["table"]
+    markers = table.var_names[table.var["marker_of"].astype(str) != ""]
+    measured = np.log1p(
+        np.asarray(table[:, markers].X.todense() if hasattr(table.X, "todense") else table[:, markers].X)
+    )
+    r = [np.corrcoef(measured[:, i], pred[:, g].X.ravel())[0, 1] for i, g in enumerate(markers)]
+    assert np.nanmean(r) > 0.3
+
+
+def test_prediction_errors(toy_sdata_factory, trained_model):
+    no_image = toy_sdata_factory(seed=8, image=False)
+    with pytest.raises(ValueError, match="no H&E image"):
+        st.tl.predict_expression(no_image, trained_model)
+    sdata = toy_sdata_factory(seed=8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        st.tl.predict_expression(sdata, trained_model, genes=["NOPE"])
+    st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], verbose=False)
+    with pytest.raises(ValueError, match="already exists"):
+        st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"])
+    assert "storm_predicted" in sdata.tables
