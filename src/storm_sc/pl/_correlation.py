@@ -1,0 +1,197 @@
+"""Per-gene agreement of predicted and measured expression: the numbers behind ``st.pl.gene_correlation``.
+
+No plotting here, so that tools and benchmarks can reuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+from spatialdata import SpatialData
+
+from storm_sc._constants import TABLE_PREDICTED
+from storm_sc._settings import logger
+from storm_sc.io import SpatialInput
+from storm_sc.pp import GeneVocabulary, align_genes
+
+from ._slides import as_slides, measured_table, pick_genes, predicted_table, resolve_slide
+
+
+@dataclass(frozen=True)
+class PairedExpression:
+    """Measured (normalised like the model) and predicted values of the same observations and genes.
+
+    Attributes
+    ----------
+    table
+        The measured table.
+    predicted
+        The predicted table, rows in the measured table's order.
+    genes
+        Genes as named in the predicted table.
+    measured
+        Gene -> ``(n_obs,)`` log1p expression (library size 1e4), or ``None`` for a gene the table lacks.
+    slide
+        The resolved slide (positions, image) when the caller needs positions, else ``None``.
+    """
+
+    table: AnnData
+    predicted: AnnData
+    genes: list[str]
+    measured: dict[str, np.ndarray | None]
+    slide: SpatialInput | None = None
+
+    def predicted_values(self, gene: str, layer: str | None = None) -> np.ndarray:
+        """Return the ``(n_obs,)`` predicted mean (or ``layer``, e.g. the standard deviation) of ``gene``."""
+        column = self.predicted[:, gene]
+        x = column.X if layer is None else column.layers[layer]
+        return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64).ravel()
+
+
+def pair_expression(
+    data: SpatialData | AnnData,
+    genes: str | Sequence[str] | None,
+    *,
+    predicted_key: str = TABLE_PREDICTED,
+    predicted: AnnData | None = None,
+    table_key: str | None = None,
+    layer: str | None = None,
+    positions: bool = False,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    caller: str,
+) -> PairedExpression:
+    """Find, check and pair the measured and predicted expression of ``genes`` (all predicted genes for None).
+
+    With ``positions`` the slide is resolved too (positions in microns, image), as plots over the tissue need.
+    """
+    (one,) = as_slides(data, caller=caller, many=False)
+    if positions:
+        slide = resolve_slide(one, table_key=table_key, predicted_key=predicted_key, image_key=image_key, mpp=mpp)
+        table = slide.table
+    else:
+        slide, table = None, measured_table(one, table_key=table_key, predicted_key=predicted_key)
+    pred = predicted_table(one, table, predicted_key=predicted_key, predicted=predicted)
+    if pred.n_vars == 0:
+        raise ValueError("The predicted table holds no gene.")
+    if genes is None:
+        chosen = [str(g) for g in pred.var_names]
+    else:
+        chosen = pick_genes(
+            genes,
+            pred.var_names,
+            what="the predicted table",
+            hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]).",
+        )
+    if layer is not None and layer not in table.layers:
+        raise KeyError(f"`layer` {layer!r} is not a layer of the measured table; layers: {list(table.layers)}.")
+    measured: dict[str, np.ndarray | None] = dict.fromkeys(chosen)
+    vocabulary = GeneVocabulary.from_genes(chosen)
+    try:
+        aligned = align_genes(table, vocabulary, layer=layer)
+    except ValueError as err:
+        if "No gene in common" not in str(err):
+            raise
+        logger.info("None of the %d predicted gene(s) is measured in the table.", len(chosen))
+    else:
+        x = aligned.X.toarray() if sparse.issparse(aligned.X) else np.asarray(aligned.X)
+        for column, v in enumerate(aligned.vocab_indices):
+            measured[chosen[int(v)]] = np.asarray(x[:, column], dtype=np.float64)
+    return PairedExpression(table=table, predicted=pred, genes=chosen, measured=measured, slide=slide)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r; NaN when either side is constant (no agreement can be measured)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def correlation_table(paired: PairedExpression) -> pd.DataFrame:
+    """Per-gene Pearson r of a :class:`PairedExpression`, best first; unmeasured genes are left out."""
+    rows = []
+    for gene in paired.genes:
+        m = paired.measured[gene]
+        if m is None:
+            continue
+        p = paired.predicted_values(gene)
+        rows.append((gene, _pearson(m, p), m.size, m.mean(), p.mean(), float((m > 0).mean())))
+    frame = pd.DataFrame(
+        rows, columns=["gene", "pearson_r", "n_obs", "measured_mean", "predicted_mean", "measured_fraction"]
+    ).set_index("gene")
+    return frame.sort_values("pearson_r", ascending=False, na_position="last")
+
+
+def gene_correlations(
+    data: SpatialData | AnnData,
+    *,
+    genes: str | Sequence[str] | None = None,
+    predicted_key: str = TABLE_PREDICTED,
+    predicted: AnnData | None = None,
+    table_key: str | None = None,
+    layer: str | None = None,
+) -> pd.DataFrame:
+    """Per-gene Pearson correlation between measured and predicted expression over the observations of a slide.
+
+    The measurement is normalised as the model's targets are (library size 1e4 over all genes of the table, then
+    log1p; see :func:`storm_sc.pp.normalize_expression`), and matched to the predicted genes by symbol
+    (case-insensitive) or Ensembl id as in :func:`storm_sc.pp.align_genes`. Nothing is modified.
+
+    Parameters
+    ----------
+    data
+        A SpatialData holding the measured table and ``tables[predicted_key]`` (from
+        :func:`storm_sc.tl.predict_expression`), or the measured AnnData together with ``predicted=``.
+    genes
+        Genes to evaluate; default every predicted gene.
+    predicted_key
+        Key of the predicted table in ``sdata.tables``.
+    predicted
+        The predicted AnnData itself (required for an AnnData ``data``).
+    table_key
+        The measured table, when the SpatialData holds several besides the predicted one.
+    layer
+        Layer of the measured table holding the expression instead of ``.X``.
+
+    Returns
+    -------
+    A DataFrame indexed by gene, sorted by decreasing ``pearson_r`` (NaN, for a constant gene, last), with columns
+    ``pearson_r``, ``n_obs``, ``measured_mean``, ``predicted_mean`` (both log1p) and ``measured_fraction`` (share
+    of observations where the gene is detected). Predicted genes that the table does not measure are left out
+    (with a log line).
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> _ = st.tl.predict_expression(sdata, model, genes=["gene_0000", "gene_0001"], verbose=False)
+    >>> st.pl.gene_correlations(sdata).columns.tolist()[:2]
+    ['pearson_r', 'n_obs']
+    """
+    paired = pair_expression(
+        data,
+        genes,
+        predicted_key=predicted_key,
+        predicted=predicted,
+        table_key=table_key,
+        layer=layer,
+        caller="gene_correlations",
+    )
+    unmeasured = [g for g in paired.genes if paired.measured[g] is None]
+    if len(unmeasured) == len(paired.genes):
+        raise ValueError(
+            f"None of the {len(paired.genes)} predicted gene(s) is measured in the table (e.g. {paired.genes[:5]}); "
+            "correlations need the measurement. Check the gene names, or `layer=`."
+        )
+    if unmeasured:
+        logger.info(
+            "%d predicted gene(s) are not measured and have no correlation: %s", len(unmeasured), unmeasured[:10]
+        )
+    return correlation_table(paired)

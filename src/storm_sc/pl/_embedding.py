@@ -1,0 +1,178 @@
+"""``st.pl.embedding_umap``: a UMAP of the STORM embedding, for one slide or several together."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from spatialdata import SpatialData
+
+from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_PREDICTED
+from storm_sc._settings import logger
+
+from ._colors import categorical_column, category_colors
+from ._figure import check_flag, check_positive, check_save, finish, panel_axes
+from ._slides import as_slides, require_obs, require_obsm, table_and_name, unique_names
+
+#: Default name of the column telling slides apart in the UMAP (only in the throwaway AnnData).
+SLIDE_KEY = "slide"
+
+
+def embedding_umap(
+    data: SpatialData | AnnData | Sequence[SpatialData | AnnData],
+    *,
+    use_rep: str = OBSM_EMBEDDING,
+    color: str | Sequence[str] | None = None,
+    slide_key: str = SLIDE_KEY,
+    table_key: str | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.5,
+    random_state: int = 0,
+    point_size: float | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    ncols: int = 3,
+    panel_size: float = 4.5,
+    save: str | os.PathLike | None = None,
+    show: bool = False,
+) -> Figure:
+    """UMAP of the STORM embedding, coloured by domain, slide or any ``.obs`` column.
+
+    The neighbour graph and UMAP (scanpy) are computed on a throwaway AnnData holding only the embedding (of all
+    slides, concatenated), so nothing is written into ``data``; the layout is reproducible for a
+    ``random_state``. Categorical colours are those stored in ``.uns[f"{column}_colors"]``.
+
+    Parameters
+    ----------
+    data
+        A SpatialData or AnnData whose table holds ``.obsm[use_rep]`` (see :func:`storm_sc.tl.storm_embed`), or
+        a list of them (one UMAP of all slides).
+    use_rep
+        The embedding in ``.obsm``.
+    color
+        Column(s) of ``.obs`` to colour by, one panel each (categorical or numeric), or ``slide_key`` for the
+        slide of each observation. Default: the domains when present, and the slide when several are given.
+    slide_key
+        Name under which the slide of each observation (its library id) can be coloured; an ``.obs`` column of
+        that name in the tables is used instead when present.
+    table_key
+        The measured table, when a SpatialData holds several besides ``tables["storm_predicted"]``.
+    n_neighbors
+        Neighbours of the kNN graph (capped at the number of observations minus one).
+    min_dist
+        UMAP's minimum distance between points.
+    random_state
+        Seed of the UMAP layout.
+    point_size
+        Marker size; default scanpy's (from the number of observations).
+    ax
+        Axes to draw into (one per colour); default a new figure.
+    ncols
+        Panels per row of a new figure.
+    panel_size
+        Side of one panel, in inches.
+    save
+        File to write the figure to (suffix gives the format); ``None`` writes nothing.
+    show
+        Call ``matplotlib.pyplot.show()``.
+
+    Returns
+    -------
+    The matplotlib Figure, one panel per colour.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> sdata["table"].obsm["X_storm"] = sdata["table"].X.toarray()  # any embedding works
+    >>> fig = st.pl.embedding_umap(sdata, color="true_domain")
+    >>> fig.axes[0].get_title()
+    'true_domain'
+    """
+    import scanpy as sc
+
+    slides_data = as_slides(data, caller="embedding_umap", many=True)
+    check_flag(show, "show")
+    check_positive(point_size, "point_size")
+    check_positive(panel_size, "panel_size", allow_none=False)
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
+        raise ValueError(f"`n_neighbors` must be an integer >= 2, got {n_neighbors!r}.")
+    if not isinstance(min_dist, int | float) or min_dist < 0:
+        raise ValueError(f"`min_dist` must be a number >= 0, got {min_dist!r}.")
+    if not isinstance(slide_key, str) or not slide_key:
+        raise ValueError(f"`slide_key` must be a non-empty string, got {slide_key!r}.")
+    save_path = check_save(save)
+
+    found = [table_and_name(d, table_key=table_key, predicted_key=TABLE_PREDICTED) for d in slides_data]
+    tables = [table for table, _ in found]
+    names = unique_names([name for _, name in found])
+    if color is None:
+        color = [OBS_DOMAIN] if all(OBS_DOMAIN in t.obs for t in tables) else []
+        if len(tables) > 1:
+            color.append(slide_key)
+        if not color:
+            raise ValueError(
+                f"Nothing to colour by: .obs[{OBS_DOMAIN!r}] is missing (run st.tl.storm_domains) and there is one "
+                "slide; pass `color=` naming a column of .obs."
+            )
+    colors = [color] if isinstance(color, str) else list(color)
+    if not colors or not all(isinstance(c, str) for c in colors):
+        raise ValueError(f"`color` must be a column name or a list of them, got {color!r}.")
+    dims = set()
+    for table, name in zip(tables, names, strict=True):
+        require_obsm(table, use_rep, f"Slide {name!r}")
+        rep = np.asarray(table.obsm[use_rep])
+        if rep.ndim != 2 or not np.isfinite(rep).all():
+            raise ValueError(f"Slide {name!r}: .obsm[{use_rep!r}] must be a finite 2-D array.")
+        dims.add(rep.shape[1])
+        for c in colors:
+            if c != slide_key or c in table.obs:
+                require_obs(table, c, f"Slide {name!r}")
+    if len(dims) > 1:
+        raise ValueError(
+            f".obsm[{use_rep!r}] has different widths across slides {sorted(dims)}; embed all slides with the same "
+            "model (st.tl.storm_embed on the list)."
+        )
+    n_total = sum(t.n_obs for t in tables)
+    if n_total < 3:
+        raise ValueError(f"A UMAP needs at least 3 observations; got {n_total}.")
+
+    parts = []
+    for table, name in zip(tables, names, strict=True):
+        obs = pd.DataFrame(index=pd.Index([f"{name}:{o}" for o in table.obs_names]))
+        for c in colors:
+            if c in table.obs:
+                column = table.obs[c]
+                values = column.to_numpy()
+                obs[c] = values.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else values
+            else:
+                obs[c] = name
+        parts.append(AnnData(np.zeros((table.n_obs, 0), dtype=np.float32), obs=obs,
+                             obsm={"rep": np.asarray(table.obsm[use_rep], dtype=np.float32)}))  # fmt: skip
+    tmp = ad.concat(parts, merge=None)
+    for c in colors:
+        numeric = all(c in t.obs and pd.api.types.is_numeric_dtype(t.obs[c]) for t in tables) and not all(
+            pd.api.types.is_bool_dtype(t.obs[c]) for t in tables
+        )
+        if numeric:
+            tmp.obs[c] = pd.to_numeric(tmp.obs[c])
+            continue
+        order = [str(x) for x in pd.unique(tmp.obs[c].dropna().astype(str))]
+        declared = [str(x) for t in tables if c in t.obs for x in categorical_column(t, c, "Slide").categories] or order
+        categories = list(dict.fromkeys([*declared, *order]))
+        tmp.obs[c] = pd.Categorical([None if pd.isna(v) else str(v) for v in tmp.obs[c]], categories=categories)
+        present = [t for t in tables if c in t.obs]
+        tmp.uns[f"{c}_colors"] = list(category_colors(present, c, categories).values())
+
+    fig, axes = panel_axes(len(colors), ax, ncols=ncols, panel_size=(panel_size * 1.3, panel_size))
+    logger.info("UMAP of .obsm[%r] for %d observations in %d slide(s)", use_rep, n_total, len(tables))
+    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=min(n_neighbors, n_total - 1), random_state=random_state)
+    sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
+    for panel, c in zip(axes, colors, strict=True):
+        sc.pl.embedding(tmp, basis="umap", color=c, ax=panel, show=False, size=point_size, frameon=False, title=c)
+    return finish(fig, save_path, show)

@@ -1,0 +1,179 @@
+"""What the plots draw from: the measured table of each slide, its positions and image, and the predicted table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
+from storm_sc.io import SpatialInput, resolve
+
+Data = SpatialData | AnnData
+
+
+def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
+    """Return the slides in ``data`` (one, or a non-empty list when ``many``), or a clear error."""
+    if isinstance(data, SpatialData | AnnData):
+        return [data]
+    if many and isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
+        bad = sorted({type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)})
+        if bad:
+            raise TypeError(f"`{caller}`: `data` must hold SpatialData or AnnData objects; got {bad}.")
+        return list(data)
+    expected = "a SpatialData, an AnnData or a non-empty list of them" if many else "a SpatialData or an AnnData"
+    hint = "" if many or not isinstance(data, Sequence) else "; plot one slide per call"
+    raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
+
+
+def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key: str | None) -> str | None:
+    """Return the measured table: ``table_key``, the only table, or the only one that is not the predicted one."""
+    if table_key is not None:
+        if table_key not in sdata.tables:
+            raise KeyError(f"No table {table_key!r} in this SpatialData; tables: {list(sdata.tables)}.")
+        return table_key
+    if len(sdata.tables) <= 1:
+        return None  # resolve() picks the only table or explains what is missing
+    others = [k for k in sdata.tables if k != predicted_key]
+    if len(others) == 1:
+        return others[0]
+    raise ValueError(
+        f"This SpatialData holds several tables {list(sdata.tables)}; pass `table_key=` naming the measured one."
+    )
+
+
+def resolve_slide(
+    data: Data,
+    *,
+    table_key: str | None,
+    predicted_key: str | None,
+    image_key: str | None = None,
+    mpp: float | None = None,
+) -> SpatialInput:
+    """Resolve one slide on its measured table (never on the predicted one that annotates the same spots)."""
+    if isinstance(data, SpatialData):
+        key = measured_table_key(data, table_key, predicted_key)
+        return resolve(data, table_key=key, image_key=image_key, mpp=mpp)
+    if table_key is not None:
+        raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
+    return resolve(data, image_key=image_key, mpp=mpp)
+
+
+def measured_table(data: Data, *, table_key: str | None, predicted_key: str | None) -> AnnData:
+    """Return the measured table without resolving positions (for computations that need none)."""
+    if isinstance(data, AnnData):
+        if table_key is not None:
+            raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
+        return data
+    key = measured_table_key(data, table_key, predicted_key)
+    if key is None:
+        if not data.tables:
+            raise ValueError("This SpatialData has no table (observations x genes).")
+        key = next(iter(data.tables))
+    return data.tables[key]
+
+
+def table_and_name(data: Data, *, table_key: str | None, predicted_key: str | None) -> tuple[AnnData, str]:
+    """Return the measured table and the slide's name; an AnnData needs no positions for this."""
+    if isinstance(data, SpatialData):
+        slide = resolve_slide(data, table_key=table_key, predicted_key=predicted_key)
+        return slide.table, slide.library_id
+    table = measured_table(data, table_key=table_key, predicted_key=predicted_key)
+    libraries = table.uns.get("spatial")
+    name = next(iter(libraries)) if isinstance(libraries, dict) and len(libraries) == 1 else "slide"
+    return table, str(name)
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make names unique by numbering repeats (two toy slides are both called "toy")."""
+    out = []
+    seen: dict[str, int] = {}
+    for name in names:
+        if list(names).count(name) > 1:
+            seen[name] = seen.get(name, 0) + 1
+            out.append(f"{name} ({seen[name]})")
+        else:
+            out.append(name)
+    return out
+
+
+def slide_names(slides: Sequence[SpatialInput]) -> list[str]:
+    """Return the library ids of ``slides``, made unique."""
+    return unique_names([s.library_id for s in slides])
+
+
+def require_obs(table: AnnData, key: str, where: str) -> None:
+    """Raise a clear error when ``.obs[key]`` is missing, pointing at the tool that writes the usual keys."""
+    if key in table.obs:
+        return
+    hint = " Run st.tl.storm_domains first, or pass `key=`." if key == OBS_DOMAIN else ""
+    columns = list(table.obs.columns)
+    raise KeyError(
+        f"{where}: .obs[{key!r}] not found.{hint} Columns of .obs: {columns[:20]}{' ...' * (len(columns) > 20)}"
+    )
+
+
+def require_obsm(table: AnnData, key: str, where: str) -> None:
+    """Raise a clear error when ``.obsm[key]`` is missing."""
+    if key in table.obsm:
+        return
+    hint = " Run st.tl.storm_embed first, or pass `use_rep=`." if key == OBSM_EMBEDDING else ""
+    raise KeyError(f"{where}: .obsm[{key!r}] not found.{hint} Keys of .obsm: {sorted(table.obsm)}.")
+
+
+def predicted_table(data: Data, measured: AnnData, *, predicted_key: str, predicted: AnnData | None) -> AnnData:
+    """Return the predicted table, rows in the order of the measured table (a view; nothing is copied)."""
+    if predicted is not None:
+        if not isinstance(predicted, AnnData):
+            raise TypeError(
+                f"`predicted` must be the AnnData of st.tl.predict_expression, got {type(predicted).__name__}."
+            )
+        source = "`predicted`"
+    elif isinstance(data, SpatialData):
+        if predicted_key not in data.tables:
+            raise KeyError(
+                f"No predicted expression: sdata.tables[{predicted_key!r}] not found (tables: {list(data.tables)}). "
+                "Run st.tl.predict_expression(sdata, model, genes=[...]) first, or pass `predicted_key=`."
+            )
+        predicted, source = data.tables[predicted_key], f"sdata.tables[{predicted_key!r}]"
+    else:
+        raise ValueError(
+            "An AnnData cannot hold the predicted table: pass `predicted=`, the AnnData returned by "
+            "st.tl.predict_expression(adata, model, ...)."
+        )
+    wanted = measured.obs_names
+    missing = wanted.difference(predicted.obs_names)
+    if len(missing) == len(wanted):
+        raise ValueError(
+            f"{source} shares no observation name with the measured table ({measured.n_obs} obs, e.g. "
+            f"{wanted[:3].tolist()}); was it predicted for another slide?"
+        )
+    if len(missing):
+        raise ValueError(
+            f"{source} lacks {len(missing)} of the {measured.n_obs} observations of the measured table (e.g. "
+            f"{missing[:3].tolist()}); predict again on this slide."
+        )
+    if not predicted.obs_names.is_unique:
+        raise ValueError(f"{source} has duplicated observation names; it cannot be matched to the measured table.")
+    if predicted.obs_names.equals(wanted):
+        return predicted
+    return predicted[wanted]
+
+
+def pick_genes(genes: str | Sequence[str], available: pd.Index, *, what: str, hint: str) -> list[str]:
+    """Return the requested genes as named in ``available`` (case-insensitive); unknown ones are an error."""
+    if isinstance(genes, str):
+        genes = [genes]
+    if not isinstance(genes, Sequence) or len(genes) == 0 or not all(isinstance(g, str) for g in genes):
+        raise ValueError(f"`genes` must be a gene name or a non-empty list of gene names, got {genes!r}.")
+    lookup: dict[str, str] = {}
+    for name in available:
+        lookup.setdefault(str(name).casefold(), str(name))
+    unknown = [g for g in genes if g.casefold() not in lookup]
+    if unknown:
+        shown = list(available[:10])
+        raise KeyError(f"Gene(s) {unknown} not in {what} ({len(available)} genes, e.g. {shown}). {hint}")
+    return list(dict.fromkeys(lookup[g.casefold()] for g in genes))

@@ -1,0 +1,162 @@
+"""``st.pl.domains``: tissue domains over the H&E image, in true physical scale."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from spatialdata import SpatialData
+
+from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
+
+from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, rgba_of
+from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
+from ._slides import as_slides, require_obs, resolve_slide, slide_names
+from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
+
+
+def _legend_handles(categories: Sequence[str], colors: dict[str, str], with_na: bool) -> list[Line2D]:
+    handles = [
+        Line2D([], [], marker="o", linestyle="", markersize=8, markerfacecolor=colors[c], markeredgewidth=0, label=c)
+        for c in categories
+    ]
+    if with_na:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=8,
+                markerfacecolor=NA_COLOR,
+                markeredgewidth=0,
+                label=NA_LABEL,
+            )
+        )
+    return handles
+
+
+def domains(
+    data: SpatialData | AnnData | Sequence[SpatialData | AnnData],
+    *,
+    key: str = OBS_DOMAIN,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    mpp: float | None = None,
+    image: bool = True,
+    ax: Axes | Sequence[Axes] | None = None,
+    spot_size: float | None = None,
+    alpha: float = 0.75,
+    legend: bool = True,
+    title: str | Sequence[str] | None = None,
+    ncols: int = 3,
+    panel_size: float = 5.0,
+    save: str | os.PathLike | None = None,
+    show: bool = False,
+) -> Figure:
+    """Tissue domains (or any categorical annotation) over the H&E image, in true physical scale.
+
+    Each observation is drawn as a circle of its real diameter at its position in microns, over the H&E image
+    read from a pyramid level at display resolution (the full-resolution image is never loaded). Colours are
+    those stored in ``.uns[f"{key}_colors"]`` (as written by :func:`storm_sc.tl.storm_domains`), so that every
+    plot of the same domains matches. Several slides give one panel each. Nothing in ``data`` is modified.
+
+    Parameters
+    ----------
+    data
+        A SpatialData (or an AnnData with ``.obsm["spatial"]`` and images in ``.uns["spatial"]``), or a list of
+        them for one panel per slide.
+    key
+        Categorical column of ``.obs`` to colour by: the domains, or e.g. a pathologist annotation.
+    table_key
+        The measured table, when the SpatialData holds several besides ``tables["storm_predicted"]``.
+    image_key, mpp
+        The H&E image, when several could be used, and its microns per pixel (per unit of ``.obsm["spatial"]`` for
+        an AnnData without image), when the data do not state it (see :func:`storm_sc.io.resolve`).
+    image
+        Draw the H&E image under the observations (when the slide has one).
+    ax
+        Axes to draw into (one per slide); default a new figure.
+    spot_size
+        Diameter of the drawn observations in microns; default the platform's spot size (55 um on Visium), or
+        from the spacing of the observations (cells).
+    alpha
+        Opacity of the observations (the tissue shows through below 1).
+    legend
+        Draw a legend of the categories.
+    title
+        Panel title(s); default each slide's library id.
+    ncols
+        Panels per row of a new figure.
+    panel_size
+        Side of one panel, in inches.
+    save
+        File to write the figure to (the suffix gives the format: ``.png``, ``.pdf``, ``.svg`` ...); ``None``
+        writes nothing.
+    show
+        Call ``matplotlib.pyplot.show()``.
+
+    Returns
+    -------
+    The matplotlib Figure; axes in microns (y pointing down, as in the image), with a scale bar.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> fig = st.pl.domains(sdata, key="true_domain")
+    >>> len(fig.axes)
+    1
+    """
+    slides_data = as_slides(data, caller="domains", many=True)
+    check_flag(image, "image")
+    check_flag(legend, "legend")
+    check_flag(show, "show")
+    check_positive(spot_size, "spot_size")
+    check_positive(panel_size, "panel_size", allow_none=False)
+    check_fraction(alpha, "alpha")
+    save_path = check_save(save)
+    if not isinstance(key, str):
+        raise TypeError(f"`key` must be the name of a column of .obs, got {key!r}.")
+    slides = [
+        resolve_slide(d, table_key=table_key, predicted_key=TABLE_PREDICTED, image_key=image_key, mpp=mpp)
+        for d in slides_data
+    ]
+    names = slide_names(slides)
+    labels = []
+    for slide, name in zip(slides, names, strict=True):
+        require_obs(slide.table, key, f"Slide {name!r}")
+        labels.append(categorical_column(slide.table, key, f"Slide {name!r}"))
+    if title is None:
+        titles = names
+    else:
+        titles = [title] if isinstance(title, str) else list(title)
+        if len(titles) != len(slides):
+            raise ValueError(f"`title` must give one title per slide ({len(slides)}), got {len(titles)}.")
+
+    categories = list(dict.fromkeys(str(c) for lab in labels for c in lab.categories))
+    colors = category_colors([s.table for s in slides], key, categories)
+    fig, axes = panel_axes(len(slides), ax, ncols=ncols, panel_size=(panel_size, panel_size))
+    for panel, slide, lab, panel_title in zip(axes, slides, labels, titles, strict=True):
+        diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
+        bounds = spot_bounds(slide.centers_um, diameter)
+        draw_background(panel, slide, bounds, image=image)
+        draw_spots(panel, slide.centers_um, diameter, facecolors=rgba_of(lab, colors, alpha=alpha))
+        frame_axes(panel, bounds)
+        panel.set_title(panel_title)
+    if legend:
+        with_na = any(pd.isna(lab).any() for lab in labels)
+        axes[-1].legend(
+            handles=_legend_handles(categories, colors, with_na),
+            title=key,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            fontsize="small",
+        )
+    return finish(fig, save_path, show)
