@@ -1,0 +1,282 @@
+"""Validating a cohort table against the slide features, before any model is trained."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._features import A_COMPLETE, A_FINGERPRINT, H5_COORDS_UM, SUFFIX
+from ._mil import TASKS
+
+# A test fold needs at least this many patients for its out-of-fold predictions to mean anything.
+MIN_PATIENTS_PER_FOLD = 2
+
+
+@dataclass(frozen=True, eq=False)
+class Cohort:
+    """A validated cohort: one row per slide and one per patient.
+
+    Attributes
+    ----------
+    task
+        ``"response"`` or ``"survival"``.
+    slides
+        ``slide_id``, ``patient_id``, ``feature_file``, ``n_tiles`` per slide.
+    patients
+        Indexed by patient id: ``response`` (0/1) or ``time`` and ``event`` (0/1), and the baseline columns.
+    baseline
+        Names of the clinical baseline columns.
+    """
+
+    task: str
+    slides: pd.DataFrame
+    patients: pd.DataFrame
+    baseline: list[str]
+
+    @property
+    def strata(self) -> np.ndarray:
+        """Stratification label per patient: the response, or the event indicator."""
+        col = "response" if self.task == "response" else "event"
+        return self.patients[col].to_numpy(dtype=np.int64)
+
+
+def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """``slide_id`` -> ``feature_file`` from the table of :func:`storm_sc.tl.slide_features` or its folder."""
+    if isinstance(features, pd.DataFrame):
+        missing = [c for c in ("slide_id", "feature_file") if c not in features.columns]
+        if missing:
+            raise ValueError(
+                f"`features` must be the table returned by st.tl.slide_features (columns 'slide_id', 'feature_file'); "
+                f"missing {missing}."
+            )
+        table = features[["slide_id", "feature_file"]].astype({"slide_id": str, "feature_file": str})
+    elif isinstance(features, str | os.PathLike):
+        folder = Path(features)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"`features` folder {folder} does not exist.")
+        files = sorted(folder.glob(f"*{SUFFIX}"))
+        table = pd.DataFrame({"slide_id": [f.name[: -len(SUFFIX)] for f in files],
+                              "feature_file": [str(f) for f in files]})  # fmt: skip
+    else:
+        raise TypeError(
+            f"`features` must be the DataFrame returned by st.tl.slide_features or its out_dir; got {type(features).__name__}."
+        )
+    dup = sorted(table.loc[table["slide_id"].duplicated(), "slide_id"].unique())
+    if dup:
+        raise ValueError(f"`features` lists slide ids more than once: {dup[:10]}.")
+    return table
+
+
+def _column(df: pd.DataFrame, key: str, role: str) -> pd.Series:
+    if key not in df.columns:
+        raise ValueError(f"The cohort has no {role} column {key!r} (columns: {list(df.columns)}); pass `{role}_key=`.")
+    return df[key]
+
+
+def _binary(values: pd.Series, name: str) -> pd.Series:
+    """0/1 integers from bool or 0/1 numbers; anything else is an error naming the offending values."""
+    if values.isna().any():
+        bad = values.index[values.isna()].tolist()[:5]
+        raise ValueError(f"Column {name!r} has missing values (rows {bad}); drop those patients or fill them.")
+    if values.dtype == bool:
+        return values.astype(np.int64)
+    numeric = pd.to_numeric(values, errors="coerce")
+    ok = numeric.isin([0, 1])
+    if not ok.all():
+        raise ValueError(
+            f"Column {name!r} must be binary (0/1 or True/False); found {sorted(map(str, values[~ok].unique()))[:5]}. "
+            "Encode it as 0/1 first."
+        )
+    return numeric.astype(np.int64)
+
+
+def validate_cohort(
+    cohort: pd.DataFrame,
+    features: pd.DataFrame | str | os.PathLike,
+    *,
+    task: str,
+    folds: int,
+    slide_key: str = "slide_id",
+    patient_key: str = "patient_id",
+    response_key: str = "response",
+    time_key: str = "time",
+    event_key: str = "event",
+    baseline: str | list[str] | None = None,
+) -> Cohort:
+    """Check a cohort table and its slide features; every problem is reported before any work starts.
+
+    Parameters
+    ----------
+    cohort
+        One row per slide: slide id, patient id, and the outcome (``response``, or ``time`` and ``event``),
+        plus any baseline columns. Outcomes and baselines must agree across a patient's slides.
+    features
+        The table returned by :func:`storm_sc.tl.slide_features`, or its ``out_dir``.
+    task
+        ``"response"`` or ``"survival"``.
+    folds
+        Number of cross-validation folds (decides the minimum patients per class).
+    slide_key, patient_key, response_key, time_key, event_key
+        Column names in ``cohort``.
+    baseline
+        Clinical baseline column(s), numeric.
+
+    Returns
+    -------
+    The :class:`Cohort`.
+
+    Examples
+    --------
+    >>> c = validate_cohort(table, feats, task="response", folds=5)  # doctest: +SKIP
+    """
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}; got {task!r}.")
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ValueError(f"`folds` must be an integer >= 2; got {folds!r}.")
+    if not isinstance(cohort, pd.DataFrame):
+        raise TypeError(f"`cohort` must be a pandas DataFrame with one row per slide; got {type(cohort).__name__}.")
+    if cohort.empty:
+        raise ValueError("`cohort` is empty.")
+    baseline_cols = [] if baseline is None else [baseline] if isinstance(baseline, str) else list(baseline)
+    slides = _column(cohort, slide_key, "slide").astype(str)
+    patients = _column(cohort, patient_key, "patient")
+    if patients.isna().any() or _column(cohort, slide_key, "slide").isna().any():
+        raise ValueError(f"Columns {slide_key!r} and {patient_key!r} must not have missing values.")
+    patients = patients.astype(str)
+    dup = sorted(slides[slides.duplicated()].unique())
+    if dup:
+        raise ValueError(
+            f"Slide id(s) listed more than once in the cohort: {dup[:10]}. Each slide belongs to exactly one "
+            "patient: keep one row per slide."
+        )
+
+    outcome_cols = {"response": response_key} if task == "response" else {"time": time_key, "event": event_key}
+    table = pd.DataFrame({"slide_id": slides.to_numpy(), "patient_id": patients.to_numpy()})
+    for name, key in outcome_cols.items():
+        table[name] = _column(cohort, key, name).to_numpy()
+    for col in baseline_cols:
+        values = _column(cohort, col, "baseline")
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.isna().any():
+            bad = values[numeric.isna()].unique()[:5].tolist()
+            raise ValueError(
+                f"Baseline column {col!r} must be numeric without missing values; found {bad}. Encode categories "
+                "(e.g. one column per level) and drop or impute missing values first."
+            )
+        table[f"baseline:{col}"] = numeric.to_numpy(dtype=np.float64)
+
+    if task == "response":
+        table["response"] = _binary(table["response"], response_key).to_numpy()
+    else:
+        time = pd.to_numeric(table["time"], errors="coerce")
+        if time.isna().any() or not np.isfinite(time).all() or (time <= 0).any():
+            raise ValueError(f"Column {time_key!r} must hold positive, finite follow-up times for every slide.")
+        table["time"] = time.to_numpy(dtype=np.float64)
+        table["event"] = _binary(table["event"], event_key).to_numpy()
+
+    # Patient-level values must agree across a patient's slides: they describe the patient, not the slide.
+    per_patient = [c for c in table.columns if c not in ("slide_id", "patient_id")]
+    conflicting = table.groupby("patient_id")[per_patient].nunique()
+    bad = conflicting[(conflicting > 1).any(axis=1)]
+    if len(bad):
+        user_name = {**outcome_cols, **{f"baseline:{c}": c for c in baseline_cols}}
+        cols = sorted({user_name[c] for c in per_patient if (bad[c] > 1).any()})
+        raise ValueError(
+            f"Patients {bad.index.tolist()[:5]} have different {cols} on different slides; outcomes and baselines "
+            "are per patient."
+        )
+    patient_table = table.groupby("patient_id", sort=True)[per_patient].first()
+    _check_counts(patient_table, task, folds, response_key, event_key)
+
+    feats = features_table(features)
+    merged = table[["slide_id", "patient_id"]].merge(feats, on="slide_id", how="left")
+    missing = merged.loc[merged["feature_file"].isna(), "slide_id"].tolist()
+    if missing:
+        raise ValueError(
+            f"{len(missing)} cohort slide(s) have no features: {missing[:10]}. Run st.tl.slide_features on them first."
+        )
+    merged["n_tiles"] = _check_feature_files(merged)
+    return Cohort(task=task, slides=merged, patients=patient_table, baseline=baseline_cols)
+
+
+def _check_counts(patients: pd.DataFrame, task: str, folds: int, response_key: str, event_key: str) -> None:
+    n = len(patients)
+    if n < MIN_PATIENTS_PER_FOLD * folds:
+        raise ValueError(
+            f"{n} patients are too few for {folds}-fold cross-validation (at least {MIN_PATIENTS_PER_FOLD * folds} "
+            f"are needed, {MIN_PATIENTS_PER_FOLD} per test fold); use fewer `folds`."
+        )
+    if task == "response":
+        counts = patients["response"].value_counts()
+        if len(counts) < 2:
+            raise ValueError(
+                f"Column {response_key!r} has a single class ({counts.index[0]}) across all {n} patients; a response "
+                "model needs responders and non-responders."
+            )
+        if counts.min() < folds:
+            raise ValueError(
+                f"Only {counts.min()} patient(s) have response={counts.idxmin()}, fewer than folds={folds}: every "
+                f"fold needs both classes. Use folds <= {counts.min()} or more patients."
+            )
+    else:
+        n_events = int(patients["event"].sum())
+        if n_events == 0:
+            raise ValueError(
+                f"Every patient is censored (column {event_key!r} is all 0): survival cannot be modelled without "
+                "events."
+            )
+        if n_events < folds:
+            raise ValueError(
+                f"Only {n_events} event(s) among {n} patients, fewer than folds={folds}: every fold needs an event. "
+                f"Use folds <= {n_events}."
+            )
+
+
+def _check_feature_files(slides: pd.DataFrame) -> list[int]:
+    import h5py
+
+    problems, n_tiles, models = [], [], {}
+    for slide_id, path in zip(slides["slide_id"], slides["feature_file"], strict=True):
+        if not Path(path).is_file():
+            problems.append(f"{slide_id}: file {path} does not exist")
+            n_tiles.append(0)
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                complete = bool(f.attrs.get(A_COMPLETE, False))
+                n = int(f[H5_COORDS_UM].shape[0]) if H5_COORDS_UM in f else 0
+                fingerprint = str(f.attrs.get(A_FINGERPRINT, ""))
+        except OSError as err:
+            problems.append(f"{slide_id}: {path} cannot be read ({err})")
+            n_tiles.append(0)
+            continue
+        if not complete:
+            problems.append(f"{slide_id}: {path} is incomplete (rerun st.tl.slide_features)")
+        elif n == 0:
+            problems.append(f"{slide_id}: no tissue tiles (check the slide or lower `tissue_threshold`)")
+        n_tiles.append(n)
+        models.setdefault(_model_of(fingerprint), []).append(slide_id)
+    if problems:
+        raise ValueError(f"{len(problems)} slide feature file(s) cannot be used: " + "; ".join(problems[:10]) + ".")
+    if len(models) > 1:
+        groups = {k[:40]: v[:3] for k, v in models.items()}
+        raise ValueError(
+            f"The slides' features come from different models or settings ({groups}); features of one cohort must be "
+            "made with one model and the same patch size."
+        )
+    return n_tiles
+
+
+def _model_of(fingerprint: str) -> str:
+    """Return the part of a fingerprint that must agree across a cohort: model, tile size and genes."""
+    import json
+
+    try:
+        fp = json.loads(fingerprint)
+    except ValueError:
+        return fingerprint
+    return json.dumps({k: fp.get(k) for k in ("model_digest", "patch_um", "tile_px", "genes_sha")}, sort_keys=True)

@@ -1,0 +1,184 @@
+"""The slides of a feature run: parsing what the user passed, checking everything up front, then extracting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from storm_sc._settings import logger
+
+from ._features import ExtractionSettings, extract_slide, feature_paths, read_status, slide_fingerprint
+
+if TYPE_CHECKING:
+    from storm_sc.models import StormModel
+
+SlidesArg = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | pd.DataFrame
+# Characters that cannot appear in a slide id, which names its feature file.
+_BAD_ID_CHARS = set('/\\:*?"<>|')
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """One slide to process."""
+
+    slide_id: str
+    path: Path
+    mpp: float | None
+
+
+def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> list[SlideEntry]:
+    """Parse the slides into ``(slide_id, path, mpp)``; ids default to the file name without its suffix."""
+    pairs: list[tuple[str, Any, Any]]
+    if isinstance(slides, pd.DataFrame):
+        missing = [c for c in ("slide_id", "path") if c not in slides.columns]
+        if missing:
+            raise ValueError(
+                f"A slide table needs the columns 'slide_id' and 'path'; missing {missing} (has {list(slides.columns)})."
+            )
+        col_mpp = slides["mpp"] if "mpp" in slides.columns else pd.Series([None] * len(slides), index=slides.index)
+        pairs = [(str(i), p, m) for i, p, m in zip(slides["slide_id"], slides["path"], col_mpp, strict=True)]
+    elif isinstance(slides, Mapping):
+        pairs = [(str(k), v, None) for k, v in slides.items()]
+    elif isinstance(slides, str | os.PathLike):
+        pairs = [(Path(slides).stem, slides, None)]
+    elif isinstance(slides, Sequence) and not isinstance(slides, bytes):
+        pairs = [(Path(p).stem, p, None) for p in slides]
+    else:
+        raise TypeError(
+            "`slides` must be a path, a list of paths, a dict of slide id to path, or a DataFrame with 'slide_id' and "
+            f"'path' columns; got {type(slides).__name__}."
+        )
+    if not pairs:
+        raise ValueError("`slides` is empty.")
+    entries = []
+    for slide_id, path, slide_mpp in pairs:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"Slide {slide_id!r}: the path must be a string or os.PathLike; got {type(path).__name__}.")
+        if not slide_id or slide_id in (".", "..") or _BAD_ID_CHARS & set(slide_id):
+            raise ValueError(f"Slide id {slide_id!r} cannot name a file; use ids without {sorted(_BAD_ID_CHARS)}.")
+        given = slide_mpp if slide_mpp is not None and not (isinstance(slide_mpp, float) and math.isnan(slide_mpp)) \
+            else None  # fmt: skip
+        if given is None and isinstance(mpp, Mapping):
+            given = mpp.get(slide_id)
+        elif given is None and mpp is not None and not isinstance(mpp, Mapping):
+            given = mpp
+        entries.append(SlideEntry(slide_id, Path(path).expanduser(), given))
+    ids = pd.Series([e.slide_id for e in entries])
+    dup = sorted(ids[ids.duplicated()].unique())
+    if dup:
+        raise ValueError(
+            f"Slide ids must be unique (they name the feature files); duplicated: {dup[:10]}. Pass a dict or a table "
+            "with explicit ids."
+        )
+    if isinstance(mpp, Mapping):
+        unknown = sorted(set(mpp) - set(ids))
+        if unknown:
+            raise ValueError(f"`mpp` names slides that are not in `slides`: {unknown[:10]}.")
+    missing = [str(e.path) for e in entries if not e.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} slide file(s) do not exist: {missing[:10]}.")
+    return entries
+
+
+def resolve_genes(model: StormModel, genes: Sequence[str] | None) -> np.ndarray:
+    """Vocabulary indices of the genes whose expression is predicted per tile (default: all)."""
+    if genes is None:
+        return np.arange(len(model.vocabulary), dtype=np.int64)
+    if isinstance(genes, str):
+        genes = [genes]
+    try:
+        return np.asarray(model.vocabulary.index(list(genes)), dtype=np.int64)
+    except KeyError as err:
+        raise ValueError(f"`genes` holds genes outside the model's vocabulary: {err.args[0]}") from err
+
+
+def compute_slide_features(
+    entries: list[SlideEntry],
+    model: StormModel,
+    *,
+    out_dir: Path,
+    patch_um: float,
+    tissue_threshold: float,
+    gene_ids: np.ndarray,
+    batch_size: int,
+    device: Any,
+    overwrite: bool,
+    verbose: bool | None,
+) -> pd.DataFrame:
+    """Extract the features of every slide (see :func:`storm_sc.tl.slide_features`)."""
+    import h5py
+
+    from storm_sc.wsi import open_slide, tile_grid
+
+    # Everything that can fail on the input is checked first: slide formats, pixel sizes, files in the way.
+    digest = model.weights_digest()
+    genes_sha = hashlib.sha256(json.dumps([model.vocabulary.symbols[i] for i in gene_ids]).encode()).hexdigest()
+    plans = []
+    blocked = []
+    for entry in entries:
+        # Opened to check format and pixel size, then closed: a cohort of thousands of slides must not hold
+        # thousands of open files.
+        with open_slide(entry.path, mpp=entry.mpp) as slide:
+            mpp = slide.mpp
+        settings = ExtractionSettings(
+            model_digest=digest,
+            model_config=model.config.name,
+            patch_um=float(patch_um),
+            tile_px=int(model.config.image_size),
+            tissue_threshold=float(tissue_threshold),
+            mpp=mpp,
+            slide_sha=slide_fingerprint(entry.path),
+            genes_sha=genes_sha,
+        )
+        final, _ = feature_paths(out_dir, entry.slide_id)
+        reuse = False
+        if final.exists():
+            complete, stored, _ = read_status(final)
+            diff = settings.differences(stored) if stored is not None else ["not a storm_sc feature file"]
+            if complete and not diff:
+                reuse = True
+            elif not overwrite:
+                blocked.append(f"{final.name} ({'differs in ' + ', '.join(diff) if complete else 'incomplete'})")
+        plans.append((entry, settings, final, reuse))
+    if blocked:
+        raise FileExistsError(
+            f"{len(blocked)} feature file(s) in {out_dir} were made differently and would be replaced: "
+            f"{blocked[:5]}. Pass `overwrite=True` to recompute them, or another `out_dir`."
+        )
+
+    rows = []
+    for entry, settings, final, reuse in plans:
+        with open_slide(entry.path, mpp=entry.mpp) as slide:
+            status = "reused"
+            if reuse:
+                logger.info("%s: features already complete in %s; reusing them.", entry.slide_id, final)
+            else:
+                if final.exists():  # overwrite=True was given for a file made differently
+                    logger.warning("%s: replacing %s (overwrite=True).", entry.slide_id, final)
+                    final.unlink()
+                start = time.perf_counter()
+                grid = tile_grid(slide, patch_um=patch_um, tissue_threshold=tissue_threshold)
+                if grid.n_tiles == 0:
+                    logger.warning("%s: no tissue tiles found (tissue_threshold=%g); the file records 0 tiles.",
+                                   entry.slide_id, tissue_threshold)  # fmt: skip
+                _, resumed = extract_slide(slide, entry.slide_id, model, settings, out_dir, grid=grid,
+                                           gene_ids=gene_ids, batch_size=batch_size, device=device,
+                                           verbose=verbose)  # fmt: skip
+                status = "resumed" if resumed else "computed"
+                logger.info("%s: %d tiles in %.1f s -> %s", entry.slide_id, grid.n_tiles,
+                            time.perf_counter() - start, final)  # fmt: skip
+            with h5py.File(final, "r") as f:
+                n_tiles = int(f["coords_um"].shape[0])
+            rows.append({"slide_id": entry.slide_id, "path": str(entry.path), "feature_file": str(final),
+                         "n_tiles": n_tiles, "mpp": slide.mpp, "status": status})  # fmt: skip
+    return pd.DataFrame(rows)

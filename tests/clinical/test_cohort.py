@@ -1,0 +1,135 @@
+"""Bad cohort tables are refused with a clear message before any model is trained."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from storm_sc.clinical import patient_folds, validate_cohort
+from storm_sc.tl._clinical import fit_outcome
+
+
+@pytest.fixture
+def cohort(generated_cohort):
+    return generated_cohort[0].copy()
+
+
+@pytest.fixture
+def feats(generated_cohort):
+    return generated_cohort[1]
+
+
+def _fit(cohort, feats, **kw):
+    kw.setdefault("folds", 3)
+    kw.setdefault("verbose", False)
+    return fit_outcome(cohort, feats, **kw)
+
+
+def test_valid_cohort_has_one_row_per_patient(cohort, feats):
+    c = validate_cohort(cohort, feats, task="survival", folds=3, baseline="TMB")
+    assert len(c.patients) == 12
+    assert len(c.slides) == 16
+    assert list(c.patients.columns) == ["time", "event", "baseline:TMB"]
+    assert (c.slides["n_tiles"] == 36).all()
+    # The features folder works as well as the table.
+    c2 = validate_cohort(cohort, feats["feature_file"].map(lambda p: str(p).rsplit("/", 1)[0]).iloc[0],
+                         task="response", folds=3)  # fmt: skip
+    assert len(c2.slides) == 16
+
+
+def test_slide_listed_twice(cohort, feats):
+    bad = pd.concat([cohort, cohort.iloc[[0]].assign(patient_id="G11")])
+    with pytest.raises(ValueError, match=r"listed more than once.*G00_0"):
+        _fit(bad, feats)
+
+
+def test_missing_features_and_missing_files(cohort, feats, tmp_path):
+    with pytest.raises(ValueError, match=r"have no features: \['G03_0'\].*slide_features"):
+        _fit(cohort, feats[feats["slide_id"] != "G03_0"])
+    moved = feats.copy()
+    gone = tmp_path / "gone.h5"
+    moved.loc[moved["slide_id"] == "G05_0", "feature_file"] = str(gone)
+    with pytest.raises(ValueError, match="G05_0: file .*gone.h5 does not exist"):
+        _fit(cohort, moved)
+    partial = tmp_path / "G05_0.h5"
+    shutil.copy(feats.loc[feats["slide_id"] == "G05_0", "feature_file"].iloc[0], partial)
+    import h5py
+
+    with h5py.File(partial, "a") as f:
+        f.attrs["complete"] = False
+    moved.loc[moved["slide_id"] == "G05_0", "feature_file"] = str(partial)
+    with pytest.raises(ValueError, match="incomplete"):
+        _fit(cohort, moved)
+
+
+def test_patients_are_never_split_across_folds(cohort, feats):
+    result = _fit(cohort, feats, task="response", epochs=2, n_bootstrap=20)
+    per_patient = result.slides.groupby("patient_id")["fold"].nunique()
+    assert (per_patient == 1).all()
+    assert result.slides.groupby("patient_id").size().max() == 2  # multi-slide patients exist
+    # Stratified: every fold holds both classes.
+    assert (result.predictions.groupby("fold")["response"].nunique() == 2).all()
+    # The patient's outcome may not differ between its slides.
+    bad = cohort.copy()
+    bad.loc[bad["slide_id"] == "G00_1", "response"] = 1 - bad.loc[bad["slide_id"] == "G00_0", "response"].iloc[0]
+    with pytest.raises(ValueError, match=r"different \['response'\] on different slides"):
+        _fit(bad, feats)
+
+
+def test_fold_assignment_is_stratified_and_seeded():
+    strata = np.array([0] * 12 + [1] * 8)
+    a = patient_folds(strata, 4, 0)
+    assert (np.bincount(a) == 5).all()
+    for k in range(4):
+        assert np.bincount(strata[a == k]).tolist() == [3, 2]
+    np.testing.assert_array_equal(a, patient_folds(strata, 4, 0))
+    assert not np.array_equal(a, patient_folds(strata, 4, 1))
+
+
+def test_outcome_problems(cohort, feats):
+    with pytest.raises(ValueError, match="Every patient is censored"):
+        _fit(cohort.assign(event=0), feats, task="survival")
+    with pytest.raises(ValueError, match="single class"):
+        _fit(cohort.assign(response=1), feats, task="response")
+    with pytest.raises(ValueError, match="must be binary"):
+        _fit(cohort.assign(response=cohort["response"] * 2), feats, task="response")
+    with pytest.raises(ValueError, match="missing values"):
+        _fit(cohort.assign(response=cohort["response"].where(cohort.index != 3)), feats, task="response")
+    with pytest.raises(ValueError, match="positive, finite follow-up"):
+        _fit(cohort.assign(time=-cohort["time"]), feats, task="survival")
+    with pytest.raises(ValueError, match="no response column 'responder'"):
+        _fit(cohort, feats, response_key="responder")
+    with pytest.raises(ValueError, match="`task`"):
+        _fit(cohort, feats, task="grade")
+    with pytest.raises(ValueError, match="Baseline column 'stage' must be numeric"):
+        _fit(cohort.assign(stage="II"), feats, baseline="stage")
+
+
+def test_too_few_patients(cohort, feats):
+    with pytest.raises(ValueError, match=r"12 patients are too few for 10-fold"):
+        _fit(cohort, feats, folds=10)
+    # Response 1 for only two patients: every fold needs both classes.
+    few = cohort.assign(response=cohort["patient_id"].isin(["G00", "G01"]).astype(int))
+    with pytest.raises(ValueError, match=r"Only 2 patient\(s\) have response=1, fewer than folds=3"):
+        _fit(few, feats)
+    rare = cohort.assign(event=cohort["patient_id"].isin(["G02"]).astype(int))
+    with pytest.raises(ValueError, match=r"Only 1 event\(s\)"):
+        _fit(rare, feats, task="survival")
+    with pytest.raises(ValueError, match="`folds`"):
+        _fit(cohort, feats, folds=1)
+
+
+def test_option_checks(cohort, feats):
+    with pytest.raises(ValueError, match="`aggregator`"):
+        _fit(cohort, feats, aggregator="max")
+    with pytest.raises(ValueError, match="`features_key`"):
+        _fit(cohort, feats, features_key="pixels")
+    with pytest.raises(ValueError, match="`epochs`"):
+        _fit(cohort, feats, epochs=0)
+    with pytest.raises(TypeError, match="DataFrame"):
+        _fit(cohort.to_dict(), feats)
+    with pytest.raises(ValueError, match="'feature_file'"):
+        _fit(cohort, feats.drop(columns="feature_file"))

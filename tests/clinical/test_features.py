@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import storm_sc as st
+from storm_sc.clinical import read_slide_features
+from storm_sc.models import StormInputs
+from storm_sc.tl._clinical import slide_features
+from storm_sc.wsi import open_slide, read_tiles, tile_grid
+from tests.clinical.conftest import GENES, textured_slide
+from tests.wsi._slides import glass, write_pyramid
+
+
+@pytest.fixture
+def slide_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = np.concatenate([textured_slide(0.5, rng, cells=8), textured_slide(0.2, rng, cells=8)], axis=1)
+    return write_pyramid(tmp_path / "slide_a.tif", rgb, 1.75, levels=2)
+
+
+class _Counter:
+    """Counts the tiles the morphology encoder sees per call; optionally interrupts like Ctrl-C after some calls."""
+
+    def __init__(self, model, stop_after: int | None = None):
+        self.sizes: list[int] = []
+        self.stop_after = stop_after
+        self.handle = model.network.morphology.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if self.stop_after is not None and len(self.sizes) >= self.stop_after:
+            raise KeyboardInterrupt
+        self.sizes.append(int(args[0].shape[0]))
+
+    def remove(self):
+        self.handle.remove()
+
+
+def test_features_file_contents_and_equivalence_with_model_inference(slide_file, tmp_path, tiny_model):
+    out = tmp_path / "feats"
+    table = slide_features([slide_file], tiny_model, out_dir=out, device="cpu", verbose=False)
+    assert list(table.columns) == ["slide_id", "path", "feature_file", "n_tiles", "mpp", "status"]
+    row = table.iloc[0]
+    assert row["slide_id"] == "slide_a"
+    assert row["status"] == "computed"
+    assert row["mpp"] == pytest.approx(1.75)
+    assert not list(out.glob("*.partial"))
+    sf = read_slide_features(row["feature_file"], key="embedding+expression")
+    cfg = tiny_model.config
+    assert sf.features.shape == (row["n_tiles"], cfg.embed_dim + len(GENES))
+    assert sf.genes == GENES
+    with h5py.File(row["feature_file"]) as f:
+        assert f.attrs["complete"]
+        assert f.attrs["n_encoded"] == row["n_tiles"] == f.attrs["n_context"]
+
+    # The streamed, two-pass extraction gives what the model's own inference gives on the same tiles.
+    with open_slide(slide_file) as slide:
+        grid = tile_grid(slide, patch_um=112.0)
+        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=cfg.image_size,
+                           level=slide.best_level(112.0 / cfg.image_size))  # fmt: skip
+    assert slide.best_level(112.0 / cfg.image_size) == 1  # 3.5 um/px tiles come from the 2x level
+    np.testing.assert_allclose(sf.coords_um, grid.centers_um)
+    inputs = StormInputs.from_arrays(grid.centers_um, config=cfg, patches=tiles)
+    expected = tiny_model.embed(inputs, use_expression=False, device="cpu", verbose=False)
+    np.testing.assert_allclose(sf.features[:, : cfg.embed_dim], expected, rtol=1e-4, atol=1e-5)
+    pred = tiny_model.predict_expression(inputs, device="cpu", verbose=False)
+    np.testing.assert_allclose(sf.features[:, cfg.embed_dim :], pred.mean, rtol=2e-3, atol=2e-3)  # stored float16
+
+
+def test_a_slide_bigger_than_the_batch_is_streamed_in_pieces(slide_file, tmp_path, tiny_model):
+    counter = _Counter(tiny_model)
+    try:
+        table = slide_features([slide_file], tiny_model, out_dir=tmp_path / "f", batch_size=16, device="cpu",
+                               genes=["G1", "G3"], verbose=False)  # fmt: skip
+    finally:
+        counter.remove()
+    n = int(table["n_tiles"].iloc[0])
+    assert n > 2 * 16
+    assert max(counter.sizes) == 16
+    assert sum(counter.sizes) == n
+    assert len(counter.sizes) == -(-n // 16)
+    assert read_slide_features(table["feature_file"].iloc[0], key="expression").genes == ["G1", "G3"]
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(slide_file, tmp_path, tiny_model, caplog):
+    reference = slide_features([slide_file], tiny_model, out_dir=tmp_path / "ref", batch_size=16, device="cpu",
+                               verbose=False)  # fmt: skip
+    out = tmp_path / "run"
+    counter = _Counter(tiny_model, stop_after=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            slide_features([slide_file], tiny_model, out_dir=out, batch_size=16, device="cpu", verbose=False)
+    finally:
+        counter.remove()
+    partial = out / "slide_a.h5.partial"
+    assert partial.exists()
+    assert not (out / "slide_a.h5").exists()
+    with h5py.File(partial) as f:
+        assert f.attrs["n_encoded"] == 32
+        assert not f.attrs["complete"]
+
+    counter = _Counter(tiny_model)
+    try:
+        with caplog.at_level(logging.INFO, logger="storm_sc"):
+            resumed = slide_features([slide_file], tiny_model, out_dir=out, batch_size=16, device="cpu",
+                                     verbose=False)  # fmt: skip
+    finally:
+        counter.remove()
+    n = int(reference["n_tiles"].iloc[0])
+    assert resumed["status"].iloc[0] == "resumed"
+    assert "resuming" in caplog.text
+    assert sum(counter.sizes) == n - 32  # only the tiles not yet encoded
+    assert not partial.exists()
+    for key in ("embedding", "expression", "tokens"):
+        a = read_slide_features(reference["feature_file"].iloc[0], key=key).features
+        b = read_slide_features(resumed["feature_file"].iloc[0], key=key).features
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_complete_files_are_reused_and_never_silently_replaced(slide_file, tmp_path, tiny_model, caplog):
+    out = tmp_path / "f"
+    first = slide_features([slide_file], tiny_model, out_dir=out, device="cpu", verbose=False)
+    path = out / "slide_a.h5"
+    stamp = path.stat().st_mtime_ns
+    counter = _Counter(tiny_model)
+    try:
+        again = slide_features([slide_file], tiny_model, out_dir=out, device="cpu", verbose=False)
+    finally:
+        counter.remove()
+    assert again["status"].iloc[0] == "reused"
+    assert not counter.sizes
+    assert path.stat().st_mtime_ns == stamp
+    pd.testing.assert_series_equal(first["n_tiles"], again["n_tiles"])
+    # Other settings or another model: an error before any work, unless overwrite=True.
+    with pytest.raises(FileExistsError, match="tissue_threshold.*overwrite=True"):
+        slide_features([slide_file], tiny_model, out_dir=out, tissue_threshold=0.9, device="cpu", verbose=False)
+    other = st.models.StormModel("storm-tiny", GENES, seed=1)
+    with pytest.raises(FileExistsError, match="model_digest"):
+        slide_features([slide_file], other, out_dir=out, device="cpu", verbose=False)
+    assert path.stat().st_mtime_ns == stamp
+    redone = slide_features([slide_file], other, out_dir=out, device="cpu", overwrite=True, verbose=False)
+    assert redone["status"].iloc[0] == "computed"
+    assert path.stat().st_mtime_ns != stamp
+
+
+def test_a_partial_file_from_another_model_is_discarded_not_trusted(slide_file, tmp_path, tiny_model, caplog):
+    out = tmp_path / "f"
+    other = st.models.StormModel("storm-tiny", GENES, seed=3)
+    counter = _Counter(other, stop_after=1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            slide_features([slide_file], other, out_dir=out, batch_size=16, device="cpu", verbose=False)
+    finally:
+        counter.remove()
+    assert (out / "slide_a.h5.partial").exists()
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        table = slide_features([slide_file], tiny_model, out_dir=out, batch_size=16, device="cpu", verbose=False)
+    assert table["status"].iloc[0] == "computed"
+    assert "discarding the partial feature file" in caplog.text
+
+
+def test_bad_input_fails_before_any_work(tmp_path, tiny_model, slide_file):
+    out = tmp_path / "f"
+    png = tmp_path / "nompp.png"
+    Image.fromarray(glass((64, 64), np.random.default_rng(0))).save(png)
+    with pytest.raises(ValueError, match="Pass `mpp=`"):
+        slide_features([slide_file, png], tiny_model, out_dir=out, device="cpu", verbose=False)
+    assert not list(out.glob("*.h5*"))  # the first slide was not processed either
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        slide_features([slide_file, tmp_path / "gone.svs"], tiny_model, out_dir=out, verbose=False)
+    with pytest.raises(ValueError, match="unique"):
+        slide_features([slide_file, slide_file], tiny_model, out_dir=out, verbose=False)
+    with pytest.raises(ValueError, match="cannot name a file"):
+        slide_features({"a/b": slide_file}, tiny_model, out_dir=out, verbose=False)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        slide_features([slide_file], tiny_model, out_dir=out, genes=["NOPE"], verbose=False)
+    with pytest.raises(ValueError, match="tissue_threshold"):
+        slide_features([slide_file], tiny_model, out_dir=out, tissue_threshold=2, verbose=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        slide_features([slide_file], tiny_model, out_dir=out, batch_size=0, verbose=False)
+    feats_model = st.models.StormModel(st.models.get_config("storm-tiny", morphology="features", feature_dim=8,
+                                                            features_key="X_uni"), GENES)  # fmt: skip
+    with pytest.raises(ValueError, match="precomputed patch features"):
+        slide_features([slide_file], feats_model, out_dir=out, verbose=False)
+    assert not list(out.glob("*.h5*"))
+    # A slide given with an explicit pixel size and a per-slide table works.
+    table = slide_features(pd.DataFrame({"slide_id": ["x"], "path": [str(png)], "mpp": [3.5]}), tiny_model,
+                           out_dir=out, device="cpu", verbose=False)  # fmt: skip
+    assert table["n_tiles"].iloc[0] == 0  # blank glass: a complete file with no tiles
+
+
+def test_device_dispatch_matches_cpu_when_a_gpu_is_present(slide_file, tmp_path, tiny_model):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = slide_features([slide_file], tiny_model, out_dir=tmp_path / "cpu", device="cpu", verbose=False)
+    gpu = slide_features([slide_file], tiny_model, out_dir=tmp_path / "gpu", device="cuda", verbose=False)
+    a = read_slide_features(cpu["feature_file"].iloc[0]).features
+    b = read_slide_features(gpu["feature_file"].iloc[0]).features
+    assert a.shape == b.shape
+    # bf16 autocast on the GPU: the same features up to its precision.
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
