@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from . import datasets, io, models, pl, pp, tl  # noqa: E402
-from ._settings import settings  # noqa: E402
+from . import clinical, datasets, io, models, pl, pp, tl, wsi
+from ._settings import settings
 
-__all__ = ["datasets", "io", "models", "pl", "pp", "tl", "settings", "__version__"]
+__all__ = ["clinical", "datasets", "io", "models", "pl", "pp", "tl", "wsi", "settings", "__version__"]

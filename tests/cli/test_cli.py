@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from storm_sc.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "pretrain" in out
+
+
+def test_console_script_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "storm_sc.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "storm-sc" in out
+
+
+def test_demo_on_toy_data_writes_results(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--data", "toy", "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "toy" in printed and str(out_dir.resolve()) in printed
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["n_obs"] > 0 and summary["genes_matched"] > 0
+    assert (out_dir / "patches.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="overwrite"):
+        main(["demo", "--data", "toy", "--out", str(out_dir)])
