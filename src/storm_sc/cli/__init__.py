@@ -25,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"storm-sc {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _COMMANDS.items():
+    for module in _COMMANDS.values():
         try:
             importlib.import_module(module).add_parser(subparsers)
         except ModuleNotFoundError as err:  # a command whose module is not part of this build

@@ -14,7 +14,7 @@ from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity
 
-from .._constants import ATTRS_STORM
+from storm_sc._constants import ATTRS_STORM
 
 # Images larger than this (in pixels, on either side) get a pyramid so that patch reading can pick a level.
 _PYRAMID_MIN_SIDE = 4096
