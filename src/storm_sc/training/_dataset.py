@@ -184,7 +184,22 @@ _PER_OBS = (
 
 
 def collate(items: list[dict[str, Any]]) -> StormBatch:
-    """Stack items into one flat :class:`StormBatch`: item ``b``'s members occupy rows ``b*L .. b*L+L-1``."""
+    """Stack items into one flat :class:`StormBatch`: item ``b``'s members occupy rows ``b*L .. b*L+L-1``.
+
+    Parameters
+    ----------
+    items
+        Items of a :class:`ContextDataset` (a centre observation with its niche and region members).
+
+    Returns
+    -------
+    The batch the network reads; pass it as ``collate_fn`` of a ``DataLoader``.
+
+    Examples
+    --------
+    >>> from torch.utils.data import DataLoader
+    >>> loader = DataLoader(dataset, batch_size=64, collate_fn=collate)  # doctest: +SKIP
+    """
     b = len(items)
     size = len(items[0]["has_image"])
     k1 = len(items[0]["niche_valid"])
