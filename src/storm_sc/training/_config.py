@@ -25,7 +25,7 @@ class TrainingConfig:
     lr, weight_decay
         AdamW learning rate and decoupled weight decay (not applied to biases, norms and embeddings).
     warmup_steps
-        Linear warm-up, then cosine decay to ``min_lr_ratio * lr``.
+        Linear warm-up (at most a tenth of the run), then cosine decay to ``min_lr_ratio * lr``.
     min_lr_ratio
         Final learning rate as a fraction of ``lr``.
     gradient_clip

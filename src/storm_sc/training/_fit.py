@@ -85,7 +85,7 @@ def fit(
     overwrite: bool = False,
     callbacks: Sequence[L.Callback] = (),
     cache_dir: str | Path | None = None,
-    init_gene_statistics: bool = False,
+    init_gene_statistics: bool | None = None,
     provenance: dict[str, Any] | None = None,
     verbose: bool | None = None,
     **options: Any,
@@ -120,8 +120,8 @@ def fit(
     provenance
         Extra description of the run stored in the manifest (e.g. the YAML recipe).
     init_gene_statistics
-        Start the expression decoders at each gene's mean and variance in the training observations (for a
-        freshly initialised model; :func:`pretrain` does this).
+        Start the expression decoders at each gene's mean and variance in the training observations. ``None``:
+        only for a model that was never trained (its ``manifest`` is empty); a trained model keeps its decoders.
     verbose
         Progress bars.
     **options
@@ -159,14 +159,12 @@ def fit(
     val_set = ContextDataset(prepared, VAL, model.config, opts, train=False)
     if len(train_set) == 0:
         raise ValueError("No training observations are left after the validation split; lower `val_fraction`.")
-    if init_gene_statistics:
+    if init_gene_statistics or (init_gene_statistics is None and not model.manifest):
         _init_gene_statistics(model, prepared)
 
-    world = _world_size(launch)
-    per_process = math.ceil(len(train_set) / world)
-    drop_last = per_process > opts.batch_size  # full batches keep the contrastive loss comparable across steps
-    steps_per_epoch = max(1, per_process // opts.batch_size if drop_last else math.ceil(per_process / opts.batch_size))
-    total_steps = steps_per_epoch * opts.max_epochs if opts.max_steps < 0 else opts.max_steps
+    # Batches per epoch and process, assuming one process (the log interval only; the learning-rate schedule
+    # asks the trainer, which knows the process layout).
+    steps_per_epoch = max(1, math.ceil(len(train_set) / opts.batch_size))
 
     loader_args = {
         "batch_size": opts.batch_size,
@@ -179,7 +177,7 @@ def fit(
         loader_args["prefetch_factor"] = 4
     # Our samplers shard across processes themselves and carry the epoch into the items (see ContextSampler).
     train_sampler = ContextSampler(len(train_set), shuffle=True, seed=opts.seed)
-    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=drop_last, **loader_args)
+    train_loader = DataLoader(train_set, sampler=train_sampler, **loader_args)
     val_loader = None
     if len(val_set):
         val_loader = DataLoader(val_set, sampler=ContextSampler(len(val_set), shuffle=False, seed=0), **loader_args)
@@ -199,7 +197,7 @@ def fit(
         )
     csv = CSVLogger(save_dir=out_dir, name="", version="logs") if out_dir is not None else None
     show = settings.show_progress(verbose)
-    module = StormLightningModule(model.network, opts, total_steps)
+    module = StormLightningModule(model.network, opts)
     model.network.train()
     trainer = L.Trainer(
         **launch,
@@ -217,7 +215,7 @@ def fit(
         use_distributed_sampler=False,
         # the projection heads' batch statistics then cover the global batch, as the gathered contrastive loss does
         # (torch synchronises batch norm on GPUs only)
-        sync_batchnorm=world > 1 and _uses_gpu(opts),
+        sync_batchnorm=_world_size(launch) > 1 and _uses_gpu(opts),
     )
     logger.info(
         "Training %r on %d slides: %d training / %d validation centres (%s split), %d steps per epoch, %s.",
@@ -321,7 +319,6 @@ def pretrain(
         overwrite=overwrite,
         callbacks=callbacks,
         cache_dir=cache_dir,
-        init_gene_statistics=not isinstance(model, StormModel),
         provenance=provenance,
         verbose=verbose,
     )

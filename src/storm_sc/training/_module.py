@@ -27,15 +27,12 @@ class StormLightningModule(L.LightningModule):
         The network (trained in place).
     options
         Training settings.
-    total_steps
-        Optimiser steps planned (for the learning-rate schedule).
     """
 
-    def __init__(self, network: StormNetwork, options: TrainingConfig, total_steps: int) -> None:
+    def __init__(self, network: StormNetwork, options: TrainingConfig) -> None:
         super().__init__()
         self.network = network
         self.options = options
-        self.total_steps = max(int(total_steps), 1)
 
     def transfer_batch_to_device(self, batch: StormBatch, device: torch.device, dataloader_idx: int) -> StormBatch:
         """Move every tensor of the batch (a dataclass Lightning does not know)."""
@@ -87,7 +84,9 @@ class StormLightningModule(L.LightningModule):
             [{"params": decay, "weight_decay": self.options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.options.lr,
         )
-        warmup, total, floor = self.options.warmup_steps, self.total_steps, self.options.min_lr_ratio
+        # the trainer knows the process layout, max_epochs / max_steps and the batches per process
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor = min(self.options.warmup_steps, total // 10), self.options.min_lr_ratio
 
         def factor(step: int) -> float:
             if step < warmup:
