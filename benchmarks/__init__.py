@@ -1,0 +1,1 @@
+"""Benchmarks of storm_sc (see benchmarks/README.md); importable so that tests can reach their pieces."""
