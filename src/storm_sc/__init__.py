@@ -10,4 +10,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 from . import clinical, datasets, io, models, pl, pp, tl, wsi
 from ._settings import settings
 
-__all__ = ["clinical", "datasets", "io", "models", "pl", "pp", "tl", "wsi", "settings", "__version__"]
+
+def __getattr__(name: str) -> object:
+    # The training engine imports Lightning (seconds): load it on first use of `st.training`.
+    if name == "training":
+        import importlib
+
+        return importlib.import_module("storm_sc.training")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["clinical", "datasets", "io", "models", "pl", "pp", "tl", "training", "wsi", "settings", "__version__"]

@@ -19,5 +19,5 @@ def toy_sdata_factory():
 def trained_model(toy_sdata_factory):
     train = toy_sdata_factory(seed=11)
     model = st.models.StormModel("storm-tiny", train["table"].var_names, seed=0)
-    model.fit([train], max_epochs=4, seed=0, verbose=False)
+    model.fit([train], max_epochs=10, batch_size=16, val_fraction=0.0, seed=0, verbose=False)
     return model

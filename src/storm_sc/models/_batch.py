@@ -70,6 +70,11 @@ class StormBatch:
         """Number of centres ``b``."""
         return int(self.centre.shape[0])
 
+    def pin_memory(self) -> StormBatch:
+        """Return a copy in page-locked memory (called by a GPU ``DataLoader`` with ``pin_memory=True``)."""
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.pin_memory() for k, v in pinned.items() if isinstance(v, torch.Tensor)})
+
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> StormBatch:
         """Return a copy with every tensor on ``device``."""
         moved = {
