@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,17 @@ def data_dir() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never let a test write into the user's cache or the shared data: caches go to a temp folder."""
     monkeypatch.setenv("STORM_SC_DATA_DIR", str(tmp_path_factory.getbasetemp() / "storm_cache"))
+
+
+@pytest.fixture
+def storm_log(caplog):
+    """caplog that also sees the ``storm_sc`` logger (which does not propagate to the root logger)."""
+    logger = logging.getLogger("storm_sc")
+    logger.addHandler(caplog.handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old)

@@ -77,19 +77,3 @@ def napari_display() -> None:
     if probe.returncode != 0:
         tail = (probe.stderr or probe.stdout).strip().splitlines()[-3:]
         pytest.skip(f"napari cannot draw on this display (no Qt platform or OpenGL context): {' | '.join(tail)}")
-
-
-@pytest.fixture
-def storm_log(caplog):
-    """caplog that also sees the ``storm_sc`` logger (which does not propagate to the root logger)."""
-    import logging
-
-    logger = logging.getLogger("storm_sc")
-    logger.addHandler(caplog.handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.setLevel(old)
