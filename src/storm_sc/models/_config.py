@@ -48,6 +48,10 @@ class StormConfig:
         Keep a pretrained backbone's weights fixed during training.
     feature_dim, features_key
         Width and ``.obsm`` key of precomputed patch features (``morphology="features"``).
+    stain_statistics
+        Add a second morphology path from per-patch stain and texture statistics (colour deconvolution
+        percentiles, block spreads, gradients) to the output of pixel encoders; see
+        ``storm_sc.models._stain_statistics``.
     image_mean, image_std
         Per-channel normalisation of RGB values in ``[0, 1]``.
     gene_dim
@@ -89,6 +93,7 @@ class StormConfig:
     freeze_backbone: bool = False
     feature_dim: int | None = None
     features_key: str | None = None
+    stain_statistics: bool = True
     image_mean: tuple[float, float, float] = (0.70, 0.55, 0.70)
     image_std: tuple[float, float, float] = (0.18, 0.20, 0.16)
     gene_dim: int = 32

@@ -26,11 +26,19 @@ class ImageNormalizer(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.size = size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def unit(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in ``[0, 1]`` at the encoder's input size."""
         x = images.float() / 255.0
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return (x - self.mean) / self.std
+        return x.clamp(0.0, 1.0)
+
+    def normalise(self, unit: torch.Tensor) -> torch.Tensor:
+        """Output of :meth:`unit` -> per-channel standardised input of the encoder."""
+        return (unit - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.unit(images))
 
 
 class _ResidualStage(nn.Module):

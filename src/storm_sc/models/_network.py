@@ -18,6 +18,7 @@ from ._heads import GaussianGeneDecoder, ProjectionHead
 from ._losses import gaussian_nll, info_nce
 from ._morphology import ImageNormalizer, build_morphology_encoder
 from ._spatial import SpatialContextEncoder
+from ._stain_statistics import StainStatisticsEncoder
 
 LOSS_NAMES = ("contrastive", "context_contrastive", "masked_expression", "predicted_expression")
 
@@ -77,6 +78,8 @@ class StormNetwork(nn.Module):
         d = config.hidden_dim
         self.image_norm = ImageNormalizer(config.image_mean, config.image_std, config.image_size)
         self.morphology = build_morphology_encoder(config, backbone=backbone, pretrained_backbone=pretrained_backbone)
+        use_stats = config.stain_statistics and config.uses_pixels
+        self.stain_statistics = StainStatisticsEncoder(d) if use_stats else None
         self.expression = ExpressionEncoder(config, n_genes)
         self.fusion = ModalityFusion(d)
         self.context = SpatialContextEncoder(config)
@@ -107,7 +110,9 @@ class StormNetwork(nn.Module):
         if self.config.uses_pixels:
             if images is None:
                 raise ValueError("This model encodes H&E patches; `images` is required.")
-            return self.morphology(self.image_norm(images))
+            unit = self.image_norm.unit(images)
+            z = self.morphology(self.image_norm.normalise(unit))
+            return z if self.stain_statistics is None else z + self.stain_statistics(unit)
         if features is None:
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")
         return self.morphology(features)
