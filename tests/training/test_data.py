@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from storm_sc.models import StormModel
+from storm_sc.pp import align_genes
 from storm_sc.training import (
     ContextDataset,
     ContextSampler,
@@ -47,6 +48,20 @@ def test_as_slides_names_groups_and_errors(toy_pair):
         as_slides([toy_pair["a"], 3])
     with pytest.raises(ValueError, match="No training slides"):
         as_slides([])
+
+
+def test_union_vocabulary_joins_ensembl_only_tables(toy_pair):
+    # her2st-like symbols only, DLPFC-like Ensembl ids only, Visium-like symbols + a gene_ids column.
+    symbols = toy_pair["a"]["table"][:, :6].copy()
+    ids = [f"ENSG{i:011d}" for i in range(6)]
+    ensembl_only = toy_pair["b"]["table"][:, :6].copy()
+    ensembl_only.var_names = ids
+    both = toy_pair["b"]["table"][:, :6].copy()
+    both.var["gene_ids"] = ids
+    vocab = union_vocabulary(as_slides([symbols, ensembl_only, both]))
+    assert vocab.symbols == tuple(symbols.var_names)
+    assert vocab.ensembl_ids == tuple(ids)
+    assert align_genes(ensembl_only, vocab).n_matched == 6
 
 
 def test_union_vocabulary_spans_all_panels(toy_pair):

@@ -193,30 +193,40 @@ def union_vocabulary(
     seen_symbols: dict[str, int] = {}
     seen_ids: set[str] = set()
     n_with_expression = 0
-    for slide in slides:
-        if not slide.use_expression:
-            continue
-        n_with_expression += 1
+    with_expression = [slide for slide in slides if slide.use_expression]
+    # A table without a symbol column names its genes by Ensembl id only; other slides that carry both give
+    # them their symbols, so that the same gene from different slides becomes one vocabulary entry.
+    id_symbol: dict[str, str] = {}
+    names = []
+    for slide in with_expression:
         table = _table(slide)
         sym, ids = _gene_names(slide, table)
+        names.append((table, sym, ids))
+        for s, e in zip(sym, ids, strict=True):
+            if e is not None and is_ensembl(e) and not is_ensembl(s):
+                id_symbol.setdefault(ensembl_key(e), s)
+    for table, sym, ids in names:
+        n_with_expression += 1
         rate = _detection(table)
         counted: set[int] = set()
         for s, e, r in zip(sym, ids, rate, strict=True):
             e = e if (e is not None and is_ensembl(e)) else None
+            if e is not None and is_ensembl(s):
+                s = id_symbol.get(ensembl_key(e), s)
             key = symbol_key(s)
             if not key or key in ("nan", "none"):
                 continue
             pos = seen_symbols.get(key)
             if pos is None:
-                if e is not None and ensembl_key(e) in seen_ids:
-                    e = None  # the same Ensembl gene under another symbol: keep the first mapping only
                 pos = seen_symbols[key] = len(symbols)
                 symbols.append(s.strip())
-                ensembl.append(e)
+                ensembl.append(None)
                 n_slides.append(0)
                 detected.append(0.0)
-                if e is not None:
-                    seen_ids.add(ensembl_key(e))
+            # The first Ensembl id seen for a symbol is kept; another symbol claiming the same id does not get it.
+            if e is not None and ensembl[pos] is None and ensembl_key(e) not in seen_ids:
+                ensembl[pos] = e
+                seen_ids.add(ensembl_key(e))
             if pos not in counted:
                 counted.add(pos)
                 n_slides[pos] += 1
