@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,23 @@ def _world_size(launch: dict[str, Any]) -> int:
     devices = launch["devices"]
     per_node = devices if isinstance(devices, int) else 1
     return per_node * launch["num_nodes"]
+
+
+@contextlib.contextmanager
+def _lightning_messages(show: bool) -> Iterator[None]:
+    """Hide Lightning's informational messages (not its warnings) unless progress is shown."""
+    if show:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def fit(
@@ -199,40 +218,42 @@ def fit(
     show = settings.show_progress(verbose)
     module = StormLightningModule(model.network, opts)
     model.network.train()
-    trainer = L.Trainer(
-        **launch,
-        max_epochs=opts.max_epochs,
-        max_steps=opts.max_steps,
-        gradient_clip_val=opts.gradient_clip or None,
-        log_every_n_steps=min(opts.log_every_n_steps, steps_per_epoch),
-        logger=csv if csv is not None else False,
-        callbacks=cbs,
-        default_root_dir=out_dir,
-        enable_checkpointing=False,
-        enable_progress_bar=show,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        # the projection heads' batch statistics then cover the global batch, as the gathered contrastive loss does
-        # (torch synchronises batch norm on GPUs only)
-        sync_batchnorm=_world_size(launch) > 1 and _uses_gpu(opts),
-    )
-    logger.info(
-        "Training %r on %d slides: %d training / %d validation centres (%s split), %d steps per epoch, %s.",
-        model,
-        len(prepared),
-        len(train_set),
-        len(val_set),
-        split_info["strategy"],
-        steps_per_epoch,
-        ", ".join(f"{k}={v}" for k, v in launch.items()),
-    )
-    with warnings.catch_warnings():
-        # Small data sets trigger Lightning's "few batches / workers" hints; the settings are deliberate.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    # Lightning announces devices and advertises services at INFO level; a quiet run should be quiet.
+    with _lightning_messages(show):
+        trainer = L.Trainer(
+            **launch,
+            max_epochs=opts.max_epochs,
+            max_steps=opts.max_steps,
+            gradient_clip_val=opts.gradient_clip or None,
+            log_every_n_steps=min(opts.log_every_n_steps, steps_per_epoch),
+            logger=csv if csv is not None else False,
+            callbacks=cbs,
+            default_root_dir=out_dir,
+            enable_checkpointing=False,
+            enable_progress_bar=show,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            # the projection heads' batch statistics then cover the global batch, as the gathered contrastive loss does
+            # (torch synchronises batch norm on GPUs only)
+            sync_batchnorm=_world_size(launch) > 1 and _uses_gpu(opts),
+        )
+        logger.info(
+            "Training %r on %d slides: %d training / %d validation centres (%s split), %d steps per epoch, %s.",
+            model,
+            len(prepared),
+            len(train_set),
+            len(val_set),
+            split_info["strategy"],
+            steps_per_epoch,
+            ", ".join(f"{k}={v}" for k, v in launch.items()),
+        )
+        with warnings.catch_warnings():
+            # Small data sets trigger Lightning's "few batches / workers" hints; the settings are deliberate.
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
 
     best.restore(model.network)
     model.network.cpu().eval()
