@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -167,7 +168,10 @@ def _squidpy_graph(
     radius_um: float | None,
     delaunay: bool,
 ) -> tuple[sparse.csr_matrix, dict]:
-    import squidpy as sq
+    with warnings.catch_warnings():
+        # squidpy's docstring templating (docrep) emits SyntaxWarnings at import time; nothing for users to act on
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import squidpy as sq
 
     # A throwaway AnnData holding only the positions: squidpy then never touches the user's table.
     light = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(len(centers_um)).astype(str)))
