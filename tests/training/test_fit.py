@@ -41,7 +41,9 @@ def test_embedding_separates_planted_domains_better_than_untrained(domains_run):
     sdata, model = domains_run
     untrained = StormModel("storm-tiny", model.vocabulary, seed=0)
     before, after = _ari(untrained, sdata, 4), _ari(model, sdata, 4)
-    assert before < 0.3 < after
+    # The stain-statistics path already tells the toy domains' colours apart before training (ARI ~0.5);
+    # training must add the morphology-expression structure on top.
+    assert after > 0.7
     assert after > before + 0.25
 
 
