@@ -9,7 +9,7 @@ from __future__ import annotations
 from storm_sc._constants import ATTRS_STORM
 
 from ._adapter import PhysicalScale, PlatformAdapter, Slide
-from ._elements import affine_xy, linear_scale
+from ._elements import affine_xy, coordinate_systems, linear_scale
 
 
 class GenericAdapter(PlatformAdapter):
@@ -35,7 +35,7 @@ class GenericAdapter(PlatformAdapter):
         cs = slide.coordinate_system
         recorded = attrs.get("image_key")
         # the recorded mpp is per pixel of the recorded image, which also is the unit of the spot coordinates
-        if recorded and recorded in slide.sdata.images and cs is not None:
+        if recorded and recorded in slide.sdata.images and cs in coordinate_systems(slide.sdata.images[recorded]):
             unit = linear_scale(affine_xy(slide.sdata.images[recorded], cs))
         else:
             unit = linear_scale(affine_xy(slide.region_elements[0], cs))

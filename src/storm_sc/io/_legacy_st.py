@@ -323,7 +323,9 @@ def read_st(
         off = spot_table["selected"] == 0
         unselected = _position_keys(spot_table.loc[off, ["x", "y"]].to_numpy(dtype=np.float64))
         if len(unselected):
-            logger.info("%s: dropping %d spots (and their counts) not selected as under tissue", library_id, int(off.sum()))
+            logger.info(
+                "%s: dropping %d spots (and their counts) not selected as under tissue", library_id, int(off.sum())
+            )
         spot_table = spot_table[~off]
     spot_keys = _position_keys(spot_table[["x", "y"]].to_numpy(dtype=np.float64))
     if spot_keys.duplicated().any():

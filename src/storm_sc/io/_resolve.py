@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import replace
 from numbers import Real
 
 import numpy as np
@@ -140,21 +142,38 @@ def _check_scale(
         return
     if size_um is None:
         return
-    if user_mpp is not None and found.expected_size_um is not None:
+    if found.expected_size_um is not None:
         ratio = size_um / found.expected_size_um
-        if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
+        if 1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO:
+            return
+        if user_mpp is not None:
             raise ValueError(
                 f"With `mpp={user_mpp:g}`, {platform} observations (spots, bins) measure {size_um:.3g} um, but "
                 f"should be about {found.expected_size_um:.3g} um ({ratio:.2g}x off). `mpp` is microns per "
                 "full-resolution pixel of the chosen image; check its units."
             )
-    elif not (_SIZE_RANGE_UM[0] <= size_um <= _SIZE_RANGE_UM[1]):
+        # The data contradict themselves: the recorded scale is per pixel of the image, so an image re-placed by
+        # another transformation (or swapped for another image) silently rescales every position and patch.
+        raise ValueError(
+            f"With the scale from {found.source}, the observations of this {platform} slide measure {size_um:.3g} "
+            f"um across, but the data record {found.expected_size_um:.3g} um ({ratio:.2g}x off): the image and the "
+            "observations are not placed consistently (the image's transformation was changed, or it is another "
+            "image). Fix the transformations with `spatialdata.transformations.set_transformation`, or choose "
+            "another `image_key=`."
+        )
+    if not (_SIZE_RANGE_UM[0] <= size_um <= _SIZE_RANGE_UM[1]):
         logger.warning(
             "With the scale from %s, observations measure %.3g um across, which is implausible for spots or "
             "cells; check that `mpp` is microns per full-resolution pixel.",
             f"mpp={user_mpp:g}" if user_mpp is not None else found.source,
             size_um,
         )
+
+
+def _is_prediction(table: AnnData) -> bool:
+    """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one)."""
+    params = table.uns.get(UNS_STORM)
+    return isinstance(params, Mapping) and "predict_expression" in params
 
 
 def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_key: str | None) -> str:
@@ -180,6 +199,7 @@ def resolve(
     image_key: str | None = None,
     mpp: float | None = None,
     library_id: str | None = None,
+    use_image: bool = True,
 ) -> SpatialInput:
     """Find the table, its positions, the H&E image and the physical scale of one slide, from any platform.
 
@@ -204,10 +224,15 @@ def resolve(
         Overrides the platform's metadata; required when the data do not state a scale.
     library_id
         Name of the slide; defaults to what the data record (dataset id), else the table key.
+    use_image
+        ``False`` to resolve the observations and their positions only, for steps that read no pixels (domains,
+        spatial graphs): no image is chosen or checked, so an unusable image cannot stop them, and ``mpp`` is
+        microns per coordinate unit. A scanpy-style AnnData still takes its scale from its own image.
 
     Returns
     -------
-    The resolved :class:`~storm_sc.io.SpatialInput`; ``image`` is ``None`` for expression-only data.
+    The resolved :class:`~storm_sc.io.SpatialInput`; ``image`` is ``None`` for expression-only data (and with
+    ``use_image=False``).
 
     Examples
     --------
@@ -223,10 +248,13 @@ def resolve(
     _check_mpp(mpp)
     if library_id is not None and not isinstance(library_id, str):
         raise TypeError(f"`library_id` must be a string, got {type(library_id).__name__}.")
+    if not use_image and image_key is not None:
+        raise ValueError(f"`image_key={image_key!r}` names an image, but `use_image=False` asks for none; drop one.")
     if isinstance(data, AnnData):
         if table_key is not None:
             raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
-        return resolve_anndata(data, image_key=image_key, mpp=mpp, library_id=library_id)
+        si = resolve_anndata(data, image_key=image_key, mpp=mpp, library_id=library_id)
+        return si if use_image else replace(si, image_key=None, image=None, centers_px=None, mpp=None)
     if not isinstance(data, SpatialData):
         raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
     sdata = data
@@ -244,7 +272,7 @@ def resolve(
     adapter = _ADAPTERS[platform]
     if table_key is None:
         # Tables of predictions written by storm_sc annotate the same spots; the user means the measured one.
-        measured = [k for k, t in sdata.tables.items() if "predict_expression" not in t.uns.get(UNS_STORM, {})]
+        measured = [k for k, t in sdata.tables.items() if not _is_prediction(t)]
         table_key = measured[0] if len(measured) == 1 else adapter.choose_table(sdata)
     table = sdata.tables[table_key]
     check_table(table, table_key)
@@ -253,7 +281,7 @@ def resolve(
     slide.links = adapter.link_regions(slide)
     element_keys = slide.element_keys
 
-    if image_key is None:
+    if image_key is None and use_image:
         image_key = adapter.choose_image(slide)
         if image_key is None:
             logger.info("No H&E image for table %r (%s): resolved for expression-only use.", table_key, platform)

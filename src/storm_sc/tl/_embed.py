@@ -5,18 +5,23 @@ from __future__ import annotations
 import copy as _copy
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
 from storm_sc._constants import OBSM_EMBEDDING
 from storm_sc._settings import logger
-from storm_sc.io import resolve
+from storm_sc.io import SpatialInput, resolve
 from storm_sc.models import StormModel
 
+from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import as_slide_list, check_key_free, copy_for_output, record_params
+from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 Modalities = Literal["auto", "image", "expression", "both"]
 _MODALITIES = ("auto", "image", "expression", "both")
@@ -30,6 +35,35 @@ def parse_modalities(modalities: str) -> tuple[bool, bool, bool]:
     if modalities == "auto":
         return True, True, False
     return modalities in ("image", "both"), modalities in ("expression", "both"), True
+
+
+def embed_slide(
+    net: StormModel,
+    slide: SpatialInput,
+    *,
+    want_image: bool,
+    want_expression: bool,
+    batch_size: int,
+    device: str,
+    verbose: bool | None,
+) -> tuple[np.ndarray, list[str], float]:
+    """Embed one resolved slide: ``(embedding, modalities used, seconds)``; the same code in-process and on workers."""
+    start = time.perf_counter()
+    use_image = want_image and slide.has_image
+    use_expression = want_expression and slide.table.n_vars > 0
+    inputs = net.prepare(slide, use_image=use_image, use_expression=use_expression, verbose=verbose)
+    use_image = use_image and inputs.has_image
+    use_expression = use_expression and inputs.expression is not None
+    embedding = net.embed(
+        inputs,
+        use_image=use_image,
+        use_expression=use_expression,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
+    used = [m for m, on in (("image", use_image), ("expression", use_expression)) if on]
+    return embedding, used, time.perf_counter() - start
 
 
 def storm_embed(
@@ -47,6 +81,7 @@ def storm_embed(
     random_state: int = 0,
     overwrite: bool = False,
     copy: bool = False,
+    client: Client | None = None,
     verbose: bool | None = None,
 ) -> SpatialData | AnnData | list[SpatialData | AnnData] | None:
     """Joint STORM embedding of every spot or cell from H&E morphology, expression and spatial context.
@@ -90,12 +125,18 @@ def storm_embed(
         Replace an existing ``.obsm[key_added]``.
     copy
         Return a copy with the result instead of writing into ``data``.
+    client
+        A dask ``distributed.Client`` (e.g. ``distributed.get_client()``) to embed the slides of a list in
+        parallel on its workers; each worker loads the model once and runs the same code as without a client.
+        ``None``: one slide after the other in this process.
     verbose
         Progress bars (default: ``st.settings``).
 
     Returns
     -------
-    ``None``, or the copy (a list for a list) when ``copy=True``. Writes, on the table of each slide:
+    ``None``, or the copy (a list for a list) when ``copy=True``. Results are written only once every slide has
+    been embedded, so an error (or an interruption) leaves all inputs as they were. Writes, on the table of each
+    slide:
 
     - ``.obsm[key_added]``: ``(n_obs, d)`` float32 embedding;
     - ``.uns["storm"][key_added]``: the parameters, the modalities used, the model and the storm_sc version.
@@ -114,6 +155,7 @@ def storm_embed(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if not isinstance(adapt_epochs, int) or adapt_epochs < 0:
         raise ValueError(f"`adapt_epochs` must be a non-negative integer, got {adapt_epochs!r}.")
+    check_client(client)
     slides, single = as_slide_list(data)
     targets = [copy_for_output(s) for s in slides] if copy else slides
 
@@ -121,6 +163,7 @@ def storm_embed(
     resolved = [resolve(t, table_key=table_key, image_key=image_key, mpp=mpp) for t in targets]
     for slide in resolved:
         check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite)
+        check_params_slot(slide.table, f"{slide.library_id}: ")
         if strict and want_image and not slide.has_image:
             raise ValueError(
                 f"Slide {slide.library_id!r} has no H&E image but modalities={modalities!r} asks for it; "
@@ -135,32 +178,20 @@ def storm_embed(
         logger.info("adapting %s to %d slide(s) for %d epoch(s) (self-supervised)", net, len(resolved), adapt_epochs)
         net.fit(resolved, max_epochs=adapt_epochs, seed=random_state, verbose=verbose)
 
-    results = []
-    for slide in resolved:
-        start = time.perf_counter()
-        use_image = want_image and slide.has_image
-        use_expression = want_expression and slide.table.n_vars > 0
-        inputs = net.prepare(slide, use_image=use_image, use_expression=use_expression, verbose=verbose)
-        use_image = use_image and inputs.has_image
-        use_expression = use_expression and inputs.expression is not None
-        results.append(
-            (
-                slide,
-                net.embed(
-                    inputs,
-                    use_image=use_image,
-                    use_expression=use_expression,
-                    batch_size=batch_size or _DEFAULT_BATCH,
-                    device=device,
-                    verbose=verbose,
-                ),
-                [m for m, used in (("image", use_image), ("expression", use_expression)) if used],
-                time.perf_counter() - start,
-            )
-        )
+    results = map_slides(
+        embed_slide,
+        net,
+        resolved,
+        client=client,
+        verbose=verbose,
+        want_image=want_image,
+        want_expression=want_expression,
+        batch_size=batch_size or _DEFAULT_BATCH,
+        device=device,
+    )
 
     # Results are written only once every slide has been embedded: a failure leaves all inputs untouched.
-    for slide, embedding, used, seconds in results:
+    for slide, (embedding, used, seconds) in zip(resolved, results, strict=True):
         slide.table.obsm[key_added] = embedding
         record_params(
             slide.table,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,11 +15,15 @@ from spatialdata.models import TableModel, get_table_keys
 
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
-from storm_sc.io import resolve
-from storm_sc.models import StormModel
+from storm_sc.io import SpatialInput, resolve
+from storm_sc.models import ExpressionPrediction, StormModel
 
+from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import check_key_free, record_params
+from ._target import as_slide_list, check_key_free, record_params
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _split_genes(genes: Sequence[str] | str | None, model: StormModel) -> tuple[list[str] | None, list[str]]:
@@ -34,7 +39,7 @@ def _split_genes(genes: Sequence[str] | str | None, model: StormModel) -> tuple[
 
 
 def predict_expression(
-    data: SpatialData | AnnData,
+    data: SpatialData | AnnData | list[SpatialData | AnnData],
     model: StormModel | str | Path | None = None,
     *,
     genes: Sequence[str] | str | None = None,
@@ -45,8 +50,9 @@ def predict_expression(
     device: str = "auto",
     batch_size: int = 256,
     overwrite: bool = False,
+    client: Client | None = None,
     verbose: bool | None = None,
-) -> AnnData:
+) -> AnnData | list[AnnData]:
     """Gene expression predicted from the H&E image and the positions alone, with a per-gene uncertainty.
 
     The measured expression is never read, even when the table has it: each observation's prediction comes from
@@ -56,8 +62,8 @@ def predict_expression(
     Parameters
     ----------
     data
-        A SpatialData with an H&E image (the usual case), or an AnnData with ``.obsm["spatial"]`` and an image in
-        ``.uns["spatial"]``.
+        A SpatialData with an H&E image (the usual case), an AnnData with ``.obsm["spatial"]`` and an image in
+        ``.uns["spatial"]``, or a list of them.
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -75,15 +81,19 @@ def predict_expression(
         Observations per forward pass.
     overwrite
         Replace an existing ``sdata.tables[key_added]``.
+    client
+        A dask ``distributed.Client`` (e.g. ``distributed.get_client()``) to predict the slides of a list in
+        parallel on its workers, with the same code as without a client. ``None``: one slide after the other here.
     verbose
         Progress bars (default: ``st.settings``).
 
     Returns
     -------
-    AnnData with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table: ``X`` the predicted log1p
-    expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its predicted standard deviation,
-    ``uns["storm"]`` the parameters. For a SpatialData it is also stored as ``sdata.tables[key_added]``,
-    annotating the same element(s) as the measured table.
+    AnnData (a list of them for a list) with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table:
+    ``X`` the predicted log1p expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its
+    predicted standard deviation, ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
+    ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
+    every slide has been predicted, so an error leaves all inputs as they were.
 
     Examples
     --------
@@ -94,16 +104,19 @@ def predict_expression(
     >>> pred.shape
     (200, 2)
     """
-    if not isinstance(data, SpatialData | AnnData):
-        raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
-    if isinstance(data, SpatialData):
-        check_key_free(data.tables, key_added, "sdata.tables", overwrite=overwrite)
-    slide = resolve(data, table_key=table_key, image_key=image_key, mpp=mpp)
-    if not slide.has_image:
-        raise ValueError(
-            f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
-            "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
-        )
+    check_client(client)
+    items, single = as_slide_list(data)
+    slides = []
+    for item in items:
+        if isinstance(item, SpatialData):
+            check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
+        slide = resolve(item, table_key=table_key, image_key=image_key, mpp=mpp)
+        if not slide.has_image:
+            raise ValueError(
+                f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
+                "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
+            )
+        slides.append(slide)
     net = get_model(model, verbose=verbose)
     inside, outside = _split_genes(genes, net)
     if genes is not None and not inside:
@@ -120,13 +133,48 @@ def predict_expression(
         )
 
     start = time.perf_counter()
-    prediction = net.predict_expression(slide, genes=inside, batch_size=batch_size, device=device, verbose=verbose)
+    predictions = map_slides(
+        StormModel.predict_expression,
+        net,
+        slides,
+        client=client,
+        verbose=verbose,
+        genes=inside,
+        batch_size=batch_size,
+        device=device,
+    )
+    params = {"tool": "predict_expression", "model": model_name(net, model), "architecture": net.config.name}
+    results = [
+        _prediction_table(item, slide, prediction, params, outside)
+        for item, slide, prediction in zip(items, slides, predictions, strict=True)
+    ]
+    # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
+    for item, result in zip(items, results, strict=True):
+        if isinstance(item, SpatialData):
+            item.tables[key_added] = result
+    logger.info(
+        "predicted %d gene(s) for %d observations in %d slide(s) from H&E in %.1f s%s",
+        results[0].n_vars,
+        sum(r.n_obs for r in results),
+        len(results),
+        time.perf_counter() - start,
+        f"; added sdata.tables[{key_added!r}]" if any(isinstance(i, SpatialData) for i in items) else "",
+    )
+    return results[0] if single else results
 
+
+def _prediction_table(
+    data: SpatialData | AnnData,
+    slide: SpatialInput,
+    prediction: ExpressionPrediction,
+    params: dict[str, Any],
+    outside: list[str],
+) -> AnnData:
+    """The AnnData of one slide's prediction, annotating the same elements as its measured table."""
     source = slide.table
-    obs = source.obs.copy()
     result = AnnData(
         X=prediction.mean.astype(np.float32),
-        obs=obs,
+        obs=source.obs.copy(),
         var=pd.DataFrame(index=pd.Index(prediction.genes, name="gene")),
         layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32)},
         obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
@@ -136,9 +184,7 @@ def predict_expression(
         result,
         "predict_expression",
         {
-            "tool": "predict_expression",
-            "model": model_name(net, model),
-            "architecture": net.config.name,
+            **params,
             "table_key": slide.table_key,
             "image_key": slide.image_key,
             "mpp": slide.mpp,
@@ -146,18 +192,9 @@ def predict_expression(
         },
     )
     result.uns[UNS_STORM]["genes_not_in_model"] = list(outside)
-
     if isinstance(data, SpatialData) and slide.table_key is not None:
         attrs = source.uns.get(TableModel.ATTRS_KEY)
         if attrs is not None:
             region, region_key, instance_key = get_table_keys(source)
             result = TableModel.parse(result, region=region, region_key=region_key, instance_key=instance_key)
-        data.tables[key_added] = result
-    logger.info(
-        "predicted %d gene(s) for %d observations from H&E in %.1f s%s",
-        result.n_vars,
-        result.n_obs,
-        time.perf_counter() - start,
-        f"; added sdata.tables[{key_added!r}]" if isinstance(data, SpatialData) else "",
-    )
     return result

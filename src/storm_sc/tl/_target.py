@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from anndata import AnnData
@@ -52,6 +52,16 @@ def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrit
     if key in mapping and not overwrite:
         raise ValueError(
             f"{where}[{key!r}] already exists; pass another `key_added=` or `overwrite=True` to replace it."
+        )
+
+
+def check_params_slot(table: AnnData, where: str = "") -> None:
+    """Refuse a table whose ``.uns["storm"]`` is not a mapping, before any work: the parameters of results go there."""
+    slot = table.uns.get(UNS_STORM)
+    if slot is not None and not isinstance(slot, MutableMapping):
+        raise TypeError(
+            f"{where}.uns[{UNS_STORM!r}] is a {type(slot).__name__}, not a dict; storm_sc records the parameters of "
+            f"its results there. Rename it first, e.g. `table.uns['my_notes'] = table.uns.pop({UNS_STORM!r})`."
         )
 
 

@@ -6,6 +6,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -253,7 +255,7 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            _fit_interruptible(trainer, module, train_loader, val_loader)
 
     best.restore(model.network)
     model.network.cpu().eval()
@@ -282,6 +284,29 @@ def fit(
     if out_dir is not None and trainer.is_global_zero:
         model.save(out_dir / MODEL_FILE, overwrite=overwrite, dtype=opts.checkpoint_dtype)
     return model
+
+
+def _fit_interruptible(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any) -> None:
+    """``trainer.fit``, where Ctrl+C stays a KeyboardInterrupt and leaves Ctrl+C working afterwards.
+
+    Lightning answers a KeyboardInterrupt by ignoring SIGINT for the rest of the process and calling
+    ``sys.exit(1)``: in a notebook the kernel would then ignore every later Ctrl+C, and callers (``storm_embed``
+    with ``adapt_epochs``) would see a SystemExit instead of the interruption.
+    """
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    in_main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    except SystemExit as err:
+        interruption = err.__context__  # what Lightning caught before exiting
+        if trainer.state.status == TrainerStatus.INTERRUPTED and isinstance(interruption, KeyboardInterrupt):
+            raise interruption from None
+        raise
+    finally:
+        if in_main and sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
 
 
 def pretrain(
