@@ -15,7 +15,7 @@ from storm_sc.clinical import OutcomeResult
 from storm_sc.tl._clinical import fit_outcome
 
 N_BOOT = 300
-SHUFFLES = range(5)
+SHUFFLES = range(10)
 
 
 def shuffled(cohort: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -80,7 +80,7 @@ def test_shuffled_labels_give_chance_performance(semi_synthetic, response_result
                     .metrics.loc["storm_abmil", "auroc"])  # fmt: skip
         cidx.append(fit_outcome(control, feats, task="survival", n_bootstrap=50, verbose=False)
                     .metrics.loc["storm_abmil", "c_index"])  # fmt: skip
-    # One shuffle of 40 patients varies by about +-0.1 around 0.5; their mean must sit at chance.
+    # One shuffle of 40 patients varies by about +-0.1 around 0.5; the mean of ten (sd ~0.03) must sit at chance.
     assert abs(np.mean(aucs) - 0.5) < 0.1, aucs
     assert abs(np.mean(cidx) - 0.5) < 0.1, cidx
     assert max(aucs) < real_auc
