@@ -9,6 +9,8 @@ from typing import Any
 
 from storm_sc._constants import DEFAULT_PATCH_UM
 
+from ._replace_fields import replace_fields
+
 # Morphology encoders that the config can rebuild by itself; "timm:<name>" and "hf:<repo>" are lazily imported
 # extras, "module" is any torch module handed to the model, "features" reads precomputed patch features.
 MORPHOLOGY_KINDS = ("cnn", "vit", "features", "module")
@@ -216,10 +218,7 @@ class StormConfig:
         >>> get_config("storm-tiny").replace(embed_dim=8).embed_dim
         8
         """
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(f"Unknown STORM config field(s) {unknown}; valid: {sorted(f.name for f in fields(self))}.")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes, unknown_message="Unknown STORM config field(s) {unknown}; valid: {valid}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dictionary (tuples become lists).

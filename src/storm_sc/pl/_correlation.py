@@ -19,7 +19,7 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.pp import GeneVocabulary, align_genes
 
-from ._slides import as_slides, measured_table, pick_genes, predicted_table, resolve_slide
+from ._slides import as_slides, measured_table, pick_predicted_genes, predicted_table, resolve_slide
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,7 @@ def pair_expression(
     pred = predicted_table(one, table, predicted_key=predicted_key, predicted=predicted)
     if pred.n_vars == 0:
         raise ValueError("The predicted table holds no gene.")
-    if genes is None:
-        chosen = [str(g) for g in pred.var_names]
-    else:
-        chosen = pick_genes(
-            genes,
-            pred.var_names,
-            what="the predicted table",
-            hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]).",
-        )
+    chosen = pick_predicted_genes(genes, pred)
     if layer is not None and layer not in table.layers:
         raise KeyError(f"`layer` {layer!r} is not a layer of the measured table; layers: {list(table.layers)}.")
     measured: dict[str, np.ndarray | None] = dict.fromkeys(chosen)
@@ -126,6 +118,29 @@ def correlation_table(paired: PairedExpression) -> pd.DataFrame:
         rows, columns=["gene", "pearson_r", "n_obs", "measured_mean", "predicted_mean", "measured_fraction"]
     ).set_index("gene")
     return frame.sort_values("pearson_r", ascending=False, na_position="last")
+
+
+def measured_correlations(
+    data: SpatialData | AnnData,
+    genes: str | Sequence[str] | None,
+    *,
+    predicted_key: str,
+    predicted: AnnData | None,
+    table_key: str | None,
+    layer: str | None,
+    caller: str,
+) -> tuple[PairedExpression, pd.DataFrame]:
+    """Pair ``genes`` (see :func:`pair_expression`) and tabulate their correlations; none measured is an error."""
+    paired = pair_expression(
+        data, genes, predicted_key=predicted_key, predicted=predicted, table_key=table_key, layer=layer, caller=caller
+    )
+    table = correlation_table(paired)
+    if table.empty:
+        raise ValueError(
+            f"None of the {len(paired.genes)} predicted gene(s) is measured in the table (e.g. {paired.genes[:5]}); "
+            "correlations need the measurement. Check the gene names, or `layer=`."
+        )
+    return paired, table
 
 
 def gene_correlations(
@@ -175,7 +190,7 @@ def gene_correlations(
     >>> st.pl.gene_correlations(sdata).columns.tolist()[:2]
     ['pearson_r', 'n_obs']
     """
-    paired = pair_expression(
+    paired, table = measured_correlations(
         data,
         genes,
         predicted_key=predicted_key,
@@ -185,13 +200,8 @@ def gene_correlations(
         caller="gene_correlations",
     )
     unmeasured = [g for g in paired.genes if paired.measured[g] is None]
-    if len(unmeasured) == len(paired.genes):
-        raise ValueError(
-            f"None of the {len(paired.genes)} predicted gene(s) is measured in the table (e.g. {paired.genes[:5]}); "
-            "correlations need the measurement. Check the gene names, or `layer=`."
-        )
     if unmeasured:
         logger.info(
             "%d predicted gene(s) are not measured and have no correlation: %s", len(unmeasured), unmeasured[:10]
         )
-    return correlation_table(paired)
+    return table

@@ -16,7 +16,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED
 from storm_sc.io import SpatialInput
 
-from ._correlation import _pearson, correlation_table, pair_expression
+from ._correlation import _pearson, measured_correlations, pair_expression
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
 
@@ -249,7 +249,7 @@ def gene_correlation(
     if ax is not None and not isinstance(ax, Axes):
         raise TypeError(f"`ax` must be one matplotlib Axes or None, got {type(ax).__name__}.")
     save_path = check_save(save)
-    paired = pair_expression(
+    _, table = measured_correlations(
         data,
         genes,
         predicted_key=predicted_key,
@@ -258,12 +258,6 @@ def gene_correlation(
         layer=layer,
         caller="gene_correlation",
     )
-    table = correlation_table(paired)
-    if table.empty:
-        raise ValueError(
-            f"None of the {len(paired.genes)} predicted gene(s) is measured in the table (e.g. {paired.genes[:5]}); "
-            "correlations need the measurement. Check the gene names, or `layer=`."
-        )
     finite = table["pearson_r"].dropna()
     shown = finite if top is None else finite.iloc[:top]
     height = max(2.5, 0.22 * len(shown) + 1.2)

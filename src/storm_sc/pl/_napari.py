@@ -19,7 +19,7 @@ from storm_sc.pp._pyramid import image_levels
 
 from ._colors import categorical_column, category_colors, rgba_of
 from ._figure import check_flag, check_positive
-from ._slides import as_slides, pick_genes, predicted_table, require_obs, resolve_slide
+from ._slides import as_slides, pick_predicted_genes, predicted_table, require_obs, resolve_slide
 from ._tissue import image_to_um, spot_diameter_um
 
 if TYPE_CHECKING:
@@ -158,15 +158,7 @@ def napari(
     pred = chosen = None
     if genes is not None or has_prediction:
         pred = predicted_table(one, slide.table, predicted_key=predicted_key, predicted=predicted)
-        if genes is None:
-            chosen = [str(g) for g in pred.var_names]
-        else:
-            chosen = pick_genes(
-                genes,
-                pred.var_names,
-                what="the predicted table",
-                hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]).",
-            )
+        chosen = pick_predicted_genes(genes, pred)
 
     viewer = nap.Viewer(title=f"storm_sc: {slide.library_id}", show=show, axis_labels=_AXIS_LABELS)
     if image and slide.has_image:

@@ -177,3 +177,15 @@ def pick_genes(genes: str | Sequence[str], available: pd.Index, *, what: str, hi
         shown = list(available[:10])
         raise KeyError(f"Gene(s) {unknown} not in {what} ({len(available)} genes, e.g. {shown}). {hint}")
     return list(dict.fromkeys(lookup[g.casefold()] for g in genes))
+
+
+def pick_predicted_genes(genes: str | Sequence[str] | None, predicted: AnnData) -> list[str]:
+    """Return ``genes`` as named in the predicted table (every predicted gene for None); unknown ones are an error."""
+    if genes is None:
+        return [str(g) for g in predicted.var_names]
+    return pick_genes(
+        genes,
+        predicted.var_names,
+        what="the predicted table",
+        hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]).",
+    )

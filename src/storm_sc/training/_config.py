@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from storm_sc.models import LossWeights
+from storm_sc.models._replace_fields import replace_fields
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,9 @@ class TrainingConfig:
         >>> TrainingConfig().replace(max_epochs=3).max_epochs
         3
         """
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"Unknown training option(s) {unknown}; valid options: {sorted(known)}.")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(
+            self, changes, unknown_message="Unknown training option(s) {unknown}; valid options: {valid}."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable fields.
