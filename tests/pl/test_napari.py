@@ -109,8 +109,10 @@ def test_viewer_in_microns_with_domain_colours(sdata, viewer_of, tmp_path):
     rgb = shot[..., :3].reshape(-1, 3).astype(float)
     assert rgb.std(axis=0).min() > 10
     assert len(np.unique(rgb, axis=0)) > 100
-    # each domain colour shows on the canvas (spots at 80% opacity over the tissue)
-    for color in colors:
+    # each domain present on this slide shows its colour on the canvas (spots at 80% opacity over the tissue);
+    # domains are joint across the two slides, so one may be absent here
+    present = table.obs["storm_domain"].cat.codes.unique()
+    for color in [colors[c] for c in present]:
         target = 255 * np.array(to_rgba(color)[:3])
         assert (np.linalg.norm(rgb - target, axis=1) < 60).mean() > 0.002, color
     assert_unchanged(before, sdata)
