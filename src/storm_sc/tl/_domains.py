@@ -15,21 +15,33 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import spatial_graph
 
-from ._target import as_slide_list, check_key_free, copy_for_output, record_params
+from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
 # Neighbours per observation for spatial smoothing: the first hexagonal ring on Visium, a cell's close contacts.
-_SMOOTH_NEIGHS = 6
+SMOOTH_NEIGHS = 6
 
 
-def _smooth(x: np.ndarray, graph: sparse.csr_matrix, steps: int, weight: float) -> np.ndarray:
-    """Mix each embedding with the mean of its spatial neighbours: domains then follow tissue, not noise."""
-    degree = np.asarray(graph.sum(axis=1)).ravel()
-    inv = np.divide(1.0, degree, out=np.zeros_like(degree, dtype=np.float64), where=degree > 0)
-    walk = sparse.diags(inv) @ graph
+def smooth_embedding(x: np.ndarray, graph: sparse.spmatrix, *, steps: int, weight: float) -> np.ndarray:
+    """Mix each embedding with the unweighted mean of its spatial neighbours: domains then follow tissue, not noise.
+
+    ``graph`` holds edge lengths (as :func:`storm_sc.pp.spatial_graph` returns it); only which edges exist is used,
+    so every neighbour counts the same however far it is. Observations without neighbours are left as they are.
+    """
+    adjacency = sparse.csr_matrix(graph, dtype=np.float64, copy=True)
+    adjacency.data[:] = 1.0
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    inv = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    walk = sparse.diags(inv) @ adjacency
     has_neighbours = (degree > 0)[:, None]
     for _ in range(steps):
         x = np.where(has_neighbours, (1.0 - weight) * x + weight * (walk @ x), x)
     return x
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit Euclidean length (all-zero rows stay zero): distances become cosine distances."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def _cluster(z: np.ndarray, n_domains: int | None, resolution: float, random_state: int) -> np.ndarray:
@@ -73,6 +85,7 @@ def storm_domains(
     library_key: str | None = None,
     random_state: int = 0,
     table_key: str | None = None,
+    mpp: float | None = None,
     smooth_steps: int = 2,
     smooth_weight: float = 0.5,
     overwrite: bool = False,
@@ -80,12 +93,14 @@ def storm_domains(
 ) -> SpatialData | AnnData | list[SpatialData | AnnData] | None:
     """Spatial domains (a tissue map) from the STORM embedding.
 
-    Each observation's embedding is mixed with the mean of its spatial neighbours (in microns, never across
-    slides), then all observations of all slides are clustered together, so that a domain means the same thing
-    on every slide analysed in one call. With ``n_domains`` the clustering is k-means with exactly that many
-    domains (for comparison with annotations); otherwise Leiden on a k-nearest-neighbour graph of the smoothed
-    embedding, whose number of domains grows with ``resolution``. Domains are named ``"0"``, ``"1"``, ... by
-    decreasing size; the result is deterministic for a ``random_state``.
+    Embeddings are centred (over all slides of the call) and scaled to unit length, so that domains follow the
+    direction of an embedding (cosine / correlation geometry), not its norm. Each observation's embedding is then
+    mixed with the unweighted mean of its 6 nearest spatial neighbours (in microns, never across slides), brought
+    back to unit length, and all observations of all slides are clustered together, so that a domain means the
+    same thing on every slide analysed in one call. With ``n_domains`` the clustering is k-means with exactly
+    that many domains (for comparison with annotations); otherwise Leiden on a k-nearest-neighbour graph of the
+    smoothed embedding, whose number of domains grows with ``resolution``. Domains are named ``"0"``, ``"1"``, ...
+    by decreasing size; the result is deterministic for a ``random_state``.
 
     Parameters
     ----------
@@ -106,6 +121,9 @@ def storm_domains(
         Seed of the clustering.
     table_key
         Which table, when the SpatialData holds several.
+    mpp
+        Microns per coordinate unit, for slides that do not record their scale (e.g. an AnnData with positions
+        only; as given to :func:`storm_sc.tl.storm_embed`).
     smooth_steps, smooth_weight
         Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing).
     overwrite
@@ -141,8 +159,8 @@ def storm_domains(
 
     resolved: list[SpatialInput] = []
     for t in targets:
-        # Domains need positions and the embedding, not the image: do not let a missing image stop them.
-        slide = resolve(t, table_key=table_key, image_key=None, mpp=None) if isinstance(t, SpatialData) else resolve(t)
+        # Domains need positions and the embedding, not the image: do not let a missing or misplaced image stop them.
+        slide = resolve(t, table_key=table_key, mpp=mpp, use_image=False)
         table = slide.table
         if use_rep not in table.obsm:
             raise KeyError(
@@ -155,22 +173,26 @@ def storm_domains(
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
+        check_params_slot(table, f"{slide.library_id}: ")
         resolved.append(slide)
     n_total = sum(s.n_obs for s in resolved)
     if n_domains is not None and n_domains > n_total:
         raise ValueError(f"`n_domains`={n_domains} exceeds the number of observations ({n_total}).")
 
     start = time.perf_counter()
+    reps = [np.asarray(slide.table.obsm[use_rep], dtype=np.float64) for slide in resolved]
+    # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
+    # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
+    # the same in its neighbours' mean. The centre is taken over all slides so that domains stay comparable.
+    centre = np.vstack(reps).mean(axis=0)
     parts = []
-    for slide in resolved:
-        rep = np.asarray(slide.table.obsm[use_rep], dtype=np.float64)
+    for slide, rep in zip(resolved, reps, strict=True):
+        rep = unit_rows(rep - centre)
         if smooth_steps and slide.n_obs > 1:
-            graph = spatial_graph(slide, n_neighs=min(_SMOOTH_NEIGHS, slide.n_obs - 1), library_key=library_key)
-            rep = _smooth(rep, graph.tocsr(), smooth_steps, smooth_weight)
+            graph = spatial_graph(slide, n_neighs=min(SMOOTH_NEIGHS, slide.n_obs - 1), library_key=library_key)
+            rep = smooth_embedding(rep, graph, steps=smooth_steps, weight=smooth_weight)
         parts.append(rep)
-    z = np.vstack(parts)
-    # Standardise the dimensions so that no single one dominates the distances.
-    z = (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-8)
+    z = unit_rows(np.vstack(parts))
     labels = _ordered_labels(_cluster(z, n_domains, resolution, random_state))
     colors = _palette(len(labels.categories))
 

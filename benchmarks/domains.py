@@ -1,0 +1,673 @@
+"""Benchmark: spatial domains against manual layer annotations (DLPFC 151675, mouse olfactory bulb).
+
+Every method is run on the same slides, with the number of domains set to the number of annotated layers, and
+scored with the adjusted Rand index (ARI) and normalised mutual information (NMI) against the manual labels
+(unlabelled spots left out). Labels are read only for scoring: no method sees them.
+
+* ``storm``: ``st.tl.storm_embed`` (a checkpoint, optionally adapted to the slide without labels, or, for
+  development while no reference checkpoint exists, an architecture trained from scratch on the slide itself)
+  then ``st.tl.storm_domains(n_domains=k)``;
+* ``pca_leiden`` / ``pca_kmeans``: PCA of the log-normalised highly variable genes, then Leiden (resolution
+  searched for k clusters) or k-means;
+* ``pca_smooth_leiden`` / ``pca_smooth_kmeans``: the same principal components mixed with their spatial
+  neighbours' by the graph and rule of ``storm_domains`` before clustering;
+* ``pca_storm_domains``: ``st.tl.storm_domains`` itself run on the principal components instead of the STORM
+  embedding (same centring, cosine geometry, smoothing and k-means), which isolates the representation;
+* ``spagcn`` / ``graphst`` / ``novae``: published methods, run in a separate Python environment
+  (``--external-python``), when given.
+
+Several seeds give mean ± sd. Run from the repository root::
+
+    python benchmarks/domains.py --out results/domains.md --out results/domains.csv
+
+See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO_ROOT))
+
+import storm_sc as st  # noqa: E402
+from benchmarks._domain_baselines import (  # noqa: E402
+    clustering_scores,
+    hvg_pca,
+    kmeans_domains,
+    leiden_domains,
+    smooth_like_storm,
+)
+
+logger = logging.getLogger("storm_sc.benchmarks")
+
+EXTERNAL_METHODS = ("spagcn", "graphst", "novae")
+EXTERNAL_SCRIPT = Path(__file__).resolve().parent / "_domain_external.py"
+LABEL_KEY = "layer"
+QUICK_ADAPT_EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled slide of the benchmark and where its files live in the data folder."""
+
+    name: str
+    description: str
+    files: tuple[str, ...]
+    load: Callable[[], Any]
+
+
+DATASETS = {
+    "dlpfc": Dataset(
+        "dlpfc",
+        "DLPFC 151675 (Visium, Maynard et al. 2021): layers L1-L6 + WM",
+        ("dlpfc_151675/",),
+        lambda: st.datasets.dlpfc("151675", verbose=False),
+    ),
+    "mob": Dataset(
+        "mob",
+        "mouse olfactory bulb (legacy ST, Stahl et al. 2016): 5 layers, no image",
+        ("mob/",),
+        lambda: st.datasets.mob(verbose=False),
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+def default_data_dir() -> Path:
+    """``$STORM_SC_DATA_DIR``, else ``../shared/data`` next to the repository.
+
+    Returns
+    -------
+    The folder holding ``dlpfc_151675/`` and ``mob/``.
+
+    Examples
+    --------
+    >>> default_data_dir().name  # doctest: +SKIP
+    'data'
+    """
+    env = os.environ.get("STORM_SC_DATA_DIR")
+    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
+
+
+def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list[str]:
+    """Point a writable data folder at the registered files of a (read-only) data folder, file by file.
+
+    storm_sc's loaders read from ``st.settings.data_dir`` and write caches and downloads there. Linking each
+    registered file that exists under ``source`` into ``target`` (a temporary folder) lets the loaders find the
+    data offline while anything they might write lands in ``target``, never in ``source``. Nothing is copied.
+
+    Parameters
+    ----------
+    source
+        The data folder (upstream layout, e.g. ``dlpfc_151675/filtered_feature_bc_matrix.h5``).
+    prefixes
+        Registry path prefixes to link (e.g. ``"dlpfc_151675/"``).
+    target
+        The writable folder (created if needed).
+
+    Returns
+    -------
+    The registry paths that were linked.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> linked_data_dir(Path("/nonexistent"), ["mob/"], Path(tempfile.mkdtemp()))
+    []
+    """
+    from storm_sc.datasets._fetch import registered
+
+    linked = []
+    for prefix in prefixes:
+        for rel in registered(prefix):
+            src = source / rel
+            if not src.is_file():
+                continue
+            dst = target / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                dst.symlink_to(src.resolve())
+            linked.append(rel)
+    return linked
+
+
+@dataclass
+class Slide:
+    """One loaded, labelled slide."""
+
+    name: str
+    sdata: Any
+    labels: pd.Series
+    n_domains: int
+    pcs: dict[int, np.ndarray]
+    hvgs: list[str]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------------------------------
+class Timer:
+    """Process CPU seconds per method, added up over the run."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+
+    def measure(self, key: str, fn: Callable[[], Any]) -> Any:
+        c0 = time.process_time()
+        try:
+            return fn()
+        finally:
+            self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
+
+
+def _smoothing_defaults() -> tuple[int, int, float]:
+    """Neighbours, steps and weight of ``storm_domains``' smoothing, read from the package (not restated here)."""
+    import inspect
+
+    from storm_sc.tl import _domains
+
+    params = inspect.signature(st.tl.storm_domains).parameters
+    return _domains.SMOOTH_NEIGHS, params["smooth_steps"].default, params["smooth_weight"].default
+
+
+def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Domains of one baseline on one slide for one seed.
+
+    Parameters
+    ----------
+    slide
+        The slide (its PCA for ``seed`` must be computed).
+    method
+        ``pca_leiden``, ``pca_kmeans``, ``pca_smooth_leiden``, ``pca_smooth_kmeans`` or ``pca_storm_domains``.
+    seed
+        Seed of the PCA solver and the clustering.
+
+    Returns
+    -------
+    ``(labels, details)``.
+    """
+    z = slide.pcs[seed]
+    details: dict[str, Any] = {}
+    if method == "pca_storm_domains":
+        # STORM's own domain step (centring, cosine geometry, smoothing, k-means) on the PCA instead of its embedding.
+        key = f"X_pca_seed{seed}"
+        slide.sdata["table"].obsm[key] = z
+        out = st.tl.storm_domains(slide.sdata, n_domains=slide.n_domains, use_rep=key, random_state=seed, copy=True)
+        del slide.sdata["table"].obsm[key]
+        return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": "PCA"}
+    if "_smooth_" in method:
+        n_neighs, steps, weight = _smoothing_defaults()
+        graph = st.pp.spatial_graph(slide.sdata, n_neighs=n_neighs)
+        z = smooth_like_storm(z, graph, steps=steps, weight=weight)
+        details.update({"smooth_neighbours": n_neighs, "smooth_steps": steps, "smooth_weight": weight})
+    if method.endswith("leiden"):
+        labels, res = leiden_domains(z, slide.n_domains, random_state=seed)
+        details["leiden_resolution"] = res
+        return labels, details
+    return kmeans_domains(z, slide.n_domains, random_state=seed), details
+
+
+@dataclass
+class StormSetup:
+    """Which STORM model the run uses and how."""
+
+    model: str | None
+    init_config: str | None
+    adapt_epochs: int
+    modalities: str
+    threads: int = 1
+
+    def describe(self) -> str:
+        if self.init_config is not None:
+            return (
+                f"{self.init_config} trained from scratch on each slide ({self.adapt_epochs} epochs, self-supervised, "
+                "vocabulary = the slide's HVGs), one model per seed"
+            )
+        name = "the bundled reference checkpoint" if self.model is None else self.model
+        adapt = f", adapted {self.adapt_epochs} epochs to the slide (self-supervised)" if self.adapt_epochs else ""
+        return f"{name}{adapt}"
+
+
+def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """``storm_embed`` then ``storm_domains(n_domains=k)`` on a copy of the slide's table.
+
+    Parameters
+    ----------
+    slide
+        The slide.
+    setup
+        Model and options.
+    seed
+        Seed of the model initialisation (``init_config``), of the adaptation and of the clustering.
+
+    Returns
+    -------
+    ``(labels, details)``.
+    """
+    import torch
+
+    # scanpy's and scikit-learn's thread-pool limits reset OpenMP (torch's pool too) when they exit: pin it again.
+    torch.set_num_threads(setup.threads)
+    if setup.init_config is not None:
+        model: Any = st.models.StormModel(setup.init_config, slide.hvgs, seed=seed)
+    else:
+        model = st.models.StormModel.from_pretrained(setup.model)
+    # copy=True: the slide's own table stays untouched across seeds and methods.
+    sdata = st.tl.storm_embed(
+        slide.sdata,
+        model,
+        modalities=setup.modalities,
+        adapt_epochs=setup.adapt_epochs,
+        random_state=seed,
+        device="cpu",
+        copy=True,
+        verbose=False,
+    )
+    st.tl.storm_domains(sdata, n_domains=slide.n_domains, random_state=seed)
+    table = sdata["table"]
+    details = {
+        "modalities": "+".join(table.uns["storm"]["X_storm"]["modalities"]),
+        "architecture": model.config.name,
+        "domain_params": json.dumps({k: v for k, v in table.uns["storm"]["storm_domain"].items() if k != "tool"}),
+    }
+    return table.obs["storm_domain"].to_numpy(), details
+
+
+def external_labels(
+    slide: Slide, method: str, seed: int, *, python: Path, work: Path, timeout_s: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run a published method in its own environment (``benchmarks/_domain_external.py``) and read its domains.
+
+    Parameters
+    ----------
+    slide
+        The slide; only raw counts, positions in microns and the platform are handed over (no labels).
+    method
+        ``spagcn``, ``graphst`` or ``novae``.
+    seed
+        Seed passed to the method.
+    python
+        Interpreter of the environment holding the method.
+    work
+        Scratch folder.
+    timeout_s
+        Give up after this many seconds.
+
+    Returns
+    -------
+    ``(labels, details)`` (details: the method's settings and its CPU seconds).
+    """
+    import anndata as ad
+
+    si = st.io.resolve(slide.sdata, image_key=None, mpp=None)
+    path = work / f"{slide.name}_input.h5ad"
+    if not path.exists():
+        table = si.table
+        x = table.X.astype(np.float32)
+        handed = ad.AnnData(x, obs=pd.DataFrame(index=table.obs_names), var=pd.DataFrame(index=table.var_names))
+        handed.obsm["spatial"] = np.asarray(si.centers_um, dtype=np.float64)
+        handed.uns["platform"] = si.platform
+        handed.write_h5ad(path)
+    out = work / f"{slide.name}_{method}_{seed}.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [str(python), str(EXTERNAL_SCRIPT), method, str(path), str(slide.n_domains), str(seed), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=work)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{method} failed on {slide.name}: {' | '.join(tail)}")
+    settings_line = [line for line in proc.stdout.splitlines() if line.startswith("SETTINGS ")]
+    details = json.loads(settings_line[-1][len("SETTINGS ") :]) if settings_line else {}
+    labels = pd.read_csv(out, index_col=0)["domain"].reindex(slide.labels.index)
+    return labels.astype(str).to_numpy(), details
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------------------------
+def load_slide(name: str, *, seeds: Sequence[int], n_hvg: int, n_pcs: int, timer: Timer) -> Slide:
+    """Load a benchmark slide through storm_sc and compute its (seed-dependent) PCA once.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`DATASETS`.
+    seeds
+        Seeds of the PCA solver.
+    n_hvg, n_pcs
+        Highly variable genes and principal components of the baselines.
+    timer
+        Collects loading and PCA CPU time.
+
+    Returns
+    -------
+    The :class:`Slide`.
+    """
+    sdata = timer.measure("load", DATASETS[name].load)
+    table = sdata["table"]
+    labels = table.obs[LABEL_KEY]
+    n_domains = int(labels.dropna().nunique())
+    pcs, hvgs = {}, []
+    for seed in seeds:
+        pcs[seed], hvgs = timer.measure("pca", lambda s=seed: hvg_pca(table, n_hvg=n_hvg, n_pcs=n_pcs, random_state=s))
+    logger.info("%s: %d spots, %d labelled, %d layers", name, table.n_obs, int(labels.notna().sum()), n_domains)
+    return Slide(name, sdata, labels.astype(object).where(labels.notna(), None), n_domains, pcs, hvgs)
+
+
+def run(
+    slides: list[Slide],
+    methods: list[str],
+    seeds: Sequence[int],
+    *,
+    storm: StormSetup | None,
+    external_python: Path | None,
+    external_timeout_s: int,
+    external_seeds: int | None = None,
+    work: Path,
+    timer: Timer,
+) -> pd.DataFrame:
+    """Every method x slide x seed: domains and their scores.
+
+    Parameters
+    ----------
+    slides
+        Loaded slides.
+    methods
+        Method names in table order.
+    seeds
+        Seeds.
+    storm
+        STORM setup (``None``: the STORM row is not run).
+    external_python
+        Interpreter for the published methods.
+    external_timeout_s
+        Time limit of one external run.
+    external_seeds
+        Run the published methods on the first this many seeds only (``None``: all).
+    work
+        Scratch folder.
+    timer
+        Collects CPU time per method.
+
+    Returns
+    -------
+    One row per method x slide x seed (``ari``, ``nmi``, ``status`` and the method's details).
+    """
+    rows = []
+    for slide in slides:
+        for method in methods:
+            method_seeds = seeds[:external_seeds] if method in EXTERNAL_METHODS and external_seeds else seeds
+            for seed in method_seeds:
+                row: dict[str, Any] = {
+                    "dataset": slide.name,
+                    "method": method,
+                    "seed": seed,
+                    "n_domains": slide.n_domains,
+                }
+                c0 = time.process_time()
+                try:
+                    if method == "storm":
+                        assert storm is not None
+                        labels, details = storm_labels(slide, storm, seed)
+                    elif method in EXTERNAL_METHODS:
+                        assert external_python is not None
+                        labels, details = external_labels(
+                            slide, method, seed, python=external_python, work=work, timeout_s=external_timeout_s
+                        )
+                    else:
+                        labels, details = baseline_labels(slide, method, seed)
+                except (RuntimeError, subprocess.TimeoutExpired, FileNotFoundError) as err:
+                    logger.warning("%s on %s (seed %d) failed: %s", method, slide.name, seed, err)
+                    rows.append({**row, "status": f"failed: {err}"[:300]})
+                    continue
+                finally:
+                    timer.cpu[method] = timer.cpu.get(method, 0.0) + time.process_time() - c0
+                scores = clustering_scores(slide.labels, labels)
+                if method in EXTERNAL_METHODS and "cpu_s" in details:
+                    timer.cpu[method] += details["cpu_s"]  # the child's CPU time is not this process's
+                rows.append({**row, **scores, "n_found": len(pd.unique(labels)), "status": "ok", **details})
+                logger.info("%s %s seed %d: ARI %.3f NMI %.3f", slide.name, method, seed, scores["ari"], scores["nmi"])
+    return pd.DataFrame(rows)
+
+
+def _fmt(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str], timer: Timer) -> pd.DataFrame:
+    """Mean ± sd over seeds of ARI and NMI per method and dataset, with CPU seconds.
+
+    Parameters
+    ----------
+    per_seed
+        Output of :func:`run`.
+    methods, datasets
+        Row and column order.
+    timer
+        CPU seconds per method (whole run).
+
+    Returns
+    -------
+    One row per method.
+    """
+    rows = []
+    for method in methods:
+        row = {"method": method}
+        for ds in datasets:
+            sel = per_seed[(per_seed["method"] == method) & (per_seed["dataset"] == ds)]
+            ok = sel[sel["status"] == "ok"] if "status" in sel else sel
+            for metric in ("ari", "nmi"):
+                row[f"{ds} {metric.upper()}"] = _fmt(ok[metric]) if metric in ok else "n/a"
+            if len(ok) < len(sel):
+                row[f"{ds} ARI"] += f" ({len(sel) - len(ok)} failed)"
+        row["CPU s"] = f"{timer.cpu.get(method, 0.0):.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Spatial domains vs manual layers: STORM and baselines.")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: $STORM_SC_DATA_DIR or ../shared/data")
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: first seed, <= {QUICK_ADAPT_EPOCHS} STORM epochs"
+    )
+    parser.add_argument("--model", default=None, help="STORM checkpoint path or registered name (default: reference)")
+    parser.add_argument(
+        "--init-config",
+        default=None,
+        help="instead of a checkpoint, train this architecture (e.g. storm-tiny) from scratch on each slide",
+    )
+    parser.add_argument(
+        "--adapt-epochs", type=int, default=0, help="self-supervised epochs on the slide before embedding"
+    )
+    parser.add_argument("--modalities", default="auto", choices=["auto", "image", "expression", "both"])
+    parser.add_argument("--no-storm", action="store_true", help="baselines only")
+    parser.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the baselines")
+    parser.add_argument("--n-pcs", type=int, default=30, help="principal components of the baselines")
+    parser.add_argument("--external-python", type=Path, default=None, help="python of an env with SpaGCN/GraphST/Novae")
+    parser.add_argument(
+        "--external",
+        nargs="+",
+        choices=EXTERNAL_METHODS,
+        default=["spagcn", "graphst"],
+        help="published methods to run",
+    )
+    parser.add_argument("--external-timeout", type=int, default=3600, help="seconds per external run")
+    parser.add_argument(
+        "--external-seeds", type=int, default=None, help="run the published methods on the first N seeds only"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", action="append", type=Path, default=[], help=".md (tables) or .csv; repeatable")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out files")
+    return parser.parse_args(argv)
+
+
+def _check(args: argparse.Namespace, data_dir: Path) -> None:
+    problems = []
+    if args.adapt_epochs < 0:
+        problems.append(f"--adapt-epochs must be >= 0, got {args.adapt_epochs}")
+    if args.init_config is not None:
+        if args.model is not None:
+            problems.append("give either --model or --init-config, not both")
+        if args.init_config not in st.models.list_configs():
+            problems.append(f"--init-config {args.init_config!r} is not one of {st.models.list_configs()}")
+        if args.adapt_epochs < 1:
+            problems.append("--init-config trains a fresh model on the slide: give --adapt-epochs >= 1")
+    if args.n_hvg < 2 or args.n_pcs < 2 or args.threads < 1:
+        problems.append("--n-hvg and --n-pcs must be >= 2 and --threads >= 1")
+    if args.external_python is not None and not args.external_python.is_file():
+        problems.append(f"--external-python {args.external_python} is not a file")
+    for out in args.out:
+        if out.suffix.lower() not in {".md", ".csv"}:
+            problems.append(f"--out {out}: the suffix must be .md or .csv")
+        elif out.resolve().is_relative_to(data_dir.resolve()):
+            problems.append(f"--out {out} is inside the data folder {data_dir}")
+        elif out.exists() and not args.overwrite:
+            problems.append(f"--out {out} exists; pass --overwrite or choose another path")
+    if problems:
+        raise SystemExit("; ".join(problems) + ".")
+
+
+def _storm_setup(args: argparse.Namespace) -> tuple[StormSetup | None, str]:
+    """The STORM setup, or ``None`` with the reason it is not run."""
+    if args.no_storm:
+        return None, "left out (--no-storm)"
+    epochs = min(args.adapt_epochs, QUICK_ADAPT_EPOCHS) if args.quick else args.adapt_epochs
+    setup = StormSetup(args.model, args.init_config, epochs, args.modalities, args.threads)
+    if args.init_config is None:
+        try:
+            st.models.StormModel.from_pretrained(args.model)
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            reason = f"not run: {err}".split("\n")[0]
+            if args.model is None:
+                reason = "not run: no reference checkpoint in this build of storm_sc (pass --model or --init-config)"
+            return None, reason
+    return setup, setup.describe()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line; returns the exit status."""
+    args = _parse_args(argv)
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    _check(args, data_dir)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    st.settings.verbosity = "WARNING"
+    logger.setLevel(logging.INFO)  # the benchmark's own progress lines, through storm_sc's handler
+    for noisy in ("lightning.pytorch", "lightning.fabric", "squidpy"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    work = Path(tempfile.mkdtemp(prefix="storm_domains_bench_"))
+    try:
+        # Loaders (and model caches) use a temporary data folder that links to the real files, never writing there.
+        linked = linked_data_dir(data_dir, [p for d in args.datasets for p in DATASETS[d].files], work / "data")
+        missing = [d for d in args.datasets if not any(rel.startswith(DATASETS[d].files[0]) for rel in linked)]
+        if missing:
+            raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
+        st.settings.data_dir = work / "data"
+        storm, storm_text = _storm_setup(args)
+        methods = (["storm"] if storm is not None else []) + [
+            "pca_leiden",
+            "pca_kmeans",
+            "pca_smooth_leiden",
+            "pca_smooth_kmeans",
+            "pca_storm_domains",
+        ]
+        external_note = "not run (no --external-python)"
+        if args.external_python is not None and not args.quick:
+            methods += list(args.external)
+            n_ext = len(seeds) if args.external_seeds is None else min(args.external_seeds, len(seeds))
+            external_note = f"{', '.join(args.external)} run with {args.external_python} on {n_ext} seed(s)"
+        elif args.quick:
+            external_note = "not run (--quick)"
+
+        timer = Timer()
+        t0 = time.perf_counter()
+        slides = [load_slide(d, seeds=seeds, n_hvg=args.n_hvg, n_pcs=args.n_pcs, timer=timer) for d in args.datasets]
+        per_seed = run(
+            slides,
+            methods,
+            seeds,
+            storm=storm,
+            external_python=args.external_python,
+            external_timeout_s=args.external_timeout,
+            external_seeds=args.external_seeds,
+            work=work,
+            timer=timer,
+        )
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n_neighs, steps, weight = _smoothing_defaults()
+    summary = summary_table(per_seed, methods, args.datasets, timer)
+    header = [
+        "Spatial domains vs manual layers — "
+        + "; ".join(f"{s.name}: {int(s.labels.notna().sum())} labelled spots, k = {s.n_domains}" for s in slides),
+        f"seeds {', '.join(map(str, seeds))}; baselines: {args.n_hvg} HVGs (seurat), {args.n_pcs} PCs; smoothing as "
+        f"storm_domains ({n_neighs} neighbours, {steps} steps, weight {weight})",
+        f"STORM: {storm_text}",
+        f"published methods: {external_note}",
+        f"load CPU {timer.cpu.get('load', 0.0):.1f} s, PCA CPU {timer.cpu.get('pca', 0.0):.1f} s; total wall "
+        f"{wall:.0f} s; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{args.threads} (set before every STORM call)",
+    ]
+    notes = (
+        "ARI / NMI against the manual labels (unlabelled spots excluded), mean ± sd over seeds; k = number of "
+        "annotated layers for every method. CPU s: process CPU seconds of the method over all datasets and seeds "
+        "(published methods: their own process)."
+    )
+    text = "\n".join([*header, "", _markdown(summary), "", notes])
+    print(text)
+    for out in args.out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".csv":
+            per_seed.to_csv(out, index=False)
+        else:
+            out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
