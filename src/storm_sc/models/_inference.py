@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from ._neighbors import pick
 from ._network import StormNetwork
 
 LEVELS = ("joint", "observation", "niche", "region")
+T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -58,12 +61,57 @@ def neighbourhoods(
     niche = np.full((len(rows), config.niche_k), -1, dtype=np.int64)
     k = min(config.niche_k, inputs.niche_neighbors.shape[1])
     niche[:, :k] = inputs.niche_neighbors[rows, :k]
-    region = (
-        np.stack([pick(inputs.region_neighbors[r], config.region_k, rng) for r in rows])
-        if len(rows)
-        else np.zeros((0, config.region_k), dtype=np.int64)
-    )
+    if not len(rows):
+        region = np.zeros((0, config.region_k), dtype=np.int64)
+    elif rng is None:
+        region = spread_picks(inputs.region_neighbors[rows], config.region_k)
+    else:
+        region = np.stack([pick(inputs.region_neighbors[r], config.region_k, rng) for r in rows])
     return niche, region
+
+
+def spread_picks(pools: np.ndarray, k: int) -> np.ndarray:
+    """:func:`pick` without a generator (evenly spread over each row's valid entries), for many rows at once.
+
+    Parameters
+    ----------
+    pools
+        ``(b, pool)`` int64 neighbour rows, ``-1`` where empty.
+    k
+        Entries kept per row.
+
+    Returns
+    -------
+    ``(b, k)`` int64, equal row by row to ``pick(pools[i], k, None)``.
+
+    Examples
+    --------
+    >>> spread_picks(np.array([[4, 5, 6, 7, 8], [3, -1, -1, -1, -1]]), 3).tolist()
+    [[4, 6, 8], [3, -1, -1]]
+    """
+    b, width = pools.shape
+    out = np.full((b, k), -1, dtype=np.int64)
+    if not b or not k:
+        return out
+    valid = pools >= 0
+    # Valid entries first, in their order (a stable sort of the padding flags).
+    packed = np.take_along_axis(pools, np.argsort(~valid, axis=1, kind="stable"), axis=1)
+    count = valid.sum(axis=1)
+    j = np.arange(k)
+    few = count <= k
+    head = min(k, width)
+    out[few, :head] = np.where(j[:head] < count[few, None], packed[few, :head], -1)
+    many = ~few
+    if many.any():
+        last = (count[many] - 1).astype(np.float64)
+        if k == 1:
+            pos = np.zeros((len(last), 1))
+        else:
+            # The float arithmetic of np.linspace(0, count - 1, k): j * step, then the last point set exactly.
+            pos = j[None, :] * (last / (k - 1))[:, None]
+            pos[:, -1] = last
+        out[many] = np.take_along_axis(packed[many], pos.round().astype(np.int64), axis=1)
+    return out
 
 
 def offsets(centers_um: np.ndarray, rows: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -95,13 +143,24 @@ def fused_tokens(
     device: torch.device,
     verbose: bool | None = None,
 ) -> torch.Tensor:
-    """``(n, hidden_dim)`` float32 fused observation tokens of a whole slide, on ``device``."""
-    out = torch.empty(inputs.n_obs, network.config.hidden_dim, device=device)
+    """``(n, hidden_dim)`` float32 fused observation tokens of a whole slide, on ``device``.
+
+    Observations are encoded in batches of spatial neighbours (:func:`storm_sc.pp._patches.locality_order`), so
+    that patches streamed from the image are read from compact areas; the next batch is read on a background
+    thread while the network encodes the current one. Only the tokens grow with the slide.
+    """
+    from storm_sc.pp._patches import locality_order
+
+    config = network.config
+    out = torch.empty(inputs.n_obs, config.hidden_dim, device=device)
+    order = locality_order(inputs.centers_um)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def read(rows: np.ndarray) -> dict:
+        return observation_arrays(inputs, rows, config=config, use_image=use_image, use_expression=use_expression)
+
     with _progress(inputs.n_obs, f"encode {inputs.library_id}", verbose) as bar, autocast(device):
-        for rows in _chunks(inputs.n_obs, batch_size):
-            arrays = observation_arrays(
-                inputs, rows, config=network.config, use_image=use_image, use_expression=use_expression
-            )
+        for rows, arrays in _read_ahead(read, batches):
             batch = _observation_batch(arrays, device)
             z_img, z_expr, expr_present = network.observation_tokens(batch)
             out[torch.as_tensor(rows, device=device)] = network.fusion(
@@ -109,6 +168,23 @@ def fused_tokens(
             ).float()
             bar.update(len(rows))
     return out
+
+
+def _read_ahead(read: Callable[[np.ndarray], T], batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, T]]:
+    """``(rows, read(rows))`` per batch, reading batch ``i + 1`` on a thread while the caller works on batch ``i``.
+
+    Reading (image decoding, resampling, gene tokens) and the network's forward pass mostly release the GIL, so
+    they overlap; at most two batches exist at once.
+    """
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storm_sc-read") as pool:
+        pending = pool.submit(read, batches[0])
+        for i, rows in enumerate(batches):
+            arrays = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(read, batches[i + 1])
+            yield rows, arrays
 
 
 def _observation_batch(arrays: dict, device: torch.device) -> StormBatch:
@@ -192,11 +268,11 @@ def embed_inputs(
             device=dev,
             verbose=verbose,
         )
-        parts = [
-            contextual(network, inputs, tokens, rows, dev)[level].float().cpu()
-            for rows in _chunks(inputs.n_obs, batch_size)
-        ]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, network.config.embed_dim), dtype=np.float32)
+        dim = network.config.embed_dim if level == "joint" else network.config.hidden_dim
+        out = np.empty((inputs.n_obs, dim), dtype=np.float32)
+        for rows in _chunks(inputs.n_obs, batch_size):
+            out[rows] = contextual(network, inputs, tokens, rows, dev)[level].float().cpu().numpy()
+    return out
 
 
 @torch.no_grad()
@@ -212,7 +288,9 @@ def predict_inputs(
     """Mean and standard deviation of log1p expression of ``gene_ids`` from H&E and positions only."""
     dev = resolve_device(device)
     ids = torch.as_tensor(gene_ids, dtype=torch.long, device=dev)
-    means, stds = [], []
+    # The outputs are the only (n_obs x genes) arrays: filled in place, never concatenated from parts.
+    means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
+    stds = np.empty_like(means)
     with _with_eval(network, dev):
         tokens = fused_tokens(
             network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
@@ -221,6 +299,6 @@ def predict_inputs(
             joint = contextual(network, inputs, tokens, rows, dev)["joint"]
             with autocast(dev):
                 mean, logvar = network.prediction_head(joint, network.gene_embedding, ids)
-            means.append(mean.float().cpu())
-            stds.append(torch.exp(0.5 * logvar.float()).cpu())
-    return torch.cat(means).numpy(), torch.cat(stds).numpy()
+            means[rows] = mean.float().cpu().numpy()
+            stds[rows] = torch.exp(0.5 * logvar.float()).cpu().numpy()
+    return means, stds

@@ -30,6 +30,58 @@ if TYPE_CHECKING:
 REGION_POOL_FACTOR = 4
 # Patch caches larger than this go to a temporary memory-mapped file instead of RAM.
 MEMMAP_ABOVE_GIB = 2.0
+# Patches read per block when StreamedPatches are turned into one array.
+_STREAM_BATCH = 256
+
+
+class StreamedPatches:
+    """The ``(n, 3, s, s)`` uint8 patches of a slide, cut from its image only when rows are indexed.
+
+    Stands in for a patch array in :class:`StormInputs` when a slide is read once (inference): nothing is cached,
+    so memory does not grow with the number of observations and no disk is used. Indexing with an integer, a
+    slice, an integer array or a boolean mask reads those rows (one block read per group of neighbouring rows,
+    see :func:`storm_sc.pp._pyramid.read_windows`); ``np.asarray`` reads them all.
+
+    Parameters
+    ----------
+    dataset
+        The slide's :class:`storm_sc.pp.PatchDataset`.
+
+    Examples
+    --------
+    >>> patches = StreamedPatches(st.pp.patch_dataset(sdata, patch_um=112, patch_px=32))  # doctest: +SKIP
+    >>> patches[[0, 5]].shape  # doctest: +SKIP
+    (2, 3, 32, 32)
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, dataset: PatchDataset) -> None:
+        self.dataset = dataset
+        self.shape = (len(dataset), 3, dataset.patch_px, dataset.patch_px)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"StreamedPatches({self.dataset!r})"
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):
+            if len(index) > 1:
+                return self[index[0]][(slice(None), *index[1:])]
+            index = index[0]
+        if isinstance(index, int | np.integer):
+            return self.dataset.read([int(index)])[0]
+        rows = np.arange(len(self))[index]
+        return self.dataset.read(rows.reshape(-1)).reshape((*rows.shape, *self.shape[1:]))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.uint8)
+        for rows in self.dataset.reading_batches(_STREAM_BATCH):
+            out[rows] = self.dataset.read(rows)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 @dataclass(eq=False)
@@ -45,7 +97,8 @@ class StormInputs:
     region_neighbors
         ``(n, pool)`` int64 candidate region neighbours within the region radius (``-1`` padded).
     patches
-        ``(n, 3, s, s)`` uint8 H&E patches (array or memory map), or ``None``.
+        ``(n, 3, s, s)`` uint8 H&E patches: an array, a memory map, or :class:`StreamedPatches` (read from the
+        image whenever rows are indexed); or ``None``.
     features
         ``(n, f)`` float32 precomputed patch features, or ``None``.
     expression
@@ -61,7 +114,7 @@ class StormInputs:
     centers_um: np.ndarray
     niche_neighbors: np.ndarray
     region_neighbors: np.ndarray
-    patches: np.ndarray | None = None
+    patches: np.ndarray | StreamedPatches | None = None
     features: np.ndarray | None = None
     expression: sparse.csr_matrix | None = None
     gene_index: np.ndarray | None = None
@@ -231,7 +284,8 @@ def materialise_patches(
         out = np.lib.format.open_memmap(folder / "patches.npy", mode="w+", dtype=np.uint8, shape=(n, 3, px, px))
         weakref.finalize(out, shutil.rmtree, folder, ignore_errors=True)
         logger.info("Caching %d patches (%.2f GiB) in a memory map under %s.", n, gib, folder)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Batches of neighbouring observations: each reads one compact area of the image, whatever the table order.
+    loader = DataLoader(dataset, batch_sampler=dataset.reading_batches(batch_size), num_workers=num_workers)
     show = settings.show_progress(verbose)
     with tqdm(total=n, unit="patch", desc=f"patches {dataset.library_id}", disable=not show) as bar:
         for batch in loader:
@@ -256,9 +310,15 @@ def prepare_inputs(
     gene_symbols: str | None = None,
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
+    stream_patches: bool = False,
     verbose: bool | None = None,
 ) -> StormInputs:
-    """Resolve a slide and turn it into :class:`StormInputs` for a model (see :meth:`StormModel.prepare`)."""
+    """Resolve a slide and turn it into :class:`StormInputs` for a model (see :meth:`StormModel.prepare`).
+
+    With ``stream_patches`` the patches are not read here but whenever the model asks for rows
+    (:class:`StreamedPatches`): the right choice for one pass over a slide (inference), where a cache would be
+    written once and read once. Training reads every patch many times and keeps the default cache.
+    """
     from storm_sc.pp import align_genes, patch_dataset
     from storm_sc.pp._input import as_spatial_input
 
@@ -270,7 +330,10 @@ def prepare_inputs(
     patches = features = expression = gene_index = None
     if use_image and config.uses_pixels and si.has_image:
         ds = patch_dataset(si, patch_um=config.patch_um, patch_px=config.image_size)
-        patches = materialise_patches(ds, cache_dir=cache_dir, num_workers=num_workers, verbose=verbose)
+        if stream_patches:
+            patches = StreamedPatches(ds)
+        else:
+            patches = materialise_patches(ds, cache_dir=cache_dir, num_workers=num_workers, verbose=verbose)
     elif use_image and not config.uses_pixels:
         key = config.features_key
         if key in si.table.obsm:

@@ -186,6 +186,7 @@ class StormModel:
         gene_symbols: str | None = None,
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
+        stream_patches: bool = False,
         verbose: bool | None = None,
     ) -> StormInputs:
         """Resolve one slide and turn it into the model's array inputs (patches, aligned expression, neighbours).
@@ -206,6 +207,10 @@ class StormModel:
             Folder for a memory-mapped patch cache (default: RAM below 2 GiB).
         num_workers
             Worker processes reading patches.
+        stream_patches
+            Do not read the patches now: cut them from the image whenever the model needs them. Memory then stays
+            flat whatever the slide size, and one pass (``embed`` / ``predict_expression``) costs one read of the
+            image; each further pass reads it again. ``False`` (the default) reads every patch once into a cache.
         verbose
             Progress bars.
 
@@ -233,6 +238,7 @@ class StormModel:
             gene_symbols=gene_symbols,
             cache_dir=cache_dir,
             num_workers=num_workers,
+            stream_patches=stream_patches,
             verbose=verbose,
         )
 
@@ -244,7 +250,10 @@ class StormModel:
             if given:
                 raise ValueError(f"{sorted(given)} only apply when `data` is not already StormInputs; drop them.")
             return data
-        return self.prepare(data, use_image=use_image, use_expression=use_expression, verbose=verbose, **resolve)
+        # One pass over the slide: patches are streamed from the image rather than cached and read back once.
+        return self.prepare(
+            data, use_image=use_image, use_expression=use_expression, stream_patches=True, verbose=verbose, **resolve
+        )
 
     # -- inference ------------------------------------------------------------------------------------------
     def embed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,7 +39,7 @@ def stain_statistics(images: torch.Tensor) -> torch.Tensor:
     hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
     channels = torch.cat([x, hed], dim=1)  # (n, 6, h, w)
     flat = channels.flatten(2)
-    q = torch.quantile(flat, torch.tensor(_QUANTILES, device=x.device), dim=-1).permute(1, 2, 0)  # (n, 6, 3)
+    q = _quantiles(flat)  # (n, 6, 3)
     per_channel = torch.cat([flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True), q], dim=-1).flatten(1)
 
     grey = x.mean(dim=1, keepdim=True)
@@ -49,6 +50,22 @@ def stain_statistics(images: torch.Tensor) -> torch.Tensor:
     edges = torch.cat([grey, hed[:, :1]], dim=1)
     gradient = (edges[..., 1:, :-1] - edges[..., :-1, :-1]).abs() + (edges[..., :-1, 1:] - edges[..., :-1, :-1]).abs()
     return torch.cat([per_channel, *spreads, gradient.flatten(2).mean(-1)], dim=1)
+
+
+def _quantiles(flat: torch.Tensor) -> torch.Tensor:
+    """``_QUANTILES`` of the last axis, ``(..., len(_QUANTILES))``, with torch.quantile's linear interpolation.
+
+    On the CPU the values are sorted by numpy, whose vectorised sort is ~30 times faster than torch's there (the
+    stain statistics were most of a tiny model's inference time); the result is identical. Pixels carry no
+    gradient, so nothing is lost by leaving autograd.
+    """
+    q = torch.tensor(_QUANTILES, dtype=flat.dtype, device=flat.device)
+    if flat.device.type != "cpu" or flat.requires_grad or flat.dtype not in (torch.float32, torch.float64):
+        return torch.quantile(flat, q, dim=-1).movedim(0, -1)
+    ranks = q * (flat.shape[-1] - 1)
+    below, above = ranks.floor().long(), ranks.ceil().long()
+    ordered = torch.from_numpy(np.sort(flat.detach().contiguous().numpy(), axis=-1))
+    return torch.lerp(ordered[..., below], ordered[..., above], ranks - below)
 
 
 class StainStatisticsEncoder(nn.Module):

@@ -51,7 +51,10 @@ def embed_slide(
     start = time.perf_counter()
     use_image = want_image and slide.has_image
     use_expression = want_expression and slide.table.n_vars > 0
-    inputs = net.prepare(slide, use_image=use_image, use_expression=use_expression, verbose=verbose)
+    # One pass: patches are cut from the image as the model needs them, so memory does not grow with the slide.
+    inputs = net.prepare(
+        slide, use_image=use_image, use_expression=use_expression, stream_patches=True, verbose=verbose
+    )
     use_image = use_image and inputs.has_image
     use_expression = use_expression and inputs.expression is not None
     embedding = net.embed(

@@ -172,11 +172,12 @@ def _prediction_table(
 ) -> AnnData:
     """The AnnData of one slide's prediction, annotating the same elements as its measured table."""
     source = slide.table
+    # float32 already: no copy of the (n_obs x genes) arrays, the largest of a prediction.
     result = AnnData(
-        X=prediction.mean.astype(np.float32),
+        X=prediction.mean.astype(np.float32, copy=False),
         obs=source.obs.copy(),
         var=pd.DataFrame(index=pd.Index(prediction.genes, name="gene")),
-        layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32)},
+        layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32, copy=False)},
         obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
     )
     result.var["measured_in_table"] = result.var_names.str.upper().isin(source.var_names.str.upper())
