@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import storm_sc as st
 from storm_sc.models import CheckpointError, IncompatibleCheckpointError, StormModel
 from storm_sc.models._checkpoint import content_digest, file_sha256
-from storm_sc.models._pretrained import _ENTRIES, register_pretrained
+from storm_sc.models._pretrained import _ENTRIES, WEIGHTS_DIR, reference_name, register_pretrained
 
 
 def _rewrite(path, target, **metadata_changes):
@@ -127,15 +127,34 @@ def test_not_a_storm_checkpoint(tmp_path):
         StormModel.load(tmp_path / "missing.safetensors")
 
 
-def test_from_pretrained_local_path_and_missing_reference(saved, tiny_model):
+def test_from_pretrained_local_path_and_missing_reference(saved, tiny_model, registry):
     assert StormModel.from_pretrained(saved).weights_digest() == tiny_model.weights_digest()
     assert StormModel.from_pretrained(str(saved)).weights_digest() == tiny_model.weights_digest()
+    _ENTRIES.pop(reference_name())  # a build without its reference checkpoint
     with pytest.raises(FileNotFoundError, match="no reference checkpoint yet"):
         StormModel.from_pretrained()
     with pytest.raises(KeyError, match="registered"):
         StormModel.from_pretrained("storm-nonexistent")
     with pytest.raises(FileNotFoundError, match="No checkpoint file"):
         StormModel.from_pretrained("runs/missing/model.safetensors")
+
+
+def test_bundled_reference_checkpoint():
+    name = reference_name()
+    entry = _ENTRIES[name]
+    path = WEIGHTS_DIR / entry.filename
+    assert path.stat().st_size <= 10 * 2**20  # it ships inside the package
+    assert file_sha256(path) == entry.sha256
+    model = StormModel.from_pretrained()
+    assert model.weights_digest() == StormModel.from_pretrained(name).weights_digest()
+    manifest = model.manifest
+    assert {d["name"] for d in manifest["datasets"]} >= {"xenium_lung_he", "mob_he(replicate=1)"}
+    assert set(manifest["split"]["val_groups"]) == {"mob", "ffpe_kidney_organoid"}
+    sdata = st.datasets.toy(n_obs=150, n_genes=40, n_domains=3, seed=0)
+    sdata["table"].var_names = list(model.vocabulary.symbols[100:140])  # genes the reference knows
+    for use_image, use_expression in [(True, True), (True, False), (False, True)]:
+        emb = model.embed(sdata, use_image=use_image, use_expression=use_expression, verbose=False)
+        assert emb.shape == (150, model.config.embed_dim) and np.isfinite(emb).all()
 
 
 def test_from_pretrained_by_name_from_the_cache(saved, tiny_model, registry):

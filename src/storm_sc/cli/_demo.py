@@ -120,13 +120,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _get_model(slide: Any, epochs: int) -> tuple[Any, str]:
-    """The bundled reference checkpoint; without one, a storm-tiny adapted to this slide (and says so)."""
+    """The bundled reference checkpoint; when it is missing or knows none of the slide's genes (generated toy
+    data), a storm-tiny adapted to this slide (and says so)."""
     import storm_sc as st
 
     try:
-        return st.models.StormModel.from_pretrained(), "reference checkpoint (bundled)"
+        model = st.models.StormModel.from_pretrained()
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"storm-sc demo: no bundled reference checkpoint ({err}); training storm-tiny on this slide instead")
+    else:
+        from storm_sc.models._pretrained import reference_name
+
+        try:
+            known = st.pp.align_genes(slide, model.vocabulary).n_matched
+        except ValueError:  # no gene in common
+            known = 0
+        if known:
+            name = reference_name()
+            return model, f"reference checkpoint {name} (bundled; {known} of the slide's genes in its vocabulary)"
+        print(
+            f"storm-sc demo: the reference checkpoint knows none of this slide's {slide.table.n_vars} genes "
+            "(generated names); training storm-tiny on this slide instead"
+        )
     model = st.models.StormModel("storm-tiny", slide.table.var_names, seed=0)
     model.fit([slide], max_epochs=epochs, seed=0, verbose=False)
     return model, f"storm-tiny trained on this slide for {epochs} epochs (self-supervised, seed 0)"

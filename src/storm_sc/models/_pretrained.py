@@ -141,7 +141,7 @@ def resolve_pretrained(name: str | None, *, verbose: bool | None = None) -> Path
             raise FileNotFoundError(
                 f"This build of storm_sc has no reference checkpoint yet ({name!r} is not in "
                 f"{_REGISTRY_FILE}, or its file is missing from {WEIGHTS_DIR}). Train one with "
-                "`storm-sc pretrain --config configs/storm-small.yaml` and load it with `StormModel.load(path)`, or "
+                "`storm-sc pretrain --config configs/storm-tiny.yaml` and load it with `StormModel.load(path)`, or "
                 "pass a checkpoint path to `StormModel.from_pretrained`."
             )
     entry = _ENTRIES.get(name)
