@@ -599,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     work = Path(tempfile.mkdtemp(prefix="storm_domains_bench_"))
+    previous_data_dir = st.settings._data_dir  # restored below: main() also runs inside other programs (tests)
     try:
         # Loaders (and model caches) use a temporary data folder that links to the real files, never writing there.
         linked = linked_data_dir(data_dir, [p for d in args.datasets for p in DATASETS[d].files], work / "data")
@@ -638,6 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         wall = time.perf_counter() - t0
     finally:
+        st.settings.data_dir = previous_data_dir
         shutil.rmtree(work, ignore_errors=True)
 
     n_neighs, steps, weight = _smoothing_defaults()
