@@ -64,6 +64,26 @@ def test_union_vocabulary_joins_ensembl_only_tables(toy_pair):
     assert align_genes(ensembl_only, vocab).n_matched == 6
 
 
+def test_union_vocabulary_keeps_the_ids_of_every_species(toy_pair):
+    # A mouse slide (Gfap, ENSMUSG ids) first, then a human one (GFAP, ENSG ids): one entry per symbol holding both
+    # ids, so that a human table named by Ensembl ids alone still aligns to every gene.
+    mouse = toy_pair["a"]["table"][:, :6].copy()
+    mouse.var_names = [g.capitalize() for g in mouse.var_names]
+    mouse.var["gene_ids"] = [f"ENSMUSG{i:011d}" for i in range(6)]
+    human = toy_pair["b"]["table"][:, :6].copy()
+    human.var_names = [g.upper() for g in human.var_names]
+    human_ids = [f"ENSG{i:011d}" for i in range(6)]
+    human.var["gene_ids"] = human_ids
+    vocab = union_vocabulary(as_slides([mouse, human]))
+    assert len(vocab) == 6
+    assert vocab.all_ensembl_ids[0] == ("ENSMUSG00000000000", "ENSG00000000000")
+    ensembl_only = human.copy()
+    ensembl_only.var_names = human_ids
+    del ensembl_only.var["gene_ids"]
+    assert align_genes(ensembl_only, vocab).n_matched == 6
+    assert type(vocab).from_dict(vocab.to_dict()) == vocab
+
+
 def test_union_vocabulary_spans_all_panels(toy_pair):
     a = toy_pair["a"]["table"][:, :20]
     b = toy_pair["b"]["table"][:, 10:].copy()

@@ -39,7 +39,9 @@ class GeneVocabulary:
     symbols
         Gene symbols, in model order; unique after case-folding.
     ensembl_ids
-        Ensembl gene ids in the same order (``None`` entries where unknown), or ``None``.
+        Ensembl gene ids in the same order (``None`` entries where unknown), or ``None``. An entry may also be a
+        sequence of ids: one gene under one symbol in several species (``GFAP``: ``ENSG00000131095`` and the mouse
+        ``ENSMUSG00000020932``), so that tables named by either species' ids align to it.
 
     Examples
     --------
@@ -49,7 +51,9 @@ class GeneVocabulary:
     (3, 1)
     """
 
-    def __init__(self, symbols: Sequence[str], ensembl_ids: Sequence[str | None] | None = None) -> None:
+    def __init__(
+        self, symbols: Sequence[str], ensembl_ids: Sequence[str | Sequence[str] | None] | None = None
+    ) -> None:
         symbols = list(symbols)
         if not symbols:
             raise ValueError("A gene vocabulary needs at least one gene symbol.")
@@ -60,28 +64,32 @@ class GeneVocabulary:
         self._by_symbol = _unique_index([symbol_key(s) for s in self._symbols], self._symbols, what="symbols")
 
         self._ensembl: tuple[str | None, ...] | None = None
+        self._all_ensembl: tuple[tuple[str, ...], ...] | None = None
         self._by_ensembl: dict[str, int] = {}
         if ensembl_ids is not None:
-            ids = [None if _missing(e) else str(e).strip() for e in ensembl_ids]
+            ids = [_id_tuple(e) for e in ensembl_ids]
             if len(ids) != len(self._symbols):
                 raise ValueError(
                     f"`ensembl_ids` has {len(ids)} entries but there are {len(self._symbols)} symbols; give one id "
-                    "(or None) per symbol."
+                    "(or None, or a list of ids) per symbol."
                 )
-            wrong = [e for e in ids if e is not None and not is_ensembl(e)]
+            wrong = [e for entry in ids for e in entry if not is_ensembl(e)]
             if wrong:
                 raise ValueError(f"`ensembl_ids` must be Ensembl gene ids (e.g. 'ENSG00000141510'); got {wrong[:3]!r}.")
-            known = [(ensembl_key(e), i) for i, e in enumerate(ids) if e is not None]
-            by_known = _unique_index([k for k, _ in known], [ids[i] for _, i in known], what="Ensembl ids")
+            known = [(ensembl_key(e), i, e) for i, entry in enumerate(ids) for e in entry]
+            by_known = _unique_index([k for k, _, _ in known], [e for _, _, e in known], what="Ensembl ids")
             self._by_ensembl = {k: known[j][1] for k, j in by_known.items()}
-            self._ensembl = tuple(ids)
+            self._all_ensembl = tuple(ids)
+            self._ensembl = tuple(entry[0] if entry else None for entry in ids)
         # A "symbol" that is an Ensembl id (var_names of a table read with gene ids) is matched as one.
         for i, symbol in enumerate(self._symbols):
             if is_ensembl(symbol) and (self._ensembl is None or self._ensembl[i] is None):
                 self._by_ensembl.setdefault(ensembl_key(symbol), i)
 
     @classmethod
-    def from_genes(cls, symbols: Iterable[str], *, ensembl_ids: Iterable[str | None] | None = None) -> GeneVocabulary:
+    def from_genes(
+        cls, symbols: Iterable[str], *, ensembl_ids: Iterable[str | Sequence[str] | None] | None = None
+    ) -> GeneVocabulary:
         """Build a vocabulary from gene symbols in model order.
 
         Parameters
@@ -89,7 +97,7 @@ class GeneVocabulary:
         symbols
             Gene symbols (e.g. ``adata.var_names`` of the training data).
         ensembl_ids
-            Matching Ensembl gene ids, or ``None``.
+            Matching Ensembl gene ids (per gene: one id, a list of ids, or ``None``), or ``None``.
 
         Returns
         -------
@@ -110,8 +118,14 @@ class GeneVocabulary:
 
     @property
     def ensembl_ids(self) -> tuple[str | None, ...] | None:
-        """Ensembl gene ids in model order (``None`` entries where unknown), or ``None``."""
+        """Ensembl gene ids in model order (``None`` entries where unknown; the first id of entries with several),
+        or ``None``."""
         return self._ensembl
+
+    @property
+    def all_ensembl_ids(self) -> tuple[tuple[str, ...], ...] | None:
+        """Every Ensembl id of each entry in model order (empty tuples where unknown), or ``None``."""
+        return self._all_ensembl
 
     @property
     def symbol_index(self) -> Mapping[str, int]:
@@ -135,10 +149,10 @@ class GeneVocabulary:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GeneVocabulary):
             return NotImplemented
-        return self._symbols == other._symbols and self._ensembl == other._ensembl
+        return self._symbols == other._symbols and self._all_ensembl == other._all_ensembl
 
     def __hash__(self) -> int:
-        return hash((self._symbols, self._ensembl))
+        return hash((self._symbols, self._all_ensembl))
 
     def __repr__(self) -> str:
         head = ", ".join(self._symbols[:5]) + (", ..." if len(self) > 5 else "")
@@ -193,7 +207,8 @@ class GeneVocabulary:
 
         Returns
         -------
-        ``{"format", "version", "symbols", "ensembl_ids"}``.
+        ``{"format", "version", "symbols", "ensembl_ids"}``, and ``"more_ensembl_ids"`` (position -> further ids)
+        for entries with several ids.
 
         Examples
         --------
@@ -202,12 +217,17 @@ class GeneVocabulary:
         >>> st.pp.GeneVocabulary.from_dict(v.to_dict()) == v
         True
         """
-        return {
+        out = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
             "symbols": list(self._symbols),
             "ensembl_ids": None if self._ensembl is None else list(self._ensembl),
         }
+        # Kept apart from "ensembl_ids" (one id or None per gene) so that the common case stays one flat list.
+        more = {str(i): list(entry[1:]) for i, entry in enumerate(self._all_ensembl or ()) if len(entry) > 1}
+        if more:
+            out["more_ensembl_ids"] = more
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GeneVocabulary:
@@ -236,7 +256,22 @@ class GeneVocabulary:
             raise ValueError(
                 f"This gene vocabulary was written by a newer storm_sc (format version {d['version']}); upgrade storm_sc."
             )
-        return cls(list(d["symbols"]), d.get("ensembl_ids"))
+        ids = d.get("ensembl_ids")
+        more = d.get("more_ensembl_ids") or {}
+        if more:
+            if ids is None:
+                raise ValueError("Stored gene vocabulary has 'more_ensembl_ids' but no 'ensembl_ids'.")
+            ids = [[e, *more.get(str(i), [])] if e is not None else None for i, e in enumerate(ids)]
+        return cls(list(d["symbols"]), ids)
+
+
+def _id_tuple(entry: Any) -> tuple[str, ...]:
+    """One vocabulary entry's Ensembl ids: from None, one id, or a sequence of ids (missing values dropped)."""
+    if isinstance(entry, str) or _missing(entry):
+        return () if _missing(entry) else (entry.strip(),)
+    if isinstance(entry, Iterable):
+        return tuple(str(e).strip() for e in entry if not _missing(e))
+    return (str(entry).strip(),)
 
 
 def _missing(value: Any) -> bool:

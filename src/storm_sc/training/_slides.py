@@ -187,7 +187,7 @@ def union_vocabulary(
     if max_genes is not None and (isinstance(max_genes, bool) or not isinstance(max_genes, int) or max_genes < 1):
         raise ValueError(f"`max_genes` must be a positive integer or None; got {max_genes!r}.")
     symbols: list[str] = []
-    ensembl: list[str | None] = []
+    ensembl: list[list[str]] = []
     n_slides: list[int] = []
     detected: list[float] = []
     seen_symbols: dict[str, int] = {}
@@ -220,12 +220,14 @@ def union_vocabulary(
             if pos is None:
                 pos = seen_symbols[key] = len(symbols)
                 symbols.append(s.strip())
-                ensembl.append(None)
+                ensembl.append([])
                 n_slides.append(0)
                 detected.append(0.0)
-            # The first Ensembl id seen for a symbol is kept; another symbol claiming the same id does not get it.
-            if e is not None and ensembl[pos] is None and ensembl_key(e) not in seen_ids:
-                ensembl[pos] = e
+            # Every id seen for a symbol is kept (one gene in several species: ENSG... and ENSMUSG... under GFAP /
+            # Gfap), so that tables named by ids of either species align; an id already claimed by another symbol
+            # is not given to a second one.
+            if e is not None and ensembl_key(e) not in seen_ids:
+                ensembl[pos].append(e)
                 seen_ids.add(ensembl_key(e))
             if pos not in counted:
                 counted.add(pos)
@@ -246,7 +248,7 @@ def union_vocabulary(
         "Gene vocabulary: %d of %d genes from %d slides with expression.", len(keep), len(symbols), n_with_expression
     )
     return GeneVocabulary.from_genes(
-        [symbols[i] for i in keep], ensembl_ids=kept_ids if any(e is not None for e in kept_ids) else None
+        [symbols[i] for i in keep], ensembl_ids=kept_ids if any(kept_ids) else None
     )
 
 
