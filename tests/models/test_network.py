@@ -50,7 +50,9 @@ def test_context_grad_changes_gradients_not_values(batch_factory):
     cfg = get_config("storm-tiny")
     net = StormNetwork(cfg, N_GENES)
     batch = batch_factory(cfg, N_GENES)
+    torch.manual_seed(0)  # the same random neighbour subsets of the context views in both calls
     with_grad = net.losses(batch, context_grad=True)
+    torch.manual_seed(0)
     without = net.losses(batch, context_grad=False)
     assert torch.allclose(with_grad["loss"], without["loss"])
     with_grad["loss"].backward()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from ._spatial import SpatialContextEncoder
 from ._stain_statistics import StainStatisticsEncoder
 
 LOSS_NAMES = ("contrastive", "context_contrastive", "masked_expression", "predicted_expression")
+# Share of neighbours each context-contrastive view keeps, drawn independently per view (see StormNetwork.losses).
+CONTEXT_VIEW_KEEP = 0.5
 
 
 @dataclass(frozen=True)
@@ -274,15 +276,21 @@ class StormNetwork(nn.Module):
         mean, logvar = self.reconstruction_head(joint, self.gene_embedding, ids)
         masked = gaussian_nll(mean, logvar, values, hidden)
 
+        # The image-only and expression-only views are contrasted at the context level. Given the same neighbours at
+        # the same offsets, the context blocks can match the two views by the geometry of the neighbourhood alone
+        # (a fingerprint of positions that says nothing about the tissue, and then dominates the embedding); each
+        # view therefore sees its own random half of the neighbours, so only what the neighbours contain can pair.
+        image_view, expression_view = self._neighbour_subset(batch), self._neighbour_subset(batch)
+
         # Image-only view: H&E of the centre and its neighbours plus positions, no expression anywhere.
         no_expr = torch.zeros_like(expr_present)
-        image_only = self.contextualise(self.fusion(z_img, batch.has_image, z_expr, no_expr), batch)["joint"]
+        image_only = self.contextualise(self.fusion(z_img, batch.has_image, z_expr, no_expr), image_view)["joint"]
         mean, logvar = self.prediction_head(image_only, self.gene_embedding, ids)
         predicted = gaussian_nll(mean, logvar, values, target & batch.has_image[c].unsqueeze(-1))
 
         # Expression-only view, for the context-level contrast with the image-only view.
         no_img = torch.zeros_like(batch.has_image)
-        expression_only = self.contextualise(self.fusion(z_img, no_img, z_expr, expr_present), batch)["joint"]
+        expression_only = self.contextualise(self.fusion(z_img, no_img, z_expr, expr_present), expression_view)["joint"]
 
         paired = batch.has_image[c] & expr_present[c]
         if batch.n_centres >= 2:
@@ -319,6 +327,13 @@ class StormNetwork(nn.Module):
             "masked_expression": masked,
             "predicted_expression": predicted,
         }
+
+    @staticmethod
+    def _neighbour_subset(batch: StormBatch) -> StormBatch:
+        """``batch`` with each niche and region neighbour kept with probability ``CONTEXT_VIEW_KEEP``."""
+        keep_niche = torch.rand(batch.niche_valid.shape, device=batch.niche_valid.device) < CONTEXT_VIEW_KEEP
+        keep_region = torch.rand(batch.region_valid.shape, device=batch.region_valid.device) < CONTEXT_VIEW_KEEP
+        return replace(batch, niche_valid=batch.niche_valid & keep_niche, region_valid=batch.region_valid & keep_region)
 
     def _contrastive(
         self, pa: torch.Tensor, pb: torch.Tensor, paired: torch.Tensor, gather: Gather | None, rank: int
