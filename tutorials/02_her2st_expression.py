@@ -20,8 +20,8 @@
 #
 # **Data**: `st.datasets.her2st(section, image=True)` reads counts, spot positions and the full-resolution H&E of
 # sections C2-C6 from `st.settings.data_dir` (`$STORM_SC_DATA_DIR`), downloading what is missing.
-# **Model**: storm_sc does not bundle its reference checkpoint yet (see the model card), so we train the small
-# `storm-tiny` architecture on the training sections in a visible cell.
+# **Model**: we train the small `storm-tiny` architecture on the training sections in a visible cell. The bundled
+# reference checkpoint (`model=None`) cannot be judged here: every her2st section we have was in its training data.
 #
 # Set `STORM_SC_TUTORIAL_FAST=1` to train on one section for a few steps (as CI does): the predictions are then
 # those of an almost untrained model.
@@ -133,8 +133,8 @@ corr.head(10).round(3)
 #   correlated spots, values that high also arise by chance; they are not evidence that the model works.
 #
 # This is the 90k-parameter `storm-tiny`, trained from scratch on about 550 spots: use it to learn the workflow,
-# not to judge STORM. The reference checkpoint is trained on more data; its measured numbers will be on the model
-# card.
+# not to judge STORM. The model card gives the numbers of the benchmark (`benchmarks/expression_her2st.py`) for the
+# same comparison on every held-out section.
 #
 # ## Plots
 

@@ -18,7 +18,7 @@
 # vocabulary (genes outside a panel are masked, not imputed), positions are always in microns, and the H&E
 # modality is used where a slide has an aligned H&E image and left out where it has none.
 #
-# Here one model is trained on, and embeds, three small real datasets at once:
+# Here one model, the reference checkpoint bundled with storm_sc, embeds three small real datasets at once:
 #
 # | dataset | platform | what it is |
 # |---|---|---|
@@ -29,9 +29,9 @@
 # These are small fixtures of different tissues, chosen because they are public and tiny; the point is the
 # mechanics (one vocabulary, one model, one embedding space), not a biological comparison.
 #
-# **Model**: storm_sc does not bundle its reference checkpoint yet (see the model card), so we train the small
-# `storm-tiny` architecture on the three datasets in a visible cell. Set `STORM_SC_TUTORIAL_FAST=1` for a few
-# training steps only (as CI does).
+# **Model**: `storm-tiny-public-v1`, the bundled reference (`model=None` in every tool; see the model card). Of these
+# three datasets only the Xenium + H&E lung crop was in its training corpus. `STORM_SC_TUTORIAL_FAST=1` (as CI
+# runs it) changes nothing here: no training happens.
 
 # %%
 import os
@@ -43,9 +43,6 @@ from scipy.spatial import cKDTree
 import storm_sc as st
 
 FAST = os.environ.get("STORM_SC_TUTORIAL_FAST") == "1"
-EPOCHS = 1 if FAST else 20
-MAX_STEPS = 5 if FAST else -1
-BATCH_SIZE = 32 if FAST else 64
 N_DOMAINS = 6
 SEED = 0
 st.settings.progress = not FAST
@@ -86,27 +83,19 @@ pd.DataFrame(rows).transpose()
 #
 # ## One gene vocabulary
 #
-# `union_vocabulary` collects the genes of all the slides; aligning each table to it shows how much of the
-# vocabulary each panel measures.
+# The model indexes genes by one vocabulary (symbols, case-insensitive, and Ensembl ids); aligning each table to it
+# shows how much of each panel the model knows. Genes it does not know are left out and reported.
 
 # %%
-slides = [st.training.TrainingSlide(sdata, name=name, group=name) for name, sdata in data.items()]
-vocabulary = st.training.union_vocabulary(slides)
+model = st.models.StormModel.from_pretrained()
+vocabulary = model.vocabulary
+print(model)
 print(f"vocabulary: {len(vocabulary)} genes")
 for name, sdata in data.items():
     aligned = st.pp.align_genes(sdata, vocabulary)
-    print(f"{name:15s} measures {aligned.n_matched:4d} of them")
+    print(f"{name:15s} {aligned.n_matched:4d} of its {sdata['table'].n_vars} genes are in the vocabulary")
 
 # %% [markdown]
-# ## Train one model on all three
-
-# %%
-model = st.models.StormModel("storm-tiny", vocabulary, seed=SEED)
-model.fit(
-    slides, max_epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, val_fraction=0.0, seed=SEED, verbose=not FAST
-)
-print(model)
-
 # %% [markdown]
 # ## Embed every cell of every platform with the same model
 #
@@ -138,12 +127,11 @@ pd.crosstab(cosmx_obs["fov"], cosmx_obs["storm_domain"])
 
 # %% [markdown]
 # **What to expect.** These three datasets are different tissues measured with different panels, and the
-# domains keep them apart. With the full settings (20 epochs; 16 minutes on a shared 2-core CPU) no domain was
-# shared between datasets: the 200 HEST lung cells formed one domain, the 120 CosMx cells another (67 from field of
-# view 2 and 53 from field of view 3, so the two fields of view of one section do share it), and the remaining four
-# domains split the Xenium cells. In fast mode the model is barely trained and the split is similar but not
-# identical. Domains shared across datasets would need tissues that actually match, and a model trained on more
-# than 850 cells.
+# domains keep them apart. With the bundled reference (storm_sc 0.1.0.dev0) no domain was shared between
+# datasets: the 200 HEST lung cells formed one domain, the 120 CosMx cells another (67 from field of view 2 and
+# 53 from field of view 3, so the two fields of view of one section do share it), and the remaining four domains
+# split the Xenium cells (198, 128, 105 and 95 cells). Domains shared across datasets would need tissues that
+# actually match, and a model trained on far more than the reference's 17 slides.
 #
 # ## Plots
 #

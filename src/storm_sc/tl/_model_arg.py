@@ -22,7 +22,9 @@ def get_model(model: StormModel | str | Path | None, *, verbose: bool | None = N
 def model_name(model: StormModel, given: Any) -> str:
     """A short description of the model for ``.uns`` (what the user passed, else the architecture)."""
     if given is None:
-        return "reference (bundled)"
+        from storm_sc.models._pretrained import reference_name
+
+        return f"{reference_name()} (bundled reference)"
     if isinstance(given, str | Path):
         return str(given)
     return f"{model.config.name} (in-memory)"
