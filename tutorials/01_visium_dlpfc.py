@@ -134,10 +134,11 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # layers are thin bands, and some (L2, L4) have few spots, so 7 clusters rarely match them one to one.
 #
 # - The bundled reference, which never saw brain cortex, gives ARI 0.28 (NMI 0.32) without any training here, and
-#   0.29 (NMI 0.33) after one epoch of adaptation (fast mode, about a minute on a 2-core CPU); ADAPT5_TEXT The PCA
-#   baseline reaches 0.37 (NMI 0.46). This small reference does not beat expression-only clustering of the section
-#   itself. Its domains follow the cortical depth: white matter is almost entirely one domain, L6 and L1 are
-#   separated from the middle layers, but L2-L5 are mixed; the cross-tabulation above shows it.
+#   0.29 (NMI 0.33) after one epoch of adaptation (fast mode, about a minute on a 2-core CPU); with the default
+#   5 epochs (about 4 minutes) the domain benchmark measured 0.29 (NMI 0.43). The PCA baseline reaches 0.37
+#   (NMI 0.46): this small reference does not beat expression-only clustering of the section itself. Its domains
+#   follow the cortical depth: white matter is almost entirely one domain, L6 and L1 are separated from the
+#   middle layers, but L2-L5 are mixed; the cross-tabulation above shows it.
 #
 # ## Plots
 #
