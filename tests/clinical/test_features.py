@@ -205,3 +205,16 @@ def test_device_dispatch_matches_cpu_when_a_gpu_is_present(slide_file, tmp_path,
     assert a.shape == b.shape
     # bf16 autocast on the GPU: the same features up to its precision.
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_the_bundled_reference_is_the_default_model(slide_file, tmp_path):
+    table = slide_features([slide_file], out_dir=tmp_path / "feats", device="cpu", verbose=False)
+    row = table.iloc[0]
+    assert row["status"] == "computed"
+    sf = read_slide_features(row["feature_file"])
+    reference = st.models.StormModel.from_pretrained()
+    assert sf.features.shape[0] == row["n_tiles"] > 0
+    assert sf.features.shape[1] >= reference.config.embed_dim and np.isfinite(sf.features).all()
+    # The same slide through the reference loaded explicitly gives the same file contents.
+    again = slide_features([slide_file], reference, out_dir=tmp_path / "again", device="cpu", verbose=False)
+    np.testing.assert_array_equal(read_slide_features(again.iloc[0]["feature_file"]).features, sf.features)
