@@ -56,6 +56,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     leiden_domains,
     smooth_like_storm,
 )
+from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -450,15 +451,6 @@ def run(
     return pd.DataFrame(rows)
 
 
-def _fmt(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
 def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str], timer: Timer) -> pd.DataFrame:
     """Mean ± sd over seeds of ARI and NMI per method and dataset, with CPU seconds.
 
@@ -482,19 +474,12 @@ def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str
             sel = per_seed[(per_seed["method"] == method) & (per_seed["dataset"] == ds)]
             ok = sel[sel["status"] == "ok"] if "status" in sel else sel
             for metric in ("ari", "nmi"):
-                row[f"{ds} {metric.upper()}"] = _fmt(ok[metric]) if metric in ok else "n/a"
+                row[f"{ds} {metric.upper()}"] = mean_sd(ok[metric]) if metric in ok else "n/a"
             if len(ok) < len(sel):
                 row[f"{ds} ARI"] += f" ({len(sel) - len(ok)} failed)"
         row["CPU s"] = f"{timer.cpu.get(method, 0.0):.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -660,14 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "annotated layers for every method. CPU s: process CPU seconds of the method over all datasets and seeds "
         "(published methods: their own process)."
     )
-    text = "\n".join([*header, "", _markdown(summary), "", notes])
+    text = "\n".join([*header, "", markdown_table(summary), "", notes])
     print(text)
-    for out in args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".csv":
-            per_seed.to_csv(out, index=False)
-        else:
-            out.write_text(text + "\n")
+    write_outputs(args.out, text, per_seed)
     return 0
 
 

@@ -48,6 +48,7 @@ if __package__ in (None, ""):
 import storm_sc as st  # noqa: E402
 from benchmarks._baseline_features import pixel_features, stain_texture_features, window_side_px  # noqa: E402
 from benchmarks._metrics import mse_per_gene, pearson_per_gene  # noqa: E402
+from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
 from benchmarks._ridge import fit_ridge  # noqa: E402
 from benchmarks._splits import Split, across_patient_splits, inner_groups, patient_of, within_patient_splits  # noqa: E402
 from benchmarks._targets import log1p_cpm, panel_present, top_hvgs  # noqa: E402
@@ -498,15 +499,6 @@ def run_splits(
     return pd.DataFrame(rows)
 
 
-def _fmt(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
 def summary_table(
     per_fold: pd.DataFrame,
     methods: list[Method],
@@ -556,18 +548,11 @@ def summary_table(
                     & (per_fold["scheme"] == scheme)
                     & (per_fold["gene_set"] == gene_set)
                 ]
-                row[col] = _fmt(sel[metric])
+                row[col] = mean_sd(sel[metric])
         if timer is not None:
             row["CPU s"] = f"{timer.cpu.get(method.name, 0.0):.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -728,22 +713,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             *header,
             "",
             "Mean Pearson r (higher is better)",
-            _markdown(pearson),
+            markdown_table(pearson),
             "",
             "Mean squared error of log1p(CPM) (lower is better)",
-            _markdown(mse),
+            markdown_table(mse),
             "",
             notes,
         ]
     )
     print(text)
-    for out in args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".csv":
-            per_fold.to_csv(out, index=False)
-        else:
-            out.write_text(text + "\n")
-        logger.info("wrote %s", out)
+    write_outputs(args.out, text, per_fold)
     return 0
 
 

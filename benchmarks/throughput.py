@@ -41,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
+from benchmarks._report import markdown_table, write_outputs  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -323,13 +324,6 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def table(results: pd.DataFrame) -> pd.DataFrame:
     """The printed table: one row per size x model x tool.
 
@@ -435,14 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{dense_gib:,.1f} GiB. Python peak: tracemalloc's peak during a second, traced call (numpy included; "
         "torch's allocator is not traced)."
     )
-    text = "\n".join([*header, "", _markdown(table(results)), "", notes])
+    text = "\n".join([*header, "", markdown_table(table(results)), "", notes])
     print(text)
-    for out in args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".csv":
-            results.to_csv(out, index=False)
-        else:
-            out.write_text(text + "\n")
+    write_outputs(args.out, text, results)
     return 0
 
 

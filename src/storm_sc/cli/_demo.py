@@ -120,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _get_model(slide: Any, epochs: int) -> tuple[Any, str]:
-    """The bundled reference checkpoint; when it is missing or knows none of the slide's genes (generated toy
-    data), a storm-tiny adapted to this slide (and says so)."""
+    """The bundled reference checkpoint, or a storm-tiny adapted to this slide (and says so).
+
+    The fallback serves builds without the reference and slides whose genes it does not know (generated toy data).
+    """
     import storm_sc as st
 
     try:

@@ -51,9 +51,7 @@ class GeneVocabulary:
     (3, 1)
     """
 
-    def __init__(
-        self, symbols: Sequence[str], ensembl_ids: Sequence[str | Sequence[str] | None] | None = None
-    ) -> None:
+    def __init__(self, symbols: Sequence[str], ensembl_ids: Sequence[str | Sequence[str] | None] | None = None) -> None:
         symbols = list(symbols)
         if not symbols:
             raise ValueError("A gene vocabulary needs at least one gene symbol.")
@@ -118,8 +116,10 @@ class GeneVocabulary:
 
     @property
     def ensembl_ids(self) -> tuple[str | None, ...] | None:
-        """Ensembl gene ids in model order (``None`` entries where unknown; the first id of entries with several),
-        or ``None``."""
+        """Ensembl gene ids in model order, or ``None``.
+
+        ``None`` entries where unknown; the first id of entries with several (see :attr:`all_ensembl_ids`).
+        """
         return self._ensembl
 
     @property

@@ -247,9 +247,7 @@ def union_vocabulary(
     logger.info(
         "Gene vocabulary: %d of %d genes from %d slides with expression.", len(keep), len(symbols), n_with_expression
     )
-    return GeneVocabulary.from_genes(
-        [symbols[i] for i in keep], ensembl_ids=kept_ids if any(kept_ids) else None
-    )
+    return GeneVocabulary.from_genes([symbols[i] for i in keep], ensembl_ids=kept_ids if any(kept_ids) else None)
 
 
 @dataclass(eq=False)

@@ -1,0 +1,50 @@
+"""How the benchmark scripts print and save their results: markdown tables, mean ± sd cells, --out files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def mean_sd(values: pd.Series) -> str:
+    """``"mean ± sd"`` of the non-missing values (3 decimals); one value alone, or ``"n/a"`` when there is none.
+
+    Examples
+    --------
+    >>> mean_sd(pd.Series([0.1, 0.3, None]))
+    '0.200 ± 0.141'
+    """
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table of ``df`` (no index), as the benchmarks print it.
+
+    Examples
+    --------
+    >>> print(markdown_table(pd.DataFrame({"a": [1], "b": ["x"]})))
+    | a | b |
+    |---|---|
+    | 1 | x |
+    """
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_outputs(outs: Sequence[Path], text: str, rows: pd.DataFrame) -> None:
+    """Write every ``--out`` path: ``.csv`` gets ``rows``, anything else the printed ``text``."""
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".csv":
+            rows.to_csv(out, index=False)
+        else:
+            out.write_text(text + "\n")
