@@ -5,7 +5,7 @@ from scipy.spatial.distance import cdist
 
 from storm_sc.models import StormInputs, get_config
 from storm_sc.models._neighbors import niche_neighbors, pick, region_neighbors
-from storm_sc.models._tokens import gene_tokens
+from storm_sc.models._tokens import draw_weights, gene_tokens
 
 
 def test_small_panel_gives_every_measured_gene():
@@ -35,6 +35,24 @@ def test_large_panel_takes_top_half_then_random_measured_genes(rng):
     a = gene_tokens(x, gene_index, np.array([0]), budget)
     b = gene_tokens(x, gene_index, np.array([0]), budget)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_random_tokens_favour_genes_that_vary_on_the_slide(rng):
+    n_obs, n_panel, budget = 200, 2000, 32
+    dense = np.zeros((n_obs, n_panel), dtype=np.float32)
+    dense[:, :20] = 3.0  # highly expressed everywhere: the top half of every row's tokens
+    variable = np.arange(20, 70)
+    dense[:, variable] = rng.poisson(0.3, (n_obs, len(variable)))  # vary across observations
+    x = sparse.csr_matrix(dense)
+    weights = draw_weights(x)
+    assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    assert weights[variable].min() > 10 * weights[100]
+    ids, _, _ = gene_tokens(x, np.arange(n_panel), np.arange(n_obs), budget, weights=weights)
+    drawn = ids[:, budget // 2 :]  # the random half of each row
+    # 50 of 2000 panel genes vary: uniform draws would pick them 2.5% of the time
+    assert np.isin(drawn, variable).mean() > 0.5
+    uniform, _, _ = gene_tokens(x, np.arange(n_panel), np.arange(n_obs), budget)
+    assert np.isin(uniform[:, budget // 2 :], variable).mean() < 0.1
 
 
 def test_niche_neighbours_match_brute_force(rng):

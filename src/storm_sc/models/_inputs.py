@@ -17,7 +17,7 @@ from storm_sc._settings import logger, settings
 
 from ._config import StormConfig
 from ._neighbors import niche_neighbors, region_neighbors
-from ._tokens import gene_tokens
+from ._tokens import draw_weights, gene_tokens
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -157,6 +157,15 @@ class StormInputs:
     def has_image(self) -> bool:
         """Whether patches or patch features are present."""
         return self.patches is not None or self.features is not None
+
+    def token_weights(self) -> np.ndarray | None:
+        """Draw probabilities of the random gene tokens (:func:`storm_sc.models._tokens.draw_weights`), cached."""
+        if self.expression is None or self.expression.shape[1] <= 0:
+            return None
+        cached = self.__dict__.get("_token_weights")
+        if cached is None or len(cached) != self.expression.shape[1]:
+            cached = self.__dict__["_token_weights"] = draw_weights(self.expression)
+        return cached
 
     @property
     def has_expression(self) -> bool:
@@ -399,7 +408,9 @@ def observation_arrays(
     elif pad_missing:
         out["features"] = np.zeros((len(rows), int(config.feature_dim)), dtype=np.float32)
     if inputs.expression is not None and use_expression:
-        ids, values, valid = gene_tokens(inputs.expression, inputs.gene_index, rows, config.max_genes, rng=rng)
+        ids, values, valid = gene_tokens(
+            inputs.expression, inputs.gene_index, rows, config.max_genes, rng=rng, weights=inputs.token_weights()
+        )
     else:
         ids = np.zeros((len(rows), config.max_genes), dtype=np.int64)
         values = np.zeros((len(rows), config.max_genes), dtype=np.float32)

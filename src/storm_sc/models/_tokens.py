@@ -8,6 +8,44 @@ from scipy import sparse
 # Seed of the draws at inference time: an observation's tokens depend only on its row, so embeddings are
 # reproducible and independent of batching.
 INFERENCE_SEED = 20_240_403
+# Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
+DRAW_FLOOR = 0.1
+
+
+def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
+    """Probability of drawing each panel gene among an observation's random tokens: its variance on the slide.
+
+    The random half of the tokens says which measured genes are absent or low. Drawn uniformly from a panel of
+    ~18k genes they are mostly genes that are zero everywhere, which tell the model nothing, and the genes whose
+    level varies across the tissue (the ones domains and predictions are about) are rarely seen. Weighting the draw
+    by each gene's variance of log1p expression over the slide spends the budget on those genes; a floor of
+    ``DRAW_FLOOR`` times the mean weight keeps every gene possible. Unsupervised: only the slide's expression.
+
+    Parameters
+    ----------
+    expression
+        ``(n_obs, n_panel)`` CSR log1p expression of one slide.
+
+    Returns
+    -------
+    ``(n_panel,)`` float64 probabilities summing to 1.
+
+    Examples
+    --------
+    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0, 1.0], [0.0, 0.0, 1.0]], dtype=np.float32))
+    >>> draw_weights(x).round(3).tolist()
+    [0.03, 0.939, 0.03]
+    """
+    n_obs, n_panel = expression.shape
+    if not n_obs or not n_panel:
+        return np.full(n_panel, 1.0 / max(n_panel, 1))
+    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
+    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
+    variance = np.maximum(square - mean**2, 0.0)
+    if not variance.any():
+        return np.full(n_panel, 1.0 / n_panel)
+    weights = variance + DRAW_FLOOR * variance.mean()
+    return weights / weights.sum()
 
 
 def row_tokens(
@@ -18,12 +56,14 @@ def row_tokens(
     n_panel: int,
     max_genes: int,
     rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Panel columns and values of one CSR row's tokens.
 
     With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
-    the most expressed genes (stable order: ties by column) and the rest to measured genes drawn at random,
-    which are mostly zeros: "measured but absent" is information a panel-agnostic model must see.
+    the most expressed genes (stable order: ties by column) and the rest to measured genes drawn at random
+    (with probabilities ``weights``, see :func:`draw_weights`; uniform without), which are mostly zeros:
+    "measured but absent" is information a panel-agnostic model must see.
     """
     start, end = indptr[row], indptr[row + 1]
     cols, vals = indices[start:end], data[start:end]
@@ -35,7 +75,7 @@ def row_tokens(
     order = np.lexsort((cols, -vals))[:n_top]
     top_cols, top_vals = cols[order], vals[order].astype(np.float32)
     n_rest = max_genes - n_top
-    draw = rng.choice(n_panel, size=min(n_panel, n_rest + n_top), replace=False)
+    draw = rng.choice(n_panel, size=min(n_panel, n_rest + n_top), replace=False, p=weights)
     rest = draw[~np.isin(draw, top_cols, assume_unique=True)][:n_rest]
     # cols of a canonical CSR row are sorted: look the drawn columns' values up by binary search
     pos = np.searchsorted(cols, rest)
@@ -52,6 +92,7 @@ def gene_tokens(
     max_genes: int,
     *,
     rng: np.random.Generator | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build padded gene tokens of several observations.
 
@@ -67,6 +108,8 @@ def gene_tokens(
         Tokens per observation.
     rng
         Random draws (training); ``None`` draws from a generator seeded by each row index (inference).
+    weights
+        ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
 
     Returns
     -------
@@ -91,7 +134,7 @@ def gene_tokens(
         if row < 0:
             continue
         gen = rng if rng is not None else np.random.default_rng([INFERENCE_SEED, int(row)])
-        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen)
+        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights)
         t = len(cols)
         ids[k, :t] = gene_index[cols]
         values[k, :t] = vals
