@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-# Seed of the draws at inference time: an observation's tokens depend only on its row, so embeddings are
-# reproducible and independent of batching.
+# Seed of the draws at inference time: an observation's tokens depend only on its row and its slide's draw weights,
+# so embeddings are reproducible and independent of batching.
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
