@@ -128,10 +128,10 @@ pd.crosstab(cosmx_obs["fov"], cosmx_obs["storm_domain"])
 # %% [markdown]
 # **What to expect.** These three datasets are different tissues measured with different panels, and the
 # domains keep them apart. With the bundled reference (storm_sc 0.1.0.dev0) no domain was shared between
-# datasets: the 200 HEST lung cells formed one domain, the 120 CosMx cells another (67 from field of view 2 and
-# 53 from field of view 3, so the two fields of view of one section do share it), and the remaining four domains
-# split the Xenium cells (198, 128, 105 and 95 cells). Domains shared across datasets would need tissues that
-# actually match, and a model trained on far more than the reference's 17 slides.
+# datasets: the 200 HEST lung cells formed one domain, the 120 CosMx cells two (83 and 37 cells; both fields of
+# view have cells in both, 52 + 31 and 15 + 22), and the remaining three domains split the Xenium cells (236, 170
+# and 120 cells). Domains shared across datasets would need tissues that actually match, and a model trained on
+# far more than the reference's 17 slides.
 #
 # ## Plots
 #
