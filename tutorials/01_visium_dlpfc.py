@@ -134,8 +134,8 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # layers are thin bands, and some (L2, L4) have few spots, so 7 clusters rarely match them one to one.
 #
 # - The bundled reference, which never saw brain cortex, gives ARI 0.30 (NMI 0.35) without any training here, and
-#   0.31 (NMI 0.35) after one epoch of adaptation (fast mode, about a minute on a 2-core CPU); see the model card
-#   for 5 epochs. The PCA baseline reaches 0.37 (NMI 0.46): this small reference does not beat expression-only
+#   0.31 (NMI 0.35) after one epoch of adaptation (fast mode, about a minute on a 2-core CPU); with the default
+#   5 epochs the domain benchmark measured 0.26 ± 0.05 over three seeds: adaptation does not help this reference. The PCA baseline reaches 0.37 (NMI 0.46): this small reference does not beat expression-only
 #   clustering of the section itself. Its domains follow the cortical depth: white matter is almost entirely one
 #   domain and L1 has one of its own, but L2-L6 are spread over several domains; the cross-tabulation above
 #   shows it.
