@@ -49,6 +49,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
+from benchmarks._data_dir import default_data_dir  # noqa: E402
 from benchmarks._domain_baselines import (  # noqa: E402
     clustering_scores,
     hvg_pca,
@@ -95,22 +96,6 @@ DATASETS = {
 # --------------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------------
-def default_data_dir() -> Path:
-    """``$STORM_SC_DATA_DIR``, else ``../shared/data`` next to the repository.
-
-    Returns
-    -------
-    The folder holding ``dlpfc_151675/`` and ``mob/``.
-
-    Examples
-    --------
-    >>> default_data_dir().name  # doctest: +SKIP
-    'data'
-    """
-    env = os.environ.get("STORM_SC_DATA_DIR")
-    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
-
-
 def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list[str]:
     """Point a writable data folder at the registered files of a (read-only) data folder, file by file.
 

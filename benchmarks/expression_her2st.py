@@ -47,6 +47,7 @@ if __package__ in (None, ""):
 
 import storm_sc as st  # noqa: E402
 from benchmarks._baseline_features import pixel_features, stain_texture_features, window_side_px  # noqa: E402
+from benchmarks._data_dir import default_data_dir  # noqa: E402
 from benchmarks._metrics import mse_per_gene, pearson_per_gene  # noqa: E402
 from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
 from benchmarks._ridge import fit_ridge  # noqa: E402
@@ -96,22 +97,6 @@ class Timer:
             return fn()
         finally:
             self.add(key, time.process_time() - c0, time.perf_counter() - w0)
-
-
-def default_data_dir() -> Path:
-    """``$STORM_SC_DATA_DIR``, else ``../shared/data`` next to the repository.
-
-    Returns
-    -------
-    The folder that holds ``her2st/``.
-
-    Examples
-    --------
-    >>> default_data_dir().name  # doctest: +SKIP
-    'data'
-    """
-    env = os.environ.get("STORM_SC_DATA_DIR")
-    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
 
 
 def _section_files(data_dir: Path, section: str) -> dict[str, Path] | None:

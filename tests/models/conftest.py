@@ -8,15 +8,7 @@ import torch
 
 import storm_sc as st
 from storm_sc.models import StormBatch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the tiny tensors here gain nothing from more, and a shared CPU suffers from oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests._torch_threads import one_torch_thread  # noqa: F401  (autouse: one torch thread per module)
 
 
 @pytest.fixture(scope="module")

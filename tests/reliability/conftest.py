@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import storm_sc as st
+from tests._torch_threads import one_torch_thread  # noqa: F401  (autouse: one torch thread per module)
 
 # Small slides: each tool call costs well under a second, so that a corpus of many cases stays fast.
 N_OBS = 80
@@ -15,15 +15,6 @@ N_GENES = 30
 def toy_slide(seed: int = 1, *, image: bool = True, n_obs: int = N_OBS):
     """A generated slide whose genes are the model's vocabulary (``gene_0000`` ...)."""
     return st.datasets.toy(n_obs=n_obs, n_genes=N_GENES, n_domains=3, image=image, seed=seed)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny tensors gain nothing from more, and other test processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import storm_sc as st
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: small models gain nothing from more, and a shared CPU suffers from oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests._torch_threads import one_torch_thread  # noqa: F401  (autouse: one torch thread per module)
 
 
 @pytest.fixture(autouse=True)
