@@ -23,11 +23,27 @@ CELL_UM = 112.0
 SLIDE_MPP = 1.75  # level 0; level 1 (3.5 um/px) is what a 32 px, 112 um tile model reads
 CELL_PX = round(CELL_UM / SLIDE_MPP)  # 64
 HER2ST_MPP = 200.0 / 256.0  # legacy ST: 200 um spot pitch spans ~256 px of the full-resolution image
+# Tissue types cut from the Visium FFPE hires images (Villacampa et al. 2021), by folder under the data set.
+VISIUM_TISSUES = {"brain": "mousebrain/V10F24-078_A1", "lung": "lung_SARS-CoV-2/V10F24-110_C1"}
 
 
 def _crop(img: Image.Image, cx: float, cy: float, side: float, out: int) -> np.ndarray:
     box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     return np.asarray(img.resize((out, out), Image.Resampling.BILINEAR, box=box))
+
+
+def _visium_crops(spatial: Path, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` crops of 112 um around in-tissue spots of a Visium hires image, with a little jitter."""
+    sf = json.loads((spatial / "scalefactors_json.json").read_text())
+    hires_mpp = 55.0 / sf["spot_diameter_fullres"] / sf["tissue_hires_scalef"]
+    pos = pd.read_csv(spatial / "tissue_positions_list.csv", header=None)
+    pos = pos[pos[1] == 1]
+    xy = pos[[5, 4]].to_numpy(dtype=np.float64) * sf["tissue_hires_scalef"]
+    img = Image.open(spatial / "tissue_hires_image.png").convert("RGB")
+    side = CELL_UM / hires_mpp
+    pick = rng.integers(0, len(xy), n)
+    jitter = rng.uniform(-0.3, 0.3, (n, 2)) * side
+    return np.stack([_crop(img, *(xy[i] + j), side, CELL_PX) for i, j in zip(pick, jitter, strict=True)])
 
 
 def crop_pools(data_dir: Path, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -49,18 +65,8 @@ def crop_pools(data_dir: Path, n: int, seed: int) -> dict[str, np.ndarray]:
     pick = rng.integers(0, len(xy), n)
     jitter = rng.uniform(-0.3, 0.3, (n, 2)) * side
     pools["breast"] = np.stack([_crop(img, *(xy[i] + j), side, CELL_PX) for i, j in zip(pick, jitter, strict=True)])
-    # Mouse brain: Visium FFPE hires image, in-tissue spots only.
-    spatial = data_dir / "visium_ffpe_villacampa2021" / "mousebrain" / "V10F24-078_A1" / "spatial"
-    sf = json.loads((spatial / "scalefactors_json.json").read_text())
-    hires_mpp = 55.0 / sf["spot_diameter_fullres"] / sf["tissue_hires_scalef"]
-    pos = pd.read_csv(spatial / "tissue_positions_list.csv", header=None)
-    pos = pos[pos[1] == 1]
-    xy = pos[[5, 4]].to_numpy(dtype=np.float64) * sf["tissue_hires_scalef"]
-    img = Image.open(spatial / "tissue_hires_image.png").convert("RGB")
-    side = CELL_UM / hires_mpp
-    pick = rng.integers(0, len(xy), n)
-    jitter = rng.uniform(-0.3, 0.3, (n, 2)) * side
-    pools["brain"] = np.stack([_crop(img, *(xy[i] + j), side, CELL_PX) for i, j in zip(pick, jitter, strict=True)])
+    for name, section in VISIUM_TISSUES.items():
+        pools[name] = _visium_crops(data_dir / "visium_ffpe_villacampa2021" / section / "spatial", n, rng)
     return pools
 
 
@@ -119,3 +125,59 @@ def make_cohort(data_dir: Path, out: Path, *, n_patients: int = 40, n_double: in
         "response": int(response[p]), "time": float(min(t_event[p], t_censor[p])),
         "event": int(t_event[p] <= t_censor[p]), "TMB": float(tmb[p]),
     } for slide_id, p, path in slides])  # fmt: skip
+
+
+def focal_slide(pools: dict[str, np.ndarray], background: float, focus: int, rng: np.random.Generator, *,
+                cells: int = 8, margin_px: int = 16) -> tuple[np.ndarray, list[tuple[float, float]], int]:  # fmt: skip
+    """A slide of brain (probability ``background``) and lung crops, with one compact focus of ``focus`` breast crops.
+
+    The focus is the ``focus`` tissue cells nearest to a random tissue cell. Returns the pixels, the centres
+    ``(x, y)`` in microns of the breast cells, and the number of tissue cells.
+    """
+    size = cells * CELL_PX + 2 * margin_px
+    rgb = glass((size, size), rng)
+    ry, rx = rng.uniform(0.38, 0.5, 2) * cells
+    cy, cx = (cells - 1) / 2 + rng.uniform(-0.4, 0.4, 2)
+    grid = np.stack(np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij"), axis=-1).reshape(-1, 2)
+    tissue = grid[((grid[:, 0] - cy) / ry) ** 2 + ((grid[:, 1] - cx) / rx) ** 2 <= 1.0]
+    seed = tissue[rng.integers(len(tissue))]
+    distance = np.abs(tissue - seed).sum(axis=1) + rng.uniform(0, 0.5, len(tissue))
+    in_focus = np.zeros(len(tissue), dtype=bool)
+    in_focus[np.argsort(distance)[:focus]] = True
+    centres = []
+    for (r, c), breast in zip(tissue, in_focus, strict=True):
+        kind = "breast" if breast else "brain" if rng.random() < background else "lung"
+        crop = np.rot90(pools[kind][rng.integers(len(pools[kind]))], rng.integers(4))
+        y0, x0 = margin_px + r * CELL_PX, margin_px + c * CELL_PX
+        rgb[y0 : y0 + CELL_PX, x0 : x0 + CELL_PX] = crop
+        if breast:
+            centres.append(((x0 + CELL_PX / 2) * SLIDE_MPP, (y0 + CELL_PX / 2) * SLIDE_MPP))
+    return rgb, centres, len(tissue)
+
+
+def make_focal_cohort(data_dir: Path, out: Path, *, n_patients: int = 40, focus: tuple[int, int] = (1, 3),
+                      cells: tuple[int, int] = (8, 8), seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """A cohort whose outcome is a *focal* property: whether the tissue holds a small focus of breast cancer.
+
+    Every slide is mostly brain and lung crops, mixed in a proportion drawn per patient (uniform 0.1-0.9), which
+    moves the slide's mean features far more than the focus does. Half of the patients (the responders) have one
+    focus of ``focus[0]``..``focus[1]`` breast crops, i.e. a few percent of their tiles; the others have none. A
+    model has to find the few tiles that matter, which attention can and a mean over all tiles hardly can.
+
+    Columns: slide_id, patient_id, path, focus (breast tiles), focus_xy_um (their centres), fraction (their share
+    of the tissue), background (the brain share of the rest), response.
+    """
+    rng = np.random.default_rng(seed)
+    pools = crop_pools(data_dir, 160, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    response = rng.permutation(np.arange(n_patients) % 2)
+    rows = []
+    for p in range(n_patients):
+        background = rng.uniform(0.1, 0.9)
+        k = int(rng.integers(focus[0], focus[1] + 1)) if response[p] else 0
+        rgb, centres, n_tissue = focal_slide(pools, background, k, rng, cells=int(rng.integers(cells[0], cells[1] + 1)))
+        path = write_pyramid(out / f"F{p:02d}.tif", rgb, SLIDE_MPP)
+        rows.append({"slide_id": f"F{p:02d}", "patient_id": f"F{p:02d}", "path": str(path), "focus": len(centres),
+                     "focus_xy_um": centres, "fraction": len(centres) / n_tissue, "background": background,
+                     "response": int(response[p])})  # fmt: skip
+    return pd.DataFrame(rows)
