@@ -53,3 +53,18 @@ def test_prediction_errors(toy_sdata_factory, trained_model):
     with pytest.raises(ValueError, match="already exists"):
         st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"])
     assert "storm_predicted" in sdata.tables
+
+
+def test_prediction_source_readout_or_head(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=8)
+    assert trained_model.readout is not None  # fitted by training
+    genes = ["gene_0000", "gene_0001"]
+    auto = st.tl.predict_expression(sdata, trained_model, genes=genes, key_added="auto", verbose=False)
+    head = st.tl.predict_expression(sdata, trained_model, genes=genes, source="head", key_added="head", verbose=False)
+    assert list(auto.var["prediction_source"]) == ["readout", "readout"]
+    assert list(head.var["prediction_source"]) == ["head", "head"]
+    assert head.uns["storm"]["predict_expression"]["source"] == "head"
+    assert not np.allclose(auto.X, head.X)
+    with pytest.raises(ValueError, match="`source` must be"):
+        st.tl.predict_expression(sdata, trained_model, source="ridge", key_added="bad")
+    assert "bad" not in sdata.tables

@@ -9,11 +9,13 @@ from ._inputs import StormInputs
 from ._model import ExpressionPrediction, StormModel
 from ._network import LossWeights, StormNetwork
 from ._pretrained import list_pretrained, register_pretrained
+from ._readout import ExpressionReadout
 from ._registry import get_config, list_configs, register_config
 
 __all__ = [
     "CheckpointError",
     "ExpressionPrediction",
+    "ExpressionReadout",
     "IncompatibleCheckpointError",
     "LossWeights",
     "StormBatch",

@@ -17,6 +17,7 @@ from ._config import StormConfig
 from ._inputs import StormInputs, observation_arrays
 from ._neighbors import pick
 from ._network import StormNetwork
+from ._readout import READOUT_LEVELS, ExpressionReadout
 
 LEVELS = ("joint", "observation", "niche", "region")
 T = TypeVar("T")
@@ -275,30 +276,71 @@ def embed_inputs(
     return out
 
 
+def readout_features(levels: dict[str, torch.Tensor]) -> np.ndarray:
+    """The H&E-only embedding levels read by the expression readout, concatenated: ``(b, 3 * hidden_dim)``."""
+    return torch.cat([levels[k].float() for k in READOUT_LEVELS], dim=-1).cpu().numpy()
+
+
+@torch.no_grad()
+def image_features(
+    network: StormNetwork,
+    inputs: StormInputs,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    verbose: bool | None = None,
+) -> np.ndarray:
+    """``(n, 3 * hidden_dim)`` H&E-only features of every observation, as the expression readout reads them."""
+    dev = resolve_device(device)
+    out = np.empty((inputs.n_obs, len(READOUT_LEVELS) * network.config.hidden_dim), dtype=np.float32)
+    with _with_eval(network, dev):
+        tokens = fused_tokens(
+            network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
+        )
+        for rows in _chunks(inputs.n_obs, batch_size):
+            out[rows] = readout_features(contextual(network, inputs, tokens, rows, dev))
+    return out
+
+
 @torch.no_grad()
 def predict_inputs(
     network: StormNetwork,
     inputs: StormInputs,
     gene_ids: np.ndarray,
     *,
+    readout: ExpressionReadout | None = None,
+    readout_columns: np.ndarray | None = None,
     batch_size: int = 256,
     device: str | torch.device = "auto",
     verbose: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of log1p expression of ``gene_ids`` from H&E and positions only."""
+    """Mean and standard deviation of log1p expression of ``gene_ids`` from H&E and positions only.
+
+    Genes with a ``readout_columns`` entry >= 0 come from that column of ``readout``; the others from the
+    network's prediction head.
+    """
     dev = resolve_device(device)
-    ids = torch.as_tensor(gene_ids, dtype=torch.long, device=dev)
+    cols = np.full(len(gene_ids), -1) if readout is None or readout_columns is None else np.asarray(readout_columns)
+    by_readout = np.flatnonzero(cols >= 0)
+    by_head = np.flatnonzero(cols < 0)
+    head_ids = torch.as_tensor(np.asarray(gene_ids)[by_head], dtype=torch.long, device=dev)
     # The outputs are the only (n_obs x genes) arrays: filled in place, never concatenated from parts.
     means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
     stds = np.empty_like(means)
+    if len(by_readout):
+        stds[:, by_readout] = readout.residual_sd[cols[by_readout]]
     with _with_eval(network, dev):
         tokens = fused_tokens(
             network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
         )
         for rows in _chunks(inputs.n_obs, batch_size):
-            joint = contextual(network, inputs, tokens, rows, dev)["joint"]
-            with autocast(dev):
-                mean, logvar = network.prediction_head(joint, network.gene_embedding, ids)
-            means[rows] = mean.float().cpu().numpy()
-            stds[rows] = torch.exp(0.5 * logvar.float()).cpu().numpy()
+            levels = contextual(network, inputs, tokens, rows, dev)
+            if len(by_head):
+                with autocast(dev):
+                    mean, logvar = network.prediction_head(levels["joint"], network.gene_embedding, head_ids)
+                where = rows if len(by_head) == len(gene_ids) else np.ix_(rows, by_head)
+                means[where] = mean.float().cpu().numpy()
+                stds[where] = torch.exp(0.5 * logvar.float()).cpu().numpy()
+            if len(by_readout):
+                means[np.ix_(rows, by_readout)] = readout.predict(readout_features(levels), cols[by_readout])
     return means, stds

@@ -27,10 +27,11 @@ from ._checkpoint import (
     write_checkpoint,
 )
 from ._config import StormConfig
-from ._inference import embed_inputs, predict_inputs
+from ._inference import embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
 from ._pretrained import resolve_pretrained
+from ._readout import ExpressionReadout, ReadoutSlide, fit_readout
 from ._registry import get_config
 
 if TYPE_CHECKING:
@@ -55,12 +56,16 @@ class ExpressionPrediction:
         Gene symbols of the columns.
     obs_names
         Observation names of the rows, when known.
+    sources
+        Per gene, what predicted it: ``"readout"`` (the model's ridge readout of its H&E-only embeddings) or
+        ``"head"`` (the network's prediction head).
     """
 
     mean: np.ndarray
     std: np.ndarray
     genes: list[str]
     obs_names: pd.Index | None = None
+    sources: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"ExpressionPrediction({self.mean.shape[0]} obs x {len(self.genes)} genes)"
@@ -128,6 +133,8 @@ class StormModel:
                 config, len(self._vocabulary), backbone=backbone, pretrained_backbone=pretrained_backbone
             )
         self.manifest: dict[str, Any] = {}
+        # Closed-form linear map from H&E-only embeddings to expression (fit_expression_readout); None until fitted.
+        self.readout: ExpressionReadout | None = None
         # Facts of the last training run in this session that are not reproducible (throughput, log folder).
         self.training_summary: dict[str, Any] = {}
 
@@ -325,6 +332,7 @@ class StormModel:
         data: SpatialData | AnnData | SpatialInput | StormInputs,
         *,
         genes: Sequence[str] | None = None,
+        source: str = "auto",
         table_key: str | None = None,
         image_key: str | None = None,
         mpp: float | None = None,
@@ -341,6 +349,10 @@ class StormModel:
             One slide with an H&E image (or the config's patch features).
         genes
             Genes to predict (symbols or Ensembl ids in the vocabulary); default every vocabulary gene.
+        source
+            ``"auto"``: genes covered by the model's expression readout (:meth:`fit_expression_readout`, fitted
+            by training) from the readout, the others from the network's prediction head; ``"readout"``: the
+            readout only (an error for genes it does not cover); ``"head"``: the prediction head only.
         table_key, image_key, mpp, library_id
             Passed to :func:`storm_sc.io.resolve`.
         batch_size
@@ -361,8 +373,12 @@ class StormModel:
         >>> pred.mean.shape, pred.std.shape  # doctest: +SKIP
         ((1000, 2), (1000, 2))
         """
+        if source not in ("auto", "readout", "head"):
+            raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
         if genes is None:
             ids = np.arange(len(self._vocabulary))
+            if source == "readout" and self.readout is not None:
+                ids = np.sort(self.readout.gene_ids)
         else:
             if isinstance(genes, str):
                 genes = [genes]
@@ -370,6 +386,15 @@ class StormModel:
                 ids = np.asarray(self._vocabulary.index(list(genes)), dtype=np.int64)
             except KeyError as err:
                 raise ValueError(f"Cannot predict genes outside the model's vocabulary: {err.args[0]}") from err
+        columns = self._readout_columns(ids) if source != "head" else np.full(len(ids), -1)
+        if source == "readout" and (columns < 0).any():
+            symbols = self._vocabulary.symbols
+            missing = [symbols[i] for i in ids[columns < 0]]
+            raise ValueError(
+                f"{len(missing)} requested genes are not covered by the model's expression readout "
+                f"(e.g. {missing[:5]}); fit it with `model.fit_expression_readout(slides, genes=...)`, or pass "
+                "source='auto' to predict them with the network's head."
+            )
         resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
         if not isinstance(data, StormInputs):
             from storm_sc.pp._input import as_spatial_input
@@ -389,9 +414,107 @@ class StormModel:
                 f"Slide {inputs.library_id!r} has no H&E image (or patch features), and expression is predicted from "
                 "morphology and positions only."
             )
-        mean, std = predict_inputs(self.network, inputs, ids, batch_size=batch_size, device=device, verbose=verbose)
+        mean, std = predict_inputs(
+            self.network,
+            inputs,
+            ids,
+            readout=self.readout,
+            readout_columns=columns,
+            batch_size=batch_size,
+            device=device,
+            verbose=verbose,
+        )
         symbols = self._vocabulary.symbols
-        return ExpressionPrediction(mean=mean, std=std, genes=[symbols[i] for i in ids], obs_names=inputs.obs_names)
+        return ExpressionPrediction(
+            mean=mean,
+            std=std,
+            genes=[symbols[i] for i in ids],
+            obs_names=inputs.obs_names,
+            sources=["readout" if c >= 0 else "head" for c in columns],
+        )
+
+    def _readout_columns(self, ids: np.ndarray) -> np.ndarray:
+        """Column of the readout predicting each vocabulary index, ``-1`` where it has none."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        if self.readout is None:
+            return out
+        lookup = np.full(len(self._vocabulary), -1, dtype=np.int64)
+        lookup[self.readout.gene_ids] = np.arange(self.readout.n_genes)
+        return lookup[ids]
+
+    def fit_expression_readout(
+        self,
+        data: Any,
+        *,
+        genes: Sequence[str] | None = None,
+        min_detection: float = 0.05,
+        batch_size: int = 256,
+        device: str | torch.device = "auto",
+        verbose: bool | None = None,
+    ) -> StormModel:
+        """Fit the linear expression readout on slides with H&E and expression; the network is left unchanged.
+
+        Each gene's log1p expression (library size 1e4) is regressed on the model's H&E-only embeddings
+        (observation, niche and region levels) by ridge regression in closed form; the penalty maximises the
+        mean per-gene Pearson correlation over leave-one-slide-out folds (three spatial stripes for a single
+        slide), and each gene's predictive standard deviation is its cross-validated residual standard
+        deviation. :meth:`predict_expression` then uses it for the genes it covers. Training
+        (:func:`storm_sc.training.fit`) fits it on the training slides by default.
+
+        Parameters
+        ----------
+        data
+            Slides: SpatialData / AnnData / SpatialInput / :class:`StormInputs`, a list of them, or a dict of name
+            to them (:class:`storm_sc.training.TrainingSlide` objects are accepted too).
+        genes
+            Vocabulary genes to fit; default every gene detected in at least ``min_detection`` of the observations
+            of the slides that measure it.
+        min_detection
+            Detection threshold of the default gene set.
+        batch_size, device, verbose
+            As in :meth:`embed`.
+
+        Returns
+        -------
+        This model, with ``model.readout`` set (replacing any previous readout).
+
+        Examples
+        --------
+        >>> model.fit_expression_readout([sdata_a, sdata_b])  # doctest: +SKIP
+        StormModel(storm-tiny, ...)
+        >>> model.readout  # doctest: +SKIP
+        ExpressionReadout(2000 genes, 2 slides, mean cv r = 0.215)
+        """
+        if not 0 <= min_detection < 1:
+            raise ValueError(f"`min_detection` must be in [0, 1); got {min_detection!r}.")
+        gene_ids = None
+        if genes is not None:
+            try:
+                gene_ids = np.asarray(self._vocabulary.index([genes] if isinstance(genes, str) else list(genes)))
+            except KeyError as err:
+                raise ValueError(f"Cannot fit genes outside the model's vocabulary: {err.args[0]}") from err
+        items = _named_slides(data)
+        prepared = []
+        for name, item in items:
+            inputs = item if isinstance(item, StormInputs) else self.prepare(item, stream_patches=True, verbose=verbose)
+            if not inputs.has_image or inputs.expression is None:
+                raise ValueError(
+                    f"Slide {name!r} lacks H&E (or patch features) or expression; the readout is fitted on slides "
+                    "with both."
+                )
+            prepared.append((name, inputs))
+        slides = [
+            ReadoutSlide(
+                name=name,
+                features=image_features(self.network, inputs, batch_size=batch_size, device=device, verbose=verbose),
+                expression=inputs.expression,
+                gene_index=inputs.gene_index,
+                x_um=inputs.centers_um[:, 0],
+            )
+            for name, inputs in prepared
+        ]
+        self.readout = fit_readout(slides, len(self._vocabulary), genes=gene_ids, min_detection=min_detection)
+        return self
 
     # -- training -------------------------------------------------------------------------------------------
     def fit(self, data: Any, **kwargs: Any) -> StormModel:
@@ -444,7 +567,10 @@ class StormModel:
         from storm_sc import __version__
 
         store = storage_dtype(dtype)
-        tensors = {name: (t.to(store) if t.is_floating_point() else t) for name, t in self.network.state_dict().items()}
+        state = dict(self.network.state_dict())
+        if self.readout is not None:
+            state.update(self.readout.state_dict())
+        tensors = {name: (t.to(store) if t.is_floating_point() else t) for name, t in state.items()}
         metadata = {
             "storm_sc_version": __version__,
             "torch_version": torch.__version__,
@@ -453,6 +579,8 @@ class StormModel:
             "vocabulary": json.dumps(self._vocabulary.to_dict(), sort_keys=True),
             "manifest": json.dumps(self.manifest, sort_keys=True, default=str),
         }
+        if self.readout is not None:
+            metadata["readout"] = json.dumps(self.readout.describe(), sort_keys=True)
         written = write_checkpoint(path, tensors, metadata, overwrite=overwrite)
         logger.info("Saved %r to %s (%.2f MB).", self, written, written.stat().st_size / 1e6)
         return written
@@ -499,6 +627,12 @@ class StormModel:
                 raise
             raise IncompatibleCheckpointError(f"{path}: its gene vocabulary cannot be read: {err}") from err
         model = cls(config, vocabulary, backbone=backbone, seed=None, pretrained_backbone=False)
+        header = decode_json(path, metadata, "readout") if "readout" in metadata else None
+        model.readout = ExpressionReadout.pop_from(tensors, header)
+        if model.readout is not None and (
+            model.readout.gene_ids.size and int(model.readout.gene_ids.max()) >= len(vocabulary)
+        ):
+            raise IncompatibleCheckpointError(f"{path}: its expression readout names genes outside its vocabulary.")
         _load_weights(model.network, tensors, path, n_genes=len(vocabulary))
         model.manifest = decode_json(path, metadata, "manifest") if "manifest" in metadata else {}
         model.network.eval()
@@ -523,7 +657,10 @@ class StormModel:
         'storm-small'
         """
         metadata = read_metadata(path)
-        out: dict[str, Any] = {k: v for k, v in metadata.items() if k not in ("config", "vocabulary", "manifest")}
+        out: dict[str, Any] = {
+            k: v for k, v in metadata.items() if k not in ("config", "vocabulary", "manifest", "readout")
+        }
+        out["readout"] = decode_json(path, metadata, "readout") if "readout" in metadata else None
         out["config"] = decode_json(path, metadata, "config")
         out["manifest"] = decode_json(path, metadata, "manifest") if "manifest" in metadata else {}
         out["n_genes"] = len(decode_json(path, metadata, "vocabulary").get("symbols", []))
@@ -564,6 +701,24 @@ class StormModel:
         return cls.load(
             resolve_pretrained(None if name_or_path is None else str(name_or_path), verbose=verbose), backbone=backbone
         )
+
+
+def _named_slides(data: Any) -> list[tuple[str, Any]]:
+    """``(name, slide)`` pairs from one slide, a list, or a dict (TrainingSlide objects give their data and name)."""
+    if isinstance(data, dict):
+        pairs = list(data.items())
+    elif isinstance(data, list | tuple):
+        pairs = [(None, d) for d in data]
+    else:
+        pairs = [(None, data)]
+    out = []
+    for i, (name, item) in enumerate(pairs):
+        if hasattr(item, "data") and hasattr(item, "group"):  # a TrainingSlide
+            name, item = name or item.name, item.data
+        out.append((str(name) if name is not None else getattr(item, "library_id", None) or f"slide_{i}", item))
+    if not out:
+        raise ValueError("No slides given.")
+    return out
 
 
 def _load_weights(network: StormNetwork, tensors: dict[str, torch.Tensor], path: str | Path, *, n_genes: int) -> None:

@@ -43,6 +43,7 @@ def predict_expression(
     model: StormModel | str | Path | None = None,
     *,
     genes: Sequence[str] | str | None = None,
+    source: str = "auto",
     table_key: str | None = None,
     image_key: str | None = None,
     mpp: float | None = None,
@@ -71,6 +72,11 @@ def predict_expression(
         Genes to predict (symbols, any case); default every gene of the model's vocabulary. Genes outside the
         model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not
         silently dropped; an error when none is known.
+    source
+        ``"auto"``: genes covered by the model's expression readout (a ridge on its H&E-only embeddings, fitted
+        when the model was trained; see :meth:`~storm_sc.models.StormModel.fit_expression_readout`) from the
+        readout, the others from the network's prediction head; ``"readout"`` or ``"head"`` to force one. The
+        result's ``var["prediction_source"]`` says which predicted each gene.
     table_key, image_key, mpp
         Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
     key_added
@@ -105,6 +111,8 @@ def predict_expression(
     (200, 2)
     """
     check_client(client)
+    if source not in ("auto", "readout", "head"):
+        raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
     items, single = as_slide_list(data)
     slides = []
     for item in items:
@@ -140,10 +148,16 @@ def predict_expression(
         client=client,
         verbose=verbose,
         genes=inside,
+        source=source,
         batch_size=batch_size,
         device=device,
     )
-    params = {"tool": "predict_expression", "model": model_name(net, model), "architecture": net.config.name}
+    params = {
+        "tool": "predict_expression",
+        "model": model_name(net, model),
+        "architecture": net.config.name,
+        "source": source,
+    }
     results = [
         _prediction_table(item, slide, prediction, params, outside)
         for item, slide, prediction in zip(items, slides, predictions, strict=True)
@@ -181,6 +195,8 @@ def _prediction_table(
         obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
     )
     result.var["measured_in_table"] = result.var_names.str.upper().isin(source.var_names.str.upper())
+    if prediction.sources is not None:
+        result.var["prediction_source"] = pd.Categorical(prediction.sources, categories=["readout", "head"])
     record_params(
         result,
         "predict_expression",

@@ -65,6 +65,9 @@ class TrainingConfig:
     checkpoint_dtype
         Storage precision of the checkpoint written to ``output_dir`` (``"float32"``, ``"float16"``,
         ``"bfloat16"``; see :meth:`storm_sc.models.StormModel.save`).
+    expression_readout
+        After training, fit the model's linear expression readout
+        (:meth:`storm_sc.models.StormModel.fit_expression_readout`) on every slide with H&E and expression.
     """
 
     max_epochs: int = 20
@@ -98,6 +101,7 @@ class TrainingConfig:
     precision: str | None = None
     log_every_n_steps: int = 10
     checkpoint_dtype: str = "float32"
+    expression_readout: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.val_groups, list | str):

@@ -28,6 +28,7 @@ from ._slides import TRAIN, VAL, PreparedSlide, as_slides, prepare_slides, slide
 if TYPE_CHECKING:
     import lightning as L
 
+    from storm_sc.models._readout import ExpressionReadout
     from storm_sc.pp import GeneVocabulary
 
 MODEL_FILE = "model.safetensors"
@@ -259,6 +260,7 @@ def fit(
 
     best.restore(model.network)
     model.network.cpu().eval()
+    readout = _fit_readout(model, prepared, opts, verbose)
     model.manifest = {
         **({"provenance": provenance} if provenance else {}),
         "datasets": [slide_manifest(p) for p in prepared],
@@ -272,6 +274,7 @@ def fit(
             "best_val_loss": None if best.best_epoch is None else round(best.best, 6),
             "history": history.epochs,
         },
+        **({"readout": readout.describe()} if readout is not None else {}),
     }
     log_dir = None if csv is None else str(csv.log_dir)
     model.training_summary = {"patches_per_second": throughput.patches_per_second, "log_dir": log_dir}
@@ -284,6 +287,18 @@ def fit(
     if out_dir is not None and trainer.is_global_zero:
         model.save(out_dir / MODEL_FILE, overwrite=overwrite, dtype=opts.checkpoint_dtype)
     return model
+
+
+def _fit_readout(
+    model: StormModel, prepared: Sequence[PreparedSlide], opts: TrainingConfig, verbose: bool | None
+) -> ExpressionReadout | None:
+    """Fit the expression readout on the slides with both modalities (all their observations), if asked."""
+    both = {p.name: p.inputs for p in prepared if p.inputs.has_image and p.inputs.expression is not None}
+    if not opts.expression_readout or not both:
+        return None
+    # Every process fits the same readout from the same weights, so the returned models stay identical.
+    model.fit_expression_readout(both, device="cpu", verbose=verbose)
+    return model.readout
 
 
 def _fit_interruptible(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any) -> None:
