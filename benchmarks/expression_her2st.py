@@ -7,7 +7,9 @@ Every method is trained on some sections and scored on a section it never saw, i
 * ``ridge_pixels``: ridge regression on the raw pixels of an 8 x 8 thumbnail of the 110 um around each spot;
 * ``mean``: the training mean of each gene (its correlation is undefined, scored 0);
 * ``storm``: STORM trained on the training sections, predicting from H&E and positions only (when
-  ``storm_sc`` provides the training API).
+  ``storm_sc`` provides the training API) with its expression readout (a ridge on its H&E-only embeddings, fitted
+  on the training sections by training);
+* ``storm_head``: the same model predicting with its network prediction head.
 
 Scores: Pearson correlation per gene across the spots of the held-out section, averaged over (a) the 50 most
 variable genes of the training sections and (b) the HisToGene 785-gene her2st panel (genes present in every
@@ -374,8 +376,12 @@ class StormMethod(Method):
         self.run = self.model.manifest.get("run", {})
         self.gene_sets = gene_sets
 
+    source = "auto"
+
     def predict(self, section: Section, gene_set: str) -> np.ndarray:
-        pred = self.model.predict_expression(section.sdata, genes=self.gene_sets[gene_set], verbose=False)
+        pred = self.model.predict_expression(
+            section.sdata, genes=self.gene_sets[gene_set], source=self.source, verbose=False
+        )
         if list(pred.obs_names) != list(section.expr.index):
             raise RuntimeError(f"STORM returned rows in another order than the table of {section.name}.")
         # counts per 1e4 -> counts per 1e6
@@ -383,6 +389,23 @@ class StormMethod(Method):
 
     def details(self, gene_set: str) -> dict[str, Any]:
         return {"storm_epochs": self.run.get("epochs"), "storm_best_epoch": self.run.get("best_epoch")}
+
+
+class StormHeadMethod(StormMethod):
+    """The same trained STORM model as :class:`StormMethod`, predicting with its network head instead of its readout.
+
+    It must follow that method in the list of methods: it reuses the model trained for the split.
+    """
+
+    name = "storm_head"
+    source = "head"
+
+    def __init__(self, trained: StormMethod) -> None:
+        self.trained = trained
+        self.description = "the same model, network prediction head"
+
+    def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
+        self.model, self.gene_sets, self.run = self.trained.model, self.trained.gene_sets, self.trained.run
 
 
 def storm_available() -> bool:
@@ -641,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     storm = None
     if not args.no_storm and storm_available():
         storm = StormMethod(config=args.storm_config, max_epochs=args.storm_epochs, seed=args.seed)
-        methods.append(storm)
+        methods += [storm, StormHeadMethod(storm)]
     np.random.seed(args.seed)
 
     timer = Timer()
