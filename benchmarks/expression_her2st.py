@@ -9,7 +9,8 @@ Every method is trained on some sections and scored on a section it never saw, i
 * ``storm``: STORM trained on the training sections, predicting from H&E and positions only (when
   ``storm_sc`` provides the training API) with its expression readout (a ridge on its H&E-only embeddings, fitted
   on the training sections by training);
-* ``storm_head``: the same model predicting with its network prediction head.
+* ``storm_head``: the same model predicting with its network prediction head;
+* ``storm_pretrained`` (``--storm-model``): a pretrained checkpoint, frozen, with its readout fitted per split.
 
 Scores: Pearson correlation per gene across the spots of the held-out section, averaged over (a) the 50 most
 variable genes of the training sections and (b) the HisToGene 785-gene her2st panel (genes present in every
@@ -408,6 +409,47 @@ class StormHeadMethod(StormMethod):
         self.model, self.gene_sets, self.run = self.trained.model, self.trained.gene_sets, self.trained.run
 
 
+class StormPretrainedMethod(Method):
+    """A pretrained STORM checkpoint, frozen: only its expression readout is fitted on each split's training sections.
+
+    This is how a pretrained model is meant to meet a new tissue: no gradient step, a closed-form ridge readout of
+    its H&E-only embeddings (``StormModel.fit_expression_readout``). Scored genes outside the checkpoint's
+    vocabulary are predicted as their training mean (scored 0); the CSV records how many were covered. Only
+    meaningful for a checkpoint that never saw the sections scored here.
+    """
+
+    name = "storm_pretrained"
+    mse_comparable = False
+
+    def __init__(self, model: str) -> None:
+        self.source = model
+        self.model = st.models.StormModel.from_pretrained(model)
+        self.description = f"pretrained checkpoint {model!r} (frozen) + expression readout per split"
+
+    def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
+        known = set(self.model.vocabulary.symbols)
+        wanted = sorted(set().union(*gene_sets.values()))
+        self.covered = [g for g in wanted if g in known]
+        self.means = {g: float(np.mean(np.concatenate([s.expr[g].to_numpy() for s in train]))) for g in wanted}
+        self.gene_sets = gene_sets
+        self.model.fit_expression_readout(
+            {s.name: s.sdata for s in train}, genes=self.covered, min_detection=0.0, verbose=False
+        )
+
+    def predict(self, section: Section, gene_set: str) -> np.ndarray:
+        genes = self.gene_sets[gene_set]
+        inside = [g for g in genes if g in set(self.covered)]
+        pred = self.model.predict_expression(section.sdata, genes=inside, source="readout", verbose=False)
+        out = np.tile(np.array([self.means[g] for g in genes]), (len(section.expr), 1))
+        cols = {g: i for i, g in enumerate(genes)}
+        out[:, [cols[g] for g in inside]] = np.log1p(np.expm1(pred.mean.astype(np.float64)) * 100.0)
+        return out
+
+    def details(self, gene_set: str) -> dict[str, Any]:
+        genes = self.gene_sets[gene_set]
+        return {"storm_genes_covered": sum(g in set(self.covered) for g in genes)}
+
+
 def storm_available() -> bool:
     """Whether storm_sc provides the public training API this benchmark uses."""
     try:
@@ -593,6 +635,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-storm", action="store_true", help="leave STORM out even if storm_sc can train it")
     parser.add_argument("--storm-config", default="storm-small", help="STORM architecture (st.models.list_configs())")
     parser.add_argument("--storm-epochs", type=int, default=20, help="maximum STORM training epochs per split")
+    parser.add_argument(
+        "--storm-model",
+        default=None,
+        help="also score this pretrained checkpoint (path or registered name), frozen, with a readout fitted per split",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every stochastic step (STORM training)")
     parser.add_argument(
         "--out",
@@ -665,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_storm and storm_available():
         storm = StormMethod(config=args.storm_config, max_epochs=args.storm_epochs, seed=args.seed)
         methods += [storm, StormHeadMethod(storm)]
+    if args.storm_model is not None and storm_available():
+        methods.append(StormPretrainedMethod(args.storm_model))
     np.random.seed(args.seed)
 
     timer = Timer()
@@ -677,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             work_mpp=args.work_mpp,
             thumb_um=args.thumb_um,
             thumb_px=args.thumb_px,
-            keep_sdata=storm is not None,
+            keep_sdata=any(isinstance(m, StormMethod | StormPretrainedMethod) for m in methods),
             timer=timer,
         )
         for s in sections
