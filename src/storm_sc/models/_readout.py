@@ -48,7 +48,7 @@ class ExpressionReadout:
         ``(g,)`` float32 cross-validated Pearson correlation per gene, averaged over held-out slides (NaN where a
         gene was constant on every held-out slide).
     alpha
-        ``(g,)`` float32 ridge penalty of each gene (chosen per group of genes measured on the same slides).
+        ``(g,)`` float32 ridge penalty of each gene (one penalty for all genes in readouts fitted here).
     slides
         Names of the slides it was fitted on.
     """
@@ -173,28 +173,42 @@ def fit_readout(
     unmeasured = genes[~measured[:, genes].any(axis=0)]
     if len(unmeasured):
         raise ValueError(f"{len(unmeasured)} requested genes are measured on none of the slides.")
-    n_feat = slides[0].features.shape[1]
-    out = {k: np.zeros((len(genes),) if k != "coef" else (n_feat, len(genes)), dtype=np.float32)
-           for k in ("coef", "intercept", "residual_sd", "cv_pearson", "alpha")}  # fmt: skip
-    # Genes measured on the same slides share rows, folds and one penalty.
+    # Genes measured on the same slides share rows and folds. One penalty serves every gene: it maximises the mean
+    # held-out correlation over all genes (small groups of genes would otherwise pick noisy extremes).
     patterns, which = np.unique(measured[:, genes].T, axis=0, return_inverse=True)
+    groups = []
     for p, pattern in enumerate(patterns):
         cols = np.flatnonzero(which.ravel() == p)
         members = [s for s, m in zip(slides, pattern, strict=True) if m]
-        part = _fit_pattern(members, genes[cols], alphas)
-        for k, v in part.items():
-            if k == "coef":
-                out[k][:, cols] = v
-            else:
-                out[k][cols] = v
-        logger.info(
-            "Expression readout: %d genes on %d slides, penalty %.3g, mean cross-validated r = %.3f.",
-            len(cols),
-            len(members),
-            float(part["alpha"][0]),
-            _nanmean(part["cv_pearson"]),
-        )
-    return ExpressionReadout(gene_ids=genes, slides=[s.name for s in slides], **out)
+        groups.append((cols, members, _cross_validate(members, genes[cols], alphas)))
+    r_all = np.concatenate([cv[0] for _, _, cv in groups], axis=1)
+    score = np.array([_nanmean(row) for row in r_all])
+    best = int(np.argmax(np.nan_to_num(score, nan=-np.inf))) if np.isfinite(score).any() else 0
+    alpha = float(alphas[best])
+    n_feat = slides[0].features.shape[1]
+    coef = np.zeros((n_feat, len(genes)), dtype=np.float32)
+    intercept, residual_sd, cv_pearson = (np.zeros(len(genes), dtype=np.float32) for _ in range(3))
+    for cols, members, (r, sd) in groups:
+        coef[:, cols], intercept[cols] = _refit(members, genes[cols], alpha)
+        residual_sd[cols], cv_pearson[cols] = sd[best], r[best]
+    logger.info(
+        "Expression readout: %d genes (%d groups of genes measured on the same slides) on %d slides, penalty %.3g, "
+        "mean cross-validated r = %.3f.",
+        len(genes),
+        len(groups),
+        len(slides),
+        alpha,
+        _nanmean(cv_pearson),
+    )
+    return ExpressionReadout(
+        gene_ids=genes,
+        coef=coef,
+        intercept=intercept,
+        residual_sd=residual_sd,
+        cv_pearson=cv_pearson,
+        alpha=np.full(len(genes), alpha, dtype=np.float32),
+        slides=[s.name for s in slides],
+    )
 
 
 def _folds(slides: Sequence[ReadoutSlide]) -> np.ndarray:
@@ -240,18 +254,22 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values[finite].mean()) if finite.any() else float("nan")
 
 
-def _fit_pattern(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alphas: Sequence[float]) -> dict:
+def _cross_validate(
+    slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out correlation and residual sd of every penalty and gene: two ``(n_alphas, n_genes)`` arrays.
+
+    The correlation is averaged over held-out folds (NaN where a gene was constant on every held-out fold); the
+    residual sd pools the out-of-fold residuals of all rows.
+    """
     x = np.vstack([s.features for s in slides]).astype(np.float64)
     folds = _folds(slides)
     labels = np.unique(folds)
     alphas = np.asarray(alphas, dtype=np.float64)
     g = len(gene_ids)
     solvers = [(f, _solver(x[folds != f])) for f in labels]
-    full = _solver(x)
     r = np.full((len(labels), len(alphas), g), np.nan)
     sse = np.zeros((len(alphas), g))
-    coef_std = np.zeros((x.shape[1], g))
-    y_mean = np.zeros(g)
     for sl, y in _targets(slides, gene_ids):
         for i, (f, (mean, scale, u, s, vt)) in enumerate(solvers):
             train, test = folds != f, folds == f
@@ -262,24 +280,21 @@ def _fit_pattern(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alphas: S
                 pred = (xt * (s / (s * s + a))) @ uty + ym
                 r[i, j, sl] = _pearson(y[test], pred)
                 sse[j, sl] += ((y[test] - pred) ** 2).sum(axis=0)
-        y_mean[sl] = y.mean(axis=0)
-    # The penalty maximises the mean held-out correlation over folds and genes, as the benchmarks score it.
-    score = np.array([_nanmean(r[:, j, :]) for j in range(len(alphas))])
-    best = int(np.argmax(np.nan_to_num(score, nan=-np.inf))) if np.isfinite(score).any() else 0
-    alpha = alphas[best]
-    # Refit on every row with the chosen penalty.
-    mean, scale, u, s, vt = full
-    shrink = s / (s * s + alpha)
-    for sl, y in _targets(slides, gene_ids):
-        coef_std[:, sl] = vt.T @ (shrink[:, None] * (u.T @ (y - y_mean[sl])))
-    coef = coef_std / scale[:, None]
-    finite = np.isfinite(r[:, best, :])
+    finite = np.isfinite(r)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cv = np.where(finite, r[:, best, :], 0.0).sum(axis=0) / finite.sum(axis=0)
-    return {
-        "coef": coef.astype(np.float32),
-        "intercept": (y_mean - mean @ coef).astype(np.float32),
-        "residual_sd": np.sqrt(sse[best] / len(x)).astype(np.float32),
-        "cv_pearson": cv.astype(np.float32),
-        "alpha": np.full(g, alpha, dtype=np.float32),
-    }
+        r_mean = np.where(finite, r, 0.0).sum(axis=0) / finite.sum(axis=0)
+    return r_mean, np.sqrt(sse / len(x))
+
+
+def _refit(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients on the raw features ``(f, g)`` and intercepts ``(g,)`` of a ridge fitted on every row."""
+    x = np.vstack([s.features for s in slides]).astype(np.float64)
+    mean, scale, u, s, vt = _solver(x)
+    shrink = s / (s * s + alpha)
+    coef = np.zeros((x.shape[1], len(gene_ids)))
+    intercept = np.zeros(len(gene_ids))
+    for sl, y in _targets(slides, gene_ids):
+        y_mean = y.mean(axis=0)
+        coef[:, sl] = (vt.T @ (shrink[:, None] * (u.T @ (y - y_mean)))) / scale[:, None]
+        intercept[sl] = y_mean - mean @ coef[:, sl]
+    return coef.astype(np.float32), intercept.astype(np.float32)
