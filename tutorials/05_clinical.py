@@ -241,3 +241,12 @@ ax = results["abmil"].plot_attention(cohort["slide_id"].iloc[0], ax=axes[2])
 # and the shuffled controls should scatter around 0.5 (ours: 0.41 to 0.62, mean 0.54). With the small fast-mode cohort
 # (24 patients) the confidence intervals are wide. A real cohort, where the outcome depends on subtle morphology,
 # is a much harder problem.
+#
+# Here the outcome follows the *share* of breast-cancer tissue, which a mean over tiles measures directly, so mean
+# pooling is as good as attention. Attention earns its place when the property is *focal*: a few tiles among many
+# decide the outcome. The test suite builds such a cohort from the same real crops (`tests/clinical/_synthetic.py`,
+# `make_focal_cohort`: responders carry one focus of 1-4 breast-cancer tiles inside brain and lung tissue mixed in
+# varying proportions, on slides of about 20 to 130 tiles). There, with the bundled reference's features, ABMIL
+# reached AUROC 0.97-0.99 and put 9 to 17 times the uniform attention on the focus tiles, while mean pooling
+# reached 0.58-0.85 (two cohorts, three training seeds each); with slides of one size, mean pooling came close
+# (0.86-0.94 against 0.92-0.95, one cohort, three seeds).
