@@ -29,6 +29,9 @@ def test_demo_on_toy_data_writes_results(tmp_path, capsys):
     assert "toy" in printed and str(out_dir.resolve()) in printed
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["n_obs"] > 0 and summary["genes_matched"] > 0
+    # The toy slide's genes are unknown to the reference, so the demo trains on the slide itself and says that its
+    # correlations are in-sample.
+    assert summary["slide_in_model_training"] is not None and "in-sample" in printed
     assert (out_dir / "patches.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="overwrite"):
         main(["demo", "--data", "toy", "--out", str(out_dir)])

@@ -171,8 +171,17 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int) -> dict[str,
     correlations = st.pl.gene_correlations(sdata, table_key=slide.table_key)
     correlations.to_csv(out / "gene_correlations.csv")
     st.pl.expression(sdata, list(correlations.index[:3]), table_key=slide.table_key, save=out / "expression.png")
+    from storm_sc.training._slides import training_slide_matching
+
+    seen = training_slide_matching(model.manifest, slide.centers_um)
+    if seen is not None:
+        print(
+            f"storm-sc demo: this slide is one of the model's training slides ({seen}): the correlations of predicted "
+            "with measured expression are in-sample, not a held-out score (see docs/model_card.md for those)."
+        )
     return {
         "model": described,
+        "slide_in_model_training": seen,
         "embedding_dim": int(table.obsm["X_storm"].shape[1]),
         "n_domains": n_domains,
         "domain_sizes": table.obs["storm_domain"].value_counts().sort_index().to_dict(),

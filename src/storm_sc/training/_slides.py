@@ -346,6 +346,18 @@ def _sha256(*arrays: Any) -> str:
     return h.hexdigest()
 
 
+def training_slide_matching(manifest: dict[str, Any], centers_um: np.ndarray) -> str | None:
+    """Name of the slide of a model's training manifest with exactly these positions (sha256), else ``None``.
+
+    Tells whether a score on a slide is in-sample: a slide read by the same loader has the same positions.
+    """
+    digest = _sha256(np.asarray(centers_um))
+    for entry in manifest.get("datasets", []):
+        if entry.get("sha256", {}).get("centers_um") == digest:
+            return str(entry.get("name"))
+    return None
+
+
 def slide_manifest(p: PreparedSlide) -> dict[str, Any]:
     """Provenance of one prepared slide: source, group, split counts and sha256 of the arrays trained on."""
     inp = p.inputs
