@@ -427,9 +427,10 @@ class StormPretrainedMethod(Method):
         self.description = f"pretrained checkpoint {model!r} (frozen) + expression readout per split"
 
     def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
-        known = set(self.model.vocabulary.symbols)
+        # Vocabulary symbols match in any case (a human and a mouse gene of equal symbols share an entry).
+        known = {g.upper() for g in self.model.vocabulary.symbols}
         wanted = sorted(set().union(*gene_sets.values()))
-        self.covered = [g for g in wanted if g in known]
+        self.covered = [g for g in wanted if g.upper() in known]
         self.means = {g: float(np.mean(np.concatenate([s.expr[g].to_numpy() for s in train]))) for g in wanted}
         self.gene_sets = gene_sets
         self.model.fit_expression_readout(
