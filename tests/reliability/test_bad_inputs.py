@@ -359,9 +359,10 @@ CASES: dict[str, Any] = {
     "predict/hash_mismatched_checkpoint": Case(
         "predict", slide, lambda c: {"model": c.tampered}, CheckpointError, r"integrity"
     ),
-    "predict/interrupted_on_2nd_batch_of_the_head": Case(
+    # The spatial context runs once per batch of predictions, whichever of the readout or the head predicts.
+    "predict/interrupted_on_2nd_batch": Case(
         "predict", slide, {"batch_size": BATCH}, KeyboardInterrupt, "call 2",
-        interrupt=interrupt_on_call("prediction_head", 2),
+        interrupt=interrupt_on_call("context", 2),
     ),
     "predict/invalid_table_name": Case(
         "predict", slide, {"key_added": "pred/1"}, ValueError, r"alphanumeric characters, underscores"
