@@ -117,3 +117,20 @@ def test_worker_processes_do_not_change_the_result(small_toy):
     in_process = pretrain(small_toy, num_workers=0, **kw)
     with_workers = pretrain(small_toy, num_workers=2, **kw)
     assert with_workers.weights_digest() == in_process.weights_digest()
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_epoch():
+    slides = [
+        TrainingSlide(st.datasets.toy(n_obs=120, n_genes=30, n_domains=2, seed=s), name=f"s{s}", group=f"P{s}")
+        for s in (1, 2)
+    ]
+    model = pretrain(slides, model="storm-tiny", max_epochs=40, batch_size=32, lr=1e-2, warmup_steps=1,
+                     early_stopping_patience=1, val_groups=("P2",), expression_readout=False, seed=0,
+                     verbose=False)  # fmt: skip
+    run = model.manifest["run"]
+    val = [row["val/loss"] for row in run["history"]]
+    # Patience 1: the run stops at the first epoch that fails to improve, long before the 40 allowed.
+    assert run["epochs"] < 40 and len(val) == run["best_epoch"] + 2
+    assert val[-1] >= min(val[:-1])
+    assert run["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
+    assert run["best_epoch"] == int(np.argmin(val))
