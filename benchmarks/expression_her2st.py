@@ -430,16 +430,16 @@ class StormPretrainedMethod(Method):
         # Vocabulary symbols match in any case (a human and a mouse gene of equal symbols share an entry).
         known = {g.upper() for g in self.model.vocabulary.symbols}
         wanted = sorted(set().union(*gene_sets.values()))
-        self.covered = [g for g in wanted if g.upper() in known]
+        self.covered = {g for g in wanted if g.upper() in known}
         self.means = {g: float(np.mean(np.concatenate([s.expr[g].to_numpy() for s in train]))) for g in wanted}
         self.gene_sets = gene_sets
         self.model.fit_expression_readout(
-            {s.name: s.sdata for s in train}, genes=self.covered, min_detection=0.0, verbose=False
+            {s.name: s.sdata for s in train}, genes=sorted(self.covered), min_detection=0.0, verbose=False
         )
 
     def predict(self, section: Section, gene_set: str) -> np.ndarray:
         genes = self.gene_sets[gene_set]
-        inside = [g for g in genes if g in set(self.covered)]
+        inside = [g for g in genes if g in self.covered]
         pred = self.model.predict_expression(section.sdata, genes=inside, source="readout", verbose=False)
         out = np.tile(np.array([self.means[g] for g in genes]), (len(section.expr), 1))
         cols = {g: i for i, g in enumerate(genes)}
@@ -448,7 +448,7 @@ class StormPretrainedMethod(Method):
 
     def details(self, gene_set: str) -> dict[str, Any]:
         genes = self.gene_sets[gene_set]
-        return {"storm_genes_covered": sum(g in set(self.covered) for g in genes)}
+        return {"storm_genes_covered": sum(g in self.covered for g in genes)}
 
 
 def storm_available() -> bool:

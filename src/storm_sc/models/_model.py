@@ -464,8 +464,9 @@ class StormModel:
         Parameters
         ----------
         data
-            Slides: SpatialData / AnnData / SpatialInput / :class:`StormInputs`, a list of them, or a dict of name
-            to them (:class:`storm_sc.training.TrainingSlide` objects are accepted too).
+            Slides as :func:`storm_sc.training.fit` takes them (SpatialData / AnnData / SpatialInput /
+            :class:`storm_sc.training.TrainingSlide`, a list of them, or a dict of name to them), or prepared
+            :class:`StormInputs` (one, or a dict of name to them).
         genes
             Vocabulary genes to fit; default every gene detected in at least ``min_detection`` of the observations
             of the slides that measure it.
@@ -493,10 +494,16 @@ class StormModel:
                 gene_ids = np.asarray(self._vocabulary.index([genes] if isinstance(genes, str) else list(genes)))
             except KeyError as err:
                 raise ValueError(f"Cannot fit genes outside the model's vocabulary: {err.args[0]}") from err
-        items = _named_slides(data)
+        if isinstance(data, StormInputs):
+            data = {data.library_id: data}
+        if isinstance(data, dict) and data and all(isinstance(v, StormInputs) for v in data.values()):
+            named = list(data.items())
+        else:
+            from storm_sc.training._slides import as_slides, slide_inputs
+
+            named = [(s.name, slide_inputs(self, s, stream_patches=True, verbose=verbose)) for s in as_slides(data)]
         prepared = []
-        for name, item in items:
-            inputs = item if isinstance(item, StormInputs) else self.prepare(item, stream_patches=True, verbose=verbose)
+        for name, inputs in named:
             if not inputs.has_image or inputs.expression is None:
                 raise ValueError(
                     f"Slide {name!r} lacks H&E (or patch features) or expression; the readout is fitted on slides "
@@ -701,24 +708,6 @@ class StormModel:
         return cls.load(
             resolve_pretrained(None if name_or_path is None else str(name_or_path), verbose=verbose), backbone=backbone
         )
-
-
-def _named_slides(data: Any) -> list[tuple[str, Any]]:
-    """``(name, slide)`` pairs from one slide, a list, or a dict (TrainingSlide objects give their data and name)."""
-    if isinstance(data, dict):
-        pairs = list(data.items())
-    elif isinstance(data, list | tuple):
-        pairs = [(None, d) for d in data]
-    else:
-        pairs = [(None, data)]
-    out = []
-    for i, (name, item) in enumerate(pairs):
-        if hasattr(item, "data") and hasattr(item, "group"):  # a TrainingSlide
-            name, item = name or item.name, item.data
-        out.append((str(name) if name is not None else getattr(item, "library_id", None) or f"slide_{i}", item))
-    if not out:
-        raise ValueError("No slides given.")
-    return out
 
 
 def _load_weights(network: StormNetwork, tensors: dict[str, torch.Tensor], path: str | Path, *, n_genes: int) -> None:

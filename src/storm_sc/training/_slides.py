@@ -268,6 +268,22 @@ class PreparedSlide:
         return np.flatnonzero(self.partition == part)
 
 
+def slide_inputs(model: StormModel, slide: TrainingSlide, **options: Any) -> StormInputs:
+    """``model.prepare`` of a slide with the slide's own settings (table, image, scale, genes); ``options`` add to them."""
+    return model.prepare(
+        slide.data,
+        use_image=slide.use_image,
+        use_expression=slide.use_expression,
+        table_key=slide.table_key,
+        image_key=slide.image_key,
+        mpp=slide.mpp,
+        library_id=slide.library_id,
+        layer=slide.layer,
+        gene_symbols=slide.gene_symbols,
+        **options,
+    )
+
+
 def prepare_slides(
     model: StormModel,
     slides: Sequence[TrainingSlide],
@@ -280,20 +296,7 @@ def prepare_slides(
     out = []
     for slide in slides:
         logger.info("Preparing training slide %r (group %r).", slide.name, slide.group)
-        inputs = model.prepare(
-            slide.data,
-            use_image=slide.use_image,
-            use_expression=slide.use_expression,
-            table_key=slide.table_key,
-            image_key=slide.image_key,
-            mpp=slide.mpp,
-            library_id=slide.library_id,
-            layer=slide.layer,
-            gene_symbols=slide.gene_symbols,
-            cache_dir=cache_dir,
-            num_workers=num_workers,
-            verbose=verbose,
-        )
+        inputs = slide_inputs(model, slide, cache_dir=cache_dir, num_workers=num_workers, verbose=verbose)
         out.append(PreparedSlide(slide, inputs, np.full(inputs.n_obs, TRAIN, dtype=np.int8)))
     return out
 
