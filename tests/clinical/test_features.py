@@ -218,3 +218,33 @@ def test_the_bundled_reference_is_the_default_model(slide_file, tmp_path):
     # The same slide through the reference loaded explicitly gives the same file contents.
     again = slide_features([slide_file], reference, out_dir=tmp_path / "again", device="cpu", verbose=False)
     np.testing.assert_array_equal(read_slide_features(again.iloc[0]["feature_file"]).features, sf.features)
+
+
+def test_expression_comes_from_the_readout_where_the_model_has_one(slide_file, tmp_path):
+    reference = st.models.StormModel.from_pretrained()
+    readout_ids = np.sort(reference.readout.gene_ids)
+    outside = np.setdiff1d(np.arange(len(reference.vocabulary)), readout_ids)
+    symbols = reference.vocabulary.symbols
+    genes = [symbols[readout_ids[0]], symbols[outside[0]], symbols[readout_ids[-1]]]
+    table = slide_features([slide_file], reference, out_dir=tmp_path / "f", genes=genes, device="cpu", verbose=False)
+    path = table.iloc[0]["feature_file"]
+    with h5py.File(path) as f:
+        sources = [s.decode() if isinstance(s, bytes) else s for s in f["expression_source"][:]]
+    assert sources == ["readout", "head", "readout"]
+    sf = read_slide_features(path, key="expression")
+    with open_slide(slide_file) as slide:
+        grid = tile_grid(slide, patch_um=112.0)
+        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=reference.config.image_size,
+                           level=slide.best_level(112.0 / reference.config.image_size))  # fmt: skip
+    inputs = StormInputs.from_arrays(grid.centers_um, config=reference.config, patches=tiles)
+    pred = reference.predict_expression(inputs, genes=genes, device="cpu", verbose=False)
+    assert list(pred.sources) == sources
+    np.testing.assert_allclose(sf.features, pred.mean, rtol=2e-3, atol=2e-3)  # stored float16
+
+    # By default the readout's genes are predicted (not the whole vocabulary), and the readout is part of what
+    # makes a file reusable: a different readout means different features.
+    default = slide_features([slide_file], reference, out_dir=tmp_path / "d", device="cpu", verbose=False)
+    assert read_slide_features(default.iloc[0]["feature_file"], key="expression").features.shape[1] == len(readout_ids)
+    reference.readout = None
+    with pytest.raises(FileExistsError, match="readout_sha"):
+        slide_features([slide_file], reference, out_dir=tmp_path / "f", genes=genes, device="cpu", verbose=False)

@@ -4,8 +4,9 @@ Two passes, both written incrementally:
 
 1. tiles are read and encoded in batches (morphology encoder + modality fusion, H&E only) into ``tokens``;
 2. once every tile has its token, each tile is placed in its spatial context (its niche and region of
-   neighbouring tiles, in microns) by the model's context encoder, giving the joint ``embedding`` and, through the
-   expression head, the ``expression`` predicted from H&E.
+   neighbouring tiles, in microns) by the model's context encoder, giving the joint ``embedding`` and the
+   ``expression`` predicted from H&E (the model's expression readout for its genes, the network's head for the
+   others; ``expression_source`` records which).
 
 The file is written as ``<slide_id>.h5.partial`` and renamed to ``<slide_id>.h5`` only when complete, with
 ``complete=True`` in its attributes; a partial file is resumed when it was made by the same model, settings and
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from storm_sc.models import StormModel
     from storm_sc.wsi import TileGrid, WholeSlide
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: readout predictions, expression_source, readout_sha
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 # Datasets of a slide feature file.
@@ -46,6 +47,7 @@ H5_TOKENS = "tokens"  # (n, hidden_dim) fused H&E tokens before spatial context 
 H5_EMBEDDING = "embedding"  # (n, embed_dim) joint embedding with spatial context (pass 2)
 H5_EXPRESSION = "expression"  # (n, n_genes) predicted log1p expression, float16 (pass 2)
 H5_GENES = "genes"  # (n_genes,) gene symbols of the expression columns
+H5_EXPRESSION_SOURCE = "expression_source"  # (n_genes,) "readout" or "head": what predicted each column
 H5_THUMBNAIL = "thumbnail"  # (h, w, 3) uint8 for attention heatmaps
 H5_MASK = "tissue_mask"  # (h', w') bool tissue mask the grid was chosen on
 # Attributes.
@@ -84,6 +86,7 @@ class ExtractionSettings:
     mpp: float
     slide_sha: str
     genes_sha: str  # a hash: a 20k-gene list would overflow an HDF5 attribute (the genes are stored as a dataset)
+    readout_sha: str = "none"  # the model's expression readout, which the network's weights digest leaves out
 
     def to_json(self) -> str:
         """Serialise the settings as the JSON fingerprint stored in the file."""
@@ -225,6 +228,8 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
     symbols = model.vocabulary.symbols
     f.create_dataset(H5_GENES, data=np.array([symbols[i] for i in gene_ids], dtype=object),
                      dtype=h5py.string_dtype())  # fmt: skip
+    sources = np.where(model._readout_columns(gene_ids) >= 0, "readout", "head").astype(object)
+    f.create_dataset(H5_EXPRESSION_SOURCE, data=sources, dtype=h5py.string_dtype())
     thumb = _display_thumbnail(slide)
     f.create_dataset(H5_THUMBNAIL, data=thumb[0], compression="gzip")
     f.attrs["thumbnail_downsample"] = thumb[1]
@@ -267,13 +272,18 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
 
 def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np.ndarray, *, batch_size: int,
                    device: torch.device, verbose: bool | None, desc: str) -> None:  # fmt: skip
-    """Pass 2: joint embedding over neighbouring tiles and expression predicted from it."""
+    """Pass 2: joint embedding over neighbouring tiles and expression predicted from them.
+
+    Genes of the model's expression readout are predicted by it (from the H&E-only observation, niche and region
+    levels), the others by the network's head, exactly as :meth:`storm_sc.models.StormModel.predict_expression`
+    does with ``source="auto"``.
+    """
     import torch
     from tqdm.auto import tqdm
 
     from storm_sc._settings import settings as storm_settings
     from storm_sc.models import StormInputs
-    from storm_sc.models._inference import autocast, contextual
+    from storm_sc.models._inference import ExpressionPlan, contextual
 
     n = grid.n_tiles
     start = int(f.attrs.get(A_N_CONTEXT, 0))
@@ -282,18 +292,18 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
     network = model.network
     # Neighbour lists of every tile in microns; only tokens (n x hidden_dim floats) are held, never pixels.
     inputs = StormInputs.from_arrays(grid.centers_um, config=model.config, library_id=str(f.attrs["slide_id"]))
-    ids = torch.as_tensor(gene_ids, dtype=torch.long, device=device)
+    plan = ExpressionPlan(network, gene_ids, model.readout, model._readout_columns(gene_ids), device)
     bar = tqdm(total=n, initial=start, unit="tile", desc=desc, disable=not storm_settings.show_progress(verbose))
     with torch.no_grad(), _eval_on(network, device), bar:
         tokens = torch.from_numpy(f[H5_TOKENS][:]).to(device)
         for lo in range(start, n, batch_size):
             rows = np.arange(lo, min(lo + batch_size, n))
-            joint = contextual(network, inputs, tokens, rows, device)["joint"]
-            f[H5_EMBEDDING][lo : rows[-1] + 1] = joint.float().cpu().numpy()
-            if len(ids):
-                with autocast(device):
-                    mean, _ = network.prediction_head(joint, network.gene_embedding, ids)
-                f[H5_EXPRESSION][lo : rows[-1] + 1] = mean.float().cpu().numpy().astype(np.float16)
+            levels = contextual(network, inputs, tokens, rows, device)
+            f[H5_EMBEDDING][lo : rows[-1] + 1] = levels["joint"].float().cpu().numpy()
+            if len(gene_ids):
+                means = np.empty((len(rows), len(gene_ids)), dtype=np.float32)
+                plan.fill(levels, means)
+                f[H5_EXPRESSION][lo : rows[-1] + 1] = means.astype(np.float16)
             f.attrs[A_N_CONTEXT] = int(rows[-1] + 1)
             f.flush()
             bar.update(len(rows))

@@ -91,8 +91,10 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
 
 
 def resolve_genes(model: StormModel, genes: Sequence[str] | None) -> np.ndarray:
-    """Vocabulary indices of the genes whose expression is predicted per tile (default: all)."""
+    """Vocabulary indices of the genes predicted per tile (default: the readout's genes, else the vocabulary)."""
     if genes is None:
+        if model.readout is not None:
+            return np.sort(model.readout.gene_ids).astype(np.int64)
         return np.arange(len(model.vocabulary), dtype=np.int64)
     if isinstance(genes, str):
         genes = [genes]
@@ -123,6 +125,14 @@ def compute_slide_features(
     # Everything that can fail on the input is checked first: slide formats, pixel sizes, files in the way.
     digest = model.weights_digest()
     genes_sha = hashlib.sha256(json.dumps([model.vocabulary.symbols[i] for i in gene_ids]).encode()).hexdigest()
+    readout_sha = "none"
+    if model.readout is not None and len(gene_ids):
+        # The readout is not part of the network's weights digest, yet it makes the predicted expression.
+        h = hashlib.sha256()
+        for name, t in sorted(model.readout.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.numpy().tobytes())
+        readout_sha = h.hexdigest()
     plans = []
     blocked = []
     for entry in entries:
@@ -139,6 +149,7 @@ def compute_slide_features(
             mpp=mpp,
             slide_sha=slide_fingerprint(entry.path),
             genes_sha=genes_sha,
+            readout_sha=readout_sha,
         )
         final, _ = feature_paths(out_dir, entry.slide_id)
         reuse = False

@@ -302,6 +302,54 @@ def image_features(
     return out
 
 
+class ExpressionPlan:
+    """Which genes the expression readout predicts and which the network's head, for one prediction call.
+
+    Parameters
+    ----------
+    network
+        The network (its prediction head and gene embeddings).
+    gene_ids
+        ``(g,)`` vocabulary indices to predict.
+    readout, readout_columns
+        The model's readout and, per gene, its column there (``-1``: the head predicts that gene).
+    device
+        Where the head runs.
+    """
+
+    def __init__(
+        self,
+        network: StormNetwork,
+        gene_ids: np.ndarray,
+        readout: ExpressionReadout | None,
+        readout_columns: np.ndarray | None,
+        device: torch.device,
+    ) -> None:
+        self.network, self.readout, self.device = network, readout, device
+        self.n_genes = len(gene_ids)
+        self.columns = (
+            np.full(len(gene_ids), -1) if readout is None or readout_columns is None else np.asarray(readout_columns)
+        )
+        self.by_readout = np.flatnonzero(self.columns >= 0)
+        self.by_head = np.flatnonzero(self.columns < 0)
+        self.head_ids = torch.as_tensor(np.asarray(gene_ids)[self.by_head], dtype=torch.long, device=device)
+
+    def fill(self, levels: dict[str, torch.Tensor], means: np.ndarray, stds: np.ndarray | None = None) -> None:
+        """Write the ``(b, g)`` predictions for one batch of contextual ``levels`` into ``means`` (and ``stds``)."""
+        if len(self.by_head):
+            with autocast(self.device):
+                mean, logvar = self.network.prediction_head(levels["joint"], self.network.gene_embedding, self.head_ids)
+            where = slice(None) if len(self.by_head) == self.n_genes else self.by_head
+            means[:, where] = mean.float().cpu().numpy()
+            if stds is not None:
+                stds[:, where] = torch.exp(0.5 * logvar.float()).cpu().numpy()
+        if len(self.by_readout):
+            assert self.readout is not None
+            means[:, self.by_readout] = self.readout.predict(readout_features(levels), self.columns[self.by_readout])
+            if stds is not None:
+                stds[:, self.by_readout] = self.readout.residual_sd[self.columns[self.by_readout]]
+
+
 @torch.no_grad()
 def predict_inputs(
     network: StormNetwork,
@@ -317,30 +365,18 @@ def predict_inputs(
     """Mean and standard deviation of log1p expression of ``gene_ids`` from H&E and positions only.
 
     Genes with a ``readout_columns`` entry >= 0 come from that column of ``readout``; the others from the
-    network's prediction head.
+    network's prediction head (see :class:`ExpressionPlan`).
     """
     dev = resolve_device(device)
-    cols = np.full(len(gene_ids), -1) if readout is None or readout_columns is None else np.asarray(readout_columns)
-    by_readout = np.flatnonzero(cols >= 0)
-    by_head = np.flatnonzero(cols < 0)
-    head_ids = torch.as_tensor(np.asarray(gene_ids)[by_head], dtype=torch.long, device=dev)
-    # The outputs are the only (n_obs x genes) arrays: filled in place, never concatenated from parts.
+    plan = ExpressionPlan(network, gene_ids, readout, readout_columns, dev)
+    # The outputs are the only (n_obs x genes) arrays: filled batch by batch, never concatenated from parts.
     means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
     stds = np.empty_like(means)
-    if len(by_readout):
-        stds[:, by_readout] = readout.residual_sd[cols[by_readout]]
     with _with_eval(network, dev):
         tokens = fused_tokens(
             network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
         )
         for rows in _chunks(inputs.n_obs, batch_size):
-            levels = contextual(network, inputs, tokens, rows, dev)
-            if len(by_head):
-                with autocast(dev):
-                    mean, logvar = network.prediction_head(levels["joint"], network.gene_embedding, head_ids)
-                where = rows if len(by_head) == len(gene_ids) else np.ix_(rows, by_head)
-                means[where] = mean.float().cpu().numpy()
-                stds[where] = torch.exp(0.5 * logvar.float()).cpu().numpy()
-            if len(by_readout):
-                means[np.ix_(rows, by_readout)] = readout.predict(readout_features(levels), cols[by_readout])
+            block = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: filled in place
+            plan.fill(contextual(network, inputs, tokens, rows, dev), means[block], stds[block])
     return means, stds

@@ -53,7 +53,9 @@ def slide_features(
     on a thumbnail (Otsu on saturation, morphological clean-up), and cut into a grid of ``patch_um`` tiles read
     from the best pyramid level. Tiles are streamed in batches through the model's morphology encoder (a slide
     of 100k tiles is never in memory), then each tile is embedded with its spatial context (its niche and
-    region of neighbouring tiles, in microns), and the expression head predicts its expression from H&E.
+    region of neighbouring tiles, in microns), and its expression is predicted from H&E (by the model's expression
+    readout for the genes it covers, by the network's head for the others, as in
+    :func:`storm_sc.tl.predict_expression`; the file's ``expression_source`` says which, per gene).
 
     Results go to ``<out_dir>/<slide_id>.h5`` (written as ``.h5.partial`` and renamed once complete): tile
     centres in microns and level-0 pixels, the joint embedding, the predicted expression (float16), the H&E
@@ -76,7 +78,8 @@ def slide_features(
         Microns per level-0 pixel, for all slides or per slide id; overrides the slide metadata. Required for
         files that do not record it.
     genes
-        Genes whose expression is predicted per tile (default: the whole vocabulary; ``[]`` for none).
+        Genes whose expression is predicted per tile (default: the genes of the model's expression readout, or
+        the whole vocabulary for a model without one; ``[]`` for none).
     device
         ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ...
     tissue_threshold
