@@ -247,6 +247,7 @@ ax = results["abmil"].plot_attention(cohort["slide_id"].iloc[0], ax=axes[2])
 # decide the outcome. The test suite builds such a cohort from the same real crops (`tests/clinical/_synthetic.py`,
 # `make_focal_cohort`: responders carry one focus of 1-4 breast-cancer tiles inside brain and lung tissue mixed in
 # varying proportions, on slides of about 20 to 130 tiles). There, with the bundled reference's features, ABMIL
-# reached AUROC 0.97-0.99 and put 9 to 17 times the uniform attention on the focus tiles, while mean pooling
-# reached 0.58-0.85 (two cohorts, three training seeds each); with slides of one size, mean pooling came close
-# (0.86-0.94 against 0.92-0.95, one cohort, three seeds).
+# reached AUROC 0.97-0.99 and put about 13 times the uniform attention on the focus tiles, while mean pooling
+# reached 0.58-0.85 (two cohorts, three training seeds each; `python benchmarks/clinical_cohorts.py`, see the
+# benchmarks page); with slides of one size, mean pooling came close (0.86-0.94 against 0.92-0.95, one cohort,
+# three seeds, a one-off run).
