@@ -48,3 +48,17 @@ def write_outputs(outs: Sequence[Path], text: str, rows: pd.DataFrame) -> None:
             rows.to_csv(out, index=False)
         else:
             out.write_text(text + "\n")
+
+
+def outputs_in_the_way(outs: Sequence[Path], overwrite: bool) -> str | None:
+    """The message refusing to replace existing ``--out`` files, or ``None`` when nothing is in the way.
+
+    Examples
+    --------
+    >>> outputs_in_the_way([Path("/nonexistent.md")], overwrite=False) is None
+    True
+    """
+    existing = [str(o) for o in outs if o.exists()]
+    if existing and not overwrite:
+        return f"{existing} exist; pass --overwrite to replace them."
+    return None

@@ -44,7 +44,7 @@ if __package__ in (None, ""):
 
 import storm_sc as st  # noqa: E402
 from benchmarks._data_dir import default_data_dir  # noqa: E402
-from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
+from benchmarks._report import markdown_table, mean_sd, outputs_in_the_way, write_outputs  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -237,9 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"The cohorts are built from {list(NEEDED)} under {args.data_dir}; missing: {missing}.", file=sys.stderr)
         return 2
-    existing = [o for o in args.out if o.exists()]
-    if existing and not args.overwrite:
-        print(f"{existing} exist; pass --overwrite to replace them.", file=sys.stderr)
+    refusal = outputs_in_the_way(args.out, args.overwrite)
+    if refusal:
+        print(refusal, file=sys.stderr)
         return 2
     import torch
 

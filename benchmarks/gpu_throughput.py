@@ -34,7 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
-from benchmarks._report import markdown_table, write_outputs  # noqa: E402
+from benchmarks._report import markdown_table, outputs_in_the_way, write_outputs  # noqa: E402
 from benchmarks.throughput import EMBED_KEY, PREDICT_KEY, PROFILES, generate_slide, on_disk  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
@@ -210,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("No CUDA device here; run this on a GPU machine, or pass --device cpu for a smoke run.", file=sys.stderr)
         return 2
-    existing = [o for o in args.out if o.exists()]
-    if existing and not args.overwrite:
-        print(f"{existing} exist; pass --overwrite to replace them.", file=sys.stderr)
+    refusal = outputs_in_the_way(args.out, args.overwrite)
+    if refusal:
+        print(refusal, file=sys.stderr)
         return 2
     st.settings.verbosity = "warning"
     wall = time.perf_counter()

@@ -125,14 +125,8 @@ def compute_slide_features(
     # Everything that can fail on the input is checked first: slide formats, pixel sizes, files in the way.
     digest = model.weights_digest()
     genes_sha = hashlib.sha256(json.dumps([model.vocabulary.symbols[i] for i in gene_ids]).encode()).hexdigest()
-    readout_sha = "none"
-    if model.readout is not None and len(gene_ids):
-        # The readout is not part of the network's weights digest, yet it makes the predicted expression.
-        h = hashlib.sha256()
-        for name, t in sorted(model.readout.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.numpy().tobytes())
-        readout_sha = h.hexdigest()
+    # The readout is not part of the network's weights digest, yet it makes the predicted expression.
+    readout_sha = model.readout.digest() if model.readout is not None and len(gene_ids) else "none"
     plans = []
     blocked = []
     for entry in entries:

@@ -11,6 +11,7 @@ cross-validated residual standard deviation.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -88,6 +89,19 @@ class ExpressionReadout:
             "alpha": self.alpha,
         }
         return {_PREFIX + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+    def digest(self) -> str:
+        """sha256 of the stored tensors: equal digests mean the same predictions.
+
+        Returns
+        -------
+        Hex digest.
+        """
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
     def describe(self) -> dict:
         """What to record in a checkpoint header: slides, size, penalty range, mean cross-validated r."""
