@@ -3,10 +3,9 @@ import pytest
 from scipy import sparse
 from scipy.spatial.distance import cdist
 
-from storm_sc.models import StormConfig, StormInputs, get_config
-from storm_sc.models._inputs import observation_arrays
+from storm_sc.models import StormInputs, get_config
 from storm_sc.models._neighbors import niche_neighbors, pick, region_neighbors
-from storm_sc.models._tokens import draw_weights, gene_means, gene_tokens
+from storm_sc.models._tokens import draw_weights, gene_tokens
 
 
 def test_small_panel_gives_every_measured_gene():
@@ -54,44 +53,6 @@ def test_random_tokens_favour_genes_that_vary_on_the_slide(rng):
     assert np.isin(drawn, variable).mean() > 0.5
     uniform, _, _ = gene_tokens(x, np.arange(n_panel), np.arange(n_obs), budget)
     assert np.isin(uniform[:, budget // 2 :], variable).mean() < 0.1
-
-
-def test_relative_ranking_picks_the_genes_that_set_a_row_apart(rng):
-    n_obs, n_panel, budget = 100, 400, 20
-    dense = np.zeros((n_obs, n_panel), dtype=np.float32)
-    dense[:, :30] = rng.uniform(4.0, 5.0, (n_obs, 30))  # housekeeping: highest everywhere
-    dense[:50, 100:110] = 2.0  # a domain's markers, lower than housekeeping in absolute terms
-    x = sparse.csr_matrix(dense)
-    gene_index = np.arange(n_panel)
-    by_value, _, _ = gene_tokens(x, gene_index, np.arange(50), budget)
-    assert not np.isin(by_value[:, : budget // 2], np.arange(100, 110)).any()
-    centre = gene_means(x)
-    relative, values, _ = gene_tokens(x, gene_index, np.arange(50), budget, centre=centre)
-    top = relative[:, : budget // 2]
-    assert all(set(range(100, 110)) <= set(row.tolist()) for row in top)
-    np.testing.assert_array_equal(values, dense[np.arange(50)[:, None], relative])  # values stay log1p
-
-
-def test_model_inputs_rank_tokens_as_the_config_says(rng):
-    dense = np.zeros((60, 300), dtype=np.float32)
-    dense[:, :40] = 5.0
-    dense[:30, 200:205] = 1.0
-    for rank, expect_markers in (("relative", True), ("absolute", False)):
-        config = get_config("storm-tiny").replace(max_genes=16, token_rank=rank)
-        inputs = StormInputs.from_arrays(
-            rng.uniform(0, 500, (60, 2)), config=config, expression=sparse.csr_matrix(dense), gene_index=np.arange(300)
-        )
-        ids = observation_arrays(inputs, np.arange(30), config=config)["gene_ids"][:, :8]
-        assert np.isin(ids, np.arange(200, 205)).any() == expect_markers
-
-
-def test_configs_written_before_token_rank_keep_absolute_ranking():
-    old = get_config("storm-tiny").to_dict()
-    del old["token_rank"]
-    assert StormConfig.from_dict(old).token_rank == "absolute"
-    assert get_config("storm-tiny").token_rank == "relative"
-    with pytest.raises(ValueError, match="token_rank"):
-        get_config("storm-tiny").replace(token_rank="median")
 
 
 def test_niche_neighbours_match_brute_force(rng):

@@ -14,7 +14,6 @@ from ._replace_fields import replace_fields
 # Morphology encoders that the config can rebuild by itself; "timm:<name>" and "hf:<repo>" are lazily imported
 # extras, "module" is any torch module handed to the model, "features" reads precomputed patch features.
 MORPHOLOGY_KINDS = ("cnn", "vit", "features", "module")
-TOKEN_RANKS = ("relative", "absolute")
 _EXTERNAL_PREFIXES = ("timm:", "hf:")
 
 
@@ -62,11 +61,7 @@ class StormConfig:
     value_bins, value_max
         Soft bins of log1p expression values, spread over ``[0, value_max]``.
     max_genes
-        Gene tokens per observation: the highest half (see ``token_rank``), then measured genes drawn at random.
-    token_rank
-        How the highest half is chosen on panels larger than ``max_genes``: ``"relative"`` by log1p value above
-        the gene's mean over the slide (the genes that set an observation apart), ``"absolute"`` by log1p value
-        (what checkpoints written before this field did; mostly the same housekeeping genes in every spot).
+        Gene tokens per observation: the most expressed half, then measured genes drawn at random.
     expression_layers
         Self-attention layers over an observation's gene tokens before pooling.
     hidden_dim, heads, dropout
@@ -107,7 +102,6 @@ class StormConfig:
     value_bins: int = 16
     value_max: float = 8.0
     max_genes: int = 256
-    token_rank: str = "relative"
     expression_layers: int = 1
     hidden_dim: int = 128
     heads: int = 4
@@ -163,8 +157,6 @@ class StormConfig:
                 out.append(f"`{name}` must be a positive number (got {value!r})")
         if not out and self.position_min_um >= self.position_max_um:
             out.append("`position_min_um` must be smaller than `position_max_um`")
-        if self.token_rank not in TOKEN_RANKS:
-            out.append(f"`token_rank` must be one of {list(TOKEN_RANKS)} (got {self.token_rank!r})")
         if not 0 <= self.dropout < 1:
             out.append(f"`dropout` must be in [0, 1) (got {self.dropout!r})")
         if self.logvar_min >= self.logvar_max:
@@ -251,8 +243,6 @@ class StormConfig:
     def from_dict(cls, data: dict[str, Any]) -> StormConfig:
         """Rebuild a config written by :meth:`to_dict`; unknown fields are an error (a newer storm_sc wrote them).
 
-        Configs written before ``token_rank`` existed ranked gene tokens by absolute value and keep doing so.
-
         Parameters
         ----------
         data
@@ -278,5 +268,4 @@ class StormConfig:
                 f"STORM config has fields this version of storm_sc does not know: {unknown}. It was probably written "
                 "by a newer storm_sc; upgrade storm_sc."
             )
-        # Older checkpoints were trained on tokens ranked by value: they must keep seeing what they were trained on.
-        return cls(**{"token_rank": "absolute", **data})
+        return cls(**data)

@@ -17,7 +17,7 @@ from storm_sc._settings import logger, settings
 
 from ._config import StormConfig
 from ._neighbors import niche_neighbors, region_neighbors
-from ._tokens import draw_weights, gene_means, gene_tokens
+from ._tokens import draw_weights, gene_tokens
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -165,15 +165,6 @@ class StormInputs:
         cached = self.__dict__.get("_token_weights")
         if cached is None or len(cached) != self.expression.shape[1]:
             cached = self.__dict__["_token_weights"] = draw_weights(self.expression)
-        return cached
-
-    def token_centre(self) -> np.ndarray | None:
-        """Slide means that gene tokens are ranked against (:func:`storm_sc.models._tokens.gene_means`), cached."""
-        if self.expression is None or self.expression.shape[1] <= 0:
-            return None
-        cached = self.__dict__.get("_token_centre")
-        if cached is None or len(cached) != self.expression.shape[1]:
-            cached = self.__dict__["_token_centre"] = gene_means(self.expression)
         return cached
 
     @property
@@ -417,15 +408,8 @@ def observation_arrays(
     elif pad_missing:
         out["features"] = np.zeros((len(rows), int(config.feature_dim)), dtype=np.float32)
     if inputs.expression is not None and use_expression:
-        centre = inputs.token_centre() if config.token_rank == "relative" else None
         ids, values, valid = gene_tokens(
-            inputs.expression,
-            inputs.gene_index,
-            rows,
-            config.max_genes,
-            rng=rng,
-            weights=inputs.token_weights(),
-            centre=centre,
+            inputs.expression, inputs.gene_index, rows, config.max_genes, rng=rng, weights=inputs.token_weights()
         )
     else:
         ids = np.zeros((len(rows), config.max_genes), dtype=np.int64)

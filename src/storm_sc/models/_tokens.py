@@ -1,4 +1,4 @@
-"""Which gene tokens represent an observation: its most distinctive genes plus measured genes drawn at random."""
+"""Which gene tokens represent an observation: its most expressed genes plus measured genes drawn at random."""
 
 from __future__ import annotations
 
@@ -10,29 +10,6 @@ from scipy import sparse
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
-
-
-def gene_means(expression: sparse.csr_matrix) -> np.ndarray:
-    """Mean log1p expression of each panel gene over a slide: the reference an observation's genes are ranked against.
-
-    Parameters
-    ----------
-    expression
-        ``(n_obs, n_panel)`` CSR log1p expression of one slide.
-
-    Returns
-    -------
-    ``(n_panel,)`` float32 means (zeros for an empty slide).
-
-    Examples
-    --------
-    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0, 1.0], [0.0, 0.0, 1.0]], dtype=np.float32))
-    >>> gene_means(x).tolist()
-    [0.0, 1.0, 1.0]
-    """
-    if not expression.shape[0]:
-        return np.zeros(expression.shape[1], dtype=np.float32)
-    return np.asarray(expression.mean(axis=0), dtype=np.float32).ravel()
 
 
 def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
@@ -80,19 +57,13 @@ def row_tokens(
     max_genes: int,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
-    centre: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Panel columns and values of one CSR row's tokens.
 
     With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
-    the row's highest genes (stable order: ties by column) and the rest to measured genes drawn at random
+    the most expressed genes (stable order: ties by column) and the rest to measured genes drawn at random
     (with probabilities ``weights``, see :func:`draw_weights`; uniform without), which are mostly zeros:
     "measured but absent" is information a panel-agnostic model must see.
-
-    "Highest" is by log1p value, or, given ``centre`` (:func:`gene_means` of the slide), by the value above the
-    gene's slide mean. Ranked by value alone, every spot of a slide spends its budget on the same mitochondrial,
-    ribosomal and housekeeping genes; ranked against the slide, on the genes that set it apart (the idea of
-    Geneformer's rank encoding, with the slide as the reference). Token values stay log1p either way.
     """
     start, end = indptr[row], indptr[row + 1]
     cols, vals = indices[start:end], data[start:end]
@@ -101,8 +72,7 @@ def row_tokens(
         out[cols] = vals
         return np.arange(n_panel), out
     n_top = min(int(np.count_nonzero(vals)), max_genes // 2)
-    key = vals if centre is None else vals - centre[cols]
-    order = np.lexsort((cols, -key))[:n_top]
+    order = np.lexsort((cols, -vals))[:n_top]
     top_cols, top_vals = cols[order], vals[order].astype(np.float32)
     n_rest = max_genes - n_top
     draw = rng.choice(n_panel, size=min(n_panel, n_rest + n_top), replace=False, p=weights)
@@ -123,7 +93,6 @@ def gene_tokens(
     *,
     rng: np.random.Generator | None = None,
     weights: np.ndarray | None = None,
-    centre: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build padded gene tokens of several observations.
 
@@ -141,8 +110,6 @@ def gene_tokens(
         Random draws (training); ``None`` draws from a generator seeded by each row index (inference).
     weights
         ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
-    centre
-        ``(n_panel,)`` slide means (:func:`gene_means`) to rank the top tokens against, or ``None`` to rank by value.
 
     Returns
     -------
@@ -167,7 +134,7 @@ def gene_tokens(
         if row < 0:
             continue
         gen = rng if rng is not None else np.random.default_rng([INFERENCE_SEED, int(row)])
-        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights, centre)
+        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights)
         t = len(cols)
         ids[k, :t] = gene_index[cols]
         values[k, :t] = vals
