@@ -25,6 +25,7 @@ from storm_sc.training._slides import TRAIN, VAL, as_slides, prepare_slides, spl
         ({"devices": "two"}, "devices"),
         ({"checkpoint_dtype": "int8"}, "checkpoint_dtype"),
         ({"early_stopping_patience": 0}, "early_stopping_patience"),
+        ({"monitor": "val/accuracy"}, "monitor"),
     ],
 )
 def test_training_config_validation(changes, message):

@@ -119,16 +119,18 @@ def test_worker_processes_do_not_change_the_result(small_toy):
     assert with_workers.weights_digest() == in_process.weights_digest()
 
 
-def test_early_stopping_ends_the_run_and_keeps_the_best_epoch():
+@pytest.mark.parametrize("monitor", ["val/loss", "val/masked_expression"])
+def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(monitor):
     slides = [
         TrainingSlide(st.datasets.toy(n_obs=120, n_genes=30, n_domains=2, seed=s), name=f"s{s}", group=f"P{s}")
         for s in (1, 2)
     ]
     model = pretrain(slides, model="storm-tiny", max_epochs=40, batch_size=32, lr=1e-2, warmup_steps=1,
                      early_stopping_patience=1, val_groups=("P2",), expression_readout=False, seed=0,
-                     verbose=False)  # fmt: skip
+                     monitor=monitor, verbose=False)  # fmt: skip
     run = model.manifest["run"]
-    val = [row["val/loss"] for row in run["history"]]
+    assert model.manifest["training"]["monitor"] == monitor
+    val = [row[monitor] for row in run["history"]]
     # Patience 1: the run stops at the first epoch that fails to improve, long before the 40 allowed.
     assert run["epochs"] < 40 and len(val) == run["best_epoch"] + 2
     assert val[-1] >= min(val[:-1])

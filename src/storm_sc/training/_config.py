@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storm_sc.models import LossWeights
+from storm_sc.models._network import LOSS_NAMES
 from storm_sc.models._replace_fields import replace_fields
 
 
@@ -53,6 +54,10 @@ class TrainingConfig:
         Explicit validation groups (overrides ``val_fraction``).
     early_stopping_patience
         Stop after this many epochs without a better validation loss (``None``: never).
+    monitor
+        The validation loss that picks the kept weights and drives early stopping: ``"val/loss"`` (the weighted
+        total) or one objective, e.g. ``"val/masked_expression"``. On small corpora the contrastive terms can rise
+        on held-out tissues while the expression objectives still improve; the total then keeps an early epoch.
     seed
         Seed of weight initialisation, sampling, masking and augmentation.
     num_workers
@@ -92,6 +97,7 @@ class TrainingConfig:
     val_fraction: float = 0.2
     val_groups: tuple[str, ...] | None = None
     early_stopping_patience: int | None = 5
+    monitor: str = "val/loss"
     seed: int = 0
     num_workers: int = 0
     accelerator: str = "auto"
@@ -148,6 +154,9 @@ class TrainingConfig:
             problems.append(
                 f"`early_stopping_patience` must be a positive integer or None (got {self.early_stopping_patience!r})"
             )
+        monitors = ["val/loss", *(f"val/{name}" for name in LOSS_NAMES)]
+        if self.monitor not in monitors:
+            problems.append(f"`monitor` must be one of {monitors} (got {self.monitor!r})")
         if self.checkpoint_dtype not in ("float32", "float16", "bfloat16"):
             problems.append(f"`checkpoint_dtype` must be float32, float16 or bfloat16 (got {self.checkpoint_dtype!r})")
         if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):

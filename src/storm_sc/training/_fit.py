@@ -204,13 +204,13 @@ def fit(
     if len(val_set):
         val_loader = DataLoader(val_set, sampler=ContextSampler(len(val_set), shuffle=False, seed=0), **loader_args)
 
-    best, history, throughput = BestWeights(), History(), Throughput()
+    best, history, throughput = BestWeights(opts.monitor), History(), Throughput()
     cbs: list[L.Callback] = [best, history, throughput, *callbacks]
     if val_loader is not None and opts.early_stopping_patience is not None:
         # not strict: a run cut short by max_steps before its first validation simply has nothing to compare
         cbs.append(
             EarlyStopping(
-                monitor="val/loss",
+                monitor=opts.monitor,
                 patience=opts.early_stopping_patience,
                 mode="min",
                 strict=False,
