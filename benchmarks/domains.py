@@ -223,16 +223,17 @@ class StormSetup:
     adapt_epochs: int
     modalities: str
     threads: int = 1
+    level: str = "levels"
 
     def describe(self) -> str:
         if self.init_config is not None:
             return (
                 f"{self.init_config} trained from scratch on each slide ({self.adapt_epochs} epochs, self-supervised, "
-                "vocabulary = the slide's HVGs), one model per seed"
+                f"vocabulary = the slide's HVGs), one model per seed; embedding level {self.level!r}"
             )
         name = "the bundled reference checkpoint" if self.model is None else self.model
         adapt = f", adapted {self.adapt_epochs} epochs to the slide (self-supervised)" if self.adapt_epochs else ""
-        return f"{name}{adapt}"
+        return f"{name}{adapt}; embedding level {self.level!r}"
 
 
 def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -264,6 +265,7 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
         slide.sdata,
         model,
         modalities=setup.modalities,
+        level=setup.level,
         adapt_epochs=setup.adapt_epochs,
         random_state=seed,
         device="cpu",
@@ -274,6 +276,7 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
     table = sdata["table"]
     details = {
         "modalities": "+".join(table.uns["storm"]["X_storm"]["modalities"]),
+        "level": table.uns["storm"]["X_storm"]["level"],
         "architecture": model.config.name,
         "domain_params": json.dumps({k: v for k, v in table.uns["storm"]["storm_domain"].items() if k != "tool"}),
     }
@@ -488,6 +491,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--adapt-epochs", type=int, default=0, help="self-supervised epochs on the slide before embedding"
     )
     parser.add_argument("--modalities", default="auto", choices=["auto", "image", "expression", "both"])
+    parser.add_argument(
+        "--level",
+        default="levels",
+        choices=["levels", "joint", "observation", "niche", "region"],
+        help="which embedding storm_embed writes (its `level`)",
+    )
     parser.add_argument("--no-storm", action="store_true", help="baselines only")
     parser.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the baselines")
     parser.add_argument("--n-pcs", type=int, default=30, help="principal components of the baselines")
@@ -540,7 +549,7 @@ def _storm_setup(args: argparse.Namespace) -> tuple[StormSetup | None, str]:
     if args.no_storm:
         return None, "left out (--no-storm)"
     epochs = min(args.adapt_epochs, QUICK_ADAPT_EPOCHS) if args.quick else args.adapt_epochs
-    setup = StormSetup(args.model, args.init_config, epochs, args.modalities, args.threads)
+    setup = StormSetup(args.model, args.init_config, epochs, args.modalities, args.threads, args.level)
     if args.init_config is None:
         try:
             st.models.StormModel.from_pretrained(args.model)

@@ -72,10 +72,11 @@ print(table.obs["layer"].value_counts(dropna=False).sort_index())
 #
 # ## Embed with the reference checkpoint and find domains
 #
-# `storm_embed` (with `model=None`: the bundled reference) writes one 16-dimensional vector per spot into
-# `.obsm["X_storm"]`; `storm_domains` smooths it over each spot's spatial neighbours and clusters it into
-# `N_DOMAINS` domains (`.obs["storm_domain"]`). The section's genes are named by Ensembl ids only; the model's
-# vocabulary carries Ensembl ids too, and `storm_embed` logs how many genes matched.
+# `storm_embed` (with `model=None`: the bundled reference) writes one vector per spot into `.obsm["X_storm"]`
+# (the model's observation, niche and region embeddings side by side: 96 numbers); `storm_domains` smooths it
+# over each spot's spatial neighbours and clusters it into `N_DOMAINS` domains (`.obs["storm_domain"]`). The
+# section's genes are named by Ensembl ids only; the model's vocabulary carries Ensembl ids too, and
+# `storm_embed` logs how many genes matched.
 
 # %%
 st.tl.storm_embed(sdata, verbose=False)
@@ -133,11 +134,12 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # **What to expect.** An ARI of 1 would mean that the domains are the layers, 0 that they are unrelated. The
 # layers are thin bands, and some (L2, L4) have few spots, so 7 clusters rarely match them one to one.
 #
-# - The bundled reference, which never saw brain cortex, gives ARI 0.30 (NMI 0.35) without any training here, and
-#   0.31 (NMI 0.35) after one epoch of adaptation (fast mode, about a minute on a 2-core CPU); with the default
-#   5 epochs the domain benchmark measured 0.26 ± 0.05 over three seeds: adaptation does not help this reference. The PCA baseline reaches 0.37 (NMI 0.46): this small reference does not beat expression-only
-#   clustering of the section itself. Its domains follow the cortical depth: white matter is almost entirely one
-#   domain and L1 has one of its own, but L2-L6 are spread over several domains; the cross-tabulation above
+# - The bundled reference, which never saw brain cortex, gives ARI 0.36 (NMI 0.41) without any training here.
+#   One epoch of adaptation (fast mode, about a minute on a 2-core CPU) lowers it to 0.25 (NMI 0.36): adaptation
+#   does not help this reference (the domain benchmark measured the same with 5 epochs). The PCA baseline reaches
+#   0.37 (NMI 0.46): this small reference comes close to, but does not beat, expression-only clustering of the
+#   section itself. Its domains follow the cortical depth: white matter is one domain of its own (650 of 652
+#   spots), L1 mostly another, L2-L3 share one, and L4-L6 are spread over several; the cross-tabulation above
 #   shows it.
 #
 # ## Plots

@@ -15,6 +15,19 @@ def test_embed_writes_obsm_and_params(toy_sdata_factory, trained_model):
     assert params["tool"] == "storm_embed"
     assert params["modalities"] == ["image", "expression", "spatial context"]
     assert params["storm_sc_version"] == st.__version__
+    assert params["level"] == "levels"
+
+
+def test_embed_levels_are_the_model_levels_side_by_side(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=1)
+    st.tl.storm_embed(sdata, trained_model, verbose=False)
+    st.tl.storm_embed(sdata, trained_model, level="joint", key_added="joint", verbose=False)
+    cfg = trained_model.config
+    levels, joint = sdata["table"].obsm["X_storm"], sdata["table"].obsm["joint"]
+    assert levels.shape[1] == 3 * cfg.hidden_dim and joint.shape[1] == cfg.embed_dim
+    parts = [trained_model.embed(sdata, level=lv, verbose=False) for lv in ("observation", "niche", "region")]
+    np.testing.assert_allclose(levels, np.hstack(parts), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(joint, trained_model.embed(sdata, verbose=False), rtol=1e-5, atol=1e-5)
 
 
 def test_embed_copy_leaves_input_untouched(toy_sdata_factory, trained_model):
@@ -57,6 +70,8 @@ def test_embed_rejects_bad_arguments_before_work(toy_sdata_factory, trained_mode
         st.tl.storm_embed(sdata, trained_model, modalities="rna")
     with pytest.raises(ValueError, match="batch_size"):
         st.tl.storm_embed(sdata, trained_model, batch_size=0)
+    with pytest.raises(ValueError, match="level"):
+        st.tl.storm_embed(sdata, trained_model, level="cell")
     with pytest.raises(TypeError, match="SpatialData"):
         st.tl.storm_embed("not data", trained_model)
     assert "X_storm" not in sdata["table"].obsm

@@ -19,7 +19,7 @@ from ._neighbors import pick
 from ._network import StormNetwork
 from ._readout import READOUT_LEVELS, ExpressionReadout
 
-LEVELS = ("joint", "observation", "niche", "region")
+LEVELS = ("joint", "levels", "observation", "niche", "region")
 T = TypeVar("T")
 
 
@@ -269,11 +269,18 @@ def embed_inputs(
             device=dev,
             verbose=verbose,
         )
-        dim = network.config.embed_dim if level == "joint" else network.config.hidden_dim
-        out = np.empty((inputs.n_obs, dim), dtype=np.float32)
+        out = np.empty((inputs.n_obs, embedding_width(network.config, level)), dtype=np.float32)
         for rows in _chunks(inputs.n_obs, batch_size):
-            out[rows] = contextual(network, inputs, tokens, rows, dev)[level].float().cpu().numpy()
+            levels = contextual(network, inputs, tokens, rows, dev)
+            out[rows] = readout_features(levels) if level == "levels" else levels[level].float().cpu().numpy()
     return out
+
+
+def embedding_width(config: StormConfig, level: str) -> int:
+    """Width of an embedding level: ``embed_dim`` for ``"joint"``, three ``hidden_dim`` for ``"levels"``."""
+    if level == "joint":
+        return config.embed_dim
+    return len(READOUT_LEVELS) * config.hidden_dim if level == "levels" else config.hidden_dim
 
 
 def readout_features(levels: dict[str, torch.Tensor]) -> np.ndarray:

@@ -285,8 +285,9 @@ class StormModel:
         data
             One slide: SpatialData, AnnData, SpatialInput, or :class:`StormInputs` from :meth:`prepare`.
         level
-            ``"joint"`` (observation + niche + region, ``embed_dim`` wide), or one level alone
-            (``"observation"``, ``"niche"``, ``"region"``; ``hidden_dim`` wide).
+            ``"joint"`` (observation + niche + region projected to ``embed_dim``), ``"levels"`` (the three levels
+            side by side, ``3 * hidden_dim`` wide, unprojected), or one level alone (``"observation"``, ``"niche"``,
+            ``"region"``; ``hidden_dim`` wide).
         use_image, use_expression
             Modalities to use (e.g. ``use_expression=False`` for an H&E-only embedding).
         table_key, image_key, mpp, library_id
