@@ -30,11 +30,14 @@ def smooth_embedding(x: np.ndarray, graph: sparse.spmatrix, *, steps: int, weigh
     adjacency = sparse.csr_matrix(graph, dtype=np.float64, copy=True)
     adjacency.data[:] = 1.0
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inv = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
-    walk = sparse.diags(inv) @ adjacency
-    has_neighbours = (degree > 0)[:, None]
+    has_neighbours = degree > 0
+    inv = np.divide(1.0, degree, out=np.zeros_like(degree), where=has_neighbours)
+    # One sparse operator per step, (1 - weight) * self + weight * neighbours' mean (the identity where there are no
+    # neighbours): each step then holds two copies of the embedding, not the five of the written-out formula.
+    step = sparse.diags(np.where(has_neighbours, 1.0 - weight, 1.0)) + weight * (sparse.diags(inv) @ adjacency)
+    step = step.tocsr()
     for _ in range(steps):
-        x = np.where(has_neighbours, (1.0 - weight) * x + weight * (walk @ x), x)
+        x = step @ x
     return x
 
 
@@ -169,8 +172,8 @@ def storm_domains(
             )
         if library_key is not None and library_key not in table.obs:
             raise KeyError(f"{slide.library_id}: `library_key` {library_key!r} is not a column of .obs.")
-        rep = np.asarray(table.obsm[use_rep], dtype=np.float64)
-        if rep.ndim != 2 or not np.isfinite(rep).all():
+        rep = np.asarray(table.obsm[use_rep])
+        if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number) or not np.isfinite(rep).all():
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
         check_params_slot(table, f"{slide.library_id}: ")
@@ -180,19 +183,21 @@ def storm_domains(
         raise ValueError(f"`n_domains`={n_domains} exceeds the number of observations ({n_total}).")
 
     start = time.perf_counter()
-    reps = [np.asarray(slide.table.obsm[use_rep], dtype=np.float64) for slide in resolved]
+    reps = [np.asarray(slide.table.obsm[use_rep]) for slide in resolved]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
     # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
     # the same in its neighbours' mean. The centre is taken over all slides so that domains stay comparable.
-    centre = np.vstack(reps).mean(axis=0)
+    centre = sum(rep.sum(axis=0, dtype=np.float64) for rep in reps) / n_total
     parts = []
     for slide, rep in zip(resolved, reps, strict=True):
-        rep = unit_rows(rep - centre)
+        rep = unit_rows(rep - centre)  # float64 from here on
         if smooth_steps and slide.n_obs > 1:
             graph = spatial_graph(slide, n_neighs=min(SMOOTH_NEIGHS, slide.n_obs - 1), library_key=library_key)
             rep = smooth_embedding(rep, graph, steps=smooth_steps, weight=smooth_weight)
         parts.append(rep)
-    z = unit_rows(np.vstack(parts))
+    # float32 halves k-means' memory (its copies of the data dominate the peak on a million cells).
+    z = unit_rows(parts[0] if len(parts) == 1 else np.vstack(parts)).astype(np.float32)
+    del parts, reps, rep
     labels = _ordered_labels(_cluster(z, n_domains, resolution, random_state))
     colors = _palette(len(labels.categories))
 
