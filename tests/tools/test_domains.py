@@ -77,3 +77,25 @@ def test_errors_before_work(embedded, toy_sdata_factory):
     assert embedded["table"].obs["storm_domain"].nunique() == 2
     copy = st.tl.storm_domains(embedded, n_domains=3, key_added="d3", copy=True)
     assert "d3" not in embedded["table"].obs and "d3" in copy["table"].obs
+
+
+def test_smoothing_operator_is_the_neighbour_mean_rule():
+    from scipy import sparse
+
+    from storm_sc.tl._domains import smooth_embedding
+
+    rng = np.random.default_rng(0)
+    n, weight = 50, 0.5
+    x = rng.normal(size=(n, 4))
+    rows, cols = rng.integers(0, n - 5, 200), rng.integers(0, n - 5, 200)  # the last 5 have no neighbours
+    keep = rows != cols
+    graph = sparse.csr_matrix((rng.uniform(10, 100, keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    expected = x.copy()
+    adjacency = (graph > 0).toarray().astype(float)
+    degree = adjacency.sum(1)
+    for _ in range(2):
+        mean = np.divide(adjacency @ expected, degree[:, None], out=expected.copy(), where=degree[:, None] > 0)
+        expected = np.where(degree[:, None] > 0, (1 - weight) * expected + weight * mean, expected)
+    got = smooth_embedding(x, graph, steps=2, weight=weight)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(got[-5:], x[-5:])  # isolated observations are left as they are
