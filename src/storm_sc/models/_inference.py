@@ -288,7 +288,6 @@ def readout_features(levels: dict[str, torch.Tensor]) -> np.ndarray:
     return torch.cat([levels[k].float() for k in READOUT_LEVELS], dim=-1).cpu().numpy()
 
 
-@torch.no_grad()
 def image_features(
     network: StormNetwork,
     inputs: StormInputs,
@@ -298,15 +297,15 @@ def image_features(
     verbose: bool | None = None,
 ) -> np.ndarray:
     """``(n, 3 * hidden_dim)`` H&E-only features of every observation, as the expression readout reads them."""
-    dev = resolve_device(device)
-    out = np.empty((inputs.n_obs, len(READOUT_LEVELS) * network.config.hidden_dim), dtype=np.float32)
-    with _with_eval(network, dev):
-        tokens = fused_tokens(
-            network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
-        )
-        for rows in _chunks(inputs.n_obs, batch_size):
-            out[rows] = readout_features(contextual(network, inputs, tokens, rows, dev))
-    return out
+    return embed_inputs(
+        network,
+        inputs,
+        level="levels",
+        use_expression=False,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
 
 
 class ExpressionPlan:
