@@ -62,3 +62,49 @@ def outputs_in_the_way(outs: Sequence[Path], overwrite: bool) -> str | None:
     if existing and not overwrite:
         return f"{existing} exist; pass --overwrite to replace them."
     return None
+
+
+def publish(
+    outs: Sequence[Path],
+    header: Sequence[str],
+    tables: Sequence[tuple[str | None, pd.DataFrame]],
+    notes: str,
+    rows: pd.DataFrame,
+) -> str:
+    """Print a benchmark's report (header lines, titled tables, notes) and write it to every ``--out`` path.
+
+    Parameters
+    ----------
+    outs
+        The ``--out`` paths (see :func:`write_outputs`).
+    header
+        Lines describing the run.
+    tables
+        ``(title or None, table)`` pairs, printed in order.
+    notes
+        How to read the tables.
+    rows
+        One row per measurement, for ``.csv`` outputs.
+
+    Returns
+    -------
+    The printed text.
+
+    Examples
+    --------
+    >>> text = publish([], ["run"], [(None, pd.DataFrame({"a": [1]}))], "a: one", pd.DataFrame())
+    run
+    <BLANKLINE>
+    | a |
+    |---|
+    | 1 |
+    <BLANKLINE>
+    a: one
+    """
+    lines = [*header, ""]
+    for title, table in tables:
+        lines += ([title] if title else []) + [markdown_table(table), ""]
+    text = "\n".join([*lines, notes])
+    print(text)
+    write_outputs(outs, text, rows)
+    return text

@@ -44,7 +44,7 @@ if __package__ in (None, ""):
 
 import storm_sc as st  # noqa: E402
 from benchmarks._data_dir import default_data_dir  # noqa: E402
-from benchmarks._report import markdown_table, mean_sd, outputs_in_the_way, write_outputs  # noqa: E402
+from benchmarks._report import mean_sd, outputs_in_the_way, publish  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -272,20 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k, s, n, t, c in sizes
         ],  # fmt: skip
         f"total wall {time.perf_counter() - start:.0f} s; {platform.machine()}, torch threads {args.threads}",
-        "",
     ]
-    text = (
-        "\n".join(header)
-        + markdown_table(summary_table(per_run))
-        + (
-            "\n\nAUROC of out-of-fold predictions (patient-level stratified folds), mean ± sd over cohort seeds x "
-            "training seeds; CI low = mean lower bound of the bootstrap 95% intervals; abmil_shuffled = ABMIL with "
-            "responses permuted across patients (its min-max columns span the permutations' means); focus attention "
-            "= median attention of the focus tiles in responders relative to a uniform share."
-        )
+    notes = (
+        "AUROC of out-of-fold predictions (patient-level stratified folds), mean ± sd over cohort seeds x "
+        "training seeds; CI low = mean lower bound of the bootstrap 95% intervals; abmil_shuffled = ABMIL with "
+        "responses permuted across patients (its min-max columns span the permutations' means); focus attention "
+        "= median attention of the focus tiles in responders relative to a uniform share."
     )
-    print(text)
-    write_outputs(args.out, text, per_run)
+    publish(args.out, header, [(None, summary_table(per_run))], notes, per_run)
     return 0
 
 

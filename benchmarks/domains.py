@@ -57,7 +57,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     leiden_domains,
     smooth_like_storm,
 )
-from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
+from benchmarks._report import mean_sd, publish  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -639,9 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "annotated layers for every method. CPU s: process CPU seconds of the method over all datasets and seeds "
         "(published methods: their own process)."
     )
-    text = "\n".join([*header, "", markdown_table(summary), "", notes])
-    print(text)
-    write_outputs(args.out, text, per_seed)
+    publish(args.out, header, [(None, summary)], notes, per_seed)
     return 0
 
 

@@ -52,7 +52,7 @@ import storm_sc as st  # noqa: E402
 from benchmarks._baseline_features import pixel_features, stain_texture_features, window_side_px  # noqa: E402
 from benchmarks._data_dir import default_data_dir  # noqa: E402
 from benchmarks._metrics import mse_per_gene, pearson_per_gene  # noqa: E402
-from benchmarks._report import markdown_table, mean_sd, write_outputs  # noqa: E402
+from benchmarks._report import mean_sd, publish  # noqa: E402
 from benchmarks._ridge import fit_ridge  # noqa: E402
 from benchmarks._splits import Split, across_patient_splits, inner_groups, patient_of, within_patient_splits  # noqa: E402
 from benchmarks._targets import log1p_cpm, panel_present, top_hvgs  # noqa: E402
@@ -766,21 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scored 0. STORM predicts log1p(counts per 1e4), mapped to log1p(CPM); its squared error is not comparable and "
         "is not reported. CPU s = feature extraction + fitting + predicting, all folds."
     )
-    text = "\n".join(
-        [
-            *header,
-            "",
-            "Mean Pearson r (higher is better)",
-            markdown_table(pearson),
-            "",
-            "Mean squared error of log1p(CPM) (lower is better)",
-            markdown_table(mse),
-            "",
-            notes,
-        ]
-    )
-    print(text)
-    write_outputs(args.out, text, per_fold)
+    tables = [
+        ("Mean Pearson r (higher is better)", pearson),
+        ("Mean squared error of log1p(CPM) (lower is better)", mse),
+    ]
+    publish(args.out, header, tables, notes, per_fold)
     return 0
 
 

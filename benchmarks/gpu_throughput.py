@@ -34,7 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
-from benchmarks._report import markdown_table, outputs_in_the_way, write_outputs  # noqa: E402
+from benchmarks._report import outputs_in_the_way, publish  # noqa: E402
 from benchmarks.throughput import EMBED_KEY, PREDICT_KEY, PROFILES, generate_slide, on_disk  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
@@ -223,18 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Xenium-like generated slides ({PROFILES['xenium'].description}), {args.n_genes} genes; untrained models "
         f"(seed 0); one warm-up call per size x config; budget {args.budget_s:.0f} s; total wall "
         f"{time.perf_counter() - wall:.0f} s",
-        "",
     ]
-    text = (
-        "\n".join(header)
-        + markdown_table(table(results))
-        + (
-            "\n\nobs/s = observations / wall seconds of the whole call (patch reading on the CPU included); GPU GiB = "
-            "torch's peak allocated GPU memory during the call."
-        )
+    notes = (
+        "obs/s = observations / wall seconds of the whole call (patch reading on the CPU included); GPU GiB = "
+        "torch's peak allocated GPU memory during the call."
     )
-    print(text)
-    write_outputs(args.out, text, results)
+    publish(args.out, header, [(None, table(results))], notes, results)
     return 0
 
 

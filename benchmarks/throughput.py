@@ -41,7 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
-from benchmarks._report import markdown_table, write_outputs  # noqa: E402
+from benchmarks._report import publish  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -429,9 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{dense_gib:,.1f} GiB. Python peak: tracemalloc's peak during a second, traced call (numpy included; "
         "torch's allocator is not traced)."
     )
-    text = "\n".join([*header, "", markdown_table(table(results)), "", notes])
-    print(text)
-    write_outputs(args.out, text, results)
+    publish(args.out, header, [(None, table(results))], notes, results)
     return 0
 
 
