@@ -64,6 +64,12 @@ def make_batch(
         stain_alpha=1 + 0.05 * torch.randn(m, 3, generator=g),
         stain_beta=0.02 * torch.randn(m, 3, generator=g),
     )
+    if config.program_genes:
+        p = config.program_genes
+        program_valid = (torch.rand(m, p, generator=g) > 0.2) & torch.full((m, 1), expression)
+        out.program_ids = torch.randint(0, n_genes, (m, p), generator=g)
+        out.program_values = torch.randn(m, p, generator=g)
+        out.program_valid = program_valid
     if features is not None:
         out.features = torch.randn(m, features, generator=g)
     else:

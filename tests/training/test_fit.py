@@ -41,10 +41,10 @@ def test_embedding_separates_planted_domains_better_than_untrained(domains_run):
     sdata, model = domains_run
     untrained = StormModel("storm-tiny", model.vocabulary, seed=0)
     before, after = _ari(untrained, sdata, 4), _ari(model, sdata, 4)
-    # The stain-statistics path already tells the toy domains' colours apart before training (ARI ~0.5);
-    # training must add the morphology-expression structure on top.
+    # Before training, the stain-statistics path already tells the toy domains' colours apart and the program path
+    # is a random projection of the standardised expression (ARI ~0.6); training must add structure on top.
     assert after > 0.7
-    assert after > before + 0.25
+    assert after > before + 0.15
 
 
 def test_same_seed_same_weights_and_other_seed_differs(small_toy):

@@ -22,6 +22,9 @@ class StormBatch:
         ``(m,)`` bool: the observation has measured expression.
     gene_ids, gene_values, gene_valid
         ``(m, t)`` gene tokens: vocabulary index, log1p value, and whether the slot holds a measured gene.
+    program_ids, program_values, program_valid
+        ``(m, p)`` gene-program inputs (models with ``program_genes``): vocabulary index, value standardised over
+        the slide, and whether the slot holds a gene; ``None`` for models without the program path.
     centre
         ``(b,)`` rows of the centres.
     niche_idx, niche_valid, niche_dxy
@@ -59,6 +62,9 @@ class StormBatch:
     drop_expression: torch.Tensor | None = None
     stain_alpha: torch.Tensor | None = None
     stain_beta: torch.Tensor | None = None
+    program_ids: torch.Tensor | None = None
+    program_values: torch.Tensor | None = None
+    program_valid: torch.Tensor | None = None
 
     @property
     def n_obs(self) -> int:

@@ -64,6 +64,14 @@ class StormConfig:
         Gene tokens per observation: the most expressed half, then measured genes drawn at random.
     expression_layers
         Self-attention layers over an observation's gene tokens before pooling.
+    program_genes
+        Width of the gene-program path (0: off): every observation of a slide is also described by the same
+        ``program_genes`` genes, the slide's most variable ones, standardised over the slide and projected by a
+        fixed gene-loading map (see ``storm_sc.models._programs``). The tokens alone see too few genes, too
+        noisily, for graded programs such as tissue layers.
+    program_dim
+        Width of the fixed gene-loading map of the program path: at pretraining, the main axes of gene
+        co-expression over the training corpus.
     hidden_dim, heads, dropout
         Width, attention heads and dropout of the fusion and context blocks.
     embed_dim
@@ -103,6 +111,8 @@ class StormConfig:
     value_max: float = 8.0
     max_genes: int = 256
     expression_layers: int = 1
+    program_genes: int = 0
+    program_dim: int = 32
     hidden_dim: int = 128
     heads: int = 4
     dropout: float = 0.0
@@ -137,6 +147,7 @@ class StormConfig:
             "gene_dim",
             "value_bins",
             "max_genes",
+            "program_dim",
             "hidden_dim",
             "heads",
             "embed_dim",
@@ -149,8 +160,10 @@ class StormConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 out.append(f"`{name}` must be a positive integer (got {value!r})")
-        if not isinstance(self.expression_layers, int) or self.expression_layers < 0:
-            out.append(f"`expression_layers` must be an integer >= 0 (got {self.expression_layers!r})")
+        for name in ("expression_layers", "program_genes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                out.append(f"`{name}` must be an integer >= 0 (got {value!r})")
         for name in ("patch_um", "value_max", "region_radius_um", "position_min_um", "position_max_um"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -63,6 +63,10 @@ class ExpressionEncoder(nn.Module):
     high", which mostly measures sequencing depth. Optional self-attention layers mix the tokens; attention
     pooling then runs over the valid tokens only, so the number and identity of measured genes may differ
     between observations (Visium ~18k genes, Xenium 300-5k, CosMx ~1k, legacy ST panels).
+
+    With ``config.program_genes`` a second, linear path adds the observation's standardised expression of its
+    slide's most variable genes projected by a fixed gene-loading map (see ``storm_sc.models._programs``): the
+    tokens say which genes are on, the programs say where along the main axes of co-expression it lies.
     """
 
     def __init__(self, config: StormConfig, n_genes: int) -> None:
@@ -90,14 +94,33 @@ class ExpressionEncoder(nn.Module):
         else:
             self.mixer = None
         self.pool = TokenPool(config.hidden_dim, config.heads)
+        if config.program_genes:
+            # A fixed map, not trained with the network: at pretraining it is set to the corpus's main axes of gene
+            # co-expression (storm_sc.models._programs.corpus_loadings), so an observation's program scores are a
+            # PCA-like summary of its slide-standardised expression in axes shared by every slide. A random map
+            # (unit-variance scores) stands in until then. Saved with the weights.
+            loadings = torch.randn(n_genes, config.program_dim) / math.sqrt(config.program_genes)
+            self.register_buffer("program_loadings", loadings)
+            self.program_proj: nn.Linear | None = nn.Linear(config.program_dim, config.hidden_dim)
+        else:
+            self.program_proj = None
 
     @property
     def n_genes(self) -> int:
         """Size of the gene vocabulary."""
         return self.gene_embedding.num_embeddings
 
-    def forward(self, gene_ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Encode ``(n, t)`` gene ids, log1p values and validity masks into ``(n, hidden_dim)``."""
+    def forward(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        program: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Encode ``(n, t)`` gene ids, log1p values and validity masks into ``(n, hidden_dim)``.
+
+        ``program`` holds ``(n, p)`` program ids, standardised values and validity (models with a program path).
+        """
         # Project each distinct gene once rather than every token: batches repeat the same genes many times.
         unique, inverse = torch.unique(gene_ids, return_inverse=True)
         genes = self.gene_proj(self.gene_embedding(unique))[inverse]
@@ -106,4 +129,16 @@ class ExpressionEncoder(nn.Module):
             safe = valid.clone()
             safe[~safe.any(dim=1), 0] = True
             tokens = self.mixer(tokens, src_key_padding_mask=~safe)
-        return self.pool(tokens, valid)
+        out = self.pool(tokens, valid)
+        if self.program_proj is not None and program is not None:
+            out = out + self._program(*program)
+        return out
+
+    def _program(self, ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        weights = torch.where(valid, values, torch.zeros_like(values)).float()
+        # Rows of a slide share their program genes: a (rows x distinct genes) matrix times the distinct genes'
+        # loadings costs far less memory than gathering one loading vector per row and gene.
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        dense = torch.zeros(len(ids), len(unique), device=weights.device).scatter_add_(1, inverse, weights)
+        scores = dense @ self.program_loadings[unique].float()
+        return self.program_proj(scores.to(self.program_proj.weight.dtype))

@@ -17,6 +17,7 @@ from storm_sc._settings import logger, settings
 
 from ._config import StormConfig
 from ._neighbors import niche_neighbors, region_neighbors
+from ._programs import SlidePrograms, program_arrays, slide_programs
 from ._tokens import draw_weights, gene_tokens
 
 if TYPE_CHECKING:
@@ -166,6 +167,16 @@ class StormInputs:
         if cached is None or len(cached) != self.expression.shape[1]:
             cached = self.__dict__["_token_weights"] = draw_weights(self.expression)
         return cached
+
+    def programs(self, n_genes: int) -> SlidePrograms | None:
+        """The slide's gene-program columns and standardisation (:func:`storm_sc.models._programs.slide_programs`)."""
+        if self.expression is None or self.expression.shape[1] <= 0 or n_genes <= 0:
+            return None
+        cache = self.__dict__.setdefault("_programs", {})
+        key = (n_genes, self.expression.shape)
+        if key not in cache:
+            cache[key] = slide_programs(self.expression, n_genes)
+        return cache[key]
 
     @property
     def has_expression(self) -> bool:
@@ -416,4 +427,14 @@ def observation_arrays(
         values = np.zeros((len(rows), config.max_genes), dtype=np.float32)
         valid = np.zeros((len(rows), config.max_genes), dtype=bool)
     out.update(gene_ids=ids, gene_values=values, gene_valid=valid, has_expression=present & valid.any(axis=1))
+    n_program = config.program_genes
+    if n_program:
+        programs = inputs.programs(n_program) if use_expression else None
+        if programs is not None:
+            p_ids, p_values, p_valid = program_arrays(inputs.expression, inputs.gene_index, programs, rows, n_program)
+        else:
+            p_ids = np.zeros((len(rows), n_program), dtype=np.int64)
+            p_values = np.zeros((len(rows), n_program), dtype=np.float32)
+            p_valid = np.zeros((len(rows), n_program), dtype=bool)
+        out.update(program_ids=p_ids, program_values=p_values, program_valid=p_valid)
     return out

@@ -119,9 +119,21 @@ class StormNetwork(nn.Module):
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")
         return self.morphology(features)
 
-    def encode_expression(self, gene_ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``(n, t)`` gene tokens -> ``(n, hidden_dim)``."""
-        return self.expression(gene_ids, values, valid)
+    def encode_expression(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        program: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``(n, t)`` gene tokens (and ``(n, p)`` program inputs) -> ``(n, hidden_dim)``."""
+        return self.expression(gene_ids, values, valid, program)
+
+    @staticmethod
+    def _program_rows(batch: StormBatch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if batch.program_ids is None or batch.program_values is None or batch.program_valid is None:
+            return None
+        return batch.program_ids[rows], batch.program_values[rows], batch.program_valid[rows]
 
     def _morphology_tokens(self, batch: StormBatch, rows: torch.Tensor, *, augment: bool) -> torch.Tensor:
         if self.config.uses_pixels:
@@ -157,7 +169,9 @@ class StormNetwork(nn.Module):
         valid = batch.gene_valid
         present = batch.has_expression & valid.any(dim=1)
         z_expr = self._scatter(
-            lambda r: self.encode_expression(batch.gene_ids[r], batch.gene_values[r], valid[r]),
+            lambda r: self.encode_expression(
+                batch.gene_ids[r], batch.gene_values[r], valid[r], self._program_rows(batch, r)
+            ),
             present,
             is_centre,
             batch,
@@ -263,7 +277,14 @@ class StormNetwork(nn.Module):
         z_joint, joint_present = z_expr, expr_present
         if batch.recon_mask is not None:
             visible = batch.gene_valid[c] & ~batch.recon_mask[c]
-            hidden_enc = self.encode_expression(batch.gene_ids[c], batch.gene_values[c], visible)
+            program = self._program_rows(batch, c)
+            if program is not None:
+                # Hidden tokens leave the program path too, or their reconstruction could read them from there.
+                p_ids, p_values, p_valid = program
+                hidden_ids = torch.where(batch.recon_mask[c], batch.gene_ids[c], -1)
+                leaked = (p_ids.unsqueeze(-1) == hidden_ids.unsqueeze(1)).any(dim=-1)
+                program = (p_ids, p_values, p_valid & ~leaked)
+            hidden_enc = self.encode_expression(batch.gene_ids[c], batch.gene_values[c], visible, program)
             z_joint = z_expr.index_copy(0, c, hidden_enc.to(z_expr.dtype))
             joint_present = expr_present.clone()
             joint_present[c] = expr_present[c] & visible.any(dim=1)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from storm_sc._settings import logger, settings
 from storm_sc.models import StormConfig, StormModel
+from storm_sc.models._programs import corpus_loadings
 
 from ._config import TrainingConfig
 from ._dataset import ContextDataset, ContextSampler, collate
@@ -183,6 +184,7 @@ def fit(
         raise ValueError("No training observations are left after the validation split; lower `val_fraction`.")
     if init_gene_statistics or (init_gene_statistics is None and not model.manifest):
         _init_gene_statistics(model, prepared)
+        _init_program_loadings(model, prepared, seed=opts.seed)
 
     # Batches per epoch and process, assuming one process (the log interval only; the learning-rate schedule
     # asks the trainer, which knows the process layout).
@@ -416,3 +418,18 @@ def _init_gene_statistics(model: StormModel, prepared: Sequence[PreparedSlide]) 
         raw_lv = torch.as_tensor(half * np.arctanh(scaled), dtype=torch.float32)
         head.mean_bias[idx] = raw_mean
         head.logvar_bias[idx] = raw_lv
+
+
+@torch.no_grad()
+def _init_program_loadings(model: StormModel, prepared: Sequence[PreparedSlide], *, seed: int) -> None:
+    """Set the program path's fixed gene loadings to the training corpus's main axes of co-expression."""
+    encoder = model.network.expression
+    if encoder.program_proj is None:
+        return
+    slides = [
+        (p.inputs.expression[p.rows(TRAIN)], p.inputs.gene_index) for p in prepared if p.inputs.expression is not None
+    ]
+    config = model.config
+    loadings = corpus_loadings(slides, len(model.vocabulary), config.program_genes, config.program_dim, seed=seed)
+    if np.abs(loadings).sum() > 0:  # a corpus without expression keeps the random map
+        encoder.program_loadings.copy_(torch.as_tensor(loadings))
