@@ -27,7 +27,7 @@
 #
 # **Data**: `st.datasets.dlpfc("151675")` reads the section from `st.settings.data_dir` (`$STORM_SC_DATA_DIR`),
 # downloading it there first when it is missing. **Model**: `model=None`, the reference checkpoint bundled with
-# storm_sc (`storm-tiny-public-v2`; see the model card for what it was trained on).
+# storm_sc (`storm-tiny-public-v3`; see the model card for what it was trained on).
 #
 # Set `STORM_SC_TUTORIAL_FAST=1` to adapt for one epoch only (as CI does).
 
@@ -134,13 +134,12 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # **What to expect.** An ARI of 1 would mean that the domains are the layers, 0 that they are unrelated. The
 # layers are thin bands, and some (L2, L4) have few spots, so 7 clusters rarely match them one to one.
 #
-# - The bundled reference, which never saw brain cortex, gives ARI 0.36 (NMI 0.41) without any training here.
-#   One epoch of adaptation (fast mode, about a minute on a 2-core CPU) lowers it to 0.25 (NMI 0.36): adaptation
-#   does not help this reference (the domain benchmark measured the same with 5 epochs). The PCA baseline reaches
-#   0.37 (NMI 0.46): this small reference comes close to, but does not beat, expression-only clustering of the
-#   section itself. Its domains follow the cortical depth: white matter is one domain of its own (650 of 652
-#   spots), L1 mostly another, L2-L3 share one, and L4-L6 are spread over several; the cross-tabulation above
-#   shows it.
+# - The bundled reference, which never saw brain cortex, gives ARI 0.32 (NMI 0.43) without any training here.
+#   One epoch of adaptation (fast mode, about a minute on a 2-core CPU) gives 0.31 (NMI 0.43): adaptation does
+#   not help this reference. The PCA baseline reaches 0.37 (NMI 0.46): this small reference comes close to, but
+#   does not beat, expression-only clustering of the section itself. Its domains follow the cortical depth: white
+#   matter is one domain of its own (650 of 652 spots), L1 mostly another, L2-L3 share one, and L4-L6 are spread
+#   over several; the cross-tabulation above shows it.
 #
 # ## Plots
 #
