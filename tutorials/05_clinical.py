@@ -236,9 +236,9 @@ ax = results["abmil"].plot_attention(cohort["slide_id"].iloc[0], ax=axes[2])
 # %% [markdown]
 # **What to expect.** The planted signal is strong and easy to see: the breast-cancer crops come from a
 # 0.69 um/px scan and are sharp and dense with nuclei, the brain crops from a 4.2 um/px image and look paler and
-# blurred. Both aggregators should find it (in our fast-mode run with the bundled reference: AUROC 0.99 for ABMIL
-# and 1.00 for mean pooling, against 0.47 for the noisy TMB baseline; survival C-index 0.80 against 0.56 for TMB),
-# and the shuffled controls should scatter around 0.5 (ours: 0.41 to 0.62, mean 0.54). With the small fast-mode cohort
+# blurred. Both aggregators should find it (in our fast-mode run with the bundled reference: AUROC 1.00 for ABMIL
+# and for mean pooling, against 0.47 for the noisy TMB baseline; survival C-index 0.75 against 0.56 for TMB),
+# and the shuffled controls should scatter around 0.5 (ours: 0.44 to 0.62, mean 0.55). With the small fast-mode cohort
 # (24 patients) the confidence intervals are wide. A real cohort, where the outcome depends on subtle morphology,
 # is a much harder problem.
 #
@@ -247,7 +247,7 @@ ax = results["abmil"].plot_attention(cohort["slide_id"].iloc[0], ax=axes[2])
 # decide the outcome. The test suite builds such a cohort from the same real crops (`tests/clinical/_synthetic.py`,
 # `make_focal_cohort`: responders carry one focus of 1-4 breast-cancer tiles inside brain and lung tissue mixed in
 # varying proportions, on slides of about 20 to 130 tiles). There, with the bundled reference's features, ABMIL
-# reached AUROC 0.97-0.99 and put about 13 times the uniform attention on the focus tiles, while mean pooling
-# reached 0.58-0.85 (two cohorts, three training seeds each; `python benchmarks/clinical_cohorts.py`, see the
+# reached AUROC 0.97-1.00 and put about 15 times the uniform attention on the focus tiles, while mean pooling
+# reached 0.56-0.79 (two cohorts, three training seeds each; `python benchmarks/clinical_cohorts.py`, see the
 # benchmarks page); with slides of one size, mean pooling came close (0.86-0.94 against 0.92-0.95, one cohort,
-# three seeds, a one-off run).
+# three seeds, a one-off run with the previous reference).
