@@ -173,10 +173,9 @@ class StormInputs:
         if self.expression is None or self.expression.shape[1] <= 0 or n_genes <= 0:
             return None
         cache = self.__dict__.setdefault("_programs", {})
-        key = (n_genes, self.expression.shape)
-        if key not in cache:
-            cache[key] = slide_programs(self.expression, n_genes)
-        return cache[key]
+        if n_genes not in cache:
+            cache[n_genes] = slide_programs(self.expression, n_genes)
+        return cache[n_genes]
 
     @property
     def has_expression(self) -> bool:

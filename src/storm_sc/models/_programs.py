@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from ._tokens import gene_moments
+
 # Standardised values are clipped like scanpy's ``pp.scale(max_value=10)``: one outlier spot must not dominate.
 Z_CLIP = 10.0
 
@@ -73,9 +75,7 @@ def slide_programs(expression: sparse.csr_matrix, n_genes: int) -> SlidePrograms
     if not n_obs or not n_panel:
         empty = np.zeros(0)
         return SlidePrograms(np.zeros(0, dtype=np.int64), empty, empty)
-    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
-    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
-    variance = np.maximum(square - mean**2, 0.0)
+    mean, variance = gene_moments(expression)
     varying = np.flatnonzero(variance > 1e-12)
     order = varying[np.lexsort((varying, -variance[varying]))][:n_genes]
     return SlidePrograms(order.astype(np.int64), mean[order], np.sqrt(variance[order]))

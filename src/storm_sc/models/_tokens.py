@@ -12,6 +12,20 @@ INFERENCE_SEED = 20_240_403
 DRAW_FLOOR = 0.1
 
 
+def gene_moments(expression: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of each column of a slide's sparse log1p expression, without densifying it.
+
+    Examples
+    --------
+    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0], [0.0, 0.0]], dtype=np.float32))
+    >>> [m.tolist() for m in gene_moments(x)]
+    [[0.0, 1.0], [0.0, 1.0]]
+    """
+    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
+    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
+    return mean, np.maximum(square - mean**2, 0.0)
+
+
 def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
     """Probability of drawing each panel gene among an observation's random tokens: its variance on the slide.
 
@@ -39,9 +53,7 @@ def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
     n_obs, n_panel = expression.shape
     if not n_obs or not n_panel:
         return np.full(n_panel, 1.0 / max(n_panel, 1))
-    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
-    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
-    variance = np.maximum(square - mean**2, 0.0)
+    _, variance = gene_moments(expression)
     if not variance.any():
         return np.full(n_panel, 1.0 / n_panel)
     weights = variance + DRAW_FLOOR * variance.mean()
