@@ -31,8 +31,43 @@ def test_deterministic_for_a_seed(embedded):
 
 def test_trained_domains_recover_planted_ones(embedded):
     st.tl.storm_domains(embedded, n_domains=3)
+    st.tl.storm_domains(embedded, n_domains=3, expression_pcs=0, key_added="alone")
     obs = embedded["table"].obs
     assert adjusted_rand_score(obs["true_domain"], obs["storm_domain"]) > 0.5
+    assert adjusted_rand_score(obs["true_domain"], obs["alone"]) > 0.5
+
+
+def test_expression_components_beside_the_embedding(embedded):
+    table = embedded["table"]
+    truth = table.obs["true_domain"].cat.codes.to_numpy()
+    # An embedding that knows nothing: the domains must then come from the slide's own expression components.
+    table.obsm["blind"] = np.random.default_rng(0).normal(size=(table.n_obs, 8)).astype(np.float32)
+    st.tl.storm_domains(embedded, n_domains=3, use_rep="blind", key_added="with")
+    st.tl.storm_domains(embedded, n_domains=3, use_rep="blind", key_added="without", expression_pcs=0)
+    assert adjusted_rand_score(truth, table.obs["with"]) > 0.5
+    assert adjusted_rand_score(truth, table.obs["without"]) < 0.2
+    params = table.uns["storm"]
+    assert params["with"]["expression_pcs"] == 32 and params["without"]["expression_pcs"] == 0
+    # The same as clustering the two blocks, weighted equally, with the components switched off.
+    from storm_sc.tl._domains import side_by_side
+
+    both = side_by_side([[table.obsm["blind"]], [st.pp.expression_components(table)]])[0]
+    table.obsm["both"] = both
+    st.tl.storm_domains(embedded, n_domains=3, use_rep="both", key_added="manual", expression_pcs=0)
+    assert (table.obs["manual"] == table.obs["with"]).all()
+
+
+def test_slides_without_expression_cluster_the_embedding_alone(embedded, caplog):
+    import anndata as ad
+
+    table = embedded["table"]
+    positions = st.io.resolve(embedded).centers_um
+    bare = ad.AnnData(
+        obs=table.obs[["true_domain"]].copy(), obsm={"spatial": positions, "X_storm": table.obsm["X_storm"]}
+    )
+    st.tl.storm_domains(bare, n_domains=3, mpp=1.0)
+    assert bare.uns["storm"]["storm_domain"]["expression_pcs"] == 0
+    assert "no expression" in caplog.text
 
 
 def test_smoothing_makes_domains_spatially_coherent(embedded):
@@ -41,8 +76,9 @@ def test_smoothing_makes_domains_spatially_coherent(embedded):
     rng = np.random.default_rng(0)
     truth = table.obs["true_domain"].cat.codes.to_numpy()
     table.obsm["noisy"] = np.eye(3)[truth] + rng.normal(scale=1.2, size=(table.n_obs, 3))
-    st.tl.storm_domains(embedded, n_domains=3, use_rep="noisy", key_added="raw", smooth_steps=0)
-    st.tl.storm_domains(embedded, n_domains=3, use_rep="noisy", key_added="smooth")
+    alone = {"use_rep": "noisy", "expression_pcs": 0}
+    st.tl.storm_domains(embedded, n_domains=3, key_added="raw", smooth_steps=0, **alone)
+    st.tl.storm_domains(embedded, n_domains=3, key_added="smooth", **alone)
     raw = adjusted_rand_score(truth, table.obs["raw"])
     smooth = adjusted_rand_score(truth, table.obs["smooth"])
     assert smooth > raw + 0.1
@@ -71,6 +107,11 @@ def test_errors_before_work(embedded, toy_sdata_factory):
         st.tl.storm_domains(fresh, n_domains=3)
     with pytest.raises(ValueError, match="n_domains"):
         st.tl.storm_domains(embedded, n_domains=0)
+    with pytest.raises(ValueError, match="expression_pcs"):
+        st.tl.storm_domains(embedded, n_domains=3, expression_pcs=-1)
+    with pytest.raises(KeyError, match="layer 'counts' not found"):
+        st.tl.storm_domains(embedded, n_domains=3, layer="counts")
+    assert "storm_domain" not in embedded["table"].obs
     st.tl.storm_domains(embedded, n_domains=2)
     with pytest.raises(ValueError, match="already exists"):
         st.tl.storm_domains(embedded, n_domains=3)

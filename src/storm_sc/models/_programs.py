@@ -23,10 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from ._tokens import gene_moments
-
-# Standardised values are clipped like scanpy's ``pp.scale(max_value=10)``: one outlier spot must not dominate.
-Z_CLIP = 10.0
+from storm_sc.pp._expression import Z_CLIP, gene_moments
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from storm_sc.pp._expression import gene_moments
+
 # Seed of the draws at inference time: an observation's tokens depend only on its row and its slide's draw weights,
 # so embeddings are reproducible and independent of batching.
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
-
-
-def gene_moments(expression: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of each column of a slide's sparse log1p expression, without densifying it.
-
-    Examples
-    --------
-    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0], [0.0, 0.0]], dtype=np.float32))
-    >>> [m.tolist() for m in gene_moments(x)]
-    [[0.0, 1.0], [0.0, 1.0]]
-    """
-    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
-    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
-    return mean, np.maximum(square - mean**2, 0.0)
 
 
 def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:

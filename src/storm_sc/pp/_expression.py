@@ -33,6 +33,22 @@ _SCAN_CHUNK = 1 << 24
 _INT_TOL = 1e-3
 # Smallest count per row tried when recovering integers (a row's smallest nonzero count is rarely above this).
 _MAX_SMALLEST_COUNT = 4
+# Standardised values are clipped like scanpy's ``pp.scale(max_value=10)``: one outlier spot must not dominate.
+Z_CLIP = 10.0
+
+
+def gene_moments(expression: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of each column of a slide's sparse log1p expression, without densifying it.
+
+    Examples
+    --------
+    >>> x = sparse.csr_matrix(np.array([[0.0, 2.0], [0.0, 0.0]], dtype=np.float32))
+    >>> [m.tolist() for m in gene_moments(x)]
+    [[0.0, 1.0], [0.0, 1.0]]
+    """
+    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
+    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
+    return mean, np.maximum(square - mean**2, 0.0)
 
 
 def _matrix_of(data: AnnData | Matrix, layer: str | None) -> Matrix:

@@ -13,10 +13,12 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.pp import spatial_graph
+from storm_sc.pp import expression_components, spatial_graph
 
 from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
+# Expression components clustered beside the embedding: as many as the reference's gene-program axes.
+EXPRESSION_PCS = 32
 # Neighbours per observation for spatial smoothing: the first hexagonal ring on Visium, a cell's close contacts.
 SMOOTH_NEIGHS = 6
 
@@ -45,6 +47,51 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     """Each row scaled to unit Euclidean length (all-zero rows stay zero): distances become cosine distances."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def side_by_side(blocks: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per slide, several representations side by side, each weighted equally.
+
+    Each block is centred over all slides and divided by its root-mean-square row length, so that every block
+    contributes the same share of the squared distances whatever its width or scale.
+
+    Parameters
+    ----------
+    blocks
+        One list per representation, holding one ``(n_obs_i, d_b)`` array per slide.
+
+    Returns
+    -------
+    One ``(n_obs_i, sum_b d_b)`` float64 array per slide.
+
+    Examples
+    --------
+    >>> a = [np.array([[0.0, 2.0], [0.0, -2.0]])]
+    >>> b = [np.array([[10.0], [-10.0]])]
+    >>> side_by_side([a, b])[0].tolist()
+    [[0.0, 1.0, 1.0], [0.0, -1.0, -1.0]]
+    """
+    n_total = sum(len(x) for x in blocks[0])
+    scaled = []
+    for block in blocks:
+        centre = sum(x.sum(axis=0, dtype=np.float64) for x in block) / n_total
+        rms = np.sqrt(sum(((x - centre) ** 2).sum() for x in block) / n_total)
+        scaled.append([(x - centre) / (rms if rms > 0 else 1.0) for x in block])
+    return [np.hstack(parts) for parts in zip(*scaled, strict=True)]
+
+
+def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
+    """``requested``, or 0 (with a warning) when a slide has no expression to compute components from."""
+    if not requested:
+        return 0
+    without = [s.library_id for s in slides if s.table.n_vars < 2]
+    if without:
+        logger.warning(
+            "storm_domains: slide(s) %s have no expression table; clustering the embedding alone (expression_pcs=0).",
+            without,
+        )
+        return 0
+    return requested
 
 
 def _cluster(z: np.ndarray, n_domains: int | None, resolution: float, random_state: int) -> np.ndarray:
@@ -91,10 +138,20 @@ def storm_domains(
     mpp: float | None = None,
     smooth_steps: int = 2,
     smooth_weight: float = 0.5,
+    expression_pcs: int = EXPRESSION_PCS,
+    layer: str | None = None,
     overwrite: bool = False,
     copy: bool = False,
 ) -> SpatialData | AnnData | list[SpatialData | AnnData] | None:
     """Spatial domains (a tissue map) from the STORM embedding.
+
+    The embedding is clustered together with the slides' own expression components (``expression_pcs``, when the
+    tables hold expression): the principal components of their most variable genes, standardised within each
+    slide (:func:`storm_sc.pp.expression_components`), the two blocks weighted equally. The embedding brings what
+    the model learned across its pretraining corpus and, where there is an H&E image, morphology; the components
+    bring the slide's own axes of variation, which a model pretrained on a small corpus does not know for tissues
+    it has not seen (``benchmarks/README.md`` measures both alone and together; ``expression_pcs=0`` clusters the
+    embedding alone).
 
     Embeddings are centred (over all slides of the call) and scaled to unit length, so that domains follow the
     direction of an embedding (cosine / correlation geometry), not its norm. Each observation's embedding is then
@@ -129,6 +186,11 @@ def storm_domains(
         only; as given to :func:`storm_sc.tl.storm_embed`).
     smooth_steps, smooth_weight
         Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing).
+    expression_pcs
+        Expression components clustered beside the embedding (0: the embedding alone). Skipped, with a warning,
+        when a slide's table has no genes.
+    layer
+        Layer holding the expression for ``expression_pcs`` instead of ``.X`` (counts, normalised or log1p).
     overwrite
         Replace an existing ``.obs[key_added]``.
     copy
@@ -157,6 +219,8 @@ def storm_domains(
         raise ValueError(f"`resolution` must be positive, got {resolution!r}.")
     if not isinstance(smooth_steps, int) or smooth_steps < 0 or not 0.0 <= smooth_weight <= 1.0:
         raise ValueError("`smooth_steps` must be an integer >= 0 and `smooth_weight` in [0, 1].")
+    if not isinstance(expression_pcs, int | np.integer) or expression_pcs < 0:
+        raise ValueError(f"`expression_pcs` must be an integer >= 0, got {expression_pcs!r}.")
     slides, single = as_slide_list(data)
     targets = [copy_for_output(s) for s in slides] if copy else slides
 
@@ -175,6 +239,8 @@ def storm_domains(
         rep = np.asarray(table.obsm[use_rep])
         if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number) or not np.isfinite(rep).all():
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
+        if expression_pcs and layer is not None and layer not in table.layers:
+            raise KeyError(f"{slide.library_id}: layer {layer!r} not found (layers: {sorted(table.layers)}).")
         check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
         check_params_slot(table, f"{slide.library_id}: ")
         resolved.append(slide)
@@ -184,6 +250,11 @@ def storm_domains(
 
     start = time.perf_counter()
     reps = [np.asarray(slide.table.obsm[use_rep]) for slide in resolved]
+    n_pcs = _expression_pcs(resolved, expression_pcs)
+    if n_pcs:
+        pcs = expression_components([s.table for s in resolved], n_components=n_pcs, layer=layer)
+        reps = side_by_side([reps, pcs])
+        n_pcs = pcs[0].shape[1]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
     # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
     # the same in its neighbours' mean. The centre is taken over all slides so that domains stay comparable.
@@ -223,6 +294,8 @@ def storm_domains(
                 "random_state": random_state,
                 "smooth_steps": smooth_steps,
                 "smooth_weight": smooth_weight,
+                "expression_pcs": n_pcs,
+                "layer": layer if n_pcs else None,
                 "n_slides": len(resolved),
             },
         )
