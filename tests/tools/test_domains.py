@@ -140,3 +140,15 @@ def test_smoothing_operator_is_the_neighbour_mean_rule():
     got = smooth_embedding(x, graph, steps=2, weight=weight)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(got[-5:], x[-5:])  # isolated observations are left as they are
+
+
+def test_each_library_of_one_table_is_standardised_on_its_own():
+    import anndata as ad
+
+    from storm_sc.tl._domains import _slide_components
+
+    parts = [st.datasets.toy(n_obs=120, n_genes=30, n_domains=3, seed=s)["table"] for s in (1, 2)]
+    joined = ad.concat(parts, label="library", keys=["a", "b"], index_unique="-")
+    got = _slide_components([joined], 4, layer=None, library_key="library")[0]
+    expected = st.pp.expression_components(parts, n_components=4)
+    np.testing.assert_allclose(got, np.vstack(expected), rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
-from ._expression import Z_CLIP, gene_moments, normalize_expression
+from ._expression import Z_CLIP, _matrix_of, gene_moments, normalized, validated_kind
 from ._input import table_of
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def expression_components(
 ) -> np.ndarray | list[np.ndarray]:
     """Principal components of the most variable genes, standardised within each slide, shared by all slides.
 
-    Each slide's expression is brought to log1p of counts per 10,000 (:func:`normalize_expression`), the genes
+    Each slide's expression is brought to log1p of counts per 10,000 (as :func:`normalize_expression` does), the genes
     measured on every slide are ranked by their variance averaged over slides, the ``n_genes`` most variable are
     standardised within each slide (zero mean, unit variance, clipped at +-10, as ``sc.pp.scale(max_value=10)``
     does), and one PCA is fitted on the observations of all slides together. Standardising per slide removes each
@@ -49,6 +49,7 @@ def expression_components(
         Most variable genes used.
     layer
         Layer holding the expression instead of ``.X`` (counts, normalised or log1p values are all accepted).
+        Where a gene name occurs twice, its first column is used.
     table_key
         Table of a SpatialData to use.
 
@@ -77,8 +78,6 @@ def expression_components(
             raise ValueError(f"Slide {i} has no genes in its table; expression components need expression.")
         if layer is not None and layer not in t.layers:
             raise KeyError(f"Slide {i}: layer {layer!r} not found (layers: {sorted(t.layers)}).")
-        if not t.var_names.is_unique:
-            raise ValueError(f"Slide {i}: gene names are not unique; call `adata.var_names_make_unique()` first.")
     common = _common_genes(tables)
     if len(common) < 2:
         raise ValueError(f"The slides share {len(common)} gene(s); expression components need at least 2 in common.")
@@ -112,7 +111,7 @@ def expression_components(
 
 def _common_genes(tables: list[AnnData]) -> np.ndarray:
     """Names of the genes of the first table that every table has, in the first table's order."""
-    names = tables[0].var_names
+    names = tables[0].var_names.drop_duplicates()
     keep = np.ones(len(names), dtype=bool)
     for t in tables[1:]:
         keep &= names.isin(t.var_names)
@@ -120,10 +119,15 @@ def _common_genes(tables: list[AnnData]) -> np.ndarray:
 
 
 def _log1p_csr(table: AnnData, genes: np.ndarray, layer: str | None) -> sparse.csr_matrix:
-    """log1p (library size 1e4, counted over all of the table's genes) of ``genes``, as CSR."""
-    x = normalize_expression(table, layer=layer)
-    columns = table.var_names.get_indexer(genes)
-    return sparse.csr_matrix(x)[:, columns]
+    """log1p (library size 1e4, counted over all of the table's genes) of ``genes``, as CSR.
+
+    A gene name that occurs twice in the table is read from its first column.
+    """
+    x = _matrix_of(table, layer)
+    first = ~table.var_names.duplicated()
+    columns = np.flatnonzero(first)[table.var_names[first].get_indexer(genes)]
+    # Only the shared genes are normalised (library sizes still count every gene): one copy of the panel, not two.
+    return sparse.csr_matrix(normalized(x, validated_kind(x, None), columns=columns))
 
 
 def _standardised(m: sparse.csr_matrix, genes: np.ndarray, mean: np.ndarray, var: np.ndarray):

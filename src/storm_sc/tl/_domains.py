@@ -81,17 +81,38 @@ def side_by_side(blocks: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
-    """``requested``, or 0 (with a warning) when a slide has no expression to compute components from."""
+    """``requested``, or 0 (with a warning) when the slides give no expression to compute components from."""
     if not requested:
         return 0
     without = [s.library_id for s in slides if s.table.n_vars < 2]
-    if without:
-        logger.warning(
-            "storm_domains: slide(s) %s have no expression table; clustering the embedding alone (expression_pcs=0).",
-            without,
-        )
+    shared = slides[0].table.var_names
+    for s in slides[1:]:
+        shared = shared.intersection(s.table.var_names)
+    if without or len(shared) < 2:
+        reason = f"slide(s) {without} have no expression table" if without else "the slides share < 2 genes"
+        logger.warning("storm_domains: %s; clustering the embedding alone (expression_pcs=0).", reason)
         return 0
     return requested
+
+
+def _slide_components(
+    tables: list[AnnData], n_components: int, *, layer: str | None, library_key: str | None
+) -> list[np.ndarray]:
+    """Expression components of each table; with ``library_key``, every library is standardised on its own."""
+    if library_key is None:
+        return expression_components(tables, n_components=n_components, layer=layer)
+    parts, where = [], []
+    for t, table in enumerate(tables):
+        codes = pd.Categorical(table.obs[library_key]).codes
+        for code in np.unique(codes):
+            rows = np.flatnonzero(codes == code)
+            parts.append(table[rows])
+            where.append((t, rows))
+    scores = expression_components(parts, n_components=n_components, layer=layer)
+    out = [np.zeros((table.n_obs, scores[0].shape[1]), dtype=np.float32) for table in tables]
+    for (t, rows), score in zip(where, scores, strict=True):
+        out[t][rows] = score
+    return out
 
 
 def _cluster(z: np.ndarray, n_domains: int | None, resolution: float, random_state: int) -> np.ndarray:
@@ -188,7 +209,8 @@ def storm_domains(
         Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing).
     expression_pcs
         Expression components clustered beside the embedding (0: the embedding alone). Skipped, with a warning,
-        when a slide's table has no genes.
+        when a slide's table has no genes or the slides share fewer than two. With ``library_key``, each library's
+        genes are standardised over that library, as each slide's are.
     layer
         Layer holding the expression for ``expression_pcs`` instead of ``.X`` (counts, normalised or log1p).
     overwrite
@@ -252,7 +274,7 @@ def storm_domains(
     reps = [np.asarray(slide.table.obsm[use_rep]) for slide in resolved]
     n_pcs = _expression_pcs(resolved, expression_pcs)
     if n_pcs:
-        pcs = expression_components([s.table for s in resolved], n_components=n_pcs, layer=layer)
+        pcs = _slide_components([s.table for s in resolved], n_pcs, layer=layer, library_key=library_key)
         reps = side_by_side([reps, pcs])
         n_pcs = pcs[0].shape[1]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
