@@ -1,4 +1,4 @@
-"""Benchmark: spatial domains against manual layer annotations (DLPFC 151675, mouse olfactory bulb).
+"""Benchmark: spatial domains against manual annotations (DLPFC 151675, mouse olfactory bulb, her2st tumours).
 
 Every method is run on the same slides, with the number of domains set to the number of annotated layers, and
 scored with the adjusted Rand index (ARI) and normalised mutual information (NMI) against the manual labels
@@ -12,7 +12,12 @@ scored with the adjusted Rand index (ARI) and normalised mutual information (NMI
 * ``pca_smooth_leiden`` / ``pca_smooth_kmeans``: the same principal components mixed with their spatial
   neighbours' by the graph and rule of ``storm_domains`` before clustering;
 * ``pca_storm_domains``: ``st.tl.storm_domains`` itself run on the principal components instead of the STORM
-  embedding (same centring, cosine geometry, smoothing and k-means), which isolates the representation;
+  embedding (same centring, cosine geometry, smoothing and k-means; no expression components beside them), which
+  isolates the representation;
+* ``components_storm_domains``: ``st.tl.storm_domains`` on the expression components alone
+  (``st.pp.expression_components``: the slide's most variable genes standardised, then PCA), the block that
+  ``storm_domains`` clusters beside the STORM embedding by default: the ``storm`` row against this one is what
+  the embedding adds;
 * ``spagcn`` / ``graphst`` / ``novae``: published methods, run in a separate Python environment
   (``--external-python``), when given.
 
@@ -63,7 +68,9 @@ logger = logging.getLogger("storm_sc.benchmarks")
 
 EXTERNAL_METHODS = ("spagcn", "graphst", "novae")
 EXTERNAL_SCRIPT = Path(__file__).resolve().parent / "_domain_external.py"
-LABEL_KEY = "layer"
+# Pathologist-annotated her2st sections: expression and positions (no image here), one per patient. Only patient
+# C's other sections (C2-C6) are in the reference's pretraining corpus.
+HER2ST_LABELLED = ("A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1")
 QUICK_ADAPT_EPOCHS = 2
 
 
@@ -75,6 +82,9 @@ class Dataset:
     description: str
     files: tuple[str, ...]
     load: Callable[[], Any]
+    label_key: str = "layer"
+    # Label values that mean "not annotated" (scored like missing labels).
+    unlabelled: tuple[str, ...] = ()
 
 
 DATASETS = {
@@ -91,6 +101,34 @@ DATASETS = {
         lambda: st.datasets.mob(verbose=False),
     ),
 }
+for _section in HER2ST_LABELLED:
+    DATASETS[f"her2st_{_section}"] = Dataset(
+        f"her2st_{_section}",
+        f"her2st {_section} (legacy ST, HER2+ breast tumour, Andersson et al. 2021): pathologist regions, no image",
+        ("her2st/data/ST-cnts/", "her2st/data/ST-spotfiles/", "her2st/data/ST-pat/", "her2st/res/", "her2st/her_"),
+        lambda s=_section: st.datasets.her2st(s, image=False, verbose=False),
+        label_key="pathologist_label",
+        unlabelled=("undetermined",),
+    )
+# Names that stand for several slides, summarised as one column (mean ± sd over the slides of their seed means).
+GROUPS = {"her2st": tuple(f"her2st_{s}" for s in HER2ST_LABELLED)}
+DEFAULT_DATASETS = ("dlpfc", "mob", "her2st")
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    """Dataset names with every group replaced by its slides, in order, without repeats.
+
+    Examples
+    --------
+    >>> expand(["mob", "her2st"])[:3]
+    ['mob', 'her2st_A1', 'her2st_B1']
+    """
+    out: list[str] = []
+    for name in names:
+        for d in GROUPS.get(name, (name,)):
+            if d not in out:
+                out.append(d)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -185,7 +223,8 @@ def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, d
     slide
         The slide (its PCA for ``seed`` must be computed).
     method
-        ``pca_leiden``, ``pca_kmeans``, ``pca_smooth_leiden``, ``pca_smooth_kmeans`` or ``pca_storm_domains``.
+        ``pca_leiden``, ``pca_kmeans``, ``pca_smooth_leiden``, ``pca_smooth_kmeans``, ``pca_storm_domains`` or
+        ``components_storm_domains``.
     seed
         Seed of the PCA solver and the clustering.
 
@@ -195,13 +234,18 @@ def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, d
     """
     z = slide.pcs[seed]
     details: dict[str, Any] = {}
-    if method == "pca_storm_domains":
-        # STORM's own domain step (centring, cosine geometry, smoothing, k-means) on the PCA instead of its embedding.
-        key = f"X_pca_seed{seed}"
+    if method.endswith("_storm_domains"):
+        # STORM's own domain step (centring, cosine geometry, smoothing, k-means) on another representation, alone.
+        name = "PCA" if method == "pca_storm_domains" else "expression components"
+        if method == "components_storm_domains":
+            z = st.pp.expression_components(slide.sdata["table"])
+        key = f"X_baseline_seed{seed}"
         slide.sdata["table"].obsm[key] = z
-        out = st.tl.storm_domains(slide.sdata, n_domains=slide.n_domains, use_rep=key, random_state=seed, copy=True)
+        out = st.tl.storm_domains(
+            slide.sdata, n_domains=slide.n_domains, use_rep=key, random_state=seed, expression_pcs=0, copy=True
+        )
         del slide.sdata["table"].obsm[key]
-        return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": "PCA"}
+        return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": name, "width": z.shape[1]}
     if "_smooth_" in method:
         n_neighs, steps, weight = _smoothing_defaults()
         graph = st.pp.spatial_graph(slide.sdata, n_neighs=n_neighs)
@@ -223,17 +267,23 @@ class StormSetup:
     adapt_epochs: int
     modalities: str
     threads: int = 1
-    level: str = "levels"
+    level: str | None = None
+    expression_pcs: int | None = None
 
     def describe(self) -> str:
         if self.init_config is not None:
             return (
                 f"{self.init_config} trained from scratch on each slide ({self.adapt_epochs} epochs, self-supervised, "
-                f"vocabulary = the slide's HVGs), one model per seed; embedding level {self.level!r}"
+                f"vocabulary = the slide's HVGs), one model per seed; {self._options()}"
             )
         name = "the bundled reference checkpoint" if self.model is None else self.model
         adapt = f", adapted {self.adapt_epochs} epochs to the slide (self-supervised)" if self.adapt_epochs else ""
-        return f"{name}{adapt}; embedding level {self.level!r}"
+        return f"{name}{adapt}; {self._options()}"
+
+    def _options(self) -> str:
+        level = "the default embedding level" if self.level is None else f"embedding level {self.level!r}"
+        pcs = "default" if self.expression_pcs is None else self.expression_pcs
+        return f"{level}; storm_domains expression_pcs={pcs}"
 
 
 def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -265,14 +315,15 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
         slide.sdata,
         model,
         modalities=setup.modalities,
-        level=setup.level,
+        **({} if setup.level is None else {"level": setup.level}),
         adapt_epochs=setup.adapt_epochs,
         random_state=seed,
         device="cpu",
         copy=True,
         verbose=False,
     )
-    st.tl.storm_domains(sdata, n_domains=slide.n_domains, random_state=seed)
+    pcs = {} if setup.expression_pcs is None else {"expression_pcs": setup.expression_pcs}
+    st.tl.storm_domains(sdata, n_domains=slide.n_domains, random_state=seed, **pcs)
     table = sdata["table"]
     details = {
         "modalities": "+".join(table.uns["storm"]["X_storm"]["modalities"]),
@@ -352,9 +403,11 @@ def load_slide(name: str, *, seeds: Sequence[int], n_hvg: int, n_pcs: int, timer
     -------
     The :class:`Slide`.
     """
-    sdata = timer.measure("load", DATASETS[name].load)
+    dataset = DATASETS[name]
+    sdata = timer.measure("load", dataset.load)
     table = sdata["table"]
-    labels = table.obs[LABEL_KEY]
+    labels = table.obs[dataset.label_key].astype(object)
+    labels = labels.where(labels.notna() & ~labels.isin(dataset.unlabelled))
     n_domains = int(labels.dropna().nunique())
     pcs, hvgs = {}, []
     for seed in seeds:
@@ -439,15 +492,22 @@ def run(
     return pd.DataFrame(rows)
 
 
-def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str], timer: Timer) -> pd.DataFrame:
-    """Mean ± sd over seeds of ARI and NMI per method and dataset, with CPU seconds.
+def summary_table(
+    per_seed: pd.DataFrame, methods: list[str], columns: dict[str, list[str]], timer: Timer
+) -> pd.DataFrame:
+    """ARI and NMI per method and dataset (or group of slides), with CPU seconds.
+
+    A single slide shows mean ± sd over seeds; a group of slides the mean ± sd over its slides of each slide's
+    mean over seeds.
 
     Parameters
     ----------
     per_seed
         Output of :func:`run`.
-    methods, datasets
-        Row and column order.
+    methods
+        Row order.
+    columns
+        Column name -> the datasets it summarises, in column order.
     timer
         CPU seconds per method (whole run).
 
@@ -458,13 +518,18 @@ def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str
     rows = []
     for method in methods:
         row = {"method": method}
-        for ds in datasets:
-            sel = per_seed[(per_seed["method"] == method) & (per_seed["dataset"] == ds)]
+        for name, datasets in columns.items():
+            sel = per_seed[(per_seed["method"] == method) & per_seed["dataset"].isin(datasets)]
             ok = sel[sel["status"] == "ok"] if "status" in sel else sel
             for metric in ("ari", "nmi"):
-                row[f"{ds} {metric.upper()}"] = mean_sd(ok[metric]) if metric in ok else "n/a"
+                if metric not in ok:
+                    row[f"{name} {metric.upper()}"] = "n/a"
+                elif len(datasets) == 1:
+                    row[f"{name} {metric.upper()}"] = mean_sd(ok[metric])
+                else:
+                    row[f"{name} {metric.upper()}"] = mean_sd(ok.groupby("dataset")[metric].mean())
             if len(ok) < len(sel):
-                row[f"{ds} ARI"] += f" ({len(sel) - len(ok)} failed)"
+                row[f"{name} ARI"] += f" ({len(sel) - len(ok)} failed)"
         row["CPU s"] = f"{timer.cpu.get(method, 0.0):.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -476,7 +541,13 @@ def summary_table(per_seed: pd.DataFrame, methods: list[str], datasets: list[str
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Spatial domains vs manual layers: STORM and baselines.")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: $STORM_SC_DATA_DIR or ../shared/data")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=sorted([*DATASETS, *GROUPS]),
+        default=list(DEFAULT_DATASETS),
+        help="slides, or 'her2st' for its 8 annotated sections (one summary column)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: first seed, <= {QUICK_ADAPT_EPOCHS} STORM epochs"
@@ -493,9 +564,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--modalities", default="auto", choices=["auto", "image", "expression", "both"])
     parser.add_argument(
         "--level",
-        default="levels",
+        default=None,
         choices=["levels", "joint", "observation", "niche", "region"],
-        help="which embedding storm_embed writes (its `level`)",
+        help="which embedding storm_embed writes (its `level`; default: storm_embed's default)",
+    )
+    parser.add_argument(
+        "--expression-pcs",
+        type=int,
+        default=None,
+        help="storm_domains' expression components beside the embedding (default: its default; 0: embedding alone)",
     )
     parser.add_argument("--no-storm", action="store_true", help="baselines only")
     parser.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the baselines")
@@ -549,7 +626,9 @@ def _storm_setup(args: argparse.Namespace) -> tuple[StormSetup | None, str]:
     if args.no_storm:
         return None, "left out (--no-storm)"
     epochs = min(args.adapt_epochs, QUICK_ADAPT_EPOCHS) if args.quick else args.adapt_epochs
-    setup = StormSetup(args.model, args.init_config, epochs, args.modalities, args.threads, args.level)
+    setup = StormSetup(
+        args.model, args.init_config, epochs, args.modalities, args.threads, args.level, args.expression_pcs
+    )
     if args.init_config is None:
         try:
             st.models.StormModel.from_pretrained(args.model)
@@ -581,8 +660,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_data_dir = st.settings._data_dir  # restored below: main() also runs inside other programs (tests)
     try:
         # Loaders (and model caches) use a temporary data folder that links to the real files, never writing there.
-        linked = linked_data_dir(data_dir, [p for d in args.datasets for p in DATASETS[d].files], work / "data")
-        missing = [d for d in args.datasets if not any(rel.startswith(DATASETS[d].files[0]) for rel in linked)]
+        names = expand(args.datasets)
+        linked = linked_data_dir(data_dir, sorted({p for d in names for p in DATASETS[d].files}), work / "data")
+        missing = [d for d in names if not any(rel.startswith(DATASETS[d].files[0]) for rel in linked)]
         if missing:
             raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
         st.settings.data_dir = work / "data"
@@ -593,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pca_smooth_leiden",
             "pca_smooth_kmeans",
             "pca_storm_domains",
+            "components_storm_domains",
         ]
         external_note = "not run (no --external-python)"
         if args.external_python is not None and not args.quick:
@@ -604,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         timer = Timer()
         t0 = time.perf_counter()
-        slides = [load_slide(d, seeds=seeds, n_hvg=args.n_hvg, n_pcs=args.n_pcs, timer=timer) for d in args.datasets]
+        slides = [load_slide(d, seeds=seeds, n_hvg=args.n_hvg, n_pcs=args.n_pcs, timer=timer) for d in names]
         per_seed = run(
             slides,
             methods,
@@ -622,9 +703,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     n_neighs, steps, weight = _smoothing_defaults()
-    summary = summary_table(per_seed, methods, args.datasets, timer)
+    summary = summary_table(per_seed, methods, {d: list(GROUPS.get(d, (d,))) for d in args.datasets}, timer)
     header = [
-        "Spatial domains vs manual layers — "
+        "Spatial domains vs manual annotations — "
         + "; ".join(f"{s.name}: {int(s.labels.notna().sum())} labelled spots, k = {s.n_domains}" for s in slides),
         f"seeds {', '.join(map(str, seeds))}; baselines: {args.n_hvg} HVGs (seurat), {args.n_pcs} PCs; smoothing as "
         f"storm_domains ({n_neighs} neighbours, {steps} steps, weight {weight})",
