@@ -98,7 +98,7 @@ def expression_components(
             gram += z.T @ z
             n_total += len(z)
     k = int(min(n_components, len(genes), max(n_total - 1, 1)))
-    values, vectors = np.linalg.eigh(gram / max(n_total, 1))
+    _, vectors = np.linalg.eigh(gram / max(n_total, 1))
     axes = vectors[:, ::-1][:, :k]
     # Each axis's sign is fixed by its largest loading, so the result does not depend on the eigen-solver.
     axes *= np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
