@@ -129,8 +129,9 @@ def storm_embed(
         Which of the model's representations to write. ``"levels"``: the observation (its fused H&E and
         expression), its niche and its region embeddings side by side (``3 * hidden_dim`` numbers, 96 for the
         reference); ``"joint"``: their learned projection to ``embed_dim`` (16 for the reference), which is smaller
-        but, on the domain benchmark, clusters into layers less well (DLPFC ARI 0.30 vs 0.36, see
-        ``benchmarks/README.md``); or one level alone (``"observation"``, ``"niche"``, ``"region"``).
+        but, clustered alone on the domain benchmark, finds the bulb's layers less well (ARI 0.22 vs 0.36) and the
+        cortex's a little better (0.35 vs 0.32; see ``benchmarks/README.md``); or one level alone
+        (``"observation"``, ``"niche"``, ``"region"``).
     adapt_epochs
         Epochs of self-supervised adaptation to ``data`` before embedding (0: none).
     random_state
