@@ -67,6 +67,15 @@ from benchmarks._report import mean_sd, publish  # noqa: E402
 logger = logging.getLogger("storm_sc.benchmarks")
 
 EXTERNAL_METHODS = ("spagcn", "graphst", "novae")
+# The baselines computed here, in table order (see baseline_labels).
+BASELINE_METHODS = (
+    "pca_leiden",
+    "pca_kmeans",
+    "pca_smooth_leiden",
+    "pca_smooth_kmeans",
+    "pca_storm_domains",
+    "components_storm_domains",
+)
 EXTERNAL_SCRIPT = Path(__file__).resolve().parent / "_domain_external.py"
 # Pathologist-annotated her2st sections: expression and positions (no image here), one per patient. Only patient
 # C's other sections (C2-C6) are in the reference's pretraining corpus.
@@ -667,14 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
         st.settings.data_dir = work / "data"
         storm, storm_text = _storm_setup(args)
-        methods = (["storm"] if storm is not None else []) + [
-            "pca_leiden",
-            "pca_kmeans",
-            "pca_smooth_leiden",
-            "pca_smooth_kmeans",
-            "pca_storm_domains",
-            "components_storm_domains",
-        ]
+        methods = (["storm"] if storm is not None else []) + list(BASELINE_METHODS)
         external_note = "not run (no --external-python)"
         if args.external_python is not None and not args.quick:
             methods += list(args.external)

@@ -116,14 +116,7 @@ def test_baseline_rows_on_a_generated_slide(toy_slide):
     pcs, hvgs = hvg_pca(table, n_hvg=60, n_pcs=10)
     labels = table.obs["true_domain"].astype(object)
     slide = bench.Slide("toy", toy_slide, labels, 3, {0: pcs}, hvgs)
-    for method in (
-        "pca_leiden",
-        "pca_kmeans",
-        "pca_smooth_leiden",
-        "pca_smooth_kmeans",
-        "pca_storm_domains",
-        "components_storm_domains",
-    ):
+    for method in bench.BASELINE_METHODS:
         pred, details = bench.baseline_labels(slide, method, 0)
         assert len(np.unique(pred)) == 3
         assert clustering_scores(labels, pred)["ari"] > 0.6, method

@@ -38,6 +38,7 @@ def expression_components(
     standardised within each slide (zero mean, unit variance, clipped at +-10, as ``sc.pp.scale(max_value=10)``
     does), and one PCA is fitted on the observations of all slides together. Standardising per slide removes each
     slide's depth and offsets, so the components (and the domains clustered on them) mean the same on every slide.
+    Where a gene name occurs twice in a table, its first column is used.
 
     Parameters
     ----------
@@ -49,7 +50,6 @@ def expression_components(
         Most variable genes used.
     layer
         Layer holding the expression instead of ``.X`` (counts, normalised or log1p values are all accepted).
-        Where a gene name occurs twice, its first column is used.
     table_key
         Table of a SpatialData to use.
 
@@ -78,7 +78,7 @@ def expression_components(
             raise ValueError(f"Slide {i} has no genes in its table; expression components need expression.")
         if layer is not None and layer not in t.layers:
             raise KeyError(f"Slide {i}: layer {layer!r} not found (layers: {sorted(t.layers)}).")
-    common = _common_genes(tables)
+    common = shared_genes(tables)
     if len(common) < 2:
         raise ValueError(f"The slides share {len(common)} gene(s); expression components need at least 2 in common.")
 
@@ -109,8 +109,8 @@ def expression_components(
     return scores[0] if single else scores
 
 
-def _common_genes(tables: list[AnnData]) -> np.ndarray:
-    """Names of the genes of the first table that every table has, in the first table's order."""
+def shared_genes(tables: Sequence[AnnData]) -> np.ndarray:
+    """Names of the genes of the first table that every table has, in the first table's order (each once)."""
     names = tables[0].var_names.drop_duplicates()
     keep = np.ones(len(names), dtype=bool)
     for t in tables[1:]:

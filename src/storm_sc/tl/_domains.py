@@ -14,6 +14,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import expression_components, spatial_graph
+from storm_sc.pp._components import shared_genes
 
 from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
@@ -85,10 +86,7 @@ def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
     if not requested:
         return 0
     without = [s.library_id for s in slides if s.table.n_vars < 2]
-    shared = slides[0].table.var_names
-    for s in slides[1:]:
-        shared = shared.intersection(s.table.var_names)
-    if without or len(shared) < 2:
+    if without or len(shared_genes([s.table for s in slides])) < 2:
         reason = f"slide(s) {without} have no expression table" if without else "the slides share < 2 genes"
         logger.warning("storm_domains: %s; clustering the embedding alone (expression_pcs=0).", reason)
         return 0
