@@ -11,7 +11,7 @@ from benchmarks._baseline_features import pixel_features, stain_texture_features
 from benchmarks._metrics import mse_per_gene, pearson_per_gene
 from benchmarks._ridge import fit_ridge
 from benchmarks._splits import across_patient_splits, inner_groups, patient_of, within_patient_splits
-from benchmarks._targets import log1p_cpm, panel_present, top_hvgs
+from benchmarks._targets import log1p_normalised, panel_present, top_hvgs
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -141,13 +141,17 @@ def test_pixel_features_flatten_in_unit_range():
 # --------------------------------------------------------------------------------------------------------------------
 # Targets, metrics, ridge
 # --------------------------------------------------------------------------------------------------------------------
-def test_log1p_cpm_normalises_each_spot_by_its_total():
+def test_log1p_normalised_scales_each_spot_by_its_total():
     counts = ad.AnnData(np.array([[10.0, 30.0, 60.0], [1.0, 0.0, 1.0]], dtype=np.float32))
-    out = log1p_cpm(counts)
-    np.testing.assert_allclose(np.expm1(out.to_numpy()).sum(axis=1), 1e6, rtol=1e-4)
+    out = log1p_normalised(counts)
+    np.testing.assert_allclose(np.expm1(out.to_numpy()).sum(axis=1), 1e4, rtol=1e-4)
+    cpm = log1p_normalised(counts, target_sum=1e6)
+    np.testing.assert_allclose(np.expm1(cpm.to_numpy()), np.expm1(out.to_numpy()) * 100, rtol=1e-4)
     assert out.iloc[1, 1] == 0.0
     with pytest.raises(ValueError, match="no counts"):
-        log1p_cpm(ad.AnnData(np.zeros((1, 2), dtype=np.float32)))
+        log1p_normalised(ad.AnnData(np.zeros((1, 2), dtype=np.float32)))
+    with pytest.raises(ValueError, match="target_sum"):
+        log1p_normalised(counts, target_sum=0)
 
 
 def test_top_hvgs_prefers_spatially_varying_genes_and_skips_rare_ones():
@@ -262,6 +266,7 @@ def test_benchmark_runs_both_schemes_on_two_generated_patients(tmp_path, monkeyp
     printed = capsys.readouterr().out
     assert "n/a" not in printed
     assert "HisToGene panel: 3 of 4 genes present" in printed
+    assert "targets: log1p(counts per 10000)" in printed
 
     folds = pd.read_csv(out)
     assert set(folds["scheme"]) == {"within_patient", "across_patient"}
