@@ -116,10 +116,10 @@ print(corr["pearson_r"].describe().round(3))
 corr.head(10).round(3)
 
 # %% [markdown]
-# A reference point for these correlations, from the same kind of split: a ridge regression on hand-crafted
-# stain and texture features of the tissue around each spot reached a mean Pearson r of about 0.23 over this
-# panel on held-out sections of patient C (see the benchmarks page, where the numbers and their settings are).
-# A constant prediction scores 0.
+# A reference point for these correlations, from the same kind of split and on the same scale (log1p counts per
+# 10,000): a ridge regression on hand-crafted stain and texture features of the tissue around each spot reached a
+# mean Pearson r of about 0.13 over this panel on held-out sections of patient C (see the benchmarks page, where
+# the numbers and their settings are). A constant prediction scores 0.
 #
 # **What to expect, honestly.** The prediction comes from the model's *expression readout*: when `fit` ends, it
 # fits a ridge regression from the model's H&E-only embeddings (the observation, niche and region levels) to each
@@ -130,8 +130,8 @@ corr.head(10).round(3)
 # - In fast mode (5 training steps on one section) the embeddings are essentially untrained and the readout has
 #   one section to learn from: we measured a median r of 0.05 (quartiles -0.01 and 0.12).
 # - In the benchmark (`storm-tiny`, 20 epochs on four sections, the fifth held out, every section in turn) the
-#   readout reached a mean r of 0.177 over this panel (sd 0.014 over the five held-out sections) against 0.228
-#   for the stain/texture ridge and 0.003 for the network head of the same models.
+#   readout reached a mean r of 0.123 over this panel (sd 0.020 over the five held-out sections) against 0.134
+#   for the stain/texture ridge and 0.010 for the network head of the same models.
 # - With this tutorial's full settings and the head only (before the readout existed) we measured a mean r of
 #   0.008 over the 785 genes (quartiles -0.09 and 0.10): anti-correlated genes as often as correlated ones.
 #
