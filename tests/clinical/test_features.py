@@ -11,7 +11,9 @@ from PIL import Image
 
 import storm_sc as st
 from storm_sc.clinical import read_slide_features
-from storm_sc.models import StormInputs
+from storm_sc.models import ExpressionReadout, StormInputs
+from storm_sc.models._readout import READOUT_INPUTS
+from storm_sc.models._stain_statistics import N_STATISTICS
 from storm_sc.tl._clinical import slide_features
 from storm_sc.wsi import open_slide, read_tiles, tile_grid
 from tests.clinical.conftest import GENES, textured_slide
@@ -248,3 +250,29 @@ def test_expression_comes_from_the_readout_where_the_model_has_one(slide_file, t
     reference.readout = None
     with pytest.raises(FileExistsError, match="readout_sha"):
         slide_features([slide_file], reference, out_dir=tmp_path / "f", genes=genes, device="cpu", verbose=False)
+
+
+def test_a_readout_of_stain_statistics_predicts_as_predict_expression_does(slide_file, tmp_path):
+    # The whole-slide path stores each tile's stain statistics beside its token; a readout that reads them (and their
+    # niche mean) must predict exactly what predict_expression predicts from the same tiles.
+    reference = st.models.StormModel.from_pretrained()
+    rng = np.random.default_rng(0)
+    ids = np.arange(5)
+    width = 3 * reference.config.hidden_dim + 2 * N_STATISTICS
+    reference.readout = ExpressionReadout(
+        gene_ids=ids, coef=rng.normal(0, 0.05, (width, 5)).astype(np.float32), intercept=np.full(5, 2.0, np.float32),
+        residual_sd=np.ones(5, np.float32), cv_pearson=np.zeros(5, np.float32), alpha=np.ones(5, np.float32),
+        inputs=READOUT_INPUTS,
+    )  # fmt: skip
+    genes = [reference.vocabulary.symbols[i] for i in ids]
+    table = slide_features([slide_file], reference, out_dir=tmp_path / "f", genes=genes, device="cpu", verbose=False)
+    sf = read_slide_features(table.iloc[0]["feature_file"], key="expression")
+    with open_slide(slide_file) as slide:
+        grid = tile_grid(slide, patch_um=112.0)
+        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=reference.config.image_size,
+                           level=slide.best_level(112.0 / reference.config.image_size))  # fmt: skip
+    inputs = StormInputs.from_arrays(grid.centers_um, config=reference.config, patches=tiles)
+    pred = reference.predict_expression(inputs, genes=genes, device="cpu", verbose=False)
+    assert pred.sources == ["readout"] * 5
+    assert pred.mean.std(axis=0).min() > 0.01  # the statistics make the prediction vary between tiles
+    np.testing.assert_allclose(sf.features, pred.mean, rtol=2e-3, atol=2e-3)  # stored float16

@@ -9,7 +9,10 @@ from scipy import sparse
 
 import storm_sc as st
 from storm_sc.models import ExpressionReadout
-from storm_sc.models._readout import ReadoutSlide, fit_readout
+from storm_sc.models._inference import image_features
+from storm_sc.models._readout import LEVELS_INPUT, READOUT_INPUTS, ReadoutSlide, fit_readout
+from storm_sc.models._stain_statistics import N_STATISTICS
+from storm_sc.training._slides import as_slides, slide_inputs
 
 
 def _planted_slides(n_slides=3, n=200, f=12, g=30, noise=0.3, seed=0):
@@ -149,3 +152,63 @@ def test_training_fits_the_readout_unless_asked_not_to():
 def test_the_bundled_reference_loads_with_or_without_a_readout():
     model = st.models.StormModel.from_pretrained()
     assert model.readout is None or model.readout.gene_ids.max() < len(model.vocabulary)
+
+
+@pytest.fixture(scope="module")
+def toy_slide():
+    # Planted domains with their own colours and marker genes: within the slide, expression follows the stain.
+    # (Each generated slide draws its own domain colours, so the link does not carry across slides.)
+    return st.datasets.toy(n_obs=300, n_genes=40, n_domains=3, seed=0)
+
+
+def test_a_pixel_model_readout_reads_the_patches_stain_statistics(toy_slide, tmp_path):
+    vocab = st.pp.GeneVocabulary.from_genes(toy_slide["table"].var_names)
+    markers = np.flatnonzero(toy_slide["table"].var["marker_of"].to_numpy() != "")
+    model = st.models.StormModel("storm-tiny", vocab, seed=0)
+    model.fit_expression_readout([toy_slide], verbose=False)
+    assert model.readout.inputs == READOUT_INPUTS
+    assert model.readout.coef.shape[0] == 3 * model.config.hidden_dim + 2 * N_STATISTICS
+    assert st.models.StormModel.inspect(model.save(tmp_path / "m.safetensors"))["readout"]["inputs"] == list(
+        READOUT_INPUTS
+    )
+
+    # predict_expression reads the same features as the fit.
+    inputs = slide_inputs(model, as_slides([toy_slide])[0], verbose=False)
+    features = image_features(model.network, inputs, readout_inputs=model.readout.inputs, verbose=False)
+    pred = model.predict_expression(toy_slide, source="readout", verbose=False)
+    order = np.argsort(model.readout.gene_ids)
+    np.testing.assert_allclose(pred.mean, model.readout.predict(features)[:, order], rtol=1e-4, atol=1e-5)
+
+    # With an untrained network, the statistics carry more of the planted colour-expression link to held-out
+    # stripes of the slide (the readout's own cross-validation) than the embedding levels alone.
+    levels_only = st.models.StormModel("storm-tiny", vocab, seed=0)
+    levels_only.fit_expression_readout([toy_slide], stain_statistics=False, verbose=False)
+    assert levels_only.readout.inputs == (LEVELS_INPUT,)
+    assert levels_only.readout.coef.shape[0] == 3 * model.config.hidden_dim
+
+    def marker_cv(m):
+        return float(np.nanmean(m.readout.cv_pearson[np.isin(m.readout.gene_ids, markers)]))
+
+    assert marker_cv(model) > marker_cv(levels_only) + 0.03 and marker_cv(model) > 0.25
+
+    # Both layouts survive save / load and predict the same afterwards.
+    for m, name in ((model, "stats"), (levels_only, "levels")):
+        loaded = st.models.StormModel.load(m.save(tmp_path / f"{name}.safetensors", overwrite=True))
+        assert loaded.readout.inputs == m.readout.inputs
+        np.testing.assert_allclose(
+            loaded.predict_expression(toy_slide, verbose=False).mean,
+            m.predict_expression(toy_slide, verbose=False).mean,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_readouts_stored_before_the_statistics_read_the_levels_alone():
+    slides, _ = _planted_slides(n_slides=2)
+    tensors = fit_readout(slides, 30, min_detection=0.0).state_dict()
+    old = ExpressionReadout.pop_from(dict(tensors), {"slides": ["s0", "s1"], "levels": ["observation"]})
+    assert old.inputs == (LEVELS_INPUT,) and not old.uses_stain_statistics
+    new = ExpressionReadout.pop_from(dict(tensors), {"inputs": list(READOUT_INPUTS)})
+    assert new.uses_stain_statistics
+    with pytest.raises(ValueError, match="reads the levels first"):
+        ExpressionReadout.pop_from(dict(tensors), {"inputs": ["stain_statistics"]})

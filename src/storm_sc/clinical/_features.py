@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from storm_sc.models import StormModel
     from storm_sc.wsi import TileGrid, WholeSlide
 
-FORMAT_VERSION = 2  # 2: readout predictions, expression_source, readout_sha
+FORMAT_VERSION = 3  # 2: readout predictions, expression_source, readout_sha; 3: stain_statistics
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 # Datasets of a slide feature file.
@@ -44,6 +44,7 @@ H5_COORDS_PX = "coords_px"  # (n, 2) tile centres (x, y) in level-0 pixels
 H5_GRID = "grid_rc"  # (n, 2) grid row and column
 H5_TISSUE = "tissue_fraction"  # (n,)
 H5_TOKENS = "tokens"  # (n, hidden_dim) fused H&E tokens before spatial context (pass 1)
+H5_STAIN = "stain_statistics"  # (n, 38) each tile's colour and stain statistics, read by the readout (pass 1)
 H5_EMBEDDING = "embedding"  # (n, embed_dim) joint embedding with spatial context (pass 2)
 H5_EXPRESSION = "expression"  # (n, n_genes) predicted log1p expression, float16 (pass 2)
 H5_GENES = "genes"  # (n_genes,) gene symbols of the expression columns
@@ -201,6 +202,7 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
     import h5py
 
     from storm_sc import __version__
+    from storm_sc.models._stain_statistics import N_STATISTICS
 
     n = grid.n_tiles
     cfg = model.config
@@ -219,6 +221,8 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
     f.create_dataset(H5_TISSUE, data=grid.tissue_fraction)
     f.create_dataset(H5_TOKENS, shape=(n, cfg.hidden_dim), dtype=np.float32, chunks=(chunk_rows, cfg.hidden_dim)
                      if n else None)  # fmt: skip
+    f.create_dataset(H5_STAIN, shape=(n, N_STATISTICS), dtype=np.float32,
+                     chunks=(chunk_rows, N_STATISTICS) if n else None)  # fmt: skip
     f.create_dataset(H5_EMBEDDING, shape=(n, cfg.embed_dim), dtype=np.float32,
                      chunks=(chunk_rows, cfg.embed_dim) if n else None)  # fmt: skip
     n_genes = len(gene_ids)
@@ -255,7 +259,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
     start = int(f.attrs.get(A_N_ENCODED, 0))
     if start >= grid.n_tiles:
         return
-    tokens = f[H5_TOKENS]
+    tokens, stain = f[H5_TOKENS], f[H5_STAIN]
     with torch.no_grad(), _eval_on(network, device):
         for idx, tiles in iter_tile_batches(slide, grid, out_px=model.config.image_size, batch_size=batch_size,
                                             start=start, verbose=verbose, desc=desc):  # fmt: skip
@@ -266,6 +270,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
                 # H&E only: the expression token is absent, exactly as in StormModel.embed(use_expression=False).
                 fused = network.fusion(z, present, torch.zeros_like(z), torch.zeros_like(present))
             tokens[idx[0] : idx[-1] + 1] = fused.float().cpu().numpy()
+            stain[idx[0] : idx[-1] + 1] = network.patch_statistics(images).float().cpu().numpy()
             f.attrs[A_N_ENCODED] = int(idx[-1] + 1)
             f.flush()
 
@@ -275,15 +280,15 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
     """Pass 2: joint embedding over neighbouring tiles and expression predicted from them.
 
     Genes of the model's expression readout are predicted by it (from the H&E-only observation, niche and region
-    levels), the others by the network's head, exactly as :meth:`storm_sc.models.StormModel.predict_expression`
-    does with ``source="auto"``.
+    levels, and the tiles' stain statistics stored in pass 1 when the readout reads them), the others by the
+    network's head, exactly as :meth:`storm_sc.models.StormModel.predict_expression` does with ``source="auto"``.
     """
     import torch
     from tqdm.auto import tqdm
 
     from storm_sc._settings import settings as storm_settings
     from storm_sc.models import StormInputs
-    from storm_sc.models._inference import ExpressionPlan, contextual
+    from storm_sc.models._inference import ExpressionPlan, contextual, readout_extras
 
     n = grid.n_tiles
     start = int(f.attrs.get(A_N_CONTEXT, 0))
@@ -296,13 +301,16 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
     bar = tqdm(total=n, initial=start, unit="tile", desc=desc, disable=not storm_settings.show_progress(verbose))
     with torch.no_grad(), _eval_on(network, device), bar:
         tokens = torch.from_numpy(f[H5_TOKENS][:]).to(device)
+        extras = None
+        if plan.needs_statistics:
+            extras = readout_extras(f[H5_STAIN][:], inputs, model.readout.inputs, model.config.niche_k)
         for lo in range(start, n, batch_size):
             rows = np.arange(lo, min(lo + batch_size, n))
             levels = contextual(network, inputs, tokens, rows, device)
             f[H5_EMBEDDING][lo : rows[-1] + 1] = levels["joint"].float().cpu().numpy()
             if len(gene_ids):
                 means = np.empty((len(rows), len(gene_ids)), dtype=np.float32)
-                plan.fill(levels, means)
+                plan.fill(levels, means, extra=None if extras is None else extras[rows])
                 f[H5_EXPRESSION][lo : rows[-1] + 1] = means.astype(np.float16)
             f.attrs[A_N_CONTEXT] = int(rows[-1] + 1)
             f.flush()

@@ -17,7 +17,8 @@ from ._config import StormConfig
 from ._inputs import StormInputs, observation_arrays
 from ._neighbors import pick
 from ._network import StormNetwork
-from ._readout import READOUT_LEVELS, ExpressionReadout
+from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INPUT, ExpressionReadout
+from ._stain_statistics import N_STATISTICS
 
 LEVELS = ("joint", "levels", "observation", "niche", "region")
 T = TypeVar("T")
@@ -143,12 +144,14 @@ def fused_tokens(
     batch_size: int,
     device: torch.device,
     verbose: bool | None = None,
+    statistics: np.ndarray | None = None,
 ) -> torch.Tensor:
     """``(n, hidden_dim)`` float32 fused observation tokens of a whole slide, on ``device``.
 
     Observations are encoded in batches of spatial neighbours (:func:`storm_sc.pp._patches.locality_order`), so
     that patches streamed from the image are read from compact areas; the next batch is read on a background
-    thread while the network encodes the current one. Only the tokens grow with the slide.
+    thread while the network encodes the current one. Only the tokens grow with the slide. ``statistics``, an
+    ``(n, N_STATISTICS)`` array, is filled with each patch's stain statistics on the way (zeros without an image).
     """
     from storm_sc.pp._patches import locality_order
 
@@ -167,8 +170,48 @@ def fused_tokens(
             out[torch.as_tensor(rows, device=device)] = network.fusion(
                 z_img, batch.has_image, z_expr, expr_present
             ).float()
+            if statistics is not None:
+                stats = network.patch_statistics(batch.images).float().cpu().numpy()
+                statistics[rows] = np.where(batch.has_image.cpu().numpy()[:, None], stats, 0.0)
             bar.update(len(rows))
     return out
+
+
+def niche_mean(values: np.ndarray, inputs: StormInputs, niche_k: int) -> np.ndarray:
+    """``(n, k)`` mean of ``values`` over each observation's niche neighbours (its own value where it has none).
+
+    Parameters
+    ----------
+    values
+        ``(n, k)`` per observation.
+    inputs
+        The slide (its niche neighbour lists).
+    niche_k
+        Neighbours used, as the network's niche.
+
+    Returns
+    -------
+    float32 means.
+
+    Examples
+    --------
+    >>> inputs = StormInputs.from_arrays(np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]))  # doctest: +SKIP
+    >>> niche_mean(np.array([[0.0], [3.0], [6.0]]), inputs, 1)  # doctest: +SKIP
+    """
+    neighbours = inputs.niche_neighbors[:, :niche_k]
+    valid = neighbours >= 0
+    total = (values[np.maximum(neighbours, 0)] * valid[..., None]).sum(axis=1)
+    count = valid.sum(axis=1, keepdims=True)
+    return np.where(count > 0, total / np.maximum(count, 1), values).astype(np.float32)
+
+
+def readout_extras(
+    statistics: np.ndarray, inputs: StormInputs, readout_inputs: tuple[str, ...], niche_k: int
+) -> np.ndarray:
+    """``(n, k)`` the features a readout reads beside the levels, in its order (``k = 0`` for the levels alone)."""
+    blocks = {STAIN_INPUT: lambda: statistics, NICHE_STAIN_INPUT: lambda: niche_mean(statistics, inputs, niche_k)}
+    parts = [blocks[name]() for name in readout_inputs if name != LEVELS_INPUT]
+    return np.hstack(parts).astype(np.float32) if parts else np.zeros((inputs.n_obs, 0), dtype=np.float32)
 
 
 def _read_ahead(read: Callable[[np.ndarray], T], batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, T]]:
@@ -254,8 +297,12 @@ def embed_inputs(
     batch_size: int = 256,
     device: str | torch.device = "auto",
     verbose: bool | None = None,
+    statistics: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Embeddings of every observation of one slide (see :meth:`StormModel.embed`)."""
+    """Embeddings of every observation of one slide (see :meth:`StormModel.embed`).
+
+    ``statistics``: filled as in :func:`fused_tokens`.
+    """
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}; got {level!r}.")
     dev = resolve_device(device)
@@ -268,6 +315,7 @@ def embed_inputs(
             batch_size=batch_size,
             device=dev,
             verbose=verbose,
+            statistics=statistics,
         )
         out = np.empty((inputs.n_obs, embedding_width(network.config, level)), dtype=np.float32)
         for rows in _chunks(inputs.n_obs, batch_size):
@@ -292,12 +340,14 @@ def image_features(
     network: StormNetwork,
     inputs: StormInputs,
     *,
+    readout_inputs: tuple[str, ...] = (LEVELS_INPUT,),
     batch_size: int = 256,
     device: str | torch.device = "auto",
     verbose: bool | None = None,
 ) -> np.ndarray:
-    """``(n, 3 * hidden_dim)`` H&E-only features of every observation, as the expression readout reads them."""
-    return embed_inputs(
+    """H&E-only features of every observation as a readout with ``readout_inputs`` reads them: ``(n, f)``."""
+    statistics = np.zeros((inputs.n_obs, N_STATISTICS), dtype=np.float32) if len(readout_inputs) > 1 else None
+    levels = embed_inputs(
         network,
         inputs,
         level="levels",
@@ -305,7 +355,11 @@ def image_features(
         batch_size=batch_size,
         device=device,
         verbose=verbose,
+        statistics=statistics,
     )
+    if statistics is None:
+        return levels
+    return np.hstack([levels, readout_extras(statistics, inputs, readout_inputs, network.config.niche_k)])
 
 
 class ExpressionPlan:
@@ -340,8 +394,22 @@ class ExpressionPlan:
         self.by_head = np.flatnonzero(self.columns < 0)
         self.head_ids = torch.as_tensor(np.asarray(gene_ids)[self.by_head], dtype=torch.long, device=device)
 
-    def fill(self, levels: dict[str, torch.Tensor], means: np.ndarray, stds: np.ndarray | None = None) -> None:
-        """Write the ``(b, g)`` predictions for one batch of contextual ``levels`` into ``means`` (and ``stds``)."""
+    @property
+    def needs_statistics(self) -> bool:
+        """Whether :meth:`fill` needs the readout's extra features (the patches' stain statistics)."""
+        return self.readout is not None and len(self.by_readout) > 0 and self.readout.uses_stain_statistics
+
+    def fill(
+        self,
+        levels: dict[str, torch.Tensor],
+        means: np.ndarray,
+        stds: np.ndarray | None = None,
+        extra: np.ndarray | None = None,
+    ) -> None:
+        """Write the ``(b, g)`` predictions for one batch of contextual ``levels`` into ``means`` (and ``stds``).
+
+        ``extra``: the batch's rows of :func:`readout_extras`, required when :attr:`needs_statistics`.
+        """
         if len(self.by_head):
             with autocast(self.device):
                 mean, logvar = self.network.prediction_head(levels["joint"], self.network.gene_embedding, self.head_ids)
@@ -351,7 +419,12 @@ class ExpressionPlan:
                 stds[:, where] = torch.exp(0.5 * logvar.float()).cpu().numpy()
         if len(self.by_readout):
             assert self.readout is not None
-            means[:, self.by_readout] = self.readout.predict(readout_features(levels), self.columns[self.by_readout])
+            features = readout_features(levels)
+            if self.needs_statistics:
+                if extra is None:
+                    raise ValueError("This expression readout also reads the patches' stain statistics; pass `extra`.")
+                features = np.hstack([features, extra])
+            means[:, self.by_readout] = self.readout.predict(features, self.columns[self.by_readout])
             if stds is not None:
                 stds[:, self.by_readout] = self.readout.residual_sd[self.columns[self.by_readout]]
 
@@ -378,11 +451,28 @@ def predict_inputs(
     # The outputs are the only (n_obs x genes) arrays: filled batch by batch, never concatenated from parts.
     means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
     stds = np.empty_like(means)
+    statistics = np.zeros((inputs.n_obs, N_STATISTICS), dtype=np.float32) if plan.needs_statistics else None
     with _with_eval(network, dev):
         tokens = fused_tokens(
-            network, inputs, use_image=True, use_expression=False, batch_size=batch_size, device=dev, verbose=verbose
+            network,
+            inputs,
+            use_image=True,
+            use_expression=False,
+            batch_size=batch_size,
+            device=dev,
+            verbose=verbose,
+            statistics=statistics,
         )
+        extras = None
+        if statistics is not None:
+            assert readout is not None
+            extras = readout_extras(statistics, inputs, readout.inputs, network.config.niche_k)
         for rows in _chunks(inputs.n_obs, batch_size):
             block = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: filled in place
-            plan.fill(contextual(network, inputs, tokens, rows, dev), means[block], stds[block])
+            plan.fill(
+                contextual(network, inputs, tokens, rows, dev),
+                means[block],
+                stds[block],
+                None if extras is None else extras[block],
+            )
     return means, stds

@@ -31,7 +31,7 @@ from ._inference import embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
 from ._pretrained import resolve_pretrained
-from ._readout import ExpressionReadout, ReadoutSlide, fit_readout
+from ._readout import LEVELS_INPUT, READOUT_INPUTS, ExpressionReadout, ReadoutSlide, fit_readout
 from ._registry import get_config
 
 if TYPE_CHECKING:
@@ -449,6 +449,7 @@ class StormModel:
         *,
         genes: Sequence[str] | None = None,
         min_detection: float = 0.05,
+        stain_statistics: bool = True,
         batch_size: int = 256,
         device: str | torch.device = "auto",
         verbose: bool | None = None,
@@ -456,7 +457,9 @@ class StormModel:
         """Fit the linear expression readout on slides with H&E and expression; the network is left unchanged.
 
         Each gene's log1p expression (library size 1e4) is regressed on the model's H&E-only embeddings
-        (observation, niche and region levels) by ridge regression in closed form; the penalty maximises the
+        (observation, niche and region levels) and, for models that read pixels, on the colour and stain
+        statistics of each observation's patch and their mean over its niche (the embeddings lose some of what
+        the statistics carry), by ridge regression in closed form; the penalty maximises the
         mean per-gene Pearson correlation over leave-one-slide-out folds (three spatial stripes for a single
         slide), and each gene's predictive standard deviation is its cross-validated residual standard
         deviation. :meth:`predict_expression` then uses it for the genes it covers. Training
@@ -473,6 +476,8 @@ class StormModel:
             of the slides that measure it.
         min_detection
             Detection threshold of the default gene set.
+        stain_statistics
+            Also read the patches' stain statistics (models that read pixels; ignored for patch features).
         batch_size, device, verbose
             As in :meth:`embed`.
 
@@ -511,17 +516,27 @@ class StormModel:
                     "with both."
                 )
             prepared.append((name, inputs))
+        inputs_read = READOUT_INPUTS if stain_statistics and self._config.uses_pixels else (LEVELS_INPUT,)
         slides = [
             ReadoutSlide(
                 name=name,
-                features=image_features(self.network, inputs, batch_size=batch_size, device=device, verbose=verbose),
+                features=image_features(
+                    self.network,
+                    inputs,
+                    readout_inputs=inputs_read,
+                    batch_size=batch_size,
+                    device=device,
+                    verbose=verbose,
+                ),
                 expression=inputs.expression,
                 gene_index=inputs.gene_index,
                 x_um=inputs.centers_um[:, 0],
             )
             for name, inputs in prepared
         ]
-        self.readout = fit_readout(slides, len(self._vocabulary), genes=gene_ids, min_detection=min_detection)
+        self.readout = fit_readout(
+            slides, len(self._vocabulary), genes=gene_ids, min_detection=min_detection, inputs=inputs_read
+        )
         return self
 
     # -- training -------------------------------------------------------------------------------------------

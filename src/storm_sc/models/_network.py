@@ -18,7 +18,7 @@ from ._heads import GaussianGeneDecoder, ProjectionHead
 from ._losses import gaussian_nll, info_nce
 from ._morphology import ImageNormalizer, build_morphology_encoder
 from ._spatial import SpatialContextEncoder
-from ._stain_statistics import StainStatisticsEncoder
+from ._stain_statistics import StainStatisticsEncoder, stain_statistics
 
 LOSS_NAMES = ("contrastive", "context_contrastive", "masked_expression", "predicted_expression")
 # Share of neighbours each context-contrastive view keeps, drawn independently per view (see StormNetwork.losses).
@@ -118,6 +118,13 @@ class StormNetwork(nn.Module):
         if features is None:
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")
         return self.morphology(features)
+
+    def patch_statistics(self, images: torch.Tensor) -> torch.Tensor:
+        """``(n, 3, s, s)`` uint8 patches -> ``(n, N_STATISTICS)`` colour and stain statistics.
+
+        Computed as the stain path reads them, at the encoder's input size; the expression readout may read them.
+        """
+        return stain_statistics(self.image_norm.unit(images))
 
     def encode_expression(
         self,

@@ -23,6 +23,14 @@ from storm_sc._settings import logger
 
 # The embedding levels read, concatenated: the observation itself and its two spatial contexts.
 READOUT_LEVELS = ("observation", "niche", "region")
+# What a readout can read, in this order: the levels above; the colour and stain statistics of the observation's
+# own patch (the input of the network's stain path); their mean over the observation's niche neighbours. The
+# network's levels lose colour and stain information that its input carries, and the statistics give it back to
+# a linear readout (leave-one-slide-out over the reference corpus: mean r 0.050 -> 0.057; see the model card).
+LEVELS_INPUT = "levels"
+STAIN_INPUT = "stain_statistics"
+NICHE_STAIN_INPUT = "niche_stain_statistics"
+READOUT_INPUTS = (LEVELS_INPUT, STAIN_INPUT, NICHE_STAIN_INPUT)
 ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
 # Genes fitted at once; bounds the dense (observations x genes) target block.
 _GENE_CHUNK = 2048
@@ -52,6 +60,9 @@ class ExpressionReadout:
         ``(g,)`` float32 ridge penalty of each gene (one penalty for all genes in readouts fitted here).
     slides
         Names of the slides it was fitted on.
+    inputs
+        What the features are, in order (a subset of ``READOUT_INPUTS``); readouts stored before the stain
+        statistics existed read the levels alone.
     """
 
     gene_ids: np.ndarray
@@ -61,6 +72,20 @@ class ExpressionReadout:
     cv_pearson: np.ndarray
     alpha: np.ndarray
     slides: list[str] = field(default_factory=list)
+    inputs: tuple[str, ...] = (LEVELS_INPUT,)
+
+    def __post_init__(self) -> None:
+        self.inputs = tuple(self.inputs)
+        unknown = [i for i in self.inputs if i not in READOUT_INPUTS]
+        if not self.inputs or self.inputs[0] != LEVELS_INPUT or unknown:
+            raise ValueError(
+                f"A readout reads the levels first, then any of {READOUT_INPUTS[1:]}; got inputs {self.inputs}."
+            )
+
+    @property
+    def uses_stain_statistics(self) -> bool:
+        """Whether its features include the patches' stain statistics (so pixels must be read to predict)."""
+        return len(self.inputs) > 1
 
     @property
     def n_genes(self) -> int:
@@ -108,6 +133,7 @@ class ExpressionReadout:
         finite = np.isfinite(self.cv_pearson)
         return {
             "levels": list(READOUT_LEVELS),
+            "inputs": list(self.inputs),
             "slides": list(self.slides),
             "n_genes": self.n_genes,
             "alpha_range": [float(self.alpha.min()), float(self.alpha.max())] if self.n_genes else [],
@@ -129,6 +155,7 @@ class ExpressionReadout:
             cv_pearson=arrays["cv_pearson"].astype(np.float32),
             alpha=arrays["alpha"].astype(np.float32),
             slides=list((header or {}).get("slides", [])),
+            inputs=tuple((header or {}).get("inputs", [LEVELS_INPUT])),
         )
 
 
@@ -150,6 +177,7 @@ def fit_readout(
     genes: np.ndarray | None = None,
     min_detection: float = 0.05,
     alphas: Sequence[float] = ALPHAS,
+    inputs: Sequence[str] = (LEVELS_INPUT,),
 ) -> ExpressionReadout:
     """Fit the ridge readout; genes measured on different sets of slides are fitted on those slides' rows.
 
@@ -166,6 +194,8 @@ def fit_readout(
         See ``genes``.
     alphas
         Penalties tried.
+    inputs
+        What the slides' features are (recorded in the readout; see ``READOUT_INPUTS``).
 
     Returns
     -------
@@ -222,6 +252,7 @@ def fit_readout(
         cv_pearson=cv_pearson,
         alpha=np.full(len(genes), alpha, dtype=np.float32),
         slides=[s.name for s in slides],
+        inputs=tuple(inputs),
     )
 
 

@@ -73,10 +73,11 @@ def predict_expression(
         model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not
         silently dropped; an error when none is known.
     source
-        ``"auto"``: genes covered by the model's expression readout (a ridge on its H&E-only embeddings, fitted
-        when the model was trained; see :meth:`~storm_sc.models.StormModel.fit_expression_readout`) from the
-        readout, the others from the network's prediction head; ``"readout"`` or ``"head"`` to force one. The
-        result's ``var["prediction_source"]`` says which predicted each gene.
+        ``"auto"``: genes covered by the model's expression readout (a ridge on its H&E-only embeddings and patch
+        statistics, fitted when the model was trained; see
+        :meth:`~storm_sc.models.StormModel.fit_expression_readout`) from the readout, the others from the network's
+        prediction head; ``"readout"`` or ``"head"`` to force one. The result's ``var["prediction_source"]`` says
+        which predicted each gene.
     table_key, image_key, mpp
         Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
     key_added
