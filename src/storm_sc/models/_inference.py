@@ -195,8 +195,11 @@ def niche_mean(values: np.ndarray, inputs: StormInputs, niche_k: int) -> np.ndar
 
     Examples
     --------
-    >>> inputs = StormInputs.from_arrays(np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]))  # doctest: +SKIP
-    >>> niche_mean(np.array([[0.0], [3.0], [6.0]]), inputs, 1)  # doctest: +SKIP
+    >>> from storm_sc.models import get_config
+    >>> centers = np.array([[0.0, 0.0], [10.0, 0.0], [25.0, 0.0]])
+    >>> inputs = StormInputs.from_arrays(centers, config=get_config("storm-tiny"))
+    >>> niche_mean(np.array([[0.0], [3.0], [6.0]]), inputs, 1).tolist()  # each one's nearest neighbour
+    [[3.0], [0.0], [3.0]]
     """
     neighbours = inputs.niche_neighbors[:, :niche_k]
     valid = neighbours >= 0
