@@ -222,6 +222,15 @@ def test_the_bundled_reference_is_the_default_model(slide_file, tmp_path):
     np.testing.assert_array_equal(read_slide_features(again.iloc[0]["feature_file"]).features, sf.features)
 
 
+def _tile_inputs(slide_file, config) -> StormInputs:
+    """The tiles the whole-slide path reads, as prepared inputs for predict_expression."""
+    with open_slide(slide_file) as slide:
+        grid = tile_grid(slide, patch_um=112.0)
+        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=config.image_size,
+                           level=slide.best_level(112.0 / config.image_size))  # fmt: skip
+    return StormInputs.from_arrays(grid.centers_um, config=config, patches=tiles)
+
+
 def test_expression_comes_from_the_readout_where_the_model_has_one(slide_file, tmp_path):
     reference = st.models.StormModel.from_pretrained()
     readout_ids = np.sort(reference.readout.gene_ids)
@@ -234,11 +243,7 @@ def test_expression_comes_from_the_readout_where_the_model_has_one(slide_file, t
         sources = [s.decode() if isinstance(s, bytes) else s for s in f["expression_source"][:]]
     assert sources == ["readout", "head", "readout"]
     sf = read_slide_features(path, key="expression")
-    with open_slide(slide_file) as slide:
-        grid = tile_grid(slide, patch_um=112.0)
-        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=reference.config.image_size,
-                           level=slide.best_level(112.0 / reference.config.image_size))  # fmt: skip
-    inputs = StormInputs.from_arrays(grid.centers_um, config=reference.config, patches=tiles)
+    inputs = _tile_inputs(slide_file, reference.config)
     pred = reference.predict_expression(inputs, genes=genes, device="cpu", verbose=False)
     assert list(pred.sources) == sources
     np.testing.assert_allclose(sf.features, pred.mean, rtol=2e-3, atol=2e-3)  # stored float16
@@ -267,11 +272,7 @@ def test_a_readout_of_stain_statistics_predicts_as_predict_expression_does(slide
     genes = [reference.vocabulary.symbols[i] for i in ids]
     table = slide_features([slide_file], reference, out_dir=tmp_path / "f", genes=genes, device="cpu", verbose=False)
     sf = read_slide_features(table.iloc[0]["feature_file"], key="expression")
-    with open_slide(slide_file) as slide:
-        grid = tile_grid(slide, patch_um=112.0)
-        tiles = read_tiles(slide, grid, np.arange(grid.n_tiles), out_px=reference.config.image_size,
-                           level=slide.best_level(112.0 / reference.config.image_size))  # fmt: skip
-    inputs = StormInputs.from_arrays(grid.centers_um, config=reference.config, patches=tiles)
+    inputs = _tile_inputs(slide_file, reference.config)
     pred = reference.predict_expression(inputs, genes=genes, device="cpu", verbose=False)
     assert pred.sources == ["readout"] * 5
     assert pred.mean.std(axis=0).min() > 0.01  # the statistics make the prediction vary between tiles

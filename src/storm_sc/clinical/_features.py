@@ -44,7 +44,7 @@ H5_COORDS_PX = "coords_px"  # (n, 2) tile centres (x, y) in level-0 pixels
 H5_GRID = "grid_rc"  # (n, 2) grid row and column
 H5_TISSUE = "tissue_fraction"  # (n,)
 H5_TOKENS = "tokens"  # (n, hidden_dim) fused H&E tokens before spatial context (pass 1)
-H5_STAIN = "stain_statistics"  # (n, 38) each tile's colour and stain statistics, read by the readout (pass 1)
+H5_STAIN = "stain_statistics"  # (n, 38) each tile's stain statistics, for readouts that read them (pass 1)
 H5_EMBEDDING = "embedding"  # (n, embed_dim) joint embedding with spatial context (pass 2)
 H5_EXPRESSION = "expression"  # (n, n_genes) predicted log1p expression, float16 (pass 2)
 H5_GENES = "genes"  # (n_genes,) gene symbols of the expression columns
@@ -221,8 +221,10 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
     f.create_dataset(H5_TISSUE, data=grid.tissue_fraction)
     f.create_dataset(H5_TOKENS, shape=(n, cfg.hidden_dim), dtype=np.float32, chunks=(chunk_rows, cfg.hidden_dim)
                      if n else None)  # fmt: skip
-    f.create_dataset(H5_STAIN, shape=(n, N_STATISTICS), dtype=np.float32,
-                     chunks=(chunk_rows, N_STATISTICS) if n else None)  # fmt: skip
+    if model.readout is not None and model.readout.uses_stain_statistics:
+        # Only for readouts that read them: the stain path computes them too, so this is a second pass over pixels.
+        f.create_dataset(H5_STAIN, shape=(n, N_STATISTICS), dtype=np.float32,
+                         chunks=(chunk_rows, N_STATISTICS) if n else None)  # fmt: skip
     f.create_dataset(H5_EMBEDDING, shape=(n, cfg.embed_dim), dtype=np.float32,
                      chunks=(chunk_rows, cfg.embed_dim) if n else None)  # fmt: skip
     n_genes = len(gene_ids)
@@ -259,7 +261,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
     start = int(f.attrs.get(A_N_ENCODED, 0))
     if start >= grid.n_tiles:
         return
-    tokens, stain = f[H5_TOKENS], f[H5_STAIN]
+    tokens, stain = f[H5_TOKENS], f[H5_STAIN] if H5_STAIN in f else None
     with torch.no_grad(), _eval_on(network, device):
         for idx, tiles in iter_tile_batches(slide, grid, out_px=model.config.image_size, batch_size=batch_size,
                                             start=start, verbose=verbose, desc=desc):  # fmt: skip
@@ -270,7 +272,8 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
                 # H&E only: the expression token is absent, exactly as in StormModel.embed(use_expression=False).
                 fused = network.fusion(z, present, torch.zeros_like(z), torch.zeros_like(present))
             tokens[idx[0] : idx[-1] + 1] = fused.float().cpu().numpy()
-            stain[idx[0] : idx[-1] + 1] = network.patch_statistics(images).float().cpu().numpy()
+            if stain is not None:
+                stain[idx[0] : idx[-1] + 1] = network.patch_statistics(images).float().cpu().numpy()
             f.attrs[A_N_ENCODED] = int(idx[-1] + 1)
             f.flush()
 
