@@ -178,6 +178,9 @@ def test_a_pixel_model_readout_reads_the_patches_stain_statistics(toy_slide, tmp
     pred = model.predict_expression(toy_slide, source="readout", verbose=False)
     order = np.argsort(model.readout.gene_ids)
     np.testing.assert_allclose(pred.mean, model.readout.predict(features)[:, order], rtol=1e-4, atol=1e-5)
+    # The statistics, computed once for the readout and the stain path, leave the levels as they are without them.
+    levels = image_features(model.network, inputs, readout_inputs=(LEVELS_INPUT,), verbose=False)
+    np.testing.assert_allclose(features[:, : levels.shape[1]], levels, rtol=1e-5, atol=1e-6)
 
     # With an untrained network, the statistics carry more of the planted colour-expression link to held-out
     # stripes of the slide (the readout's own cross-validation) than the embedding levels alone.

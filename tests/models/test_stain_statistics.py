@@ -43,3 +43,15 @@ def test_encoder_is_differentiable_and_optional():
     assert with_stats.stain_statistics is not None and without.stain_statistics is None
     images = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
     assert with_stats.encode_morphology(images).shape == without.encode_morphology(images).shape == (2, 16)
+
+
+def test_statistics_computed_for_the_readout_are_read_once():
+    torch.manual_seed(0)
+    network = StormNetwork(StormConfig(image_size=16, cnn_channels=(4, 8), hidden_dim=16, heads=2), n_genes=5).eval()
+    images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    stats = network.patch_statistics(images)
+    with torch.no_grad():
+        own = network.encode_morphology(images)
+        torch.testing.assert_close(network.encode_morphology(images, statistics=stats), own)
+        # The given statistics are what the stain path reads (no second computation behind them).
+        assert not torch.allclose(network.encode_morphology(images, statistics=torch.zeros_like(stats)), own)

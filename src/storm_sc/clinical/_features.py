@@ -267,13 +267,14 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
                                             start=start, verbose=verbose, desc=desc):  # fmt: skip
             images = torch.from_numpy(tiles).to(device)
             with autocast(device):
-                z = network.encode_morphology(images=images)
+                stats = network.patch_statistics(images) if stain is not None else None
+                z = network.encode_morphology(images=images, statistics=stats)
                 present = torch.ones(len(idx), dtype=torch.bool, device=device)
                 # H&E only: the expression token is absent, exactly as in StormModel.embed(use_expression=False).
                 fused = network.fusion(z, present, torch.zeros_like(z), torch.zeros_like(present))
             tokens[idx[0] : idx[-1] + 1] = fused.float().cpu().numpy()
-            if stain is not None:
-                stain[idx[0] : idx[-1] + 1] = network.patch_statistics(images).float().cpu().numpy()
+            if stats is not None:
+                stain[idx[0] : idx[-1] + 1] = stats.float().cpu().numpy()
             f.attrs[A_N_ENCODED] = int(idx[-1] + 1)
             f.flush()
 

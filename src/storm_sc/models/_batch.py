@@ -41,6 +41,9 @@ class StormBatch:
         Training: ``(m,)`` modality dropout of the joint view.
     stain_alpha, stain_beta
         Training: ``(m, 3)`` stain-jitter parameters (see :func:`storm_sc.models.stain_jitter`).
+    statistics
+        Inference: ``(m, N_STATISTICS)`` stain statistics of ``images`` already computed for the expression readout
+        (:meth:`StormNetwork.patch_statistics`), which the stain path then reads instead of computing them again.
     """
 
     has_image: torch.Tensor
@@ -65,6 +68,7 @@ class StormBatch:
     program_ids: torch.Tensor | None = None
     program_values: torch.Tensor | None = None
     program_valid: torch.Tensor | None = None
+    statistics: torch.Tensor | None = None
 
     @property
     def n_obs(self) -> int:

@@ -166,13 +166,14 @@ def fused_tokens(
     with _progress(inputs.n_obs, f"encode {inputs.library_id}", verbose) as bar, autocast(device):
         for rows, arrays in _read_ahead(read, batches):
             batch = _observation_batch(arrays, device)
+            if statistics is not None and batch.images is not None:
+                batch.statistics = network.patch_statistics(batch.images)
+                stats = batch.statistics.float().cpu().numpy()
+                statistics[rows] = np.where(batch.has_image.cpu().numpy()[:, None], stats, 0.0)
             z_img, z_expr, expr_present = network.observation_tokens(batch)
             out[torch.as_tensor(rows, device=device)] = network.fusion(
                 z_img, batch.has_image, z_expr, expr_present
             ).float()
-            if statistics is not None:
-                stats = network.patch_statistics(batch.images).float().cpu().numpy()
-                statistics[rows] = np.where(batch.has_image.cpu().numpy()[:, None], stats, 0.0)
             bar.update(len(rows))
     return out
 

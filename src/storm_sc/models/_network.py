@@ -106,15 +106,27 @@ class StormNetwork(nn.Module):
 
     # -- per-observation encoders ------------------------------------------------------------------------------
     def encode_morphology(
-        self, images: torch.Tensor | None = None, features: torch.Tensor | None = None
+        self,
+        images: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        *,
+        statistics: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(n, 3, s, s)`` uint8 patches, or ``(n, f)`` features -> ``(n, hidden_dim)``."""
+        """``(n, 3, s, s)`` uint8 patches, or ``(n, f)`` features -> ``(n, hidden_dim)``.
+
+        ``statistics``: :meth:`patch_statistics` of the same ``images``, when the caller needs them anyway (the
+        expression readout reads them); the stain path then reads them instead of computing them twice.
+        """
         if self.config.uses_pixels:
             if images is None:
                 raise ValueError("This model encodes H&E patches; `images` is required.")
             unit = self.image_norm.unit(images)
             z = self.morphology(self.image_norm.normalise(unit))
-            return z if self.stain_statistics is None else z + self.stain_statistics(unit)
+            if self.stain_statistics is None:
+                return z
+            if statistics is None:
+                statistics = stain_statistics(unit)
+            return z + self.stain_statistics.encode(statistics)
         if features is None:
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")
         return self.morphology(features)
@@ -145,9 +157,12 @@ class StormNetwork(nn.Module):
     def _morphology_tokens(self, batch: StormBatch, rows: torch.Tensor, *, augment: bool) -> torch.Tensor:
         if self.config.uses_pixels:
             images = batch.images[rows] if batch.images is not None else None
-            if images is not None and augment and batch.stain_alpha is not None:
+            jitter = images is not None and augment and batch.stain_alpha is not None
+            if jitter:
                 images = stain_jitter(images, batch.stain_alpha[rows], batch.stain_beta[rows])
-            return self.encode_morphology(images=images)
+            # Statistics computed before a stain jitter would describe other pixels.
+            stats = batch.statistics[rows] if batch.statistics is not None and not jitter else None
+            return self.encode_morphology(images=images, statistics=stats)
         return self.encode_morphology(features=batch.features[rows] if batch.features is not None else None)
 
     def observation_tokens(

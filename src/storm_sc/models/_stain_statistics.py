@@ -83,5 +83,9 @@ class StainStatisticsEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(n, 3, h, w)`` RGB in ``[0, 1]`` -> ``(n, out_dim)``."""
+        return self.encode(stain_statistics(images))
+
+    def encode(self, statistics: torch.Tensor) -> torch.Tensor:
+        """``(n, N_STATISTICS)`` :func:`stain_statistics` -> ``(n, out_dim)``."""
         # Scaled so that typical statistics (RGB 0-1, optical densities 0-2, spreads ~0.1) are of order one.
-        return self.net(4.0 * stain_statistics(images))
+        return self.net(4.0 * statistics)
