@@ -27,7 +27,7 @@
 #
 # **Data**: `st.datasets.dlpfc("151675")` reads the section from `st.settings.data_dir` (`$STORM_SC_DATA_DIR`),
 # downloading it there first when it is missing. **Model**: `model=None`, the reference checkpoint bundled with
-# storm_sc (`storm-tiny-public-v3`; see the model card for what it was trained on).
+# storm_sc (`storm-tiny-public-v4`; see the model card for what it was trained on).
 #
 # Set `STORM_SC_TUTORIAL_FAST=1` to adapt for one epoch only (as CI does).
 

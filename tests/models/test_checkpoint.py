@@ -143,7 +143,8 @@ def test_bundled_reference_checkpoint():
     name = reference_name()
     entry = _ENTRIES[name]
     path = WEIGHTS_DIR / entry.filename
-    assert path.stat().st_size <= 10 * 2**20  # it ships inside the package
+    # It ships inside the package: 3.2 MB of network, 2.6 MB of program loadings, 7.4 MB of expression readout.
+    assert path.stat().st_size <= 16 * 2**20
     assert file_sha256(path) == entry.sha256
     model = StormModel.from_pretrained()
     assert model.weights_digest() == StormModel.from_pretrained(name).weights_digest()
