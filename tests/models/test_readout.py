@@ -137,6 +137,9 @@ def test_readout_inputs_are_checked(feature_model):
         feature_model.fit_expression_readout([_feature_slide(0)], genes=["ZZZ"], verbose=False)
     with pytest.raises(ValueError, match="min_detection"):
         feature_model.fit_expression_readout([_feature_slide(0)], min_detection=1.5, verbose=False)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="penalty_strata"):
+            feature_model.fit_expression_readout([_feature_slide(0)], penalty_strata=bad, verbose=False)
 
 
 def test_training_fits_the_readout_unless_asked_not_to():
@@ -215,3 +218,29 @@ def test_readouts_stored_before_the_statistics_read_the_levels_alone():
     assert new.uses_stain_statistics
     with pytest.raises(ValueError, match="reads the levels first"):
         ExpressionReadout.pop_from(dict(tensors), {"inputs": ["stain_statistics"]})
+
+
+def test_strongly_varying_genes_get_their_own_penalty():
+    # 100 genes driven by the features (large variance) beside 100 that barely are (small variance, mostly noise).
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(12, 200))
+    w[:, 100:] *= 0.03
+    slides = []
+    for i in range(3):
+        x = rng.normal(size=(200, 12))
+        y = x @ w / np.sqrt(12) + 3.0 + 0.3 * rng.normal(size=(200, 200))
+        slides.append(ReadoutSlide(f"s{i}", x.astype(np.float32), sparse.csr_matrix(y.astype(np.float32)),
+                                   np.arange(200), rng.uniform(0, 1000, 200)))  # fmt: skip
+    one = fit_readout(slides, 200, min_detection=0.0, penalty_strata=1)
+    strata = fit_readout(slides, 200, min_detection=0.0, penalty_strata=2)
+    assert len(np.unique(one.alpha)) == 1
+    strong, weak = slice(0, 100), slice(100, 200)
+    assert strata.alpha[strong].max() < strata.alpha[weak].min()
+    # Each stratum keeps the penalty best for it: neither loses held-out correlation against the shared one.
+    for part in (strong, weak):
+        assert np.nanmean(strata.cv_pearson[part]) >= np.nanmean(one.cv_pearson[part]) - 1e-6
+    assert np.nanmean(strata.cv_pearson) > np.nanmean(one.cv_pearson)
+    # Too few genes for the strata asked for: as many strata of at least 50 genes as there are.
+    assert len(np.unique(fit_readout(slides, 200, genes=np.arange(60), penalty_strata=8).alpha)) == 1
+    with pytest.raises(ValueError, match="positive integer"):
+        fit_readout(slides, 200, penalty_strata=0)

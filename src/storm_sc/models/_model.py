@@ -31,7 +31,15 @@ from ._inference import embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
 from ._pretrained import resolve_pretrained
-from ._readout import LEVELS_INPUT, READOUT_INPUTS, ExpressionReadout, ReadoutSlide, fit_readout
+from ._readout import (
+    LEVELS_INPUT,
+    PENALTY_STRATA,
+    READOUT_INPUTS,
+    ExpressionReadout,
+    ReadoutSlide,
+    check_penalty_strata,
+    fit_readout,
+)
 from ._registry import get_config
 
 if TYPE_CHECKING:
@@ -450,6 +458,7 @@ class StormModel:
         genes: Sequence[str] | None = None,
         min_detection: float = 0.05,
         stain_statistics: bool = True,
+        penalty_strata: int = PENALTY_STRATA,
         batch_size: int = 256,
         device: str | torch.device = "auto",
         verbose: bool | None = None,
@@ -459,9 +468,10 @@ class StormModel:
         Each gene's log1p expression (library size 1e4) is regressed on the model's H&E-only embeddings
         (observation, niche and region levels) and, for models that read pixels, on the colour and stain
         statistics of each observation's patch and their mean over its niche (the embeddings lose some of what
-        the statistics carry), by ridge regression in closed form; the penalty maximises the
-        mean per-gene Pearson correlation over leave-one-slide-out folds (three spatial stripes for a single
-        slide), and each gene's predictive standard deviation is its cross-validated residual standard
+        the statistics carry), by ridge regression in closed form. Genes are split into ``penalty_strata``
+        strata by the variance of their expression, and each stratum's penalty maximises the mean per-gene
+        Pearson correlation of its genes over leave-one-slide-out folds (three spatial stripes for a single
+        slide): strongly varying genes are shrunk less than the many weakly varying ones. Each gene's predictive standard deviation is its cross-validated residual standard
         deviation. :meth:`predict_expression` then uses it for the genes it covers. Training
         (:func:`storm_sc.training.fit`) fits it on the training slides by default.
 
@@ -478,6 +488,9 @@ class StormModel:
             Detection threshold of the default gene set.
         stain_statistics
             Also read the patches' stain statistics (models that read pixels; ignored for patch features).
+        penalty_strata
+            Strata of gene variance with a penalty each (1: one penalty for all genes, as readouts fitted before
+            2026-12-06); strata keep at least 50 genes each.
         batch_size, device, verbose
             As in :meth:`embed`.
 
@@ -494,6 +507,7 @@ class StormModel:
         """
         if not 0 <= min_detection < 1:
             raise ValueError(f"`min_detection` must be in [0, 1); got {min_detection!r}.")
+        check_penalty_strata(penalty_strata)
         gene_ids = None
         if genes is not None:
             try:
@@ -535,7 +549,12 @@ class StormModel:
             for name, inputs in prepared
         ]
         self.readout = fit_readout(
-            slides, len(self._vocabulary), genes=gene_ids, min_detection=min_detection, inputs=inputs_read
+            slides,
+            len(self._vocabulary),
+            genes=gene_ids,
+            min_detection=min_detection,
+            inputs=inputs_read,
+            penalty_strata=penalty_strata,
         )
         return self
 

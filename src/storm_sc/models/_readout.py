@@ -32,6 +32,9 @@ STAIN_INPUT = "stain_statistics"
 NICHE_STAIN_INPUT = "niche_stain_statistics"
 READOUT_INPUTS = (LEVELS_INPUT, STAIN_INPUT, NICHE_STAIN_INPUT)
 ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
+# Strata of gene variance with a penalty each (see fit_readout), and the fewest genes a stratum may have.
+PENALTY_STRATA = 8
+_MIN_STRATUM = 50
 # Genes fitted at once; bounds the dense (observations x genes) target block.
 _GENE_CHUNK = 2048
 # A slide alone is cut into this many stripes along x for cross-validation.
@@ -57,7 +60,8 @@ class ExpressionReadout:
         ``(g,)`` float32 cross-validated Pearson correlation per gene, averaged over held-out slides (NaN where a
         gene was constant on every held-out slide).
     alpha
-        ``(g,)`` float32 ridge penalty of each gene (one penalty for all genes in readouts fitted here).
+        ``(g,)`` float32 ridge penalty of each gene (one per stratum of gene variance, see :func:`fit_readout`; one for
+        all genes in readouts fitted before 2026-12-06).
     slides
         Names of the slides it was fitted on.
     inputs
@@ -178,6 +182,7 @@ def fit_readout(
     min_detection: float = 0.05,
     alphas: Sequence[float] = ALPHAS,
     inputs: Sequence[str] = (LEVELS_INPUT,),
+    penalty_strata: int = PENALTY_STRATA,
 ) -> ExpressionReadout:
     """Fit the ridge readout; genes measured on different sets of slides are fitted on those slides' rows.
 
@@ -196,6 +201,12 @@ def fit_readout(
         Penalties tried.
     inputs
         What the slides' features are (recorded in the readout; see ``READOUT_INPUTS``).
+    penalty_strata
+        Genes are split into this many strata of equal size by the variance of their log1p expression, and each
+        stratum gets the penalty that maximises its genes' mean held-out correlation (1: one penalty for all).
+        Strongly varying genes carry more signal and want less shrinkage than the thousands of weakly varying
+        ones, whose mean would otherwise set the penalty for all; strata of at least ``_MIN_STRATUM`` genes keep the
+        choice stable, where a penalty per gene picks noisy extremes.
 
     Returns
     -------
@@ -203,6 +214,7 @@ def fit_readout(
     """
     if not slides:
         raise ValueError("The expression readout needs at least one slide with H&E and expression.")
+    check_penalty_strata(penalty_strata)
     measured = np.zeros((len(slides), n_vocabulary), dtype=bool)
     detected = np.zeros(n_vocabulary)
     observed = np.zeros(n_vocabulary)
@@ -217,31 +229,38 @@ def fit_readout(
     unmeasured = genes[~measured[:, genes].any(axis=0)]
     if len(unmeasured):
         raise ValueError(f"{len(unmeasured)} requested genes are measured on none of the slides.")
-    # Genes measured on the same slides share rows and folds. One penalty serves every gene: it maximises the mean
-    # held-out correlation over all genes (small groups of genes would otherwise pick noisy extremes).
+    # Genes measured on the same slides share rows and folds.
     patterns, which = np.unique(measured[:, genes].T, axis=0, return_inverse=True)
     groups = []
+    variance = np.zeros(len(genes))
     for p, pattern in enumerate(patterns):
         cols = np.flatnonzero(which.ravel() == p)
         members = [s for s, m in zip(slides, pattern, strict=True) if m]
         groups.append((cols, members, _cross_validate(members, genes[cols], alphas)))
-    r_all = np.concatenate([cv[0] for _, _, cv in groups], axis=1)
-    score = np.array([_nanmean(row) for row in r_all])
-    best = int(np.argmax(np.nan_to_num(score, nan=-np.inf))) if np.isfinite(score).any() else 0
-    alpha = float(alphas[best])
+        variance[cols] = _variance(members, genes[cols])
+    r_all = np.empty((len(alphas), len(genes)))
+    for cols, _, (r, _) in groups:
+        r_all[:, cols] = r
+    best = _penalty_per_stratum(r_all, variance, penalty_strata)
     n_feat = slides[0].features.shape[1]
     coef = np.zeros((n_feat, len(genes)), dtype=np.float32)
     intercept, residual_sd, cv_pearson = (np.zeros(len(genes), dtype=np.float32) for _ in range(3))
     for cols, members, (r, sd) in groups:
-        coef[:, cols], intercept[cols] = _refit(members, genes[cols], alpha)
-        residual_sd[cols], cv_pearson[cols] = sd[best], r[best]
+        for b in np.unique(best[cols]):
+            sub = cols[best[cols] == b]
+            at = np.flatnonzero(best[cols] == b)
+            coef[:, sub], intercept[sub] = _refit(members, genes[sub], float(alphas[b]))
+            residual_sd[sub], cv_pearson[sub] = sd[b, at], r[b, at]
+    alpha = np.asarray(alphas, dtype=np.float32)[best]
     logger.info(
-        "Expression readout: %d genes (%d groups of genes measured on the same slides) on %d slides, penalty %.3g, "
-        "mean cross-validated r = %.3f.",
+        "Expression readout: %d genes (%d groups of genes measured on the same slides) on %d slides, penalties "
+        "%.3g-%.3g (%d strata of gene variance), mean cross-validated r = %.3f.",
         len(genes),
         len(groups),
         len(slides),
-        alpha,
+        float(alpha.min()) if len(alpha) else float("nan"),
+        float(alpha.max()) if len(alpha) else float("nan"),
+        len(np.unique(best)),
         _nanmean(cv_pearson),
     )
     return ExpressionReadout(
@@ -250,10 +269,37 @@ def fit_readout(
         intercept=intercept,
         residual_sd=residual_sd,
         cv_pearson=cv_pearson,
-        alpha=np.full(len(genes), alpha, dtype=np.float32),
+        alpha=alpha,
         slides=[s.name for s in slides],
         inputs=tuple(inputs),
     )
+
+
+def check_penalty_strata(penalty_strata: int) -> None:
+    """Raise a clear error unless ``penalty_strata`` is a positive integer."""
+    if isinstance(penalty_strata, bool) or not isinstance(penalty_strata, (int, np.integer)) or penalty_strata < 1:
+        raise ValueError(
+            f"`penalty_strata` must be a positive integer (1: one penalty for all genes), got {penalty_strata!r}."
+        )
+
+
+def _variance(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray) -> np.ndarray:
+    """``(g,)`` variance of each gene's log1p expression over the rows of ``slides``."""
+    out = np.zeros(len(gene_ids))
+    for sl, y in _targets(slides, gene_ids):
+        out[sl] = y.var(axis=0)
+    return out
+
+
+def _penalty_per_stratum(r: np.ndarray, variance: np.ndarray, n_strata: int) -> np.ndarray:
+    """``(g,)`` index of the penalty of each gene: the best mean held-out ``r`` (``(n_alphas, g)``) of its stratum."""
+    n_strata = max(1, min(n_strata, len(variance) // _MIN_STRATUM))
+    order = np.argsort(variance, kind="stable")
+    best = np.zeros(len(variance), dtype=np.int64)
+    for members in np.array_split(order, n_strata):
+        score = np.array([_nanmean(row) for row in r[:, members]])
+        best[members] = int(np.argmax(np.nan_to_num(score, nan=-np.inf))) if np.isfinite(score).any() else 0
+    return best
 
 
 def _folds(slides: Sequence[ReadoutSlide]) -> np.ndarray:
