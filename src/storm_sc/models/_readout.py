@@ -254,7 +254,7 @@ def fit_readout(
     alpha = np.asarray(alphas, dtype=np.float32)[best]
     logger.info(
         "Expression readout: %d genes (%d groups of genes measured on the same slides) on %d slides, penalties "
-        "%.3g-%.3g (%d strata of gene variance), mean cross-validated r = %.3f.",
+        "%.3g-%.3g (%d distinct over the strata of gene variance), mean cross-validated r = %.3f.",
         len(genes),
         len(groups),
         len(slides),
