@@ -471,8 +471,8 @@ class StormModel:
         the statistics carry), by ridge regression in closed form. Genes are split into ``penalty_strata``
         strata by the variance of their expression, and each stratum's penalty maximises the mean per-gene
         Pearson correlation of its genes over leave-one-slide-out folds (three spatial stripes for a single
-        slide): strongly varying genes are shrunk less than the many weakly varying ones. Each gene's predictive standard deviation is its cross-validated residual standard
-        deviation. :meth:`predict_expression` then uses it for the genes it covers. Training
+        slide): strongly varying genes are shrunk less than the many weakly varying ones. Each gene's predictive
+        standard deviation is its cross-validated residual standard deviation. :meth:`predict_expression` then uses it for the genes it covers. Training
         (:func:`storm_sc.training.fit`) fits it on the training slides by default.
 
         Parameters

@@ -232,26 +232,23 @@ def fit_readout(
     # Genes measured on the same slides share rows and folds.
     patterns, which = np.unique(measured[:, genes].T, axis=0, return_inverse=True)
     groups = []
+    r_all = np.empty((len(alphas), len(genes)))
     variance = np.zeros(len(genes))
     for p, pattern in enumerate(patterns):
         cols = np.flatnonzero(which.ravel() == p)
         members = [s for s, m in zip(slides, pattern, strict=True) if m]
-        groups.append((cols, members, _cross_validate(members, genes[cols], alphas)))
-        variance[cols] = _variance(members, genes[cols])
-    r_all = np.empty((len(alphas), len(genes)))
-    for cols, _, (r, _) in groups:
+        r, sd, variance[cols] = _cross_validate(members, genes[cols], alphas)
         r_all[:, cols] = r
+        groups.append((cols, members, sd))
     best = _penalty_per_stratum(r_all, variance, penalty_strata)
+    alpha = np.asarray(alphas, dtype=np.float32)[best]
     n_feat = slides[0].features.shape[1]
     coef = np.zeros((n_feat, len(genes)), dtype=np.float32)
-    intercept, residual_sd, cv_pearson = (np.zeros(len(genes), dtype=np.float32) for _ in range(3))
-    for cols, members, (r, sd) in groups:
-        for b in np.unique(best[cols]):
-            sub = cols[best[cols] == b]
-            at = np.flatnonzero(best[cols] == b)
-            coef[:, sub], intercept[sub] = _refit(members, genes[sub], float(alphas[b]))
-            residual_sd[sub], cv_pearson[sub] = sd[b, at], r[b, at]
-    alpha = np.asarray(alphas, dtype=np.float32)[best]
+    intercept, residual_sd = (np.zeros(len(genes), dtype=np.float32) for _ in range(2))
+    for cols, members, sd in groups:
+        coef[:, cols], intercept[cols] = _refit(members, genes[cols], alpha[cols])
+        residual_sd[cols] = sd[best[cols], np.arange(len(cols))]
+    cv_pearson = r_all[best, np.arange(len(genes))].astype(np.float32)
     logger.info(
         "Expression readout: %d genes (%d groups of genes measured on the same slides) on %d slides, penalties "
         "%.3g-%.3g (%d distinct over the strata of gene variance), mean cross-validated r = %.3f.",
@@ -281,14 +278,6 @@ def check_penalty_strata(penalty_strata: int) -> None:
         raise ValueError(
             f"`penalty_strata` must be a positive integer (1: one penalty for all genes), got {penalty_strata!r}."
         )
-
-
-def _variance(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray) -> np.ndarray:
-    """``(g,)`` variance of each gene's log1p expression over the rows of ``slides``."""
-    out = np.zeros(len(gene_ids))
-    for sl, y in _targets(slides, gene_ids):
-        out[sl] = y.var(axis=0)
-    return out
 
 
 def _penalty_per_stratum(r: np.ndarray, variance: np.ndarray, n_strata: int) -> np.ndarray:
@@ -347,10 +336,10 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _cross_validate(
     slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alphas: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out correlation and residual sd of every penalty and gene: two ``(n_alphas, n_genes)`` arrays.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out correlation and residual sd per penalty and gene ``(n_alphas, n_genes)``, and gene variances.
 
-    The correlation is averaged over held-out folds (NaN where a gene was constant on every held-out fold); the
+    The variances ``(n_genes,)`` are over all rows, read on the same pass over the targets. The correlation is averaged over held-out folds (NaN where a gene was constant on every held-out fold); the
     residual sd pools the out-of-fold residuals of all rows.
     """
     x = np.vstack([s.features for s in slides]).astype(np.float64)
@@ -361,7 +350,9 @@ def _cross_validate(
     solvers = [(f, _solver(x[folds != f])) for f in labels]
     r = np.full((len(labels), len(alphas), g), np.nan)
     sse = np.zeros((len(alphas), g))
+    variance = np.zeros(g)
     for sl, y in _targets(slides, gene_ids):
+        variance[sl] = y.var(axis=0)
         for i, (f, (mean, scale, u, s, vt)) in enumerate(solvers):
             train, test = folds != f, folds == f
             ym = y[train].mean(axis=0)
@@ -374,18 +365,22 @@ def _cross_validate(
     finite = np.isfinite(r)
     with np.errstate(invalid="ignore", divide="ignore"):
         r_mean = np.where(finite, r, 0.0).sum(axis=0) / finite.sum(axis=0)
-    return r_mean, np.sqrt(sse / len(x))
+    return r_mean, np.sqrt(sse / len(x)), variance
 
 
-def _refit(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients on the raw features ``(f, g)`` and intercepts ``(g,)`` of a ridge fitted on every row."""
+def _refit(slides: Sequence[ReadoutSlide], gene_ids: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients on the raw features ``(f, g)`` and intercepts ``(g,)`` of a ridge fitted on every row.
+
+    Each gene has its own penalty (``alpha``, ``(g,)``); one decomposition of the features serves them all.
+    """
     x = np.vstack([s.features for s in slides]).astype(np.float64)
     mean, scale, u, s, vt = _solver(x)
-    shrink = s / (s * s + alpha)
+    alpha = np.asarray(alpha, dtype=np.float64)
     coef = np.zeros((x.shape[1], len(gene_ids)))
     intercept = np.zeros(len(gene_ids))
     for sl, y in _targets(slides, gene_ids):
         y_mean = y.mean(axis=0)
-        coef[:, sl] = (vt.T @ (shrink[:, None] * (u.T @ (y - y_mean)))) / scale[:, None]
+        shrink = s[:, None] / (s[:, None] ** 2 + alpha[None, sl])
+        coef[:, sl] = (vt.T @ (shrink * (u.T @ (y - y_mean)))) / scale[:, None]
         intercept[sl] = y_mean - mean @ coef[:, sl]
     return coef.astype(np.float32), intercept.astype(np.float32)
