@@ -13,7 +13,6 @@ import storm_sc as st
 from storm_sc.clinical import read_slide_features
 from storm_sc.models import ExpressionReadout, StormInputs
 from storm_sc.models._readout import READOUT_INPUTS
-from storm_sc.models._stain_statistics import N_STATISTICS
 from storm_sc.tl._clinical import slide_features
 from storm_sc.wsi import open_slide, read_tiles, tile_grid
 from tests.clinical.conftest import GENES, textured_slide
@@ -263,7 +262,7 @@ def test_a_readout_of_stain_statistics_predicts_as_predict_expression_does(slide
     reference = st.models.StormModel.from_pretrained()
     rng = np.random.default_rng(0)
     ids = np.arange(5)
-    width = 3 * reference.config.hidden_dim + 2 * N_STATISTICS
+    width = 3 * reference.config.hidden_dim + 2 * reference.network.n_statistics
     reference.readout = ExpressionReadout(
         gene_ids=ids, coef=rng.normal(0, 0.05, (width, 5)).astype(np.float32), intercept=np.full(5, 2.0, np.float32),
         residual_sd=np.ones(5, np.float32), cv_pearson=np.zeros(5, np.float32), alpha=np.ones(5, np.float32),

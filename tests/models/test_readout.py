@@ -11,7 +11,6 @@ import storm_sc as st
 from storm_sc.models import ExpressionReadout
 from storm_sc.models._inference import image_features
 from storm_sc.models._readout import LEVELS_INPUT, READOUT_INPUTS, ReadoutSlide, fit_readout
-from storm_sc.models._stain_statistics import N_STATISTICS
 from storm_sc.training._slides import as_slides, slide_inputs
 
 
@@ -170,7 +169,7 @@ def test_a_pixel_model_readout_reads_the_patches_stain_statistics(toy_slide, tmp
     model = st.models.StormModel("storm-tiny", vocab, seed=0)
     model.fit_expression_readout([toy_slide], verbose=False)
     assert model.readout.inputs == READOUT_INPUTS
-    assert model.readout.coef.shape[0] == 3 * model.config.hidden_dim + 2 * N_STATISTICS
+    assert model.readout.coef.shape[0] == 3 * model.config.hidden_dim + 2 * model.network.n_statistics
     assert st.models.StormModel.inspect(model.save(tmp_path / "m.safetensors"))["readout"]["inputs"] == list(
         READOUT_INPUTS
     )

@@ -44,7 +44,7 @@ H5_COORDS_PX = "coords_px"  # (n, 2) tile centres (x, y) in level-0 pixels
 H5_GRID = "grid_rc"  # (n, 2) grid row and column
 H5_TISSUE = "tissue_fraction"  # (n,)
 H5_TOKENS = "tokens"  # (n, hidden_dim) fused H&E tokens before spatial context (pass 1)
-H5_STAIN = "stain_statistics"  # (n, 38) each tile's stain statistics, for readouts that read them (pass 1)
+H5_STAIN = "stain_statistics"  # (n, s) each tile's stain (and texture) statistics, for readouts reading them (pass 1)
 H5_EMBEDDING = "embedding"  # (n, embed_dim) joint embedding with spatial context (pass 2)
 H5_EXPRESSION = "expression"  # (n, n_genes) predicted log1p expression, float16 (pass 2)
 H5_GENES = "genes"  # (n_genes,) gene symbols of the expression columns
@@ -202,7 +202,6 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
     import h5py
 
     from storm_sc import __version__
-    from storm_sc.models._stain_statistics import N_STATISTICS
 
     n = grid.n_tiles
     cfg = model.config
@@ -223,8 +222,8 @@ def _create_partial(partial: Path, fingerprint: str, grid: TileGrid, slide: Whol
                      if n else None)  # fmt: skip
     if model.readout is not None and model.readout.uses_stain_statistics:
         # Only for readouts that read them: the stain path computes them too, so this is a second pass over pixels.
-        f.create_dataset(H5_STAIN, shape=(n, N_STATISTICS), dtype=np.float32,
-                         chunks=(chunk_rows, N_STATISTICS) if n else None)  # fmt: skip
+        width = model.network.n_statistics
+        f.create_dataset(H5_STAIN, shape=(n, width), dtype=np.float32, chunks=(chunk_rows, width) if n else None)
     f.create_dataset(H5_EMBEDDING, shape=(n, cfg.embed_dim), dtype=np.float32,
                      chunks=(chunk_rows, cfg.embed_dim) if n else None)  # fmt: skip
     n_genes = len(gene_ids)

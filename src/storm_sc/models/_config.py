@@ -17,6 +17,10 @@ MORPHOLOGY_KINDS = ("cnn", "vit", "features", "module")
 _EXTERNAL_PREFIXES = ("timm:", "hf:")
 
 
+# Fields added after checkpoints were first written, with the value that rebuilds those checkpoints' networks.
+_FIELDS_ADDED_LATER: dict[str, Any] = {"texture_statistics": False}
+
+
 @dataclass(frozen=True)
 class StormConfig:
     """Architecture of a STORM model; named instances live in the registry (:func:`storm_sc.models.get_config`).
@@ -54,6 +58,10 @@ class StormConfig:
         Add a second morphology path from per-patch stain and texture statistics (colour deconvolution
         percentiles, block spreads, gradients) to the output of pixel encoders; see
         ``storm_sc.models._stain_statistics``.
+    texture_statistics
+        Let that path also read texture statistics of the patch (local binary patterns, Sobel and Laplacian
+        filters); the expression readout then reads them too. Checkpoints written before this field existed load
+        with ``False``, which is how they were trained.
     image_mean, image_std
         Per-channel normalisation of RGB values in ``[0, 1]``.
     gene_dim
@@ -104,6 +112,7 @@ class StormConfig:
     feature_dim: int | None = None
     features_key: str | None = None
     stain_statistics: bool = True
+    texture_statistics: bool = True
     image_mean: tuple[float, float, float] = (0.70, 0.55, 0.70)
     image_std: tuple[float, float, float] = (0.18, 0.20, 0.16)
     gene_dim: int = 32
@@ -281,4 +290,4 @@ class StormConfig:
                 f"STORM config has fields this version of storm_sc does not know: {unknown}. It was probably written "
                 "by a newer storm_sc; upgrade storm_sc."
             )
-        return cls(**data)
+        return cls(**{**_FIELDS_ADDED_LATER, **data})

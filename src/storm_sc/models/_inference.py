@@ -18,7 +18,6 @@ from ._inputs import StormInputs, observation_arrays
 from ._neighbors import pick
 from ._network import StormNetwork
 from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INPUT, ExpressionReadout
-from ._stain_statistics import N_STATISTICS
 
 LEVELS = ("joint", "levels", "observation", "niche", "region")
 T = TypeVar("T")
@@ -151,7 +150,7 @@ def fused_tokens(
     Observations are encoded in batches of spatial neighbours (:func:`storm_sc.pp._patches.locality_order`), so
     that patches streamed from the image are read from compact areas; the next batch is read on a background
     thread while the network encodes the current one. Only the tokens grow with the slide. ``statistics``, an
-    ``(n, N_STATISTICS)`` array, is filled with each patch's stain statistics on the way (zeros without an image).
+    ``(n, network.n_statistics)`` array, is filled with each patch's statistics on the way (zeros without an image).
     """
     from storm_sc.pp._patches import locality_order
 
@@ -350,7 +349,7 @@ def image_features(
     verbose: bool | None = None,
 ) -> np.ndarray:
     """H&E-only features of every observation as a readout with ``readout_inputs`` reads them: ``(n, f)``."""
-    statistics = np.zeros((inputs.n_obs, N_STATISTICS), dtype=np.float32) if len(readout_inputs) > 1 else None
+    statistics = np.zeros((inputs.n_obs, network.n_statistics), dtype=np.float32) if len(readout_inputs) > 1 else None
     levels = embed_inputs(
         network,
         inputs,
@@ -455,7 +454,7 @@ def predict_inputs(
     # The outputs are the only (n_obs x genes) arrays: filled batch by batch, never concatenated from parts.
     means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
     stds = np.empty_like(means)
-    statistics = np.zeros((inputs.n_obs, N_STATISTICS), dtype=np.float32) if plan.needs_statistics else None
+    statistics = np.zeros((inputs.n_obs, network.n_statistics), dtype=np.float32) if plan.needs_statistics else None
     with _with_eval(network, dev):
         tokens = fused_tokens(
             network,

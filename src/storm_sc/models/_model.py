@@ -487,7 +487,8 @@ class StormModel:
         min_detection
             Detection threshold of the default gene set.
         stain_statistics
-            Also read the patches' stain statistics (models that read pixels; ignored for patch features).
+            Also read the patches' stain (and, for models with ``texture_statistics``, texture) statistics and
+            their niche mean (models that read pixels; ignored for patch features).
         penalty_strata
             Strata of gene variance with a penalty each (1: one penalty for all genes, as readouts fitted before
             2026-12-06); strata keep at least 50 genes each.

@@ -18,7 +18,7 @@ from ._heads import GaussianGeneDecoder, ProjectionHead
 from ._losses import gaussian_nll, info_nce
 from ._morphology import ImageNormalizer, build_morphology_encoder
 from ._spatial import SpatialContextEncoder
-from ._stain_statistics import StainStatisticsEncoder, stain_statistics
+from ._stain_statistics import StainStatisticsEncoder, n_patch_statistics, patch_statistics
 
 LOSS_NAMES = ("contrastive", "context_contrastive", "masked_expression", "predicted_expression")
 # Share of neighbours each context-contrastive view keeps, drawn independently per view (see StormNetwork.losses).
@@ -81,7 +81,7 @@ class StormNetwork(nn.Module):
         self.image_norm = ImageNormalizer(config.image_mean, config.image_std, config.image_size)
         self.morphology = build_morphology_encoder(config, backbone=backbone, pretrained_backbone=pretrained_backbone)
         use_stats = config.stain_statistics and config.uses_pixels
-        self.stain_statistics = StainStatisticsEncoder(d) if use_stats else None
+        self.stain_statistics = StainStatisticsEncoder(d, texture=config.texture_statistics) if use_stats else None
         self.expression = ExpressionEncoder(config, n_genes)
         self.fusion = ModalityFusion(d)
         self.context = SpatialContextEncoder(config)
@@ -125,18 +125,23 @@ class StormNetwork(nn.Module):
             if self.stain_statistics is None:
                 return z
             if statistics is None:
-                statistics = stain_statistics(unit)
+                statistics = patch_statistics(unit, texture=self.stain_statistics.texture)
             return z + self.stain_statistics.encode(statistics)
         if features is None:
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")
         return self.morphology(features)
 
+    @property
+    def n_statistics(self) -> int:
+        """Width of :meth:`patch_statistics`."""
+        return n_patch_statistics(texture=self.config.texture_statistics)
+
     def patch_statistics(self, images: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, s, s)`` uint8 patches -> ``(n, N_STATISTICS)`` colour and stain statistics.
+        """``(n, 3, s, s)`` uint8 patches -> ``(n, n_statistics)`` colour, stain (and texture) statistics.
 
         Computed as the stain path reads them, at the encoder's input size; the expression readout may read them.
         """
-        return stain_statistics(self.image_norm.unit(images))
+        return patch_statistics(self.image_norm.unit(images), texture=self.config.texture_statistics)
 
     def encode_expression(
         self,

@@ -11,6 +11,14 @@ from ._augment import _HED_FROM_RGB
 _QUANTILES = (0.1, 0.5, 0.9)
 _POOLS = (2, 4)
 N_STATISTICS = 6 * (2 + len(_QUANTILES)) + 3 * len(_POOLS) + 2
+# Uniform local binary patterns of 8 neighbours: 0-8 neighbours at least as bright as the centre, or non-uniform.
+_LBP_CODES = 10
+# LBP histogram; Sobel magnitude of grey (mean, std, median, 90th pct) and haematoxylin (mean, std); Laplacian
+# spread of grey and haematoxylin.
+N_TEXTURE_STATISTICS = _LBP_CODES + 4 + 2 + 2
+_LUMA = (0.2125, 0.7154, 0.0721)
+# The 3 x 3 ring in circular order, as (row, column) offsets: LBP uniformity counts transitions around it.
+_RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
 def stain_statistics(images: torch.Tensor) -> torch.Tensor:
@@ -52,6 +60,128 @@ def stain_statistics(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([per_channel, *spreads, gradient.flatten(2).mean(-1)], dim=1)
 
 
+def texture_statistics(images: torch.Tensor) -> torch.Tensor:
+    """Per-patch texture statistics: local binary patterns, edge strength and fine detail.
+
+    The uniform local-binary-pattern histogram of the grey image (8 neighbours, radius one pixel, on 256 grey
+    levels); the mean, standard deviation, median and 90th percentile of the Sobel gradient magnitude of grey and
+    the mean and standard deviation of that of haematoxylin; the standard deviation of the Laplacian of grey and
+    haematoxylin. Filters run without padding, so borders add no artificial edges.
+
+    Parameters
+    ----------
+    images
+        ``(n, 3, h, w)`` RGB in ``[0, 1]``, ``h, w >= 3``.
+
+    Returns
+    -------
+    ``(n, N_TEXTURE_STATISTICS)`` float32.
+
+    Examples
+    --------
+    >>> texture_statistics(torch.rand(2, 3, 16, 16)).shape == (2, N_TEXTURE_STATISTICS)
+    True
+    """
+    x = images.float()
+    if x.shape[-1] < 3 or x.shape[-2] < 3:
+        raise ValueError(f"Texture statistics need patches of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}.")
+    grey = torch.einsum("nchw,c->nhw", x, torch.tensor(_LUMA, device=x.device))[:, None]
+    od = -torch.log(x.clamp(min=1.0 / 255.0))
+    hema = torch.einsum("nchw,c->nhw", od, _HED_FROM_RGB[:, 0].to(x.device))[:, None]
+    planes = torch.cat([grey, hema], dim=1)  # (n, 2, h, w)
+
+    sobel_x = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device) / 4.0
+    kernels = torch.stack([sobel_x, sobel_x.T]).repeat(2, 1, 1)[:, None]  # gx, gy per plane
+    gradients = nn.functional.conv2d(planes, kernels, groups=2)  # (n, 4, h-2, w-2)
+    magnitude = gradients.view(len(x), 2, 2, *gradients.shape[-2:]).pow(2).sum(2).sqrt().flatten(2)
+    laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
+    detail = nn.functional.conv2d(planes, laplace.expand(2, 1, 3, 3), groups=2).flatten(2).std(-1)
+
+    grey_edges, hema_edges = magnitude[:, 0], magnitude[:, 1]
+    edge_quantiles = _quantiles(grey_edges)[:, [1, 2]]  # median, 90th percentile
+    return torch.cat(
+        [
+            _lbp_histogram(grey[:, 0]),
+            grey_edges.mean(-1, keepdim=True),
+            grey_edges.std(-1, keepdim=True),
+            edge_quantiles,
+            hema_edges.mean(-1, keepdim=True),
+            hema_edges.std(-1, keepdim=True),
+            detail,
+        ],
+        dim=1,
+    )
+
+
+def _lbp_histogram(grey: torch.Tensor) -> torch.Tensor:
+    """``(n, h, w)`` grey in ``[0, 1]`` -> ``(n, _LBP_CODES)`` fractions of the interior pixels per uniform code."""
+    # On 256 levels, as in the classical descriptor: flat regions tie with their centre instead of flickering.
+    levels = (grey * 255.0).round()
+    h, w = levels.shape[-2:]
+    centre = levels[:, 1 : h - 1, 1 : w - 1]
+
+    def shifted(dr: int, dc: int) -> torch.Tensor:
+        return levels[:, 1 + dr : h - 1 + dr, 1 + dc : w - 1 + dc]
+
+    # The ring is a circle of radius one: diagonal neighbours are read between pixels (bilinear), as in Ojala et al.
+    d = 0.5**0.5
+    ring = []
+    for dr, dc in _RING:
+        if dr and dc:
+            value = (1 - d) ** 2 * centre + d * (1 - d) * (shifted(dr, 0) + shifted(0, dc)) + d**2 * shifted(dr, dc)
+        else:
+            value = shifted(dr, dc)
+        ring.append(value >= centre - 1e-3)  # interpolation rounding must not break ties of flat regions
+    bits = torch.stack(ring, dim=1)  # (n, 8, h-2, w-2)
+    transitions = (bits != bits.roll(1, dims=1)).sum(1)
+    codes = torch.where(transitions <= 2, bits.sum(1), _LBP_CODES - 1)
+    counts = nn.functional.one_hot(codes.flatten(1), _LBP_CODES).sum(1)
+    return counts.float() / codes[0].numel()
+
+
+def n_patch_statistics(*, texture: bool) -> int:
+    """Width of :func:`patch_statistics`.
+
+    Parameters
+    ----------
+    texture
+        Whether the texture statistics are included.
+
+    Returns
+    -------
+    ``N_STATISTICS``, plus ``N_TEXTURE_STATISTICS`` with the texture.
+
+    Examples
+    --------
+    >>> n_patch_statistics(texture=False) == N_STATISTICS
+    True
+    """
+    return N_STATISTICS + (N_TEXTURE_STATISTICS if texture else 0)
+
+
+def patch_statistics(images: torch.Tensor, *, texture: bool) -> torch.Tensor:
+    """:func:`stain_statistics`, followed by :func:`texture_statistics` when ``texture``.
+
+    Parameters
+    ----------
+    images
+        ``(n, 3, h, w)`` RGB in ``[0, 1]``.
+    texture
+        Whether to append the texture statistics.
+
+    Returns
+    -------
+    ``(n, n_patch_statistics(texture=texture))`` float32.
+
+    Examples
+    --------
+    >>> patch_statistics(torch.rand(2, 3, 16, 16), texture=True).shape == (2, N_STATISTICS + N_TEXTURE_STATISTICS)
+    True
+    """
+    stain = stain_statistics(images)
+    return torch.cat([stain, texture_statistics(images)], dim=1) if texture else stain
+
+
 def _quantiles(flat: torch.Tensor) -> torch.Tensor:
     """``_QUANTILES`` of the last axis, ``(..., len(_QUANTILES))``, with torch.quantile's linear interpolation.
 
@@ -77,15 +207,17 @@ class StainStatisticsEncoder(nn.Module):
     thousand spots a useful representation from the first step.
     """
 
-    def __init__(self, out_dim: int) -> None:
+    def __init__(self, out_dim: int, *, texture: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(N_STATISTICS, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.texture = texture
+        n_in = n_patch_statistics(texture=texture)
+        self.net = nn.Sequential(nn.Linear(n_in, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(n, 3, h, w)`` RGB in ``[0, 1]`` -> ``(n, out_dim)``."""
-        return self.encode(stain_statistics(images))
+        return self.encode(patch_statistics(images, texture=self.texture))
 
     def encode(self, statistics: torch.Tensor) -> torch.Tensor:
-        """``(n, N_STATISTICS)`` :func:`stain_statistics` -> ``(n, out_dim)``."""
+        """``(n, n_patch_statistics(texture))`` :func:`patch_statistics` -> ``(n, out_dim)``."""
         # Scaled so that typical statistics (RGB 0-1, optical densities 0-2, spreads ~0.1) are of order one.
         return self.net(4.0 * statistics)
