@@ -178,8 +178,10 @@ def patch_statistics(images: torch.Tensor, *, texture: bool) -> torch.Tensor:
     >>> patch_statistics(torch.rand(2, 3, 16, 16), texture=True).shape == (2, N_STATISTICS + N_TEXTURE_STATISTICS)
     True
     """
-    stain = stain_statistics(images)
-    return torch.cat([stain, texture_statistics(images)], dim=1) if texture else stain
+    # Summary statistics need float32 even under a GPU's bf16 autocast (and torch.quantile refuses bf16).
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        stain = stain_statistics(images)
+        return torch.cat([stain, texture_statistics(images)], dim=1) if texture else stain
 
 
 def _quantiles(flat: torch.Tensor) -> torch.Tensor:
