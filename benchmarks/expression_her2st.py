@@ -352,13 +352,22 @@ class StormMethod(Method):
 
     name = "storm"
 
-    def __init__(self, *, config: str, max_epochs: int, seed: int, target_sum: float = STORM_TARGET_SUM) -> None:
+    def __init__(
+        self,
+        *,
+        config: str,
+        max_epochs: int,
+        seed: int,
+        target_sum: float = STORM_TARGET_SUM,
+        patch_px: int | None = None,
+    ) -> None:
         self.target_sum = target_sum
         self.mse_comparable = target_sum == STORM_TARGET_SUM
-        self.config = config
+        self.config = st.models.get_config(config, image_size=patch_px) if patch_px else st.models.get_config(config)
         self.max_epochs = max_epochs
         self.seed = seed
-        self.description = f"STORM ({config}, <= {max_epochs} epochs, seed {seed}) from H&E + positions"
+        size = f"{self.config.image_size} px patches of {self.config.patch_um:g} um"
+        self.description = f"STORM ({config}, {size}, <= {max_epochs} epochs, seed {seed}) from H&E + positions"
 
     def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
         from storm_sc.training import TrainingSlide, pretrain
@@ -676,6 +685,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--storm-config", default="storm-small", help="STORM architecture (st.models.list_configs())")
     parser.add_argument("--storm-epochs", type=int, default=20, help="maximum STORM training epochs per split")
     parser.add_argument(
+        "--storm-patch-px",
+        type=int,
+        default=None,
+        help="pixels per side of STORM's patches (default: the architecture's; the shipped reference is storm-tiny "
+        "with 64 px patches of 112 um)",
+    )
+    parser.add_argument(
         "--storm-model",
         default=None,
         help="also score this pretrained checkpoint (path or registered name), frozen, with a readout fitted per split",
@@ -704,6 +720,8 @@ def _check_options(args: argparse.Namespace) -> None:
         problems.append(f"--thumb-px must be a positive number of pixels, got {args.thumb_px}")
     if args.storm_epochs < 1:
         problems.append(f"--storm-epochs must be at least 1, got {args.storm_epochs}")
+    if args.storm_patch_px is not None and args.storm_patch_px < 8:
+        problems.append(f"--storm-patch-px must be at least 8 pixels, got {args.storm_patch_px}")
     if not args.no_storm and storm_available() and args.storm_config not in st.models.list_configs():
         problems.append(f"--storm-config {args.storm_config!r} is not one of {st.models.list_configs()}")
     if problems:
@@ -751,7 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     storm = None
     if not args.no_storm and storm_available():
         storm = StormMethod(
-            config=args.storm_config, max_epochs=args.storm_epochs, seed=args.seed, target_sum=args.target_sum
+            config=args.storm_config,
+            max_epochs=args.storm_epochs,
+            seed=args.seed,
+            target_sum=args.target_sum,
+            patch_px=args.storm_patch_px,
         )
         methods += [storm, StormHeadMethod(storm)]
     if args.storm_model is not None and storm_available():

@@ -280,3 +280,14 @@ def test_benchmark_runs_both_schemes_on_two_generated_patients(tmp_path, monkeyp
     assert (folds.loc[folds["method"] == "mean", "mean_pearson"] == 0).all()
     with pytest.raises(SystemExit, match="exists"):
         main(args)
+
+
+def test_storm_patch_size_option_sets_the_architecture_and_is_validated(tmp_path):
+    from benchmarks.expression_her2st import StormMethod, main
+
+    method = StormMethod(config="storm-tiny", max_epochs=1, seed=0, patch_px=64)
+    assert method.config.image_size == 64 and "64 px patches of 112 um" in method.description
+    assert StormMethod(config="storm-tiny", max_epochs=1, seed=0).config.image_size == 32
+    (tmp_path / "her2st").mkdir()
+    with pytest.raises(SystemExit, match="--storm-patch-px must be at least 8"):
+        main(["--data-dir", str(tmp_path), "--storm-config", "storm-tiny", "--storm-patch-px", "4"])
