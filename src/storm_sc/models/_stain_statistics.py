@@ -90,12 +90,14 @@ def texture_statistics(images: torch.Tensor) -> torch.Tensor:
     hema = torch.einsum("nchw,c->nhw", od, _HED_FROM_RGB[:, 0].to(x.device))[:, None]
     planes = torch.cat([grey, hema], dim=1)  # (n, 2, h, w)
 
-    sobel_x = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device) / 4.0
-    kernels = torch.stack([sobel_x, sobel_x.T]).repeat(2, 1, 1)[:, None]  # gx, gy per plane
-    gradients = nn.functional.conv2d(planes, kernels, groups=2)  # (n, 4, h-2, w-2)
-    magnitude = gradients.view(len(x), 2, 2, *gradients.shape[-2:]).pow(2).sum(2).sqrt().flatten(2)
-    laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
-    detail = nn.functional.conv2d(planes, laplace.expand(2, 1, 3, 3), groups=2).flatten(2).std(-1)
+    # 3 x 3 filters as shifted sums (valid region): on the CPU ~10 times faster than a grouped conv2d of one channel.
+    inner = planes[..., 1:-1, 1:-1]
+    rows = planes[..., :-2, :] + 2 * planes[..., 1:-1, :] + planes[..., 2:, :]
+    cols = planes[..., :, :-2] + 2 * planes[..., :, 1:-1] + planes[..., :, 2:]
+    gx, gy = (rows[..., :-2] - rows[..., 2:]) / 4, (cols[..., :-2, :] - cols[..., 2:, :]) / 4  # Sobel
+    magnitude = (gx * gx + gy * gy).sqrt().flatten(2)
+    up, down, left, right = planes[..., :-2, 1:-1], planes[..., 2:, 1:-1], planes[..., 1:-1, :-2], planes[..., 1:-1, 2:]
+    detail = (up + down + left + right - 4 * inner).flatten(2).std(-1)  # Laplacian
 
     grey_edges, hema_edges = magnitude[:, 0], magnitude[:, 1]
     edge_quantiles = _quantiles(grey_edges)[:, [1, 2]]  # median, 90th percentile
@@ -125,18 +127,27 @@ def _lbp_histogram(grey: torch.Tensor) -> torch.Tensor:
 
     # The ring is a circle of radius one: diagonal neighbours are read between pixels (bilinear), as in Ojala et al.
     d = 0.5**0.5
-    ring = []
+    ones = torch.zeros_like(centre, dtype=torch.uint8)
+    transitions = torch.zeros_like(ones)
+    first = previous = None
     for dr, dc in _RING:
         if dr and dc:
             value = (1 - d) ** 2 * centre + d * (1 - d) * (shifted(dr, 0) + shifted(0, dc)) + d**2 * shifted(dr, dc)
         else:
             value = shifted(dr, dc)
-        ring.append(value >= centre - 1e-3)  # interpolation rounding must not break ties of flat regions
-    bits = torch.stack(ring, dim=1)  # (n, 8, h-2, w-2)
-    transitions = (bits != bits.roll(1, dims=1)).sum(1)
-    codes = torch.where(transitions <= 2, bits.sum(1), _LBP_CODES - 1)
-    counts = nn.functional.one_hot(codes.flatten(1), _LBP_CODES).sum(1)
-    return counts.float() / codes[0].numel()
+        bit = (value >= centre - 1e-3).to(torch.uint8)  # interpolation rounding must not break ties of flat regions
+        ones += bit
+        if previous is None:
+            first = bit
+        else:
+            transitions += bit ^ previous
+        previous = bit
+    transitions += previous ^ first  # close the circle
+    codes = torch.where(transitions <= 2, ones, _LBP_CODES - 1).long().flatten(1)
+    # One histogram per patch in one call: patch i's codes are offset into bins [10 i, 10 i + 10).
+    offsets = torch.arange(len(codes), device=codes.device)[:, None] * _LBP_CODES
+    counts = torch.bincount((codes + offsets).flatten(), minlength=len(codes) * _LBP_CODES)
+    return counts.view(len(codes), _LBP_CODES).float() / codes.shape[1]
 
 
 def n_patch_statistics(*, texture: bool) -> int:
