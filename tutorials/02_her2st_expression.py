@@ -129,11 +129,11 @@ corr.head(10).round(3)
 # learn the link at this scale: its predictions hardly vary between spots (`source="head"` shows it).
 #
 # - In fast mode (5 training steps on one section) the embeddings are essentially untrained and the readout has
-#   one section to learn from: we measured a median r of 0.09 (quartiles 0.02 and 0.16; 0.05, -0.01 and 0.12
-#   before the readout read the stain statistics; the same to two decimals with a penalty per stratum of genes).
-# - In the benchmark (`storm-tiny`, 20 epochs on four sections, the fifth held out, every section in turn) the
-#   readout reached a mean r of 0.129 over this panel (sd 0.020 over the five held-out sections) against 0.134
-#   for the stain/texture ridge and 0.010 for the network head of the same models.
+#   one section to learn from: we measured a median r of 0.10 (quartiles 0.02 and 0.18; 0.09, 0.02 and 0.16
+#   before the texture statistics, 0.05, -0.01 and 0.12 before the readout read the stain statistics).
+# - In the benchmark (`storm-tiny` with 64 px patches, 20 epochs on four sections, the fifth held out, every
+#   section in turn) the readout reached a mean r of 0.142 over this panel (sd 0.015 over the five held-out
+#   sections) against 0.134 for the stain/texture ridge and 0.006 for the network head of the same models.
 # - With this tutorial's full settings and the head only (before the readout existed) we measured a mean r of
 #   0.008 over the 785 genes (quartiles -0.09 and 0.10): anti-correlated genes as often as correlated ones.
 #

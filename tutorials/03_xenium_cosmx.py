@@ -29,7 +29,7 @@
 # These are small fixtures of different tissues, chosen because they are public and tiny; the point is the
 # mechanics (one vocabulary, one model, one embedding space), not a biological comparison.
 #
-# **Model**: `storm-tiny-public-v4`, the bundled reference (`model=None` in every tool; see the model card). Of these
+# **Model**: `storm-tiny-public-v5`, the bundled reference (`model=None` in every tool; see the model card). Of these
 # three datasets only the Xenium + H&E lung crop was in its training corpus. `STORM_SC_TUTORIAL_FAST=1` (as CI
 # runs it) changes nothing here: no training happens.
 
