@@ -125,7 +125,7 @@ class StormNetwork(nn.Module):
             if self.stain_statistics is None:
                 return z
             if statistics is None:
-                statistics = patch_statistics(unit, texture=self.stain_statistics.texture)
+                statistics = patch_statistics(unit, texture=self.config.texture_statistics)
             return z + self.stain_statistics.encode(statistics)
         if features is None:
             raise ValueError(f"This model reads precomputed patch features (.obsm[{self.config.features_key!r}]).")

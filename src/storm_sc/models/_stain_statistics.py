@@ -43,8 +43,17 @@ def stain_statistics(images: torch.Tensor) -> torch.Tensor:
     True
     """
     x = images.float()
+    return _stain_block(x, _stain_densities(x))
+
+
+def _stain_densities(x: torch.Tensor) -> torch.Tensor:
+    """``(n, 3, h, w)`` RGB in ``[0, 1]`` -> haematoxylin, eosin and residual optical densities, same shape."""
     od = -torch.log(x.clamp(min=1.0 / 255.0))
-    hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
+    return torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
+
+
+def _stain_block(x: torch.Tensor, hed: torch.Tensor) -> torch.Tensor:
+    """:func:`stain_statistics` of float RGB ``x`` with its :func:`_stain_densities` ``hed``."""
     channels = torch.cat([x, hed], dim=1)  # (n, 6, h, w)
     flat = channels.flatten(2)
     q = _quantiles(flat)  # (n, 6, 3)
@@ -83,11 +92,14 @@ def texture_statistics(images: torch.Tensor) -> torch.Tensor:
     True
     """
     x = images.float()
+    return _texture_block(x, _stain_densities(x)[:, :1])
+
+
+def _texture_block(x: torch.Tensor, hema: torch.Tensor) -> torch.Tensor:
+    """:func:`texture_statistics` of float RGB ``x`` with its ``(n, 1, h, w)`` haematoxylin density."""
     if x.shape[-1] < 3 or x.shape[-2] < 3:
         raise ValueError(f"Texture statistics need patches of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}.")
     grey = torch.einsum("nchw,c->nhw", x, torch.tensor(_LUMA, device=x.device))[:, None]
-    od = -torch.log(x.clamp(min=1.0 / 255.0))
-    hema = torch.einsum("nchw,c->nhw", od, _HED_FROM_RGB[:, 0].to(x.device))[:, None]
     planes = torch.cat([grey, hema], dim=1)  # (n, 2, h, w)
 
     # 3 x 3 filters as shifted sums (valid region): on the CPU ~10 times faster than a grouped conv2d of one channel.
@@ -191,8 +203,10 @@ def patch_statistics(images: torch.Tensor, *, texture: bool) -> torch.Tensor:
     """
     # Summary statistics need float32 even under a GPU's bf16 autocast (and torch.quantile refuses bf16).
     with torch.autocast(device_type=images.device.type, enabled=False):
-        stain = stain_statistics(images)
-        return torch.cat([stain, texture_statistics(images)], dim=1) if texture else stain
+        x = images.float()
+        hed = _stain_densities(x)  # shared by both blocks: the log is a good part of their cost
+        stain = _stain_block(x, hed)
+        return torch.cat([stain, _texture_block(x, hed[:, :1])], dim=1) if texture else stain
 
 
 def _quantiles(flat: torch.Tensor) -> torch.Tensor:
