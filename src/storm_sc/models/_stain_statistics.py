@@ -48,8 +48,8 @@ def stain_statistics(images: torch.Tensor) -> torch.Tensor:
 
 def _stain_densities(x: torch.Tensor) -> torch.Tensor:
     """``(n, 3, h, w)`` RGB in ``[0, 1]`` -> haematoxylin, eosin and residual optical densities, same shape."""
-    od = -torch.log(x.clamp(min=1.0 / 255.0))
-    return torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(x.device))
+    log_rgb = x.clamp(min=1.0 / 255.0).log_()  # optical density is its negative, folded into the matrix
+    return torch.einsum("nchw,cd->ndhw", log_rgb, -_HED_FROM_RGB.to(x.device))
 
 
 def _stain_block(x: torch.Tensor, hed: torch.Tensor) -> torch.Tensor:
@@ -57,12 +57,14 @@ def _stain_block(x: torch.Tensor, hed: torch.Tensor) -> torch.Tensor:
     channels = torch.cat([x, hed], dim=1)  # (n, 6, h, w)
     flat = channels.flatten(2)
     q = _quantiles(flat)  # (n, 6, 3)
-    per_channel = torch.cat([flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True), q], dim=-1).flatten(1)
+    mean, sd = _mean_std(flat)
+    per_channel = torch.cat([mean, sd, q], dim=-1).flatten(1)
 
     grey = x.mean(dim=1, keepdim=True)
     textured = torch.cat([grey, hed[:, :2]], dim=1)  # grey, haematoxylin, eosin
     spreads = [
-        nn.functional.avg_pool2d(textured, kernel_size=max(1, x.shape[-1] // k)).flatten(2).std(-1) for k in _POOLS
+        _mean_std(nn.functional.avg_pool2d(textured, kernel_size=max(1, x.shape[-1] // k)).flatten(2))[1][..., 0]
+        for k in _POOLS
     ]
     edges = torch.cat([grey, hed[:, :1]], dim=1)
     gradient = (edges[..., 1:, :-1] - edges[..., :-1, :-1]).abs() + (edges[..., :-1, 1:] - edges[..., :-1, :-1]).abs()
@@ -99,28 +101,29 @@ def _texture_block(x: torch.Tensor, hema: torch.Tensor) -> torch.Tensor:
     """:func:`texture_statistics` of float RGB ``x`` with its ``(n, 1, h, w)`` haematoxylin density."""
     if x.shape[-1] < 3 or x.shape[-2] < 3:
         raise ValueError(f"Texture statistics need patches of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}.")
-    grey = torch.einsum("nchw,c->nhw", x, torch.tensor(_LUMA, device=x.device))[:, None]
+    grey = (_LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2]).add_(x[:, 2:3], alpha=_LUMA[2])
     planes = torch.cat([grey, hema], dim=1)  # (n, 2, h, w)
 
     # 3 x 3 filters as shifted sums (valid region): on the CPU ~10 times faster than a grouped conv2d of one channel.
     inner = planes[..., 1:-1, 1:-1]
-    rows = planes[..., :-2, :] + 2 * planes[..., 1:-1, :] + planes[..., 2:, :]
+    rows = planes[..., :-2, :] + 2 * planes[..., 1:-1, :] + planes[..., 2:, :]  # (up + 2 centre + down)
     cols = planes[..., :, :-2] + 2 * planes[..., :, 1:-1] + planes[..., :, 2:]
-    gx, gy = (rows[..., :-2] - rows[..., 2:]) / 4, (cols[..., :-2, :] - cols[..., 2:, :]) / 4  # Sobel
-    magnitude = (gx * gx + gy * gy).sqrt().flatten(2)
-    up, down, left, right = planes[..., :-2, 1:-1], planes[..., 2:, 1:-1], planes[..., 1:-1, :-2], planes[..., 1:-1, 2:]
-    detail = (up + down + left + right - 4 * inner).flatten(2).std(-1)  # Laplacian
+    # Sobel at 4 times its scale (an exact power of two), divided out of the few statistics instead of every pixel.
+    gx, gy = rows[..., :-2] - rows[..., 2:], cols[..., :-2, :] - cols[..., 2:, :]
+    magnitude = gx.mul_(gx).add_(gy.mul_(gy)).sqrt_().flatten(2)
+    laplacian = (rows[..., 1:-1] + cols[..., 1:-1, :]).sub_(inner, alpha=8)  # up + down + left + right - 4 centre
+    detail = _mean_std(laplacian.flatten(2))[1][..., 0]
 
-    grey_edges, hema_edges = magnitude[:, 0], magnitude[:, 1]
-    edge_quantiles = _quantiles(grey_edges)[:, [1, 2]]  # median, 90th percentile
+    edge_mean, edge_sd = (v / 4 for v in _mean_std(magnitude))  # (n, 2, 1): grey, haematoxylin
+    edge_quantiles = _quantiles(magnitude[:, 0])[:, [1, 2]] / 4  # grey's median, 90th percentile
     return torch.cat(
         [
             _lbp_histogram(grey[:, 0]),
-            grey_edges.mean(-1, keepdim=True),
-            grey_edges.std(-1, keepdim=True),
+            edge_mean[:, 0],
+            edge_sd[:, 0],
             edge_quantiles,
-            hema_edges.mean(-1, keepdim=True),
-            hema_edges.std(-1, keepdim=True),
+            edge_mean[:, 1],
+            edge_sd[:, 1],
             detail,
         ],
         dim=1,
@@ -139,15 +142,19 @@ def _lbp_histogram(grey: torch.Tensor) -> torch.Tensor:
 
     # The ring is a circle of radius one: diagonal neighbours are read between pixels (bilinear), as in Ojala et al.
     d = 0.5**0.5
+    # Interpolation rounding must not break ties of flat regions, hence the tolerance. A diagonal's test
+    # (1-d)^2 c + d(1-d)(a + b) + d^2 e >= c - tol is rearranged so that its centre term is computed once.
+    threshold = centre - 1e-3
+    diagonal_threshold = (1 - (1 - d) ** 2) * centre - 1e-3
     ones = torch.zeros_like(centre, dtype=torch.uint8)
     transitions = torch.zeros_like(ones)
     first = previous = None
     for dr, dc in _RING:
         if dr and dc:
-            value = (1 - d) ** 2 * centre + d * (1 - d) * (shifted(dr, 0) + shifted(0, dc)) + d**2 * shifted(dr, dc)
+            value = (shifted(dr, 0) + shifted(0, dc)).mul_(d * (1 - d)).add_(shifted(dr, dc), alpha=d**2)
+            bit = (value >= diagonal_threshold).to(torch.uint8)
         else:
-            value = shifted(dr, dc)
-        bit = (value >= centre - 1e-3).to(torch.uint8)  # interpolation rounding must not break ties of flat regions
+            bit = (shifted(dr, dc) >= threshold).to(torch.uint8)
         ones += bit
         if previous is None:
             first = bit
@@ -207,6 +214,18 @@ def patch_statistics(images: torch.Tensor, *, texture: bool) -> torch.Tensor:
         hed = _stain_densities(x)  # shared by both blocks: the log is a good part of their cost
         stain = _stain_block(x, hed)
         return torch.cat([stain, _texture_block(x, hed[:, :1])], dim=1) if texture else stain
+
+
+def _mean_std(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of the last axis, each ``(..., 1)``.
+
+    Two passes over the values: on the CPU about 5 times faster than ``Tensor.std`` (which was the largest single
+    cost of the statistics), and within float32 rounding of it.
+    """
+    mean = flat.mean(-1, keepdim=True)
+    centred = flat - mean
+    sd = (centred * centred).sum(-1, keepdim=True).div_(flat.shape[-1] - 1).sqrt_()
+    return mean, sd
 
 
 def _quantiles(flat: torch.Tensor) -> torch.Tensor:
