@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger("storm_sc")
@@ -16,6 +18,24 @@ if not logger.handlers:
     logger.propagate = False
 
 DATA_DIR_ENV = "STORM_SC_DATA_DIR"
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Hold the named loggers at WARNING or above for the duration, then restore their levels.
+
+    For libraries whose informational messages restate, on every call, what storm_sc logs once in its own words
+    (squidpy announcing each neighbour graph, Lightning its accelerator); their warnings still show.
+    """
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 class _Settings:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -113,3 +115,39 @@ def test_bad_arguments():
         st.pp.spatial_graph(si, library_key="slide")
     with pytest.raises(TypeError, match="SpatialData, an AnnData or a SpatialInput"):
         st.pp.spatial_graph(ad.AnnData(np.zeros((2, 2))).X)
+
+
+def test_squidpy_announcements_are_quiet():
+    """squidpy logs every graph it builds through spatialdata's logger; spatial_graph logs its own line instead."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    noisy = logging.getLogger("spatialdata._logging")
+    level = noisy.level
+    noisy.addHandler(handler)
+    try:
+        si = spatial_input(None, hex_grid(6, 6, pitch=100.0), mpp=1.0)
+        for kwargs in ({}, {"radius_um": 101.0}, {"delaunay": True}):
+            st.pp.spatial_graph(si, **kwargs)
+    finally:
+        noisy.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno < logging.WARNING] == []
+    assert noisy.level == level  # restored
+
+
+def test_quiet_loggers_restores_levels_after_an_error():
+    from storm_sc._settings import quiet_loggers
+
+    lg = logging.getLogger("storm_sc.tests.quiet")
+    lg.setLevel(logging.INFO)
+    seen = []
+
+    def fail_inside() -> None:
+        with quiet_loggers("storm_sc.tests.quiet"):
+            seen.append((lg.isEnabledFor(logging.INFO), lg.isEnabledFor(logging.WARNING)))
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        fail_inside()
+    assert seen == [(False, True)]
+    assert lg.level == logging.INFO

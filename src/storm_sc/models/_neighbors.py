@@ -52,14 +52,7 @@ def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
         coordinate_system="um",
         centers_um=np.asarray(centers_um, dtype=np.float64),
     )
-    # squidpy announces every graph it builds through spatialdata's logger; per slide prepared, that is noise
-    noisy = logging.getLogger("spatialdata._logging")
-    level = noisy.level
-    noisy.setLevel(max(level, logging.WARNING))
-    try:
-        graph = spatial_graph(light, n_neighs=k_eff)
-    finally:
-        noisy.setLevel(level)
+    graph = spatial_graph(light, n_neighs=k_eff)
     for i in range(n):
         start, end = graph.indptr[i], graph.indptr[i + 1]
         cols, dist = graph.indices[start:end], graph.data[start:end]

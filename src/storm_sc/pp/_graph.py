@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from storm_sc._settings import logger
+from storm_sc._settings import logger, quiet_loggers
 
 from ._input import as_spatial_input
 
@@ -181,20 +181,22 @@ def _squidpy_graph(
         light.obs["library"] = libraries
         library_key = "library"
     common = {"spatial_key": "spatial", "library_key": library_key, "copy": True}
-    if delaunay:
-        result = sq.gr.spatial_neighbors_delaunay(light, radius=radius_um, **common)
-        params = {"mode": "delaunay", "radius_um": radius_um}
-    elif radius_um is not None:
-        result = sq.gr.spatial_neighbors_radius(light, radius=radius_um, **common)
-        params = {"mode": "radius", "radius_um": radius_um}
-    else:
-        k = 6 if n_neighs is None else int(n_neighs)
-        sizes = [len(centers_um)] if libraries is None else np.bincount(libraries.codes).tolist()
-        if min(sizes) <= k:
-            raise ValueError(
-                f"`n_neighs={k}` needs more than {k} observations per slide; the smallest slide has {min(sizes)}. "
-                "Lower `n_neighs` or use `radius_um=`."
-            )
-        result = sq.gr.spatial_neighbors_knn(light, n_neighs=k, **common)
-        params = {"mode": "knn", "n_neighbors": k}
+    # squidpy announces every graph through spatialdata's logger; spatial_graph logs its own summary instead.
+    with quiet_loggers("spatialdata._logging"):
+        if delaunay:
+            result = sq.gr.spatial_neighbors_delaunay(light, radius=radius_um, **common)
+            params = {"mode": "delaunay", "radius_um": radius_um}
+        elif radius_um is not None:
+            result = sq.gr.spatial_neighbors_radius(light, radius=radius_um, **common)
+            params = {"mode": "radius", "radius_um": radius_um}
+        else:
+            k = 6 if n_neighs is None else int(n_neighs)
+            sizes = [len(centers_um)] if libraries is None else np.bincount(libraries.codes).tolist()
+            if min(sizes) <= k:
+                raise ValueError(
+                    f"`n_neighs={k}` needs more than {k} observations per slide; the smallest slide has "
+                    f"{min(sizes)}. Lower `n_neighs` or use `radius_um=`."
+                )
+            result = sq.gr.spatial_neighbors_knn(light, n_neighs=k, **common)
+            params = {"mode": "knn", "n_neighbors": k}
     return result.connectivities, params

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from storm_sc._settings import logger, settings
+from storm_sc._settings import logger, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
 from storm_sc.models._programs import corpus_loadings
 
@@ -88,15 +87,8 @@ def _lightning_messages(show: bool) -> Iterator[None]:
     if show:
         yield
         return
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
+    with quiet_loggers("lightning.pytorch", "lightning.fabric"):
         yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def fit(
