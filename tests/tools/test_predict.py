@@ -68,3 +68,24 @@ def test_prediction_source_readout_or_head(toy_sdata_factory, trained_model):
     with pytest.raises(ValueError, match="`source` must be"):
         st.tl.predict_expression(sdata, trained_model, source="ridge", key_added="bad")
     assert "bad" not in sdata.tables
+
+
+def test_prediction_too_large_for_memory_fails_before_any_work(toy_sdata_factory, trained_model, monkeypatch):
+    import storm_sc.models._inference as inference
+
+    sdata = toy_sdata_factory(seed=8)
+    n_obs, n_vocab = sdata["table"].n_obs, len(trained_model.vocabulary)
+    whole = 2 * 4 * n_obs * n_vocab  # bytes of every vocabulary gene's values and standard deviations
+    monkeypatch.setattr(inference, "available_memory", lambda: whole)  # 80% of it may be used: too little
+    read = []
+    monkeypatch.setattr(trained_model, "_inputs", lambda *a, **k: read.append(1))  # no slide may be read
+    with pytest.raises(MemoryError, match=r"genes=") as err:
+        st.tl.predict_expression(sdata, trained_model, verbose=False)
+    assert f"{n_vocab:,} genes for {n_obs:,} observations" in str(err.value)
+    with pytest.raises(MemoryError, match="GiB of memory available"):
+        trained_model.predict_expression(sdata, verbose=False)
+    assert read == [] and "storm_predicted" not in sdata.tables
+    monkeypatch.undo()
+    # Two genes take a fraction of that memory.
+    monkeypatch.setattr(inference, "available_memory", lambda: whole)
+    assert st.tl.predict_expression(sdata, trained_model, genes=["gene_0000", "gene_0001"], verbose=False).n_vars == 2

@@ -432,6 +432,50 @@ class ExpressionPlan:
                 stds[:, self.by_readout] = self.readout.residual_sd[self.columns[self.by_readout]]
 
 
+# Share of the memory available now that a prediction's result may take: the rest is left to the model's working
+# memory (patches, tokens), the user's data and the other programs.
+_RESULT_MEMORY_SHARE = 0.8
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (psutil's estimate: free plus reclaimable)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_prediction_memory(n_obs: int, n_genes: int) -> None:
+    """Raise before any work when a prediction's result would not fit in the memory available.
+
+    The result is two ``(n_obs, n_genes)`` float32 arrays (values and standard deviations), allocated up front
+    and filled batch by batch: without this check a too-large request fails with the operating system killing
+    the process, after the whole slide has been read.
+
+    Parameters
+    ----------
+    n_obs, n_genes
+        Shape of the prediction.
+
+    Raises
+    ------
+    MemoryError
+        With the sizes and what to pass instead.
+
+    Examples
+    --------
+    >>> check_prediction_memory(1_000, 50)  # a few hundred kB: fine
+    """
+    need = 2 * 4 * int(n_obs) * int(n_genes)
+    available = available_memory()
+    if need > _RESULT_MEMORY_SHARE * available:
+        raise MemoryError(
+            f"Predicting {n_genes:,} genes for {n_obs:,} observations needs {need / 2**30:.1f} GiB for the result "
+            f"(values and standard deviations, float32), more than {_RESULT_MEMORY_SHARE:.0%} of the "
+            f"{available / 2**30:.1f} GiB of memory available. Pass `genes=` with the genes you need (for "
+            "example the measured panel, `genes=sdata['table'].var_names`), or predict fewer slides at a time."
+        )
+
+
 @torch.no_grad()
 def predict_inputs(
     network: StormNetwork,

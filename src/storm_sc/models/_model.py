@@ -27,7 +27,7 @@ from ._checkpoint import (
     write_checkpoint,
 )
 from ._config import StormConfig
-from ._inference import embed_inputs, image_features, predict_inputs
+from ._inference import check_prediction_memory, embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
 from ._pretrained import resolve_pretrained
@@ -382,28 +382,7 @@ class StormModel:
         >>> pred.mean.shape, pred.std.shape  # doctest: +SKIP
         ((1000, 2), (1000, 2))
         """
-        if source not in ("auto", "readout", "head"):
-            raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
-        if genes is None:
-            ids = np.arange(len(self._vocabulary))
-            if source == "readout" and self.readout is not None:
-                ids = np.sort(self.readout.gene_ids)
-        else:
-            if isinstance(genes, str):
-                genes = [genes]
-            try:
-                ids = np.asarray(self._vocabulary.index(list(genes)), dtype=np.int64)
-            except KeyError as err:
-                raise ValueError(f"Cannot predict genes outside the model's vocabulary: {err.args[0]}") from err
-        columns = self._readout_columns(ids) if source != "head" else np.full(len(ids), -1)
-        if source == "readout" and (columns < 0).any():
-            symbols = self._vocabulary.symbols
-            missing = [symbols[i] for i in ids[columns < 0]]
-            raise ValueError(
-                f"{len(missing)} requested genes are not covered by the model's expression readout "
-                f"(e.g. {missing[:5]}); fit it with `model.fit_expression_readout(slides, genes=...)`, or pass "
-                "source='auto' to predict them with the network's head."
-            )
+        ids, columns = self._prediction_genes(genes, source)
         resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
         if not isinstance(data, StormInputs):
             from storm_sc.pp._input import as_spatial_input
@@ -417,6 +396,7 @@ class StormModel:
                     f"Slide {data.library_id!r} has no {what}, and expression is predicted from morphology and "
                     "positions only. Pass data with an image (`image_key=`)."
                 )
+        check_prediction_memory(data.n_obs, len(ids))
         inputs = self._inputs(data, use_image=True, use_expression=False, resolve=resolve, verbose=verbose)
         if not inputs.has_image:
             raise ValueError(
@@ -441,6 +421,35 @@ class StormModel:
             obs_names=inputs.obs_names,
             sources=["readout" if c >= 0 else "head" for c in columns],
         )
+
+    def _prediction_genes(self, genes: Sequence[str] | str | None, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """Vocabulary ids of the genes :meth:`predict_expression` returns, and their readout columns (-1: head).
+
+        Every check of the request is made here, so that callers can validate it before any work.
+        """
+        if source not in ("auto", "readout", "head"):
+            raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
+        if genes is None:
+            ids = np.arange(len(self._vocabulary))
+            if source == "readout" and self.readout is not None:
+                ids = np.sort(self.readout.gene_ids)
+        else:
+            if isinstance(genes, str):
+                genes = [genes]
+            try:
+                ids = np.asarray(self._vocabulary.index(list(genes)), dtype=np.int64)
+            except KeyError as err:
+                raise ValueError(f"Cannot predict genes outside the model's vocabulary: {err.args[0]}") from err
+        columns = self._readout_columns(ids) if source != "head" else np.full(len(ids), -1)
+        if source == "readout" and (columns < 0).any():
+            symbols = self._vocabulary.symbols
+            missing = [symbols[i] for i in ids[columns < 0]]
+            raise ValueError(
+                f"{len(missing)} requested genes are not covered by the model's expression readout "
+                f"(e.g. {missing[:5]}); fit it with `model.fit_expression_readout(slides, genes=...)`, or pass "
+                "source='auto' to predict them with the network's head."
+            )
+        return ids, columns
 
     def _readout_columns(self, ids: np.ndarray) -> np.ndarray:
         """Column of the readout predicting each vocabulary index, ``-1`` where it has none."""

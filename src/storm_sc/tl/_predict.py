@@ -17,6 +17,7 @@ from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.models import ExpressionPrediction, StormModel
+from storm_sc.models._inference import check_prediction_memory
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
@@ -69,9 +70,11 @@ def predict_expression(
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
     genes
-        Genes to predict (symbols, any case); default every gene of the model's vocabulary. Genes outside the
-        model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not
-        silently dropped; an error when none is known.
+        Genes to predict (symbols, any case); default every gene of the model's vocabulary (20,000 for the
+        reference: about 150 MiB of result per 1,000 observations, so pass the genes you need on large slides).
+        Genes outside the model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the
+        result), not silently dropped; an error when none is known. A result larger than the memory available is
+        refused before any work (``MemoryError``).
     source
         ``"auto"``: genes covered by the model's expression readout (a ridge on its H&E-only embeddings and patch
         statistics, fitted when the model was trained; see
@@ -140,6 +143,9 @@ def predict_expression(
             outside[:10],
             " ..." if len(outside) > 10 else "",
         )
+    ids, _ = net._prediction_genes(inside, source)
+    # The results of every slide are held until all are predicted (see below): their sum must fit.
+    check_prediction_memory(sum(slide.n_obs for slide in slides), len(ids))
 
     start = time.perf_counter()
     predictions = map_slides(
