@@ -17,6 +17,8 @@ from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from storm_sc.pp._representation_graph import representation_neighbors
+
 # Resolution bracket and number of halvings of the Leiden search for an exact number of clusters.
 _LEIDEN_RES_BOUNDS = (0.005, 5.0)
 _LEIDEN_SEARCH_STEPS = 30
@@ -183,7 +185,7 @@ def leiden_domains(
     if n_domains < 1 or n_domains > len(z):
         raise ValueError(f"`n_domains` must be in [1, {len(z)}], got {n_domains}.")
     graph = ad.AnnData(np.zeros((len(z), 0), dtype=np.float32), obsm={"z": np.asarray(z, dtype=np.float32)})
-    sc.pp.neighbors(graph, use_rep="z", n_neighbors=min(n_neighbors, len(z) - 1), random_state=random_state)
+    representation_neighbors(graph, use_rep="z", n_neighbors=n_neighbors, random_state=random_state)
     lo, hi = np.log(_LEIDEN_RES_BOUNDS[0]), np.log(_LEIDEN_RES_BOUNDS[1])
     best: tuple[int, float, np.ndarray] | None = None
     for _ in range(_LEIDEN_SEARCH_STEPS):

@@ -15,6 +15,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_PREDICTED
 from storm_sc._settings import logger
+from storm_sc.pp._representation_graph import representation_neighbors
 
 from ._colors import categorical_column, category_colors
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
@@ -171,7 +172,7 @@ def embedding_umap(
 
     fig, axes = panel_axes(len(colors), ax, ncols=ncols, panel_size=(panel_size * 1.3, panel_size))
     logger.info("UMAP of .obsm[%r] for %d observations in %d slide(s)", use_rep, n_total, len(tables))
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=min(n_neighbors, n_total - 1), random_state=random_state)
+    representation_neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
     sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
     for panel, c in zip(axes, colors, strict=True):
         sc.pl.embedding(tmp, basis="umap", color=c, ax=panel, show=False, size=point_size, frameon=False, title=c)

@@ -15,6 +15,7 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._components import shared_genes
+from storm_sc.pp._representation_graph import representation_neighbors
 
 from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
@@ -121,7 +122,7 @@ def _cluster(z: np.ndarray, n_domains: int | None, resolution: float, random_sta
     import scanpy as sc
 
     tmp = AnnData(np.zeros((len(z), 0), dtype=np.float32), obsm={"z": z})
-    sc.pp.neighbors(tmp, use_rep="z", n_neighbors=min(15, len(z) - 1), random_state=random_state)
+    representation_neighbors(tmp, use_rep="z", n_neighbors=15, random_state=random_state)
     sc.tl.leiden(tmp, resolution=resolution, random_state=random_state, flavor="igraph", n_iterations=-1,
                  directed=False)  # fmt: skip
     return tmp.obs["leiden"].astype(int).to_numpy()
