@@ -104,8 +104,11 @@ def test_model_readout_predicts_planted_expression_and_round_trips(feature_model
     assert model.readout.slides == ["a", "b", "c"]
     assert set(np.asarray(model.vocabulary.symbols)[model.readout.gene_ids]) == set("ABCDEF")  # G is never measured
 
-    pred = model.predict_expression(test, verbose=False)
-    assert pred.sources == ["readout"] * 6 + ["head"]
+    pred = model.predict_expression(test, verbose=False)  # by default, the readout's genes
+    assert pred.genes == list("ABCDEF") and pred.sources == ["readout"] * 6
+    everything = model.predict_expression(test, genes=list("ABCDEFG"), verbose=False)
+    assert everything.sources == ["readout"] * 6 + ["head"]
+    np.testing.assert_array_equal(everything.mean[:, :6], pred.mean)
     truth = np.log1p(test.table.X / test.table.X.sum(1, keepdims=True) * 1e4)
     r = [np.corrcoef(pred.mean[:, j], truth[:, j])[0, 1] for j in range(6)]
     # The untrained network's embeddings are a random non-linear map of the features; the readout still finds it.

@@ -74,14 +74,14 @@ def test_prediction_too_large_for_memory_fails_before_any_work(toy_sdata_factory
     import storm_sc.models._inference as inference
 
     sdata = toy_sdata_factory(seed=8)
-    n_obs, n_vocab = sdata["table"].n_obs, len(trained_model.vocabulary)
-    whole = 2 * 4 * n_obs * n_vocab  # bytes of every vocabulary gene's values and standard deviations
+    n_obs, n_default = sdata["table"].n_obs, len(trained_model.readout.gene_ids)
+    whole = 2 * 4 * n_obs * n_default  # bytes of the default genes' values and standard deviations
     monkeypatch.setattr(inference, "available_memory", lambda: whole)  # 80% of it may be used: too little
     read = []
     monkeypatch.setattr(trained_model, "_inputs", lambda *a, **k: read.append(1))  # no slide may be read
     with pytest.raises(MemoryError, match=r"genes=") as err:
         st.tl.predict_expression(sdata, trained_model, verbose=False)
-    assert f"{n_vocab:,} genes for {n_obs:,} observations" in str(err.value)
+    assert f"{n_default:,} genes for {n_obs:,} observations" in str(err.value)
     with pytest.raises(MemoryError, match="GiB of memory available"):
         trained_model.predict_expression(sdata, verbose=False)
     assert read == [] and "storm_predicted" not in sdata.tables
@@ -89,3 +89,24 @@ def test_prediction_too_large_for_memory_fails_before_any_work(toy_sdata_factory
     # Two genes take a fraction of that memory.
     monkeypatch.setattr(inference, "available_memory", lambda: whole)
     assert st.tl.predict_expression(sdata, trained_model, genes=["gene_0000", "gene_0001"], verbose=False).n_vars == 2
+
+
+def test_default_genes_are_the_readouts(toy_sdata_factory, trained_model, caplog):
+    """The head predicts far less well than the readout (at chance for the reference on held-out sections): by
+    default only the readout's genes are predicted, and requested genes it does not cover are flagged."""
+    import copy
+
+    model = copy.deepcopy(trained_model)
+    vocab = list(model.vocabulary.symbols)
+    model.fit_expression_readout([toy_sdata_factory(seed=11)], genes=vocab[:20], min_detection=0.0, verbose=False)
+    sdata = toy_sdata_factory(seed=8)
+    default = st.tl.predict_expression(sdata, model, key_added="default", verbose=False)
+    assert list(default.var_names) == vocab[:20]
+    assert (default.var["prediction_source"] == "readout").all()
+    head = st.tl.predict_expression(sdata, model, source="head", key_added="head", verbose=False)
+    assert list(head.var_names) == vocab
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        mixed = st.tl.predict_expression(sdata, model, genes=[vocab[0], vocab[30]], key_added="mixed", verbose=False)
+    assert list(mixed.var["prediction_source"]) == ["readout", "head"]
+    assert "1 requested gene(s) are not covered by the model's expression readout" in caplog.text
+    assert vocab[30] in caplog.text and vocab[0] not in caplog.text.split("head, which")[-1]

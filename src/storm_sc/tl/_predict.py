@@ -70,17 +70,19 @@ def predict_expression(
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
     genes
-        Genes to predict (symbols, any case); default every gene of the model's vocabulary (20,000 for the
-        reference: about 150 MiB of result per 1,000 observations, so pass the genes you need on large slides).
-        Genes outside the model's panel are reported (a warning, and ``.uns["storm"]["genes_not_in_model"]`` of the
-        result), not silently dropped; an error when none is known. A result larger than the memory available is
-        refused before any work (``MemoryError``).
+        Genes to predict (symbols, any case); default the genes covered by the model's expression readout (10,497
+        for the reference: about 80 MiB of result per 1,000 observations, so pass the genes you need on large
+        slides), or its whole vocabulary for ``source="head"``. Genes outside the model's vocabulary are reported (a
+        warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not silently dropped; an error when
+        none is known. Requested genes the readout does not cover come from the network's head, with a warning. A
+        result larger than the memory available is refused before any work (``MemoryError``).
     source
         ``"auto"``: genes covered by the model's expression readout (a ridge on its H&E-only embeddings and patch
         statistics, fitted when the model was trained; see
         :meth:`~storm_sc.models.StormModel.fit_expression_readout`) from the readout, the others from the network's
         prediction head; ``"readout"`` or ``"head"`` to force one. The result's ``var["prediction_source"]`` says
-        which predicted each gene.
+        which predicted each gene. The reference's head is at chance on sections it never saw (mean r 0.000 on
+        three held-out Visium FFPE sections, its readout 0.03-0.06; ``docs/model_card.md``).
     table_key, image_key, mpp
         Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
     key_added
@@ -143,7 +145,16 @@ def predict_expression(
             outside[:10],
             " ..." if len(outside) > 10 else "",
         )
-    ids, _ = net._prediction_genes(inside, source)
+    ids, columns = net._prediction_genes(inside, source)
+    if genes is not None and source == "auto" and net.readout is not None and (columns < 0).any():
+        from_head = [net.vocabulary.symbols[i] for i in ids[columns < 0]]
+        logger.warning(
+            "%d requested gene(s) are not covered by the model's expression readout and come from the network's "
+            "head, which predicts far less well (var['prediction_source'] == 'head'): %s%s",
+            len(from_head),
+            from_head[:10],
+            " ..." if len(from_head) > 10 else "",
+        )
     # The results of every slide are held until all are predicted (see below): their sum must fit.
     check_prediction_memory(sum(slide.n_obs for slide in slides), len(ids))
 
