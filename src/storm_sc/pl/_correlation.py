@@ -48,9 +48,14 @@ class PairedExpression:
 
     def predicted_values(self, gene: str, layer: str | None = None) -> np.ndarray:
         """Return the ``(n_obs,)`` predicted mean (or ``layer``, e.g. the standard deviation) of ``gene``."""
-        column = self.predicted[:, gene]
-        x = column.X if layer is None else column.layers[layer]
-        return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64).ravel()
+        return self.predicted_matrix([gene], layer)[:, 0]
+
+    def predicted_matrix(self, genes: Sequence[str], layer: str | None = None) -> np.ndarray:
+        """Return the ``(n_obs, len(genes))`` predicted means (or ``layer``) of ``genes``, float64."""
+        # One AnnData view for all the genes: a view per gene cost ~2 ms, 20 s for a readout's 10,000 genes.
+        columns = self.predicted[:, list(genes)]
+        x = columns.X if layer is None else columns.layers[layer]
+        return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64)
 
 
 def pair_expression(
@@ -99,24 +104,44 @@ def pair_expression(
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson r; NaN when either side is constant (no agreement can be measured)."""
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+    return float(_pearson_columns(a[:, None], b[:, None])[0])
+
+
+def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r of each column pair of two ``(n, g)`` arrays; NaN where either column is constant."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(axis=0) / denom, np.nan)
+
+
+# Genes per block of the correlation table: bounds the float64 copies of both sides to a few hundred MiB.
+_GENE_BLOCK = 512
 
 
 def correlation_table(paired: PairedExpression) -> pd.DataFrame:
     """Per-gene Pearson r of a :class:`PairedExpression`, best first; unmeasured genes are left out."""
-    rows = []
-    for gene in paired.genes:
-        m = paired.measured[gene]
-        if m is None:
-            continue
-        p = paired.predicted_values(gene)
-        rows.append((gene, _pearson(m, p), m.size, m.mean(), p.mean(), float((m > 0).mean())))
-    frame = pd.DataFrame(
-        rows, columns=["gene", "pearson_r", "n_obs", "measured_mean", "predicted_mean", "measured_fraction"]
-    ).set_index("gene")
+    genes = [gene for gene in paired.genes if paired.measured[gene] is not None]
+    parts = []
+    for start in range(0, len(genes), _GENE_BLOCK):
+        block = genes[start : start + _GENE_BLOCK]
+        m = np.column_stack([paired.measured[gene] for gene in block])
+        p = paired.predicted_matrix(block)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "pearson_r": _pearson_columns(m, p),
+                    "n_obs": len(m),
+                    "measured_mean": m.mean(axis=0),
+                    "predicted_mean": p.mean(axis=0),
+                    "measured_fraction": (m > 0).mean(axis=0),
+                },
+                index=pd.Index(block, name="gene"),
+            )
+        )
+    columns = ["pearson_r", "n_obs", "measured_mean", "predicted_mean", "measured_fraction"]
+    frame = pd.concat(parts) if parts else pd.DataFrame(columns=columns, index=pd.Index([], name="gene"))
     return frame.sort_values("pearson_r", ascending=False, na_position="last")
 
 
