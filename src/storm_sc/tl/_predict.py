@@ -231,5 +231,7 @@ def _prediction_table(
         attrs = source.uns.get(TableModel.ATTRS_KEY)
         if attrs is not None:
             region, region_key, instance_key = get_table_keys(source)
+            # Categorical as spatialdata wants it (readers may leave it as strings; parse would warn about it).
+            result.obs[region_key] = pd.Categorical(result.obs[region_key])
             result = TableModel.parse(result, region=region, region_key=region_key, instance_key=instance_key)
     return result
