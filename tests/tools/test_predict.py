@@ -110,3 +110,49 @@ def test_default_genes_are_the_readouts(toy_sdata_factory, trained_model, caplog
     assert list(mixed.var["prediction_source"]) == ["readout", "head"]
     assert "1 requested gene(s) are not covered by the model's expression readout" in caplog.text
     assert vocab[30] in caplog.text and vocab[0] not in caplog.text.split("head, which")[-1]
+
+
+def _he_only(sdata):
+    """The toy slide's H&E image alone, as an H&E-only slide arrives: no table, no spots."""
+    import spatialdata as sd
+
+    (key,) = sdata.images
+    return sd.SpatialData(images={key: sdata.images[key]}), key
+
+
+def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trained_model):
+    from spatialdata.models import get_table_keys
+
+    sdata = toy_sdata_factory(seed=8)
+    he, _ = _he_only(sdata)
+    pred = st.tl.predict_expression(
+        he, trained_model, genes=["gene_0000", "gene_0001"], mpp=sdata.attrs["storm_sc"]["mpp"], verbose=False
+    )
+    tiles = he.shapes["storm_predicted_tiles"]
+    assert pred.n_obs == len(tiles) > 10 and pred.n_vars == 2
+    assert get_table_keys(he.tables["storm_predicted"])[0] == "storm_predicted_tiles"
+    assert np.isfinite(pred.X).all() and (pred.layers["predicted_std"] > 0).all()
+    # A grid at the model's patch size, in microns.
+    steps = np.diff(np.unique(np.round(np.asarray(pred.obsm["spatial"])[:, 0], 3)))
+    np.testing.assert_allclose(steps, trained_model.config.patch_um, rtol=1e-6)
+    with pytest.raises(ValueError, match="already exists"):
+        st.tl.predict_expression(he, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
+
+
+def test_he_only_slide_errors_before_any_work(toy_sdata_factory, trained_model):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    sdata = toy_sdata_factory(seed=8)
+    he, key = _he_only(sdata)
+    with pytest.raises(ValueError, match="mpp="):
+        st.tl.predict_expression(he, trained_model, genes=["gene_0000"], verbose=False)
+    two = sd.SpatialData(images={key: he.images[key], "other": he.images[key]})
+    with pytest.raises(ValueError, match="image_key="):
+        st.tl.predict_expression(two, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
+    glass = np.full((3, 400, 400), 245, dtype=np.uint8)  # an empty slide: nothing stained
+    blank = sd.SpatialData(images={"blank": Image2DModel.parse(glass, dims=("c", "y", "x"))})
+    with pytest.raises(ValueError, match="No tissue found"):
+        st.tl.predict_expression(blank, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
+    for s in (he, two, blank):
+        assert not s.tables and not s.shapes

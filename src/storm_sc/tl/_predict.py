@@ -16,6 +16,7 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._tiles import tile_observations
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory
 
@@ -65,7 +66,10 @@ def predict_expression(
     ----------
     data
         A SpatialData with an H&E image (the usual case), an AnnData with ``.obsm["spatial"]`` and an image in
-        ``.uns["spatial"]``, or a list of them.
+        ``.uns["spatial"]``, or a list of them. A SpatialData with an H&E image and no table (an H&E-only slide) is
+        cut into tiles of the model's patch size (112 um for the reference) wherever there is tissue, one
+        observation each, stored as circles in ``sdata.shapes[f"{key_added}_tiles"]`` that the result annotates
+        (pass ``mpp=`` unless ``sdata.attrs["storm_sc"]["mpp"]`` holds the scale).
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -101,7 +105,8 @@ def predict_expression(
 
     Returns
     -------
-    AnnData (a list of them for a list) with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table:
+    AnnData (a list of them for a list) with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table
+    (one row per tile for an H&E-only slide):
     ``X`` the predicted log1p expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its
     predicted standard deviation, ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
     ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
@@ -120,18 +125,27 @@ def predict_expression(
     if source not in ("auto", "readout", "head"):
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
     items, single = as_slide_list(data)
-    slides = []
+    net = get_model(model, verbose=verbose)
+    tiles_key = f"{key_added}_tiles"
+    slides, tiles = [], []
     for item in items:
+        tiled = None
         if isinstance(item, SpatialData):
             check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
-        slide = resolve(item, table_key=table_key, image_key=image_key, mpp=mpp)
+            if not item.tables and table_key is None:
+                # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
+                check_key_free(item.shapes, tiles_key, "sdata.shapes", overwrite=overwrite)
+                tiled = tile_observations(
+                    item, image_key=image_key, mpp=mpp, tile_um=net.config.patch_um, shapes_key=tiles_key
+                )
+        tiles.append(tiled)
+        slide = resolve(item if tiled is None else tiled, table_key=table_key, image_key=image_key, mpp=mpp)
         if not slide.has_image:
             raise ValueError(
                 f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
                 "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
             )
         slides.append(slide)
-    net = get_model(model, verbose=verbose)
     inside, outside = _split_genes(genes, net)
     if genes is not None and not inside:
         raise ValueError(
@@ -181,7 +195,9 @@ def predict_expression(
         for item, slide, prediction in zip(items, slides, predictions, strict=True)
     ]
     # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
-    for item, result in zip(items, results, strict=True):
+    for item, result, tiled in zip(items, results, tiles, strict=True):
+        if tiled is not None:
+            item.shapes[tiles_key] = tiled.shapes[tiles_key]
         if isinstance(item, SpatialData):
             item.tables[key_added] = result
     logger.info(
