@@ -12,6 +12,7 @@ from shapely.geometry import Point
 from spatialdata import SpatialData
 from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import get_transformation
+from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM
 
@@ -75,9 +76,8 @@ def tile_observations(
     element = sdata.images[image_key]
     width, height = image_size(element)
     step = tile_um / mpp
-    factor = max(1, math.ceil(max(width, height) / _THUMBNAIL_SIDE))
-    thumbnail = np.asarray(full_res(element).data[:3, ::factor, ::factor]).transpose(1, 2, 0)
-    tissue = detect_tissue(np.ascontiguousarray(thumbnail, dtype=np.uint8), mpp=mpp * factor)
+    thumbnail, factor = _thumbnail(element)
+    tissue = detect_tissue(thumbnail, mpp=mpp * factor)
 
     xs = np.arange(step / 2, width - step / 2 + 1e-9, step)
     ys = np.arange(step / 2, height - step / 2 + 1e-9, step)
@@ -107,3 +107,20 @@ def tile_observations(
     tiles = SpatialData(images={image_key: element}, shapes={shapes_key: shapes}, tables={"table": table})
     tiles.attrs[ATTRS_STORM] = {"platform": "generic", "mpp": float(mpp), "image_key": image_key}
     return tiles
+
+
+def _thumbnail(element: DataArray | DataTree) -> tuple[np.ndarray, float]:
+    """``(h, w, 3)`` uint8 overview of about ``_THUMBNAIL_SIDE`` pixels, and its full-resolution pixels per pixel.
+
+    Read from the coarsest stored pyramid level that is still at least that large: striding through the full
+    resolution of a whole-slide image would read all of it.
+    """
+    levels = [full_res(element)]
+    if isinstance(element, DataTree):
+        levels = [next(iter(element[name].values())) for name in element.children]
+    full_width = max(int(level.sizes["x"]) for level in levels)
+    big_enough = [lv for lv in levels if max(lv.sizes["x"], lv.sizes["y"]) >= _THUMBNAIL_SIDE]
+    level = min(big_enough, key=lambda lv: lv.sizes["x"]) if big_enough else max(levels, key=lambda lv: lv.sizes["x"])
+    stride = max(1, math.ceil(max(level.sizes["x"], level.sizes["y"]) / _THUMBNAIL_SIDE))
+    pixels = np.asarray(level.data[:3, ::stride, ::stride]).transpose(1, 2, 0)
+    return np.ascontiguousarray(pixels, dtype=np.uint8), full_width / int(level.sizes["x"]) * stride
