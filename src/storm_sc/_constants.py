@@ -11,6 +11,10 @@ OBS_DOMAIN = "storm_domain"
 UNS_STORM = "storm"
 # sdata.tables
 TABLE_PREDICTED = "storm_predicted"
+# The tissue tiles that stand for the observations of an H&E-only slide: their table and their circles
+# (spatialdata wants element names unique across element types)
+TABLE_TILES = "storm_tiles"
+SHAPES_TILES = "storm_tile_circles"
 # .var of an aligned table
 VAR_IN_VOCABULARY = "storm_in_vocabulary"
 # SpatialData.attrs written by storm_sc's own readers (io.from_arrays, read_hest, datasets)

@@ -128,7 +128,11 @@ def _no_scalef(a):
 
 
 BAD = {
-    "no_uns_spatial": (_drop_uns, {}, r"no image in `.uns\['spatial'\]`, so the unit of its positions is unknown; pass `mpp=`"),
+    "no_uns_spatial": (
+        _drop_uns,
+        {},
+        r"no image in `.uns\['spatial'\]`, so the unit of its positions is unknown; pass `mpp=`",
+    ),
     "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\]; pass `library_id=`"),
     "unknown_library": (lambda a: None, {"library_id": "nope"}, r"No library 'nope'.*\['lib1'\]"),
     "unknown_image": (lambda a: None, {"image_key": "fullres"}, r"No usable image 'fullres'.*\['hires', 'lowres'\]"),

@@ -26,12 +26,12 @@ def test_thumbnail_comes_from_the_coarsest_level_large_enough(monkeypatch):
 
 def test_tiles_cover_the_tissue_and_keep_the_image_transformations():
     slide = _slide(600, transformations={"global": Scale([2.0, 2.0], axes=("y", "x"))})
-    tiles = _tiles.tile_observations(slide, image_key=None, mpp=1.0, tile_um=20.0, shapes_key="t")
-    circles = tiles.shapes["t"]
+    tiles = _tiles.tile_observations(slide, image_key=None, mpp=1.0, tile_um=20.0)
+    circles = tiles.shapes["storm_tile_circles"]
     xy = np.array([[p.x, p.y] for p in circles.geometry])
     # every tile centre on the disc (radius 200 px around 300, 300), and most of the disc covered
     assert (np.hypot(xy[:, 0] - 300, xy[:, 1] - 300) < 200 + 10).all()
     assert len(xy) > 0.8 * np.pi * 200**2 / 20**2
     np.testing.assert_allclose(circles["radius"], 10.0)
     assert get_transformation(circles, "global") == get_transformation(slide.images["he"], "global")
-    assert tiles.tables["table"].n_obs == len(xy) and not slide.shapes
+    assert tiles.tables["storm_tiles"].n_obs == len(xy) and not slide.shapes

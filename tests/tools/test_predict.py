@@ -128,15 +128,34 @@ def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trai
     pred = st.tl.predict_expression(
         he, trained_model, genes=["gene_0000", "gene_0001"], mpp=sdata.attrs["storm_sc"]["mpp"], verbose=False
     )
-    tiles = he.shapes["storm_predicted_tiles"]
-    assert pred.n_obs == len(tiles) > 10 and pred.n_vars == 2
-    assert get_table_keys(he.tables["storm_predicted"])[0] == "storm_predicted_tiles"
+    tiles = he.shapes["storm_tile_circles"]
+    assert pred.n_obs == len(tiles) == he.tables["storm_tiles"].n_obs > 10 and pred.n_vars == 2
+    assert get_table_keys(he.tables["storm_predicted"])[0] == "storm_tile_circles"
     assert np.isfinite(pred.X).all() and (pred.layers["predicted_std"] > 0).all()
     # A grid at the model's patch size, in microns.
     steps = np.diff(np.unique(np.round(np.asarray(pred.obsm["spatial"])[:, 0], 3)))
     np.testing.assert_allclose(steps, trained_model.config.patch_um, rtol=1e-6)
     with pytest.raises(ValueError, match="already exists"):
         st.tl.predict_expression(he, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
+    # The tiles are now the slide's observations: embedding, domains and a second prediction use the same ones.
+    st.tl.storm_embed(he, trained_model, verbose=False)
+    st.tl.storm_domains(he, n_domains=3)
+    again = st.tl.predict_expression(he, trained_model, genes=["gene_0000"], key_added="again", verbose=False)
+    table = he.tables["storm_tiles"]
+    assert table.obsm["X_storm"].shape[0] == table.n_obs == again.n_obs
+    assert table.obs["storm_domain"].nunique() == 3
+    np.testing.assert_allclose(again.X[:, 0], pred[:, "gene_0000"].X.ravel(), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_an_he_only_slide_adds_its_tiles(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=8)
+    he, _ = _he_only(sdata)
+    st.tl.storm_embed(he, trained_model, mpp=sdata.attrs["storm_sc"]["mpp"], verbose=False)
+    table = he.tables["storm_tiles"]
+    assert table.n_vars == 0 and table.obsm["X_storm"].shape[0] == len(he.shapes["storm_tile_circles"]) > 10
+    assert table.uns["storm"]["X_storm"]["modalities"] == ["image", "spatial context"]
+    with pytest.raises(ValueError, match="expression"):
+        st.tl.storm_embed(_he_only(sdata)[0], trained_model, mpp=1.0, modalities="expression", verbose=False)
 
 
 def test_he_only_slide_errors_before_any_work(toy_sdata_factory, trained_model):

@@ -14,7 +14,7 @@ from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import get_transformation
 from xarray import DataArray, DataTree
 
-from storm_sc._constants import ATTRS_STORM
+from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES
 
 from ._elements import describe_images, full_res, image_size, is_rgb
 
@@ -22,15 +22,13 @@ from ._elements import describe_images, full_res, image_size, is_rgb
 _THUMBNAIL_SIDE = 2048
 
 
-def tile_observations(
-    sdata: SpatialData, *, image_key: str | None, mpp: float | None, tile_um: float, shapes_key: str
-) -> SpatialData:
+def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float | None, tile_um: float) -> SpatialData:
     """The tissue of an H&E-only SpatialData as a grid of ``tile_um`` tiles, ready for the tools.
 
     The tissue is found on a thumbnail (:func:`storm_sc.wsi.detect_tissue`); every grid tile whose centre lies
     on it becomes an observation. Returns a new SpatialData holding the image element itself (not a copy), the tiles
-    as circles (``shapes_key``, with the image's transformations, so they overlay it in every coordinate system)
-    and an empty table annotating them; ``sdata`` is not modified.
+    as circles (``shapes["storm_tile_circles"]``, with the image's transformations, so they overlay it in every
+    coordinate system) and an empty table annotating them (``tables["storm_tiles"]``); ``sdata`` is not modified.
 
     Parameters
     ----------
@@ -42,8 +40,6 @@ def tile_observations(
         Microns per pixel of the image's full resolution; default ``sdata.attrs["storm_sc"]["mpp"]``.
     tile_um
         Tile side (and grid pitch) in microns.
-    shapes_key
-        Name of the tiles' shapes element.
 
     Returns
     -------
@@ -92,6 +88,7 @@ def tile_observations(
             "and `mpp=`, or add a table of the spots to predict."
         )
 
+    shapes_key = SHAPES_TILES
     names = pd.Index([f"tile_{i}" for i in range(len(centres))])
     circles = gpd.GeoDataFrame(
         {"radius": np.full(len(centres), step / 2)}, geometry=[Point(x, y) for x, y in centres], index=names
@@ -104,7 +101,7 @@ def tile_observations(
         ),
     )
     table = TableModel.parse(table, region=shapes_key, region_key="region", instance_key="instance_id")
-    tiles = SpatialData(images={image_key: element}, shapes={shapes_key: shapes}, tables={"table": table})
+    tiles = SpatialData(images={image_key: element}, shapes={shapes_key: shapes}, tables={TABLE_TILES: table})
     tiles.attrs[ATTRS_STORM] = {"platform": "generic", "mpp": float(mpp), "image_key": image_key}
     return tiles
 

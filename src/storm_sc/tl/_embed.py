@@ -19,7 +19,15 @@ from storm_sc.models._inference import LEVELS
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
+from ._target import (
+    add_tiles,
+    as_slide_list,
+    check_key_free,
+    check_params_slot,
+    copy_for_output,
+    record_params,
+    tiles_if_he_only,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -108,7 +116,10 @@ def storm_embed(
     ----------
     data
         A SpatialData (the usual case), an AnnData with ``.obsm["spatial"]`` (and an image in
-        ``.uns["spatial"]``), or a list of them.
+        ``.uns["spatial"]``), or a list of them. A SpatialData with an H&E image and no table (an H&E-only slide) is
+        cut into tiles of the model's patch size wherever there is tissue: their table ``sdata.tables["storm_tiles"]``
+        (no genes; the embedding from the image and spatial context goes there) annotating their circles
+        ``sdata.shapes["storm_tile_circles"]``, so that :func:`storm_domains` maps the tissue from H&E alone.
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -176,8 +187,20 @@ def storm_embed(
     slides, single = as_slide_list(data)
     targets = [copy_for_output(s) for s in slides] if copy else slides
 
-    # Everything that can fail on the user's input is checked before any model is loaded or any result written.
-    resolved = [resolve(t, table_key=table_key, image_key=image_key, mpp=mpp) for t in targets]
+    # Everything that can fail on the user's input is checked before any result is written (and, but for H&E-only
+    # slides, whose tiles follow the model's patch size, before any model is loaded).
+    he_only = [isinstance(t, SpatialData) and not t.tables and table_key is None for t in targets]
+    net = get_model(model, verbose=verbose) if any(he_only) else None
+    tiles = [
+        tiles_if_he_only(t, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite)
+        if h
+        else None
+        for t, h in zip(targets, he_only, strict=True)
+    ]
+    resolved = [
+        resolve(t if tiled is None else tiled, table_key=table_key, image_key=image_key, mpp=mpp)
+        for t, tiled in zip(targets, tiles, strict=True)
+    ]
     for slide in resolved:
         check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite)
         check_params_slot(slide.table, f"{slide.library_id}: ")
@@ -189,7 +212,7 @@ def storm_embed(
         if strict and want_expression and slide.table.n_vars == 0:
             raise ValueError(f"Slide {slide.library_id!r} has no expression but modalities={modalities!r} asks for it.")
 
-    net = get_model(model, verbose=verbose)
+    net = net or get_model(model, verbose=verbose)
     if adapt_epochs:
         net = _copy.deepcopy(net)
         logger.info("adapting %s to %d slide(s) for %d epoch(s) (self-supervised)", net, len(resolved), adapt_epochs)
@@ -209,8 +232,10 @@ def storm_embed(
     )
 
     # Results are written only once every slide has been embedded: a failure leaves all inputs untouched.
-    for slide, (embedding, used, seconds) in zip(resolved, results, strict=True):
+    for target, tiled, slide, (embedding, used, seconds) in zip(targets, tiles, resolved, results, strict=True):
         slide.table.obsm[key_added] = embedding
+        if tiled is not None:
+            add_tiles(target, tiled)  # slide.table is the tiles' table
         record_params(
             slide.table,
             key_added,

@@ -16,13 +16,12 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._tiles import tile_observations
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import as_slide_list, check_key_free, record_params
+from ._target import add_tiles, as_slide_list, check_key_free, record_params, tiles_if_he_only
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -68,8 +67,9 @@ def predict_expression(
         A SpatialData with an H&E image (the usual case), an AnnData with ``.obsm["spatial"]`` and an image in
         ``.uns["spatial"]``, or a list of them. A SpatialData with an H&E image and no table (an H&E-only slide) is
         cut into tiles of the model's patch size (112 um for the reference) wherever there is tissue, one
-        observation each, stored as circles in ``sdata.shapes[f"{key_added}_tiles"]`` that the result annotates
-        (pass ``mpp=`` unless ``sdata.attrs["storm_sc"]["mpp"]`` holds the scale).
+        observation each, stored as circles in ``sdata.shapes["storm_tile_circles"]`` with an (empty) table
+        ``sdata.tables["storm_tiles"]``, as :func:`storm_embed` does; the result annotates them (pass ``mpp=``
+        unless ``sdata.attrs["storm_sc"]["mpp"]`` holds the scale; the scale is kept there for later calls).
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -126,18 +126,14 @@ def predict_expression(
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
     items, single = as_slide_list(data)
     net = get_model(model, verbose=verbose)
-    tiles_key = f"{key_added}_tiles"
     slides, tiles = [], []
     for item in items:
-        tiled = None
         if isinstance(item, SpatialData):
             check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
-            if not item.tables and table_key is None:
-                # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
-                check_key_free(item.shapes, tiles_key, "sdata.shapes", overwrite=overwrite)
-                tiled = tile_observations(
-                    item, image_key=image_key, mpp=mpp, tile_um=net.config.patch_um, shapes_key=tiles_key
-                )
+        # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
+        tiled = tiles_if_he_only(
+            item, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
+        )
         tiles.append(tiled)
         slide = resolve(item if tiled is None else tiled, table_key=table_key, image_key=image_key, mpp=mpp)
         if not slide.has_image:
@@ -197,7 +193,7 @@ def predict_expression(
     # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
     for item, result, tiled in zip(items, results, tiles, strict=True):
         if tiled is not None:
-            item.shapes[tiles_key] = tiled.shapes[tiles_key]
+            add_tiles(item, tiled)
         if isinstance(item, SpatialData):
             item.tables[key_added] = result
     logger.info(

@@ -9,7 +9,8 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from storm_sc import __version__
-from storm_sc._constants import UNS_STORM
+from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
+from storm_sc.io._tiles import tile_observations
 
 
 def as_slide_list(data: Any, name: str = "data") -> tuple[list[SpatialData | AnnData], bool]:
@@ -70,3 +71,35 @@ def record_params(table: AnnData, key: str, params: Mapping[str, Any]) -> None:
     entry = dict(params)
     entry.setdefault("storm_sc_version", __version__)
     table.uns.setdefault(UNS_STORM, {})[key] = entry
+
+
+def tiles_if_he_only(
+    item: SpatialData | AnnData,
+    patch_um: float,
+    *,
+    table_key: str | None,
+    image_key: str | None,
+    mpp: float | None,
+    overwrite: bool,
+) -> SpatialData | None:
+    """For an H&E-only slide (a SpatialData without a table), its tissue tiles as observations; else ``None``.
+
+    The tiles (:func:`storm_sc.io._tiles.tile_observations`, ``patch_um`` apart) are returned in a new SpatialData;
+    :func:`add_tiles` puts them into ``item`` once the tool's work has succeeded.
+    """
+    if not isinstance(item, SpatialData) or item.tables or table_key is not None:
+        return None
+    check_key_free(item.shapes, SHAPES_TILES, "sdata.shapes", overwrite=overwrite)
+    check_key_free(item.tables, TABLE_TILES, "sdata.tables", overwrite=overwrite)
+    return tile_observations(item, image_key=image_key, mpp=mpp, tile_um=patch_um)
+
+
+def add_tiles(item: SpatialData, tiles: SpatialData) -> None:
+    """Store the tiles of :func:`tiles_if_he_only` (their circles and their table) in the slide.
+
+    The image scale they were cut at is kept in ``item.attrs["storm_sc"]["mpp"]`` when the slide had none there,
+    so that later calls on the tiles need no ``mpp=``.
+    """
+    item.shapes[SHAPES_TILES] = tiles.shapes[SHAPES_TILES]
+    item.tables[TABLE_TILES] = tiles.tables[TABLE_TILES]
+    item.attrs.setdefault(ATTRS_STORM, {}).setdefault("mpp", tiles.attrs[ATTRS_STORM]["mpp"])
