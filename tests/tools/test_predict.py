@@ -154,6 +154,7 @@ def test_embedding_an_he_only_slide_adds_its_tiles(toy_sdata_factory, trained_mo
     table = he.tables["storm_tiles"]
     assert table.n_vars == 0 and table.obsm["X_storm"].shape[0] == len(he.shapes["storm_tile_circles"]) > 10
     assert table.uns["storm"]["X_storm"]["modalities"] == ["image", "spatial context"]
+    assert st.io.resolve(he).library_id == "toy_image"  # named after its image, not after the tiles' table
     with pytest.raises(ValueError, match="expression"):
         st.tl.storm_embed(_he_only(sdata)[0], trained_model, mpp=1.0, modalities="expression", verbose=False)
 

@@ -102,7 +102,13 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
     )
     table = TableModel.parse(table, region=shapes_key, region_key="region", instance_key="instance_id")
     tiles = SpatialData(images={image_key: element}, shapes={shapes_key: shapes}, tables={TABLE_TILES: table})
-    tiles.attrs[ATTRS_STORM] = {"platform": "generic", "mpp": float(mpp), "image_key": image_key}
+    # The slide is named after its image (the tools' messages and plot titles), not after the tiles' table.
+    tiles.attrs[ATTRS_STORM] = {
+        "platform": "generic",
+        "mpp": float(mpp),
+        "image_key": image_key,
+        "library_id": image_key,
+    }
     return tiles
 
 

@@ -97,9 +97,11 @@ def tiles_if_he_only(
 def add_tiles(item: SpatialData, tiles: SpatialData) -> None:
     """Store the tiles of :func:`tiles_if_he_only` (their circles and their table) in the slide.
 
-    The image scale they were cut at is kept in ``item.attrs["storm_sc"]["mpp"]`` when the slide had none there,
-    so that later calls on the tiles need no ``mpp=``.
+    The image scale they were cut at, and the image's name as the slide's, are kept in ``item.attrs["storm_sc"]``
+    (``mpp``, ``library_id``) when the slide had none there, so that later calls on the tiles need no ``mpp=``.
     """
     item.shapes[SHAPES_TILES] = tiles.shapes[SHAPES_TILES]
     item.tables[TABLE_TILES] = tiles.tables[TABLE_TILES]
-    item.attrs.setdefault(ATTRS_STORM, {}).setdefault("mpp", tiles.attrs[ATTRS_STORM]["mpp"])
+    kept = item.attrs.setdefault(ATTRS_STORM, {})
+    for key in ("mpp", "library_id"):
+        kept.setdefault(key, tiles.attrs[ATTRS_STORM][key])
