@@ -88,7 +88,6 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
             "and `mpp=`, or add a table of the spots to predict."
         )
 
-    shapes_key = SHAPES_TILES
     names = pd.Index([f"tile_{i}" for i in range(len(centres))])
     circles = gpd.GeoDataFrame(
         {"radius": np.full(len(centres), step / 2)}, geometry=[Point(x, y) for x, y in centres], index=names
@@ -97,11 +96,11 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
     table = AnnData(
         np.zeros((len(centres), 0), dtype=np.float32),
         obs=pd.DataFrame(
-            {"region": pd.Categorical([shapes_key] * len(centres)), "instance_id": names.to_numpy()}, index=names
+            {"region": pd.Categorical([SHAPES_TILES] * len(centres)), "instance_id": names.to_numpy()}, index=names
         ),
     )
-    table = TableModel.parse(table, region=shapes_key, region_key="region", instance_key="instance_id")
-    tiles = SpatialData(images={image_key: element}, shapes={shapes_key: shapes}, tables={TABLE_TILES: table})
+    table = TableModel.parse(table, region=SHAPES_TILES, region_key="region", instance_key="instance_id")
+    tiles = SpatialData(images={image_key: element}, shapes={SHAPES_TILES: shapes}, tables={TABLE_TILES: table})
     # The slide is named after its image (the tools' messages and plot titles), not after the tiles' table.
     tiles.attrs[ATTRS_STORM] = {
         "platform": "generic",

@@ -13,7 +13,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import OBSM_EMBEDDING
 from storm_sc._settings import logger
-from storm_sc.io import SpatialInput, resolve
+from storm_sc.io import SpatialInput
 from storm_sc.models import StormModel
 from storm_sc.models._inference import LEVELS
 
@@ -25,8 +25,9 @@ from ._target import (
     check_key_free,
     check_params_slot,
     copy_for_output,
+    is_he_only,
     record_params,
-    tiles_if_he_only,
+    resolve_or_tile,
 )
 
 if TYPE_CHECKING:
@@ -189,18 +190,15 @@ def storm_embed(
 
     # Everything that can fail on the user's input is checked before any result is written (and, but for H&E-only
     # slides, whose tiles follow the model's patch size, before any model is loaded).
-    he_only = [isinstance(t, SpatialData) and not t.tables and table_key is None for t in targets]
-    net = get_model(model, verbose=verbose) if any(he_only) else None
-    tiles = [
-        tiles_if_he_only(t, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite)
-        if h
-        else None
-        for t, h in zip(targets, he_only, strict=True)
-    ]
-    resolved = [
-        resolve(t if tiled is None else tiled, table_key=table_key, image_key=image_key, mpp=mpp)
-        for t, tiled in zip(targets, tiles, strict=True)
-    ]
+    net = get_model(model, verbose=verbose) if any(is_he_only(t, table_key) for t in targets) else None
+    patch_um = None if net is None else net.config.patch_um
+    resolved, tiles = [], []
+    for target in targets:
+        slide, tiled = resolve_or_tile(
+            target, patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
+        )
+        resolved.append(slide)
+        tiles.append(tiled)
     for slide in resolved:
         check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite)
         check_params_slot(slide.table, f"{slide.library_id}: ")

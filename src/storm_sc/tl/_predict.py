@@ -15,13 +15,13 @@ from spatialdata.models import TableModel, get_table_keys
 
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
-from storm_sc.io import SpatialInput, resolve
+from storm_sc.io import SpatialInput
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import add_tiles, as_slide_list, check_key_free, record_params, tiles_if_he_only
+from ._target import add_tiles, as_slide_list, check_key_free, record_params, resolve_or_tile
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -131,11 +131,10 @@ def predict_expression(
         if isinstance(item, SpatialData):
             check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
         # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
-        tiled = tiles_if_he_only(
+        slide, tiled = resolve_or_tile(
             item, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
         )
         tiles.append(tiled)
-        slide = resolve(item if tiled is None else tiled, table_key=table_key, image_key=image_key, mpp=mpp)
         if not slide.has_image:
             raise ValueError(
                 f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "

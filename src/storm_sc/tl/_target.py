@@ -10,6 +10,7 @@ from spatialdata import SpatialData
 
 from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
+from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._tiles import tile_observations
 
 
@@ -73,29 +74,38 @@ def record_params(table: AnnData, key: str, params: Mapping[str, Any]) -> None:
     table.uns.setdefault(UNS_STORM, {})[key] = entry
 
 
-def tiles_if_he_only(
+def is_he_only(item: SpatialData | AnnData, table_key: str | None) -> bool:
+    """Whether ``item`` is an H&E-only slide (a SpatialData without a table), whose observations are tissue tiles."""
+    return isinstance(item, SpatialData) and not item.tables and table_key is None
+
+
+def resolve_or_tile(
     item: SpatialData | AnnData,
-    patch_um: float,
+    patch_um: float | None,
     *,
     table_key: str | None,
     image_key: str | None,
     mpp: float | None,
     overwrite: bool,
-) -> SpatialData | None:
-    """For an H&E-only slide (a SpatialData without a table), its tissue tiles as observations; else ``None``.
+) -> tuple[SpatialInput, SpatialData | None]:
+    """:func:`storm_sc.io.resolve` of ``item``, or of its tissue tiles when it is H&E-only (then also the tiles).
 
-    The tiles (:func:`storm_sc.io._tiles.tile_observations`, ``patch_um`` apart) are returned in a new SpatialData;
+    The tiles (:func:`storm_sc.io._tiles.tile_observations`, ``patch_um`` apart: the model's patch size, needed only
+    for an H&E-only slide) are returned in a new SpatialData;
     :func:`add_tiles` puts them into ``item`` once the tool's work has succeeded.
     """
-    if not isinstance(item, SpatialData) or item.tables or table_key is not None:
-        return None
-    check_key_free(item.shapes, SHAPES_TILES, "sdata.shapes", overwrite=overwrite)
-    check_key_free(item.tables, TABLE_TILES, "sdata.tables", overwrite=overwrite)
-    return tile_observations(item, image_key=image_key, mpp=mpp, tile_um=patch_um)
+    tiles = None
+    if is_he_only(item, table_key):
+        check_key_free(item.shapes, SHAPES_TILES, "sdata.shapes", overwrite=overwrite)
+        check_key_free(item.tables, TABLE_TILES, "sdata.tables", overwrite=overwrite)
+        assert patch_um is not None, "an H&E-only slide is tiled at the model's patch size"
+        tiles = tile_observations(item, image_key=image_key, mpp=mpp, tile_um=patch_um)
+    slide = resolve(item if tiles is None else tiles, table_key=table_key, image_key=image_key, mpp=mpp)
+    return slide, tiles
 
 
 def add_tiles(item: SpatialData, tiles: SpatialData) -> None:
-    """Store the tiles of :func:`tiles_if_he_only` (their circles and their table) in the slide.
+    """Store the tiles of :func:`resolve_or_tile` (their circles and their table) in the slide.
 
     The image scale they were cut at, and the image's name as the slide's, are kept in ``item.attrs["storm_sc"]``
     (``mpp``, ``library_id``) when the slide had none there, so that later calls on the tiles need no ``mpp=``.
