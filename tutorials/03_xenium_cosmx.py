@@ -102,11 +102,16 @@ for name, sdata in data.items():
 # Given a list, `storm_embed` embeds each slide with what it has (`modalities="auto"`: H&E where there is an
 # aligned H&E image, expression always, spatial context always), and `storm_domains` clusters all cells of all
 # slides together, so that a domain means the same thing on every slide.
+#
+# By default `storm_domains` centres each slide on its own mean first (`center="slide"`), as it standardises each
+# slide's genes: for sections or replicates of one tissue, what differs between whole slides is then read as a
+# batch effect, not as a domain. These three datasets are different tissues, whose differences are real, so they
+# are centred together (`center="all"`).
 
 # %%
 slides_list = list(data.values())
 st.tl.storm_embed(slides_list, model, verbose=False)
-st.tl.storm_domains(slides_list, n_domains=N_DOMAINS, random_state=SEED)
+st.tl.storm_domains(slides_list, n_domains=N_DOMAINS, center="all", random_state=SEED)
 for name, sdata in data.items():
     params = sdata["table"].uns["storm"]["X_storm"]
     print(f"{name:15s} embedded from: {params['modalities']}")

@@ -101,6 +101,39 @@ def test_consistent_across_slides(embedded):
     assert embedded["table"].uns["storm_domain_colors"] == twin["table"].uns["storm_domain_colors"]
 
 
+def test_a_slide_wide_offset_does_not_split_slides(embedded):
+    """Two copies of one slide, one embedding shifted as a whole (a batch effect, a missing modality): centred per
+    slide they get the same domains; centred over both, the shift decides the domains."""
+    import anndata as ad
+    import spatialdata as sd
+
+    twin = sd.deepcopy(embedded)
+    rep = embedded["table"].obsm["X_storm"]
+    twin["table"].obsm["X_storm"] = rep + 3.0 * np.abs(rep).max()
+    alone = {"n_domains": 3, "expression_pcs": 0}
+    st.tl.storm_domains([embedded, twin], **alone)
+    a, b = embedded["table"].obs["storm_domain"].to_numpy(), twin["table"].obs["storm_domain"].to_numpy()
+    assert (a == b).all()
+    assert embedded["table"].uns["storm"]["storm_domain"]["center"] == "slide"
+    st.tl.storm_domains([embedded, twin], center="all", key_added="all", **alone)
+    a, b = embedded["table"].obs["all"].to_numpy(), twin["table"].obs["all"].to_numpy()
+    assert not set(a) & set(b)  # no domain shared by the two copies
+    # one slide: the two centres are the same
+    st.tl.storm_domains(embedded, center="all", key_added="one_all", n_domains=3)
+    st.tl.storm_domains(embedded, key_added="one_slide", n_domains=3)
+    obs = embedded["table"].obs
+    assert (obs["one_all"] == obs["one_slide"]).all()
+    # two libraries in one table are centred one by one, like two slides
+    table, shifted = embedded["table"], twin["table"]
+    joined = ad.concat([table, shifted], label="library", keys=["a", "b"], index_unique="-")
+    joined.obsm["spatial"] = np.vstack([st.io.resolve(embedded).centers_um] * 2)
+    st.tl.storm_domains(joined, library_key="library", mpp=1.0, key_added="lib", **alone)
+    lib = joined.obs["lib"].to_numpy()
+    assert (lib[: table.n_obs] == lib[table.n_obs :]).all()
+    with pytest.raises(ValueError, match="center"):
+        st.tl.storm_domains(embedded, n_domains=3, center="none", key_added="bad")
+
+
 def test_errors_before_work(embedded, toy_sdata_factory):
     fresh = toy_sdata_factory(seed=7)
     with pytest.raises(KeyError, match="storm_embed"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -100,17 +101,51 @@ def _slide_components(
     """Expression components of each table; with ``library_key``, every library is standardised on its own."""
     if library_key is None:
         return expression_components(tables, n_components=n_components, layer=layer)
-    parts, where = [], []
-    for t, table in enumerate(tables):
-        codes = pd.Categorical(table.obs[library_key]).codes
-        for code in np.unique(codes):
-            rows = np.flatnonzero(codes == code)
-            parts.append(table[rows])
-            where.append((t, rows))
-    scores = expression_components(parts, n_components=n_components, layer=layer)
+    where = [(t, rows) for t, rows_of in enumerate(_library_groups(tables, library_key)) for rows in rows_of]
+    scores = expression_components([tables[t][rows] for t, rows in where], n_components=n_components, layer=layer)
     out = [np.zeros((table.n_obs, scores[0].shape[1]), dtype=np.float32) for table in tables]
     for (t, rows), score in zip(where, scores, strict=True):
         out[t][rows] = score
+    return out
+
+
+def _library_groups(tables: list[AnnData], library_key: str | None) -> list[list[np.ndarray]]:
+    """Row indices of each library of each table (the whole table when ``library_key`` is None)."""
+    if library_key is None:
+        return [[np.arange(table.n_obs)] for table in tables]
+    groups = []
+    for table in tables:
+        codes = pd.Categorical(table.obs[library_key]).codes
+        groups.append([np.flatnonzero(codes == code) for code in np.unique(codes)])
+    return groups
+
+
+def centre_each_slide(reps: list[np.ndarray], groups: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each slide's (each library's) mean embedding subtracted from its observations.
+
+    Parameters
+    ----------
+    reps
+        One ``(n_obs_i, d)`` embedding per table.
+    groups
+        Per table, the row indices of each of its slides (see ``library_key``).
+
+    Returns
+    -------
+    The centred float64 embeddings.
+
+    Examples
+    --------
+    >>> centre_each_slide([np.array([[1.0], [3.0]]), np.array([[10.0]])], [[np.arange(2)], [np.arange(1)]])
+    [array([[-1.],
+           [ 1.]]), array([[0.]])]
+    """
+    out = []
+    for rep, rows_of in zip(reps, groups, strict=True):
+        rep = np.array(rep, dtype=np.float64)
+        for rows in rows_of:
+            rep[rows] -= rep[rows].mean(axis=0)
+        out.append(rep)
     return out
 
 
@@ -158,6 +193,7 @@ def storm_domains(
     mpp: float | None = None,
     smooth_steps: int = 2,
     smooth_weight: float = 0.5,
+    center: Literal["slide", "all"] = "slide",
     expression_pcs: int = EXPRESSION_PCS,
     layer: str | None = None,
     overwrite: bool = False,
@@ -173,8 +209,8 @@ def storm_domains(
     it has not seen (``benchmarks/README.md`` measures both alone and together; ``expression_pcs=0`` clusters the
     embedding alone).
 
-    Embeddings are centred (over all slides of the call) and scaled to unit length, so that domains follow the
-    direction of an embedding (cosine / correlation geometry), not its norm. Each observation's embedding is then
+    Embeddings are centred (each slide on its own mean by default, see ``center``) and scaled to unit length, so
+    that domains follow the direction of an embedding (cosine / correlation geometry), not its norm. Each observation's embedding is then
     mixed with the unweighted mean of its 6 nearest spatial neighbours (in microns, never across slides), brought
     back to unit length, and all observations of all slides are clustered together, so that a domain means the
     same thing on every slide analysed in one call. With ``n_domains`` the clustering is k-means with exactly
@@ -205,7 +241,14 @@ def storm_domains(
         Microns per coordinate unit, for slides that do not record their scale (e.g. an AnnData with positions
         only; as given to :func:`storm_sc.tl.storm_embed`).
     smooth_steps, smooth_weight
-        Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing).
+        Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing). Tissue
+        whose layers are about one spot thick (the olfactory bulb on legacy ST) keeps them better with one step.
+    center
+        ``"slide"``: each slide's (with ``library_key``, each library's) mean embedding is subtracted before
+        clustering, as each slide's genes are standardised for the expression components: domains follow what
+        varies within the slides, not what differs between whole slides (batch effects, a slide without an image).
+        ``"all"``: one centre for all slides, which keeps those differences (slides of different patients whose
+        tissue mix differs). The same for a single slide.
     expression_pcs
         Expression components clustered beside the embedding (0: the embedding alone). Skipped, with a warning,
         when a slide's table has no genes or the slides share fewer than two. With ``library_key``, each library's
@@ -242,6 +285,8 @@ def storm_domains(
         raise ValueError("`smooth_steps` must be an integer >= 0 and `smooth_weight` in [0, 1].")
     if not isinstance(expression_pcs, int | np.integer) or expression_pcs < 0:
         raise ValueError(f"`expression_pcs` must be an integer >= 0, got {expression_pcs!r}.")
+    if center not in ("slide", "all"):
+        raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)
     targets = [copy_for_output(s) for s in slides] if copy else slides
 
@@ -271,6 +316,8 @@ def storm_domains(
 
     start = time.perf_counter()
     reps = [np.asarray(slide.table.obsm[use_rep]) for slide in resolved]
+    if center == "slide":
+        reps = centre_each_slide(reps, _library_groups([s.table for s in resolved], library_key))
     n_pcs = _expression_pcs(resolved, expression_pcs)
     if n_pcs:
         pcs = _slide_components([s.table for s in resolved], n_pcs, layer=layer, library_key=library_key)
@@ -278,7 +325,7 @@ def storm_domains(
         n_pcs = pcs[0].shape[1]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
     # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
-    # the same in its neighbours' mean. The centre is taken over all slides so that domains stay comparable.
+    # the same in its neighbours' mean. After center="slide" this centre over all slides is zero.
     centre = sum(rep.sum(axis=0, dtype=np.float64) for rep in reps) / n_total
     parts = []
     for slide, rep in zip(resolved, reps, strict=True):
@@ -315,6 +362,7 @@ def storm_domains(
                 "random_state": random_state,
                 "smooth_steps": smooth_steps,
                 "smooth_weight": smooth_weight,
+                "center": center,
                 "expression_pcs": n_pcs,
                 "layer": layer if n_pcs else None,
                 "n_slides": len(resolved),
