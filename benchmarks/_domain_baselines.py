@@ -60,7 +60,7 @@ def clustering_scores(truth: pd.Series | np.ndarray, predicted: pd.Series | np.n
 
 
 def hvg_pca(
-    counts: ad.AnnData, *, n_hvg: int = 2000, n_pcs: int = 30, random_state: int = 0
+    counts: ad.AnnData, *, n_hvg: int = 2000, n_pcs: int = 30, random_state: int = 0, batch_key: str | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """PCA of the log-normalised highly variable genes (scanpy's standard recipe).
 
@@ -77,6 +77,9 @@ def hvg_pca(
         Principal components.
     random_state
         Seed of the PCA solver.
+    batch_key
+        Column of ``.obs`` naming the slide of each observation when ``counts`` holds several: genes are then
+        ranked within each slide and combined (scanpy's ``batch_key``), so one slide's genes do not dominate.
 
     Returns
     -------
@@ -92,16 +95,15 @@ def hvg_pca(
     """
     if n_hvg < 2 or n_pcs < 1:
         raise ValueError(f"`n_hvg` must be >= 2 and `n_pcs` >= 1; got {n_hvg} and {n_pcs}.")
-    adata = ad.AnnData(
-        counts.X.copy(), obs=pd.DataFrame(index=counts.obs_names), var=pd.DataFrame(index=counts.var_names)
-    )
+    obs = counts.obs[[batch_key]].copy() if batch_key is not None else pd.DataFrame(index=counts.obs_names)
+    adata = ad.AnnData(counts.X.copy(), obs=obs, var=pd.DataFrame(index=counts.var_names))
     adata.var_names_make_unique()
     expressed = np.asarray((adata.X > 0).sum(axis=0)).ravel() > 0
     adata = adata[:, expressed].copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     n_top = min(n_hvg, adata.n_vars)
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor="seurat")
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor="seurat", batch_key=batch_key)
     adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
     # Scaling centres the genes, which densifies the (spots x HVGs) matrix anyway: do it explicitly.
     if sparse.issparse(adata.X):

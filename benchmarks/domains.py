@@ -214,7 +214,7 @@ class Timer:
             self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
 
 
-def _smoothing_defaults() -> tuple[int, int, float]:
+def smoothing_defaults() -> tuple[int, int, float]:
     """Neighbours, steps and weight of ``storm_domains``' smoothing, read from the package (not restated here)."""
     import inspect
 
@@ -256,7 +256,7 @@ def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, d
         del slide.sdata["table"].obsm[key]
         return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": name, "width": z.shape[1]}
     if "_smooth_" in method:
-        n_neighs, steps, weight = _smoothing_defaults()
+        n_neighs, steps, weight = smoothing_defaults()
         graph = st.pp.spatial_graph(slide.sdata, n_neighs=n_neighs)
         z = smooth_like_storm(z, graph, steps=steps, weight=weight)
         details.update({"smooth_neighbours": n_neighs, "smooth_steps": steps, "smooth_weight": weight})
@@ -704,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         st.settings.data_dir = previous_data_dir
         shutil.rmtree(work, ignore_errors=True)
 
-    n_neighs, steps, weight = _smoothing_defaults()
+    n_neighs, steps, weight = smoothing_defaults()
     summary = summary_table(per_seed, methods, {d: list(GROUPS.get(d, (d,))) for d in args.datasets}, timer)
     header = [
         "Spatial domains vs manual annotations — "
