@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,3 +110,34 @@ def publish(
     print(text)
     write_outputs(outs, text, rows)
     return text
+
+
+def out_path_problems(outs: Sequence[Path], data_dir: Path, overwrite: bool) -> list[str]:
+    """What is wrong with the ``--out`` paths of a benchmark reading ``data_dir`` (empty when nothing).
+
+    Examples
+    --------
+    >>> out_path_problems([Path("/tmp/r.txt")], Path("/data"), overwrite=False)
+    ['--out /tmp/r.txt: the suffix must be .md or .csv']
+    """
+    problems = []
+    for out in outs:
+        if out.suffix.lower() not in {".md", ".csv"}:
+            problems.append(f"--out {out}: the suffix must be .md or .csv")
+        elif out.resolve().is_relative_to(data_dir.resolve()):
+            problems.append(f"--out {out} is inside the data folder {data_dir}")
+        elif out.exists() and not overwrite:
+            problems.append(f"--out {out} exists; pass --overwrite or choose another path")
+    return problems
+
+
+def progress_only(logger: logging.Logger) -> None:
+    """Show the benchmark's own progress lines and storm_sc's warnings; silence the libraries' chatter."""
+    import storm_sc as st
+
+    st.settings.verbosity = "WARNING"
+    logger.setLevel(logging.INFO)  # the benchmark's own progress lines, through storm_sc's handler
+    for noisy in ("lightning.pytorch", "lightning.fabric", "squidpy"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -40,8 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     leiden_domains,
     smooth_like_storm,
 )
-from benchmarks._report import mean_sd, publish  # noqa: E402
+from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -183,6 +183,42 @@ def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list
                 dst.symlink_to(src.resolve())
             linked.append(rel)
     return linked
+
+
+@contextmanager
+def offline_data(data_dir: Path, datasets: Sequence[Dataset], *, prefix: str) -> Iterator[Path]:
+    """storm_sc's loaders pointed at a scratch folder of links to the datasets' files in ``data_dir``.
+
+    Loaders (and model caches) then find the data offline and write, if anything, into the scratch folder, never
+    into ``data_dir``. The previous ``st.settings.data_dir`` is restored and the folder removed on exit (the
+    benchmarks' ``main`` also runs inside other programs, e.g. tests).
+
+    Parameters
+    ----------
+    data_dir
+        The (read-only) data folder.
+    datasets
+        The datasets the run reads.
+    prefix
+        Name prefix of the scratch folder.
+
+    Yields
+    ------
+    The scratch folder (its ``data`` subfolder holds the links).
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    previous = st.settings._data_dir
+    try:
+        prefixes = sorted({p for d in datasets for p in d.files})
+        linked = linked_data_dir(data_dir, prefixes, work / "data")
+        missing = [d.name for d in datasets if not any(rel.startswith(d.files[0]) for rel in linked)]
+        if missing:
+            raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
+        st.settings.data_dir = work / "data"
+        yield work
+    finally:
+        st.settings.data_dir = previous
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass
@@ -619,13 +655,7 @@ def _check(args: argparse.Namespace, data_dir: Path) -> None:
         problems.append("--n-hvg and --n-pcs must be >= 2 and --threads >= 1")
     if args.external_python is not None and not args.external_python.is_file():
         problems.append(f"--external-python {args.external_python} is not a file")
-    for out in args.out:
-        if out.suffix.lower() not in {".md", ".csv"}:
-            problems.append(f"--out {out}: the suffix must be .md or .csv")
-        elif out.resolve().is_relative_to(data_dir.resolve()):
-            problems.append(f"--out {out} is inside the data folder {data_dir}")
-        elif out.exists() and not args.overwrite:
-            problems.append(f"--out {out} exists; pass --overwrite or choose another path")
+    problems += out_path_problems(args.out, data_dir, args.overwrite)
     if problems:
         raise SystemExit("; ".join(problems) + ".")
 
@@ -658,23 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    st.settings.verbosity = "WARNING"
-    logger.setLevel(logging.INFO)  # the benchmark's own progress lines, through storm_sc's handler
-    for noisy in ("lightning.pytorch", "lightning.fabric", "squidpy"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    progress_only(logger)
 
-    work = Path(tempfile.mkdtemp(prefix="storm_domains_bench_"))
-    previous_data_dir = st.settings._data_dir  # restored below: main() also runs inside other programs (tests)
-    try:
-        # Loaders (and model caches) use a temporary data folder that links to the real files, never writing there.
-        names = expand(args.datasets)
-        linked = linked_data_dir(data_dir, sorted({p for d in names for p in DATASETS[d].files}), work / "data")
-        missing = [d for d in names if not any(rel.startswith(DATASETS[d].files[0]) for rel in linked)]
-        if missing:
-            raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
-        st.settings.data_dir = work / "data"
+    names = expand(args.datasets)
+    with offline_data(data_dir, [DATASETS[d] for d in names], prefix="storm_domains_bench_") as work:
         storm, storm_text = _storm_setup(args)
         methods = (["storm"] if storm is not None else []) + list(BASELINE_METHODS)
         external_note = "not run (no --external-python)"
@@ -700,9 +717,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             timer=timer,
         )
         wall = time.perf_counter() - t0
-    finally:
-        st.settings.data_dir = previous_data_dir
-        shutil.rmtree(work, ignore_errors=True)
 
     n_neighs, steps, weight = smoothing_defaults()
     summary = summary_table(per_seed, methods, {d: list(GROUPS.get(d, (d,))) for d in args.datasets}, timer)

@@ -41,11 +41,8 @@ import argparse
 import logging
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +64,8 @@ from benchmarks._domain_baselines import (  # noqa: E402
     leiden_domains,
     smooth_like_storm,
 )
-from benchmarks._report import mean_sd, outputs_in_the_way, publish  # noqa: E402
-from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, linked_data_dir, smoothing_defaults  # noqa: E402
+from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
+from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, offline_data, smoothing_defaults  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -391,14 +388,7 @@ def _check(args: argparse.Namespace, data_dir: Path) -> None:
     problems = []
     if args.n_hvg < 2 or args.n_pcs < 2 or args.threads < 1:
         problems.append("--n-hvg and --n-pcs must be >= 2 and --threads >= 1")
-    for out in args.out:
-        if out.suffix.lower() not in {".md", ".csv"}:
-            problems.append(f"--out {out}: the suffix must be .md or .csv")
-        elif out.resolve().is_relative_to(data_dir.resolve()):
-            problems.append(f"--out {out} is inside the data folder {data_dir}")
-    in_the_way = outputs_in_the_way(args.out, args.overwrite)
-    if in_the_way:
-        problems.append(in_the_way)
+    problems += out_path_problems(args.out, data_dir, args.overwrite)
     if problems:
         raise SystemExit("; ".join(problems) + ".")
 
@@ -408,24 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     _check(args, data_dir)
-    st.settings.verbosity = "WARNING"
-    logger.setLevel(logging.INFO)
-    for noisy in ("lightning.pytorch", "lightning.fabric", "squidpy"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    progress_only(logger)
 
-    work = Path(tempfile.mkdtemp(prefix="storm_domains_pooled_"))
-    previous_data_dir = st.settings._data_dir  # restored below: main() also runs inside other programs (tests)
     cpu: dict[str, float] = {}
-    try:
-        names = [n for p in args.pools for n in POOLS[p]]
-        prefixes = sorted({f for n in names for f in dataset(n).files})
-        linked = linked_data_dir(data_dir, prefixes, work / "data")
-        missing = [n for n in names if not any(rel.startswith(dataset(n).files[0]) for rel in linked)]
-        if missing:
-            raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
-        st.settings.data_dir = work / "data"
+    names = [n for p in args.pools for n in POOLS[p]]
+    with offline_data(data_dir, [dataset(n) for n in names], prefix="storm_domains_pooled_"):
         model, storm_text = None, "left out (--no-storm)"
         if not args.no_storm:
             model = st.models.StormModel.from_pretrained(args.model)
@@ -449,9 +426,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             center=args.center,
         )
         wall = time.perf_counter() - t0
-    finally:
-        st.settings.data_dir = previous_data_dir
-        shutil.rmtree(work, ignore_errors=True)
 
     summary = summary_table(per_seed, methods, cpu)
     header = [
