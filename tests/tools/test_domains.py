@@ -132,6 +132,10 @@ def test_a_slide_wide_offset_does_not_split_slides(embedded):
     assert (lib[: table.n_obs] == lib[table.n_obs :]).all()
     with pytest.raises(ValueError, match="center"):
         st.tl.storm_domains(embedded, n_domains=3, center="none", key_added="bad")
+    joined.obs.loc[joined.obs_names[0], "library"] = np.nan
+    with pytest.raises(ValueError, match="missing values"):
+        st.tl.storm_domains(joined, library_key="library", mpp=1.0, key_added="nan", **alone)
+    assert "nan" not in joined.obs
 
 
 def test_errors_before_work(embedded, toy_sdata_factory):

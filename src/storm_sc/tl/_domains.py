@@ -302,6 +302,11 @@ def storm_domains(
             )
         if library_key is not None and library_key not in table.obs:
             raise KeyError(f"{slide.library_id}: `library_key` {library_key!r} is not a column of .obs.")
+        if library_key is not None and table.obs[library_key].isna().any():
+            raise ValueError(
+                f"{slide.library_id}: .obs[{library_key!r}] has missing values; every observation needs the name of "
+                "its slide."
+            )
         rep = np.asarray(table.obsm[use_rep])
         if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number) or not np.isfinite(rep).all():
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
