@@ -35,13 +35,10 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +51,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
-from benchmarks._data_dir import default_data_dir  # noqa: E402
+from benchmarks._data_dir import default_data_dir, offline_data  # noqa: E402
 from benchmarks._domain_baselines import (  # noqa: E402
     clustering_scores,
     hvg_pca,
@@ -143,84 +140,6 @@ def expand(names: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------------
-def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list[str]:
-    """Point a writable data folder at the registered files of a (read-only) data folder, file by file.
-
-    storm_sc's loaders read from ``st.settings.data_dir`` and write caches and downloads there. Linking each
-    registered file that exists under ``source`` into ``target`` (a temporary folder) lets the loaders find the
-    data offline while anything they might write lands in ``target``, never in ``source``. Nothing is copied.
-
-    Parameters
-    ----------
-    source
-        The data folder (upstream layout, e.g. ``dlpfc_151675/filtered_feature_bc_matrix.h5``).
-    prefixes
-        Registry path prefixes to link (e.g. ``"dlpfc_151675/"``).
-    target
-        The writable folder (created if needed).
-
-    Returns
-    -------
-    The registry paths that were linked.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> linked_data_dir(Path("/nonexistent"), ["mob/"], Path(tempfile.mkdtemp()))
-    []
-    """
-    from storm_sc.datasets._fetch import registered
-
-    linked = []
-    for prefix in prefixes:
-        for rel in registered(prefix):
-            src = source / rel
-            if not src.is_file():
-                continue
-            dst = target / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                dst.symlink_to(src.resolve())
-            linked.append(rel)
-    return linked
-
-
-@contextmanager
-def offline_data(data_dir: Path, datasets: Sequence[Dataset], *, prefix: str) -> Iterator[Path]:
-    """storm_sc's loaders pointed at a scratch folder of links to the datasets' files in ``data_dir``.
-
-    Loaders (and model caches) then find the data offline and write, if anything, into the scratch folder, never
-    into ``data_dir``. The previous ``st.settings.data_dir`` is restored and the folder removed on exit (the
-    benchmarks' ``main`` also runs inside other programs, e.g. tests).
-
-    Parameters
-    ----------
-    data_dir
-        The (read-only) data folder.
-    datasets
-        The datasets the run reads.
-    prefix
-        Name prefix of the scratch folder.
-
-    Yields
-    ------
-    The scratch folder (its ``data`` subfolder holds the links).
-    """
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    previous = st.settings._data_dir
-    try:
-        prefixes = sorted({p for d in datasets for p in d.files})
-        linked = linked_data_dir(data_dir, prefixes, work / "data")
-        missing = [d.name for d in datasets if not any(rel.startswith(d.files[0]) for rel in linked)]
-        if missing:
-            raise SystemExit(f"no files of {missing} in {data_dir}; pass --data-dir or set STORM_SC_DATA_DIR.")
-        st.settings.data_dir = work / "data"
-        yield work
-    finally:
-        st.settings.data_dir = previous
-        shutil.rmtree(work, ignore_errors=True)
-
-
 @dataclass
 class Slide:
     """One loaded, labelled slide."""
@@ -691,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress_only(logger)
 
     names = expand(args.datasets)
-    with offline_data(data_dir, [DATASETS[d] for d in names], prefix="storm_domains_bench_") as work:
+    with offline_data(data_dir, {d: DATASETS[d].files for d in names}, prefix="storm_domains_bench_") as work:
         storm, storm_text = _storm_setup(args)
         methods = (["storm"] if storm is not None else []) + list(BASELINE_METHODS)
         external_note = "not run (no --external-python)"

@@ -56,7 +56,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
-from benchmarks._data_dir import default_data_dir  # noqa: E402
+from benchmarks._data_dir import default_data_dir, offline_data  # noqa: E402
 from benchmarks._domain_baselines import (  # noqa: E402
     clustering_scores,
     hvg_pca,
@@ -65,7 +65,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     smooth_like_storm,
 )
 from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
-from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, offline_data, smoothing_defaults  # noqa: E402
+from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, smoothing_defaults  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cpu: dict[str, float] = {}
     names = [n for p in args.pools for n in POOLS[p]]
-    with offline_data(data_dir, [dataset(n) for n in names], prefix="storm_domains_pooled_"):
+    with offline_data(data_dir, {n: dataset(n).files for n in names}, prefix="storm_domains_pooled_"):
         model, storm_text = None, "left out (--no-storm)"
         if not args.no_storm:
             model = st.models.StormModel.from_pretrained(args.model)

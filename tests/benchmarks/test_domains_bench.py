@@ -124,17 +124,36 @@ def test_baseline_rows_on_a_generated_slide(toy_slide):
 
 
 def test_linked_data_dir_links_registered_files_without_copying(tmp_path):
+    from benchmarks._data_dir import linked_data_dir
+
     source = tmp_path / "src"
     (source / "mob").mkdir(parents=True)
     (source / "mob" / "mOB_annot.csv").write_text("spot,layer\n")
     (source / "mob" / "unregistered.txt").write_text("x")
     target = tmp_path / "cache"
-    linked = bench.linked_data_dir(source, ["mob/"], target)
+    linked = linked_data_dir(source, ["mob/"], target)
     assert linked == ["mob/mOB_annot.csv"]
     link = target / "mob" / "mOB_annot.csv"
     assert link.is_symlink() and link.resolve() == (source / "mob" / "mOB_annot.csv").resolve()
     assert not (target / "mob" / "unregistered.txt").exists()
-    assert bench.linked_data_dir(source, ["mob/"], target) == linked  # idempotent
+    assert linked_data_dir(source, ["mob/"], target) == linked  # idempotent
+
+
+def test_offline_data_points_the_loaders_at_links_and_restores_the_settings(tmp_path):
+    from benchmarks._data_dir import offline_data
+
+    source = tmp_path / "src"
+    (source / "mob").mkdir(parents=True)
+    (source / "mob" / "mOB_annot.csv").write_text("spot,layer\n")
+    before = st.settings._data_dir
+    with offline_data(source, {"mob": ("mob/",)}, prefix="t_") as work:
+        assert st.settings.data_dir == work / "data"
+        assert (work / "data" / "mob" / "mOB_annot.csv").is_symlink()
+    assert st.settings._data_dir == before and not work.exists()
+    with pytest.raises(SystemExit, match="no files of \\['dlpfc'\\]"):
+        with offline_data(source, {"mob": ("mob/",), "dlpfc": ("dlpfc_151675/",)}, prefix="t_"):
+            pass
+    assert st.settings._data_dir == before
 
 
 def test_command_line_refuses_bad_options(tmp_path):
