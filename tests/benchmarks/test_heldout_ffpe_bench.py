@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+import storm_sc as st
 from benchmarks import expression_heldout_ffpe as bench
 
 
@@ -11,15 +13,25 @@ def test_held_out_sections_are_not_in_the_reference_recipe():
     corpus = bench.corpus_sections()
     assert len(corpus) == 9 and "V19D02-085_B1" in corpus  # the same kinds of organoid are in it
     assert not corpus & set(bench.HELD_OUT)
+    # the per-tissue methods learn from corpus sections of the held-out section's own kind (same slide series)
+    for held, train in bench.SAME_KIND.items():
+        assert set(train) <= corpus and all(t.split("_")[0] == held.split("_")[0] for t in train)
 
 
-def test_pearson_columns():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(50, 3))
-    b = np.c_[2 * a[:, 0] + 1, -a[:, 1], np.ones(50)]
-    r = bench.pearson_columns(a, b)
-    np.testing.assert_allclose(r[:2], [1.0, -1.0])
-    assert np.isnan(r[2])
+def test_summary_table_puts_methods_in_rows_and_sections_in_columns():
+    rows = pd.DataFrame(
+        [
+            {"section": s, "genes": g, "method": m, "n_genes": n, "mean_r": r}
+            for s, n in (("A", 10), ("B", 20))
+            for m, r in zip(bench.METHODS, (0.1, 0.2, 0.3, 0.0, -0.1), strict=True)
+            for g in ("both readouts' genes", "other detected genes")
+            if g.startswith("both") or m == "head"
+        ]
+    )
+    table = bench.summary_table(rows)
+    assert table["method"].tolist() == list(bench.METHODS)
+    assert list(table.columns) == ["method", "A (10 genes)", "B (20 genes)", "mean over sections"]
+    assert table.set_index("method").loc["ridge_stain_texture", "mean over sections"] == 0.3
 
 
 def test_bad_calls_stop_before_any_work(tmp_path, capsys):
@@ -30,3 +42,22 @@ def test_bad_calls_stop_before_any_work(tmp_path, capsys):
     out.write_text("earlier results")
     assert bench.main(["--data-dir", str(tmp_path), "--out", str(out)]) == 2
     assert out.read_text() == "earlier results"
+
+
+def test_every_method_is_scored_on_the_same_genes_of_a_generated_slide():
+    slides = [st.datasets.toy(n_obs=120, n_genes=40, n_domains=3, seed=s) for s in (1, 2, 3)]
+    sections = [bench.prepare_section(f"s{i}", sd) for i, sd in enumerate(slides)]
+    model = st.models.StormModel("storm-tiny", slides[0]["table"].var_names, seed=0)
+    model.fit_expression_readout(
+        [sd for sd in slides[:2]], genes=list(slides[0]["table"].var_names[:30]), verbose=False
+    )
+    refit = st.models.StormModel("storm-tiny", slides[0]["table"].var_names, seed=0)
+    refit.fit_expression_readout([sd for sd in slides[:2]], verbose=False)
+    rows = pd.DataFrame(bench.score_section(sections[2], sections[:2], model, refit))
+    shared = rows[rows["genes"] == "both readouts' genes"]
+    assert shared["method"].tolist() == list(bench.METHODS)
+    assert shared["n_genes"].nunique() == 1 and 0 < shared["n_genes"].iloc[0] <= 30
+    assert np.isfinite(shared["mean_r"]).all() and shared.set_index("method").loc["mean", "mean_r"] == 0.0
+    other = rows[rows["genes"] == "other detected genes"]
+    assert other["method"].tolist() == ["head"]  # the 10 genes the first readout leaves out
+    assert other["n_genes"].iloc[0] <= 10
