@@ -120,7 +120,7 @@ def _he_only(sdata):
     return sd.SpatialData(images={key: sdata.images[key]}), key
 
 
-def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trained_model):
+def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trained_model, caplog):
     from spatialdata.models import get_table_keys
 
     sdata = toy_sdata_factory(seed=8)
@@ -139,7 +139,10 @@ def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trai
         st.tl.predict_expression(he, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
     # The tiles are now the slide's observations: embedding, domains and a second prediction use the same ones.
     st.tl.storm_embed(he, trained_model, verbose=False)
-    st.tl.storm_domains(he, n_domains=3)
+    with caplog.at_level("INFO", logger="storm_sc"):
+        st.tl.storm_domains(he, n_domains=3)
+    # tiles have no expression by construction: said, not warned
+    assert "no expression" in caplog.text and not [r for r in caplog.records if r.levelname == "WARNING"]
     again = st.tl.predict_expression(he, trained_model, genes=["gene_0000"], key_added="again", verbose=False)
     table = he.tables["storm_tiles"]
     assert table.obsm["X_storm"].shape[0] == table.n_obs == again.n_obs

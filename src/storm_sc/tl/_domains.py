@@ -11,7 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 
-from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
+from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import expression_components, spatial_graph
@@ -87,10 +87,15 @@ def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
     """``requested``, or 0 (with a warning) when the slides give no expression to compute components from."""
     if not requested:
         return 0
-    without = [s.library_id for s in slides if s.table.n_vars < 2]
+    without = [s for s in slides if s.table.n_vars < 2]
     if without or len(shared_genes([s.table for s in slides])) < 2:
-        reason = f"slide(s) {without} have no expression table" if without else "the slides share < 2 genes"
-        logger.warning("storm_domains: %s; clustering the embedding alone (expression_pcs=0).", reason)
+        names = [s.library_id for s in without]
+        reason = f"slide(s) {names} have no expression table" if without else "the slides share < 2 genes"
+        # Tiles of H&E-only slides have no expression by construction: nothing to warn about there.
+        expected = bool(without) and all(s.table_key == TABLE_TILES for s in without) and len(without) == len(slides)
+        (logger.info if expected else logger.warning)(
+            "storm_domains: %s; clustering the embedding alone (expression_pcs=0).", reason
+        )
         return 0
     return requested
 
