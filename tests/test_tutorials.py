@@ -25,6 +25,7 @@ NEEDS = {
     "03_xenium_cosmx": ["xenium_toy", "cosmx_lung12", "xenium_lung_he_ncbi858"],
     "04_pretrain_finetune": ["mob_he_stahl2016", "visium_ffpe_villacampa2021"],
     "05_clinical": ["her2st", "visium_ffpe_villacampa2021"],
+    "06_several_sections": ["mob", "mob_he_stahl2016"],
 }
 CELL_TIMEOUT_S = 900
 
