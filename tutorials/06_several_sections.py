@@ -124,3 +124,10 @@ pd.crosstab(one_centre["section"], one_centre["domain_one_centre"])
 
 # %%
 st.pl.embedding_umap(slides, color=["storm_domain", "slide"], show=True)
+
+# %% [markdown]
+# With `center="slide"` the UMAP removes each section's mean embedding first, as `storm_domains` did: the three
+# sections then overlap.
+
+# %%
+st.pl.embedding_umap(slides, color=["storm_domain", "slide"], center="slide", show=True)

@@ -41,6 +41,25 @@ def test_umap_of_several_slides(slides):
     assert labels == ["toy (1)", "toy (2)"]
 
 
+def test_umap_centred_per_slide_mixes_shifted_slides(slides):
+    tables = [s["table"].copy() for s in slides]
+    tables[1].obsm["X_storm"] = tables[1].obsm["X_storm"] + 100.0  # the whole slide shifted
+
+    def slide_of_neighbours(fig) -> float:
+        from scipy.spatial import cKDTree
+
+        xy = _points(fig.axes[0]).get_offsets().data
+        slide = np.repeat([0, 1], [t.n_obs for t in tables])
+        _, nearest = cKDTree(xy).query(xy, k=6)
+        return float((slide[nearest[:, 1:]] == slide[:, None]).mean())
+
+    apart = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain"))
+    mixed = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain", center="slide"))
+    assert apart > 0.99 and mixed < 0.8
+    with pytest.raises(ValueError, match="center"):
+        st.pl.embedding_umap(tables, color="true_domain", center="each")
+
+
 def test_umap_of_tables_with_numeric_colour(slides):
     # bare AnnData tables need no positions for a UMAP
     tables = [s["table"].copy() for s in slides]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -16,6 +17,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_PREDICTED
 from storm_sc._settings import logger
 from storm_sc.pp._representation_graph import representation_neighbors
+from storm_sc.tl._domains import centre_each_slide
 
 from ._colors import categorical_column, category_colors
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
@@ -34,6 +36,7 @@ def embedding_umap(
     table_key: str | None = None,
     n_neighbors: int = 15,
     min_dist: float = 0.5,
+    center: Literal["all", "slide"] = "all",
     random_state: int = 0,
     point_size: float | None = None,
     ax: Axes | Sequence[Axes] | None = None,
@@ -67,6 +70,10 @@ def embedding_umap(
         Neighbours of the kNN graph (capped at the number of observations minus one).
     min_dist
         UMAP's minimum distance between points.
+    center
+        ``"all"``: the embedding as it is. ``"slide"``: each slide's mean embedding removed first, as
+        :func:`storm_sc.tl.storm_domains` does by default before clustering several slides (what differs between
+        whole slides, e.g. one slide without an H&E image, then no longer separates them).
     random_state
         Seed of the UMAP layout.
     point_size
@@ -105,6 +112,8 @@ def embedding_umap(
         raise ValueError(f"`n_neighbors` must be an integer >= 2, got {n_neighbors!r}.")
     if not isinstance(min_dist, int | float) or min_dist < 0:
         raise ValueError(f"`min_dist` must be a number >= 0, got {min_dist!r}.")
+    if center not in ("all", "slide"):
+        raise ValueError(f"`center` must be 'all' or 'slide', got {center!r}.")
     if not isinstance(slide_key, str) or not slide_key:
         raise ValueError(f"`slide_key` must be a non-empty string, got {slide_key!r}.")
     save_path = check_save(save)
@@ -143,8 +152,11 @@ def embedding_umap(
     if n_total < 3:
         raise ValueError(f"A UMAP needs at least 3 observations; got {n_total}.")
 
+    reps = [np.asarray(table.obsm[use_rep], dtype=np.float64) for table in tables]
+    if center == "slide":
+        reps = centre_each_slide(reps, [[np.arange(t.n_obs)] for t in tables])
     parts = []
-    for table, name in zip(tables, names, strict=True):
+    for table, name, rep in zip(tables, names, reps, strict=True):
         obs = pd.DataFrame(index=pd.Index([f"{name}:{o}" for o in table.obs_names]))
         for c in colors:
             if c in table.obs:
@@ -154,7 +166,7 @@ def embedding_umap(
             else:
                 obs[c] = name
         parts.append(AnnData(np.zeros((table.n_obs, 0), dtype=np.float32), obs=obs,
-                             obsm={"rep": np.asarray(table.obsm[use_rep], dtype=np.float32)}))  # fmt: skip
+                             obsm={"rep": rep.astype(np.float32)}))  # fmt: skip
     tmp = ad.concat(parts, merge=None)
     for c in colors:
         numeric = all(c in t.obs and pd.api.types.is_numeric_dtype(t.obs[c]) for t in tables) and not all(
