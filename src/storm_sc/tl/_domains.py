@@ -84,7 +84,10 @@ def side_by_side(blocks: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
-    """``requested``, or 0 (with a warning) when the slides give no expression to compute components from."""
+    """``requested``, or 0 when the slides give no expression to compute components from.
+
+    A warning says so, or a note when the slides are all tiles of H&E-only slides (no expression by construction).
+    """
     if not requested:
         return 0
     without = [s for s in slides if s.table.n_vars < 2]
@@ -215,13 +218,13 @@ def storm_domains(
     embedding alone).
 
     Embeddings are centred (each slide on its own mean by default, see ``center``) and scaled to unit length, so
-    that domains follow the direction of an embedding (cosine / correlation geometry), not its norm. Each observation's embedding is then
-    mixed with the unweighted mean of its 6 nearest spatial neighbours (in microns, never across slides), brought
-    back to unit length, and all observations of all slides are clustered together, so that a domain means the
-    same thing on every slide analysed in one call. With ``n_domains`` the clustering is k-means with exactly
-    that many domains (for comparison with annotations); otherwise Leiden on a k-nearest-neighbour graph of the
-    smoothed embedding, whose number of domains grows with ``resolution``. Domains are named ``"0"``, ``"1"``, ...
-    by decreasing size; the result is deterministic for a ``random_state``.
+    that domains follow the direction of an embedding (cosine / correlation geometry), not its norm. Each
+    observation's embedding is then mixed with the unweighted mean of its 6 nearest spatial neighbours (in microns,
+    never across slides), brought back to unit length, and all observations of all slides are clustered together,
+    so that a domain means the same thing on every slide analysed in one call. With ``n_domains`` the clustering is
+    k-means with exactly that many domains (for comparison with annotations); otherwise Leiden on a
+    k-nearest-neighbour graph of the smoothed embedding, whose number of domains grows with ``resolution``. Domains
+    are named ``"0"``, ``"1"``, ... by decreasing size; the result is deterministic for a ``random_state``.
 
     Parameters
     ----------
