@@ -169,17 +169,26 @@ class Timer:
             self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
 
 
-def smoothing_defaults() -> tuple[int, int, float]:
-    """Neighbours, steps and weight of ``storm_domains``' smoothing, read from the package (not restated here)."""
+def smoothing_defaults(steps: int | None = None) -> tuple[int, int, float]:
+    """Neighbours, steps and weight of ``storm_domains``' smoothing, read from the package (not restated here).
+
+    ``steps`` replaces the default number of steps (``--smooth-steps``).
+    """
     import inspect
 
     from storm_sc.tl import _domains
 
     params = inspect.signature(st.tl.storm_domains).parameters
-    return _domains.SMOOTH_NEIGHS, params["smooth_steps"].default, params["smooth_weight"].default
+    return (
+        _domains.SMOOTH_NEIGHS,
+        params["smooth_steps"].default if steps is None else steps,
+        params["smooth_weight"].default,
+    )
 
 
-def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def baseline_labels(
+    slide: Slide, method: str, seed: int, *, smooth_steps: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Domains of one baseline on one slide for one seed.
 
     Parameters
@@ -191,12 +200,15 @@ def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, d
         ``components_storm_domains``.
     seed
         Seed of the PCA solver and the clustering.
+    smooth_steps
+        Steps of the smoothing of the smoothed and ``*_storm_domains`` rows (``None``: ``storm_domains``' default).
 
     Returns
     -------
     ``(labels, details)``.
     """
     z = slide.pcs[seed]
+    n_neighs, steps, weight = smoothing_defaults(smooth_steps)
     details: dict[str, Any] = {}
     if method.endswith("_storm_domains"):
         # STORM's own domain step (centring, cosine geometry, smoothing, k-means) on another representation, alone.
@@ -206,12 +218,17 @@ def baseline_labels(slide: Slide, method: str, seed: int) -> tuple[np.ndarray, d
         key = f"X_baseline_seed{seed}"
         slide.sdata["table"].obsm[key] = z
         out = st.tl.storm_domains(
-            slide.sdata, n_domains=slide.n_domains, use_rep=key, random_state=seed, expression_pcs=0, copy=True
+            slide.sdata,
+            n_domains=slide.n_domains,
+            use_rep=key,
+            random_state=seed,
+            expression_pcs=0,
+            smooth_steps=steps,
+            copy=True,
         )
         del slide.sdata["table"].obsm[key]
         return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": name, "width": z.shape[1]}
     if "_smooth_" in method:
-        n_neighs, steps, weight = smoothing_defaults()
         graph = st.pp.spatial_graph(slide.sdata, n_neighs=n_neighs)
         z = smooth_like_storm(z, graph, steps=steps, weight=weight)
         details.update({"smooth_neighbours": n_neighs, "smooth_steps": steps, "smooth_weight": weight})
@@ -233,6 +250,7 @@ class StormSetup:
     threads: int = 1
     level: str | None = None
     expression_pcs: int | None = None
+    smooth_steps: int | None = None
 
     def describe(self) -> str:
         if self.init_config is not None:
@@ -247,7 +265,8 @@ class StormSetup:
     def _options(self) -> str:
         level = "the default embedding level" if self.level is None else f"embedding level {self.level!r}"
         pcs = "default" if self.expression_pcs is None else self.expression_pcs
-        return f"{level}; storm_domains expression_pcs={pcs}"
+        steps = "" if self.smooth_steps is None else f", smooth_steps={self.smooth_steps}"
+        return f"{level}; storm_domains expression_pcs={pcs}{steps}"
 
 
 def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -286,8 +305,10 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
         copy=True,
         verbose=False,
     )
-    pcs = {} if setup.expression_pcs is None else {"expression_pcs": setup.expression_pcs}
-    st.tl.storm_domains(sdata, n_domains=slide.n_domains, random_state=seed, **pcs)
+    options = {} if setup.expression_pcs is None else {"expression_pcs": setup.expression_pcs}
+    if setup.smooth_steps is not None:
+        options["smooth_steps"] = setup.smooth_steps
+    st.tl.storm_domains(sdata, n_domains=slide.n_domains, random_state=seed, **options)
     table = sdata["table"]
     details = {
         "modalities": "+".join(table.uns["storm"]["X_storm"]["modalities"]),
@@ -391,6 +412,7 @@ def run(
     external_seeds: int | None = None,
     work: Path,
     timer: Timer,
+    smooth_steps: int | None = None,
 ) -> pd.DataFrame:
     """Every method x slide x seed: domains and their scores.
 
@@ -414,6 +436,8 @@ def run(
         Scratch folder.
     timer
         Collects CPU time per method.
+    smooth_steps
+        Smoothing steps of the smoothed baselines (``None``: ``storm_domains``' default).
 
     Returns
     -------
@@ -441,7 +465,7 @@ def run(
                             slide, method, seed, python=external_python, work=work, timeout_s=external_timeout_s
                         )
                     else:
-                        labels, details = baseline_labels(slide, method, seed)
+                        labels, details = baseline_labels(slide, method, seed, smooth_steps=smooth_steps)
                 except (RuntimeError, subprocess.TimeoutExpired, FileNotFoundError) as err:
                     logger.warning("%s on %s (seed %d) failed: %s", method, slide.name, seed, err)
                     rows.append({**row, "status": f"failed: {err}"[:300]})
@@ -538,6 +562,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="storm_domains' expression components beside the embedding (default: its default; 0: embedding alone)",
     )
+    parser.add_argument(
+        "--smooth-steps",
+        type=int,
+        default=None,
+        help="storm_domains' smoothing steps for STORM and the smoothed baselines (default: its default)",
+    )
     parser.add_argument("--no-storm", action="store_true", help="baselines only")
     parser.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the baselines")
     parser.add_argument("--n-pcs", type=int, default=30, help="principal components of the baselines")
@@ -572,6 +602,8 @@ def _check(args: argparse.Namespace, data_dir: Path) -> None:
             problems.append("--init-config trains a fresh model on the slide: give --adapt-epochs >= 1")
     if args.n_hvg < 2 or args.n_pcs < 2 or args.threads < 1:
         problems.append("--n-hvg and --n-pcs must be >= 2 and --threads >= 1")
+    if args.smooth_steps is not None and args.smooth_steps < 0:
+        problems.append(f"--smooth-steps must be >= 0, got {args.smooth_steps}")
     if args.external_python is not None and not args.external_python.is_file():
         problems.append(f"--external-python {args.external_python} is not a file")
     problems += out_path_problems(args.out, data_dir, args.overwrite)
@@ -585,7 +617,14 @@ def _storm_setup(args: argparse.Namespace) -> tuple[StormSetup | None, str]:
         return None, "left out (--no-storm)"
     epochs = min(args.adapt_epochs, QUICK_ADAPT_EPOCHS) if args.quick else args.adapt_epochs
     setup = StormSetup(
-        args.model, args.init_config, epochs, args.modalities, args.threads, args.level, args.expression_pcs
+        args.model,
+        args.init_config,
+        epochs,
+        args.modalities,
+        args.threads,
+        args.level,
+        args.expression_pcs,
+        args.smooth_steps,
     )
     if args.init_config is None:
         try:
@@ -634,10 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             external_seeds=args.external_seeds,
             work=work,
             timer=timer,
+            smooth_steps=args.smooth_steps,
         )
         wall = time.perf_counter() - t0
 
-    n_neighs, steps, weight = smoothing_defaults()
+    n_neighs, steps, weight = smoothing_defaults(args.smooth_steps)
     summary = summary_table(per_seed, methods, {d: list(GROUPS.get(d, (d,))) for d in args.datasets}, timer)
     header = [
         "Spatial domains vs manual annotations — "

@@ -163,6 +163,8 @@ def test_command_line_refuses_bad_options(tmp_path):
         bench.main(["--init-config", "storm-huge", "--adapt-epochs", "1", "--data-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="no files"):
         bench.main(["--no-storm", "--datasets", "mob", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="smooth-steps"):
+        bench.main(["--no-storm", "--smooth-steps", "-1", "--data-dir", str(tmp_path)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -204,3 +206,15 @@ def test_smoke_on_the_olfactory_bulb(tmp_path, capsys):
     assert "mob ARI" in text and "storm-tiny trained from scratch" in text
     # nothing was written into the data folder
     assert not any(p.is_symlink() for p in data_dir.joinpath("mob").iterdir())
+
+
+def test_smoothing_steps_option_reaches_every_smoothed_row(tmp_path, capsys):
+    data_dir = real_data("mob").parent
+    out = tmp_path / "mob.csv"
+    argv = ["--no-storm", "--seeds", "0", "--datasets", "mob", "--n-hvg", "500", "--smooth-steps", "0"]
+    assert bench.main([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    rows = pd.read_csv(out).set_index("method")
+    # no smoothing: the "smoothed" PCs are the PCs themselves
+    assert rows.loc["pca_smooth_kmeans", "ari"] == pytest.approx(rows.loc["pca_kmeans", "ari"])
+    assert (rows.loc[["pca_smooth_kmeans", "pca_smooth_leiden"], "smooth_steps"] == 0).all()
+    assert "0 steps" in capsys.readouterr().out
