@@ -177,13 +177,15 @@ def score_section(
         np.concatenate([[s.name] * len(s.expr) for s in train]), np.concatenate([s.x_um for s in train])
     )
     ridge, alpha = fit_ridge(x_train, y_train, groups)
+    # One head prediction for both gene sets: each call embeds the whole section again.
+    head = _predict(held, model, genes + others, "head", "p_head")
     predictions = {
         "readout": _predict(held, model, genes, "auto", "p_readout"),
         "readout_refit": _predict(held, refit, genes, "auto", "p_refit"),
         **({} if scratch is None else {"storm_scratch": _predict(held, scratch, genes, "auto", "p_scratch")}),
         "ridge_stain_texture": ridge.predict(held.features.to_numpy()),
         "mean": np.broadcast_to(y_train.mean(axis=0), truth.shape),
-        "head": _predict(held, model, genes, "head", "p_head"),
+        "head": head[:, : len(genes)],
     }
     rows = []
     for method, pred in predictions.items():
@@ -196,7 +198,7 @@ def score_section(
             "ridge_alpha": alpha if method == "ridge_stain_texture" else np.nan,
         })  # fmt: skip
     if others:
-        r = pearson_per_gene(held.expr[others].to_numpy(dtype=np.float64), _predict(held, model, others, "head", "p_o"))
+        r = pearson_per_gene(held.expr[others].to_numpy(dtype=np.float64), head[:, len(genes) :])
         rows.append({
             "section": held.name, "genes": "other detected genes", "method": "head", "n_genes": len(others),
             "mean_r": float(np.nanmean(r)), "median_r": float(np.nanmedian(r)), "trained_on": "corpus",

@@ -62,7 +62,7 @@ def test_scores_count_slide_specific_domains_as_wrong(two_slides):
 
 @pytest.mark.parametrize("method", ["components_storm_domains", "pca_kmeans", "pca_leiden", "pca_smooth_kmeans"])
 def test_baselines_find_shared_domains_on_two_slides(two_slides, method):
-    labels = bench.pool_labels(two_slides, method, 3, 0, model=None, n_hvg=60, n_pcs=10)
+    labels = bench.pool_labels(two_slides, method, 3, 0, n_hvg=60, n_pcs=10)
     assert [len(x) for x in labels] == [300, 300]
     truth = [s.labels.to_numpy() for s in two_slides]
     scores = bench.score_pool("toy", two_slides, labels, {s.name: t for s, t in zip(two_slides, truth, strict=True)})

@@ -34,7 +34,8 @@ def _check_args(n_neighs: int | None, radius_um: float | None, delaunay: bool) -
         )
 
 
-def _library_codes(table: AnnData, library_key: str | None) -> pd.Categorical | None:
+def library_codes(table: AnnData, library_key: str | None) -> pd.Categorical | None:
+    """The slide of each observation as a categorical (``None`` without ``library_key``); refuses missing names."""
     if library_key is None:
         return None
     if library_key not in table.obs.columns:
@@ -106,7 +107,7 @@ def spatial_graph(
         raise ValueError(f"`key_added` must be a non-empty string or None; got {key_added!r}.")
     si = as_spatial_input(data, caller="spatial_graph", table_key=table_key, mpp=mpp)
     table = si.table
-    libraries = _library_codes(table, library_key)
+    libraries = library_codes(table, library_key)
     conn_key, dist_key, uns_key = (
         (f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors")
         if key_added

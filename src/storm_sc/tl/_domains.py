@@ -16,6 +16,7 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._components import shared_genes
+from storm_sc.pp._graph import library_codes
 from storm_sc.pp._representation_graph import representation_neighbors
 
 from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
@@ -123,7 +124,7 @@ def _library_groups(tables: list[AnnData], library_key: str | None) -> list[list
         return [[np.arange(table.n_obs)] for table in tables]
     groups = []
     for table in tables:
-        codes = pd.Categorical(table.obs[library_key]).codes
+        codes = library_codes(table, library_key).codes  # the grouping spatial_graph uses
         groups.append([np.flatnonzero(codes == code) for code in np.unique(codes)])
     return groups
 
@@ -310,11 +311,7 @@ def storm_domains(
             )
         if library_key is not None and library_key not in table.obs:
             raise KeyError(f"{slide.library_id}: `library_key` {library_key!r} is not a column of .obs.")
-        if library_key is not None and table.obs[library_key].isna().any():
-            raise ValueError(
-                f"{slide.library_id}: .obs[{library_key!r}] has missing values; every observation needs the name of "
-                "its slide."
-            )
+        library_codes(table, library_key)  # refuses missing slide names now, not in the spatial graph later
         rep = np.asarray(table.obsm[use_rep])
         if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number) or not np.isfinite(rep).all():
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
@@ -338,7 +335,7 @@ def storm_domains(
         n_pcs = pcs[0].shape[1]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
     # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
-    # the same in its neighbours' mean. After center="slide" this centre over all slides is zero.
+    # the same in its neighbours' mean. After center="slide" the embedding block is already centred.
     centre = sum(rep.sum(axis=0, dtype=np.float64) for rep in reps) / n_total
     parts = []
     for slide, rep in zip(resolved, reps, strict=True):
