@@ -1,4 +1,4 @@
-"""Benchmark: spatial domains against manual annotations (DLPFC 151675, mouse olfactory bulb, her2st tumours).
+"""Benchmark: spatial domains against manual annotations (DLPFC sections, mouse olfactory bulb, her2st tumours).
 
 Every method is run on the same slides, with the number of domains set to the number of annotated layers, and
 scored with the adjusted Rand index (ARI) and normalised mutual information (NMI) against the manual labels
@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -93,20 +94,34 @@ class Dataset:
     unlabelled: tuple[str, ...] = ()
 
 
+def _dlpfc_samples() -> list[str]:
+    """The DLPFC sections storm_sc's dataset registry knows (spatialLIBD's 12)."""
+    calls = st.datasets.available().index
+    return [m.group(1) for m in (re.fullmatch(r'dlpfc\("(\w+)"\)', c) for c in calls) if m]
+
+
+DLPFC_SAMPLES = tuple(_dlpfc_samples())
+# The section the tables of the benchmarks page were measured on (the one in the data folder here).
+DLPFC_DEFAULT = "151675"
 DATASETS = {
-    "dlpfc": Dataset(
-        "dlpfc",
-        "DLPFC 151675 (Visium, Maynard et al. 2021): layers L1-L6 + WM",
-        ("dlpfc_151675/",),
-        lambda: st.datasets.dlpfc("151675", verbose=False),
-    ),
-    "mob": Dataset(
-        "mob",
-        "mouse olfactory bulb (legacy ST, Stahl et al. 2016): 5 layers, no image",
-        ("mob/",),
-        lambda: st.datasets.mob(verbose=False),
-    ),
+    f"dlpfc_{_sample}": Dataset(
+        f"dlpfc_{_sample}",
+        f"DLPFC {_sample} (Visium, Maynard et al. 2021): manual cortical layers",
+        (f"dlpfc_{_sample}/",),
+        lambda s=_sample: st.datasets.dlpfc(s, verbose=False),
+    )
+    for _sample in DLPFC_SAMPLES
 }
+DATASETS.update(
+    {
+        "mob": Dataset(
+            "mob",
+            "mouse olfactory bulb (legacy ST, Stahl et al. 2016): 5 layers, no image",
+            ("mob/",),
+            lambda: st.datasets.mob(verbose=False),
+        ),
+    }
+)
 for _section in HER2ST_LABELLED:
     DATASETS[f"her2st_{_section}"] = Dataset(
         f"her2st_{_section}",
@@ -116,22 +131,58 @@ for _section in HER2ST_LABELLED:
         label_key="pathologist_label",
         unlabelled=("undetermined",),
     )
-# Names that stand for several slides, summarised as one column (mean ± sd over the slides of their seed means).
-GROUPS = {"her2st": tuple(f"her2st_{s}" for s in HER2ST_LABELLED)}
+# Names that stand for several slides, summarised as one column (mean ± sd over the slides of their seed means;
+# a group of one slide shows that slide's mean ± sd over seeds). "dlpfc" is resolved per data folder by groups().
+GROUPS = {"her2st": tuple(f"her2st_{s}" for s in HER2ST_LABELLED), "dlpfc": (f"dlpfc_{DLPFC_DEFAULT}",)}
 DEFAULT_DATASETS = ("dlpfc", "mob", "her2st")
 
 
-def expand(names: Sequence[str]) -> list[str]:
+def local_dlpfc(data_dir: Path) -> list[str]:
+    """The DLPFC datasets whose count matrix is in ``data_dir`` (their other files are checked when loading).
+
+    Examples
+    --------
+    >>> local_dlpfc(Path("/nonexistent"))
+    []
+    """
+    return [
+        f"dlpfc_{s}" for s in DLPFC_SAMPLES if (data_dir / f"dlpfc_{s}" / "filtered_feature_bc_matrix.h5").is_file()
+    ]
+
+
+def groups(data_dir: Path) -> dict[str, tuple[str, ...]]:
+    """:data:`GROUPS` for a data folder: ``"dlpfc"`` is every DLPFC section found there (151675 when none is).
+
+    Whoever holds more of spatialLIBD's sections gets them scored by the default command, as one column.
+    """
+    return {**GROUPS, "dlpfc": tuple(local_dlpfc(data_dir)) or GROUPS["dlpfc"]}
+
+
+def expand(names: Sequence[str], group_map: dict[str, tuple[str, ...]] | None = None) -> list[str]:
     """Dataset names with every group replaced by its slides, in order, without repeats.
+
+    Parameters
+    ----------
+    names
+        Dataset or group names.
+    group_map
+        Groups to expand (default: :data:`GROUPS`; see :func:`groups`).
+
+    Returns
+    -------
+    Dataset names.
 
     Examples
     --------
     >>> expand(["mob", "her2st"])[:3]
     ['mob', 'her2st_A1', 'her2st_B1']
+    >>> expand(["dlpfc", "dlpfc_151675"])
+    ['dlpfc_151675']
     """
+    group_map = GROUPS if group_map is None else group_map
     out: list[str] = []
     for name in names:
-        for d in GROUPS.get(name, (name,)):
+        for d in group_map.get(name, (name,)):
             if d not in out:
                 out.append(d)
     return out
@@ -534,7 +585,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=sorted([*DATASETS, *GROUPS]),
         default=list(DEFAULT_DATASETS),
-        help="slides, or 'her2st' for its 8 annotated sections (one summary column)",
+        help="slides, or a group as one summary column: 'her2st' (its 8 annotated sections), 'dlpfc' (every DLPFC "
+        "section in the data folder)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -648,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     progress_only(logger)
 
-    names = expand(args.datasets)
+    group_map = groups(data_dir)
+    names = expand(args.datasets, group_map)
     with offline_data(data_dir, {d: DATASETS[d].files for d in names}, prefix="storm_domains_bench_") as work:
         storm, storm_text = _storm_setup(args)
         methods = (["storm"] if storm is not None else []) + list(BASELINE_METHODS)
@@ -678,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall = time.perf_counter() - t0
 
     n_neighs, steps, weight = smoothing_defaults(args.smooth_steps)
-    summary = summary_table(per_seed, methods, {d: list(GROUPS.get(d, (d,))) for d in args.datasets}, timer)
+    summary = summary_table(per_seed, methods, {d: list(group_map.get(d, (d,))) for d in args.datasets}, timer)
     header = [
         "Spatial domains vs manual annotations — "
         + "; ".join(f"{s.name}: {int(s.labels.notna().sum())} labelled spots, k = {s.n_domains}" for s in slides),

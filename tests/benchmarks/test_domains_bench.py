@@ -156,6 +156,16 @@ def test_offline_data_points_the_loaders_at_links_and_restores_the_settings(tmp_
     assert st.settings._data_dir == before
 
 
+def test_dlpfc_group_is_every_section_in_the_data_folder(tmp_path):
+    assert bench.groups(tmp_path)["dlpfc"] == ("dlpfc_151675",)  # none here: the section of the published tables
+    for sample in ("151676", "151507"):
+        (tmp_path / f"dlpfc_{sample}").mkdir()
+        (tmp_path / f"dlpfc_{sample}" / "filtered_feature_bc_matrix.h5").touch()
+    assert bench.groups(tmp_path)["dlpfc"] == ("dlpfc_151507", "dlpfc_151676")
+    assert bench.expand(["dlpfc", "mob"], bench.groups(tmp_path)) == ["dlpfc_151507", "dlpfc_151676", "mob"]
+    assert len(bench.DLPFC_SAMPLES) == 12 and all(f"dlpfc_{s}" in bench.DATASETS for s in bench.DLPFC_SAMPLES)
+
+
 def test_command_line_refuses_bad_options(tmp_path):
     with pytest.raises(SystemExit, match="adapt-epochs"):
         bench.main(["--init-config", "storm-tiny", "--data-dir", str(tmp_path)])
@@ -218,3 +228,24 @@ def test_smoothing_steps_option_reaches_every_smoothed_row(tmp_path, capsys):
     assert rows.loc["pca_smooth_kmeans", "ari"] == pytest.approx(rows.loc["pca_kmeans", "ari"])
     assert (rows.loc[["pca_smooth_kmeans", "pca_smooth_leiden"], "smooth_steps"] == 0).all()
     assert "0 steps" in capsys.readouterr().out
+
+
+def test_several_dlpfc_sections_make_one_column(tmp_path, capsys):
+    # A second section (151675's files linked under 151673's name, in a scratch folder) joins the "dlpfc" column.
+    source = real_data("dlpfc_151675")
+    data_dir = tmp_path / "data"
+    for sample in ("151673", "151675"):
+        for f in source.rglob("*"):
+            if f.is_file():
+                link = data_dir / f"dlpfc_{sample}" / f.relative_to(source)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(f)
+    out = tmp_path / "dlpfc.csv"
+    argv = ["--no-storm", "--seeds", "0", "--datasets", "dlpfc", "--n-hvg", "500", "--data-dir", str(data_dir)]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert set(rows["dataset"]) == {"dlpfc_151673", "dlpfc_151675"} and (rows["n_domains"] == 7).all()
+    same = rows.pivot(index="method", columns="dataset", values="ari")
+    assert np.allclose(same["dlpfc_151673"], same["dlpfc_151675"])  # the same spots give the same domains
+    text = capsys.readouterr().out
+    assert "dlpfc ARI" in text and "dlpfc_151673: 3566 labelled spots, k = 7" in text

@@ -161,3 +161,36 @@ def test_unreachable_file_gives_clear_error_and_leaves_no_partial_file(server, e
     with pytest.raises(OSError, match="Could not download her2st/data/ST-cnts/C1.tsv.gz"):
         st.datasets.her2st("C1", verbose=False)
     assert not any(p.is_file() for p in empty_cache.rglob("*"))
+
+
+def test_every_spatiallibd_dlpfc_section_downloads_with_its_layers(server, empty_cache, caplog):
+    # 151673 is published upstream like 151675; the mirror serves 151675's files under 151673's addresses and a
+    # barcode -> layer map holding both samples, so the loader must pick its own sample's rows.
+    real_data("dlpfc_151675")
+    root = "dlpfc_151673/"
+    for name in (
+        "spatial/tissue_positions_list.csv",
+        "spatial/scalefactors_json.json",
+        "spatial/tissue_lowres_image.png",
+    ):
+        _publish(server, root + name, (DATA_DIR / "dlpfc_151675" / name).read_bytes())
+    _publish(
+        server,
+        root + "filtered_feature_bc_matrix.h5",
+        (DATA_DIR / "dlpfc_151675/filtered_feature_bc_matrix.h5").read_bytes(),
+    )
+    layers = (DATA_DIR / "dlpfc_151675/layer_annotations.csv").read_text().splitlines()[1:]
+    rows = [
+        f"{barcode}\t{sample}\t{'WM' if sample == '151507' else layer}"
+        for sample in ("151507", "151673")
+        for barcode, layer in (line.split(",") for line in layers)
+    ]
+    _publish(server, root + "barcode_level_layer_map.tsv", ("\n".join(rows) + "\n").encode())
+
+    sdata = st.datasets.dlpfc("151673", verbose=False)
+    table = sdata.tables["table"]
+    assert table.n_obs == 3592
+    counts = table.obs["layer"].value_counts()
+    assert counts["L3"] == 771 and counts["L1"] > 0  # the 151507 rows (all WM) were not read
+    assert "no sha256 recorded yet" in caplog.text  # unhashed downloads are announced as unverified
+    assert (empty_cache / root / "filtered_feature_bc_matrix.h5").is_file()

@@ -125,7 +125,7 @@ def test_dlpfc_spots_on_tissue(shared_data):
     in_tissue = sdata.tables["table"].obs["in_tissue"].to_numpy() == 1
     assert _grey_at(grey, xy[in_tissue]).mean() < grey.mean() - 20
     with pytest.raises(ValueError, match="not registered"):
-        st.datasets.dlpfc("151673")
+        st.datasets.dlpfc("999999")
 
 
 def test_visium_ffpe_organoids_and_refusals(shared_data):

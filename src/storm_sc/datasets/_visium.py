@@ -49,7 +49,7 @@ def _fetch_visium(root: str, *, verbose: bool | None) -> None:
 # DLPFC
 # --------------------------------------------------------------------------------------------------------------------
 def dlpfc_samples() -> list[str]:
-    """DLPFC samples in the registry."""
+    """DLPFC samples in the registry (the 12 sections of spatialLIBD)."""
     return sorted({p.split("/")[0].removeprefix("dlpfc_") for p in registered("dlpfc_")})
 
 
@@ -76,7 +76,10 @@ def dlpfc(sample: str = "151675", *, verbose: bool | None = None) -> SpatialData
     Parameters
     ----------
     sample
-        spatialLIBD sample id; ``"151675"`` is registered.
+        spatialLIBD sample id, one of the 12 sections of the study (151507-151510, 151669-151676); the files of a
+        section not in the data directory are downloaded (the count matrix from spatialLIBD, the positions,
+        scale factors, lowres image and layer map from HumanPilot). Sections 151669-151672 have layers L3-L6
+        and WM only.
     verbose
         Show download progress (default: ``st.settings``).
 
