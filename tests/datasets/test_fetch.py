@@ -194,3 +194,23 @@ def test_every_spatiallibd_dlpfc_section_downloads_with_its_layers(server, empty
     assert counts["L3"] == 771 and counts["L1"] > 0  # the 151507 rows (all WM) were not read
     assert "no sha256 recorded yet" in caplog.text  # unhashed downloads are announced as unverified
     assert (empty_cache / root / "filtered_feature_bc_matrix.h5").is_file()
+
+
+def test_visium_section_without_a_published_image_reads_expression_only(server, empty_cache, caplog):
+    real_data("dlpfc_151675")
+    root = "dlpfc_151676/"
+    for name in (
+        "spatial/tissue_positions_list.csv",
+        "spatial/scalefactors_json.json",
+        "filtered_feature_bc_matrix.h5",
+    ):
+        _publish(server, root + name, (DATA_DIR / "dlpfc_151675" / name).read_bytes())
+    lines = (DATA_DIR / "dlpfc_151675/layer_annotations.csv").read_text().splitlines()[1:]
+    _publish(
+        server,
+        root + "barcode_level_layer_map.tsv",
+        "".join(f"{b}\t151676\t{x}\n" for b, x in (r.split(",") for r in lines)).encode(),
+    )
+    sdata = st.datasets.dlpfc("151676", verbose=False)  # the mirror answers 404 for the lowres image
+    assert not sdata.images and sdata.tables["table"].obs["layer"].notna().sum() == 3566
+    assert "tissue_lowres_image.png could not be fetched" in caplog.text

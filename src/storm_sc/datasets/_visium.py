@@ -42,7 +42,13 @@ def _fetch_visium(root: str, *, verbose: bool | None) -> None:
     images = [p for p in registered(root + "spatial/") if p.endswith("_image.png")]
     # an image made locally (e.g. a downscaled lowres) is used when present but cannot be downloaded
     optional = [p for p in images if is_local(p) or file_url(p) is not None]
-    fetch_all(required + optional, verbose=verbose)
+    fetch_all(required, verbose=verbose)
+    for path in optional:
+        try:
+            fetch(path, verbose=verbose)
+        except OSError as err:
+            # without its image the section still reads, for expression-only use
+            logger.warning("%s could not be fetched (%s); reading the section without it.", path, err)
 
 
 # --------------------------------------------------------------------------------------------------------------------
