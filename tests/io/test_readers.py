@@ -15,7 +15,8 @@ from PIL import Image
 
 import storm_sc as st
 from storm_sc._constants import ATTRS_STORM
-from storm_sc.io._legacy_st import estimate_mpp_from_array, open_image
+from storm_sc.io._image_file import open_image
+from storm_sc.io._legacy_st import estimate_mpp_from_array
 from tests._paths import real_data
 
 PX_PER_STEP = 250.0  # pixels between array neighbours in the generated slides: 200 um / 250 px = 0.8 um/px
@@ -153,6 +154,32 @@ def test_open_image_is_lazy_and_decodes_once(tmp_path):
         open_image(tmp_path / "he.gif")
     with pytest.raises(FileNotFoundError, match="Image file not found"):
         open_image(tmp_path / "nope.jpg")
+
+
+def test_decoded_images_are_kept_within_a_budget_and_decoded_again_when_needed(tmp_path, monkeypatch):
+    from storm_sc.io import _image_file
+
+    rng = np.random.default_rng(1)
+    pixels = [rng.integers(0, 255, size=(64, 48, 3), dtype=np.uint8) for _ in range(3)]
+    arrays = []
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / f"he{i}.png")
+        arrays.append(open_image(tmp_path / f"he{i}.png"))
+    monkeypatch.setattr(_image_file, "DECODED_CACHE_BYTES", 2 * pixels[0].nbytes)  # room for two images
+    monkeypatch.setattr(_image_file, "DECODED", _image_file._DecodedCache())
+    decodes = []
+    monkeypatch.setattr(
+        _image_file._DecodeOnce,
+        "_read_file",
+        lambda self, f=_image_file._DecodeOnce._read_file: decodes.append(self.path.name) or f(self),
+    )
+    for arr, p in zip(arrays, pixels, strict=True):
+        np.testing.assert_array_equal(arr.compute(), p)  # every chunk of one image: a single decode
+    assert decodes == ["he0.png", "he1.png", "he2.png"]
+    assert len(_image_file.DECODED.tokens()) == 2  # the oldest was released
+    np.testing.assert_array_equal(arrays[0][5:9, 1:3].compute(), pixels[0][5:9, 1:3])  # read again: decoded again
+    np.testing.assert_array_equal(arrays[2][0:2].compute(), pixels[2][0:2])  # still held: no decode
+    assert decodes == ["he0.png", "he1.png", "he2.png", "he0.png"]
 
 
 def test_open_image_reads_tiff_by_tile(tmp_path):

@@ -10,7 +10,8 @@ from spatialdata import SpatialData
 from storm_sc._constants import ATTRS_DATASET, ATTRS_MPP_SOURCE, ATTRS_STORM, LEGACY_ST_SPOT_DIAMETER_UM, OBS_LAYER
 from storm_sc._settings import logger
 from storm_sc.io import from_arrays
-from storm_sc.io._legacy_st import LEGACY_ST_PITCH_UM, estimate_mpp_from_array, open_image
+from storm_sc.io._image_file import open_image
+from storm_sc.io._legacy_st import LEGACY_ST_PITCH_UM, estimate_mpp_from_array
 
 from ._fetch import fetch_all
 

@@ -17,7 +17,7 @@ from storm_sc._constants import ATTRS_STORM
 from storm_sc._settings import logger
 
 from ._build import from_arrays
-from ._legacy_st import fraction_outside, image_size_yx, open_image
+from ._image_file import fraction_outside, image_size_yx, open_image
 
 # HEST-1k metadata keys for the pixel size of the full-resolution image, most trusted first.
 HEST_MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")

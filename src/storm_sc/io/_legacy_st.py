@@ -1,20 +1,12 @@
-"""Reader for legacy Spatial Transcriptomics (the ST pipeline of Stahl et al. 2016; e.g. her2st, mouse olfactory bulb).
-
-Also holds the lazy image-file opener shared with :mod:`storm_sc.io._hest`, because legacy ST is the first reader
-that needed it (see the report: it could move to its own ``io/_image_file.py``).
-"""
+"""Reader for legacy Spatial Transcriptomics (the ST pipeline of Stahl et al. 2016; e.g. her2st, mouse olfactory bulb)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -25,116 +17,13 @@ from storm_sc._constants import ATTRS_STORM, LEGACY_ST_SPOT_DIAMETER_UM
 from storm_sc._settings import logger
 
 from ._build import from_arrays
+from ._image_file import fraction_outside, image_size_yx, open_image
 
 # Centre-to-centre distance of neighbouring spots on the ST v1 array (100 um spots, 200 um pitch).
 LEGACY_ST_PITCH_UM = 200.0
-_PIL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-_TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".svs"}
-_CHUNK = 1024
 _POSITION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Image files
-# --------------------------------------------------------------------------------------------------------------------
-class _DecodeOnce:
-    """Array-like over a JPEG/PNG file that decodes the whole file once, on the first read.
-
-    JPEG cannot be decoded by tile, so the best that can be done lazily is to defer the decode until a pixel is
-    needed and then keep it: without the cache every dask chunk (and every pyramid level) would decode the file again.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
-        self.path = path
-        self.shape = shape
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = 3
-        self._pixels: np.ndarray | None = None
-        self._lock = threading.Lock()
-
-    def _decode(self) -> np.ndarray:
-        with self._lock:
-            if self._pixels is None:
-                from PIL import Image
-
-                logger.debug("decoding %s", self.path)
-                with warnings.catch_warnings():
-                    # Large H&E JPEGs (~92 Mpx for her2st) trip PIL's bomb warning; the user chose the file.
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    with Image.open(self.path) as im:
-                        self._pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-            return self._pixels
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return self._decode()[key]
-
-
-def _file_token(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-def open_image(image: str | os.PathLike | Any) -> Any:
-    """Open an H&E image lazily: a file path becomes a dask array ``(y, x, c)``; arrays pass through unchanged.
-
-    JPEG/PNG are decoded on first access (once); TIFF is read by tile through ``tifffile``'s zarr store.
-    """
-    if not isinstance(image, str | os.PathLike):
-        return image
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image file not found: {path}. Pass the path of the H&E image (JPEG, PNG or TIFF).")
-    suffix = path.suffix.lower()
-    if suffix in _TIFF_SUFFIXES:
-        import tifffile
-        import zarr
-
-        store = tifffile.imread(path, aszarr=True, series=0, level=0)
-        arr = da.from_zarr(zarr.open(store, mode="r"))
-        if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[0] not in (1, 3, 4):
-            raise ValueError(f"TIFF {path} has shape {arr.shape}; expected (y, x, 3) or (3, y, x) RGB.")
-        return arr
-    if suffix not in _PIL_SUFFIXES:
-        raise ValueError(
-            f"Unsupported image format {suffix!r} for {path}; pass a JPEG, PNG or TIFF file, or an array (y, x, 3)."
-        )
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            width, height = im.size  # reads the header only
-    source = _DecodeOnce(path, (height, width, 3))
-    return da.from_array(
-        source,
-        chunks=(_CHUNK, _CHUNK, 3),
-        name=f"storm-image-{_file_token(path)}",
-        lock=False,
-        asarray=False,
-        meta=np.empty((0, 0, 0), dtype=np.uint8),
-    )
-
-
-def image_size_yx(image: Any) -> tuple[int, int]:
-    """Height and width of an ``(y, x, c)``, ``(c, y, x)`` or ``(y, x)`` image array."""
-    shape = tuple(image.shape)
-    if len(shape) == 2:
-        return int(shape[0]), int(shape[1])
-    if shape[-1] in (3, 4) and shape[0] not in (3, 4):
-        return int(shape[0]), int(shape[1])
-    return int(shape[1]), int(shape[2])
-
-
-def fraction_outside(centers_px: np.ndarray, size_yx: tuple[int, int]) -> float:
-    """Fraction of ``(x, y)`` centres that fall outside an image of the given height and width."""
-    h, w = size_yx
-    x, y = centers_px[:, 0], centers_px[:, 1]
-    return float(np.mean((x < 0) | (y < 0) | (x >= w) | (y >= h)))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Scale from the array pitch
-# --------------------------------------------------------------------------------------------------------------------
 def estimate_mpp_from_array(
     array_xy: np.ndarray, pixel_xy: np.ndarray, *, pitch_um: float = LEGACY_ST_PITCH_UM
 ) -> tuple[float, dict[str, float]]:
