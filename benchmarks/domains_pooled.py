@@ -65,7 +65,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     smooth_like_storm,
 )
 from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
-from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, smoothing_defaults  # noqa: E402
+from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, local_dlpfc, smoothing_defaults  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -83,7 +83,20 @@ UNLABELLED = {
 POOLS = {
     "her2st": tuple(f"her2st_{s}" for s in HER2ST_LABELLED),
     "mob": ("mob", "mob_he_1", "mob_he_2"),
+    # every DLPFC section in the data folder (see pools()); a pool when there are at least two
+    "dlpfc": (),
 }
+
+
+def pools(data_dir: Path) -> dict[str, tuple[str, ...]]:
+    """:data:`POOLS` for a data folder: ``"dlpfc"`` holds the DLPFC sections found there.
+
+    Examples
+    --------
+    >>> pools(Path("/nonexistent"))["dlpfc"]
+    ()
+    """
+    return {**POOLS, "dlpfc": tuple(local_dlpfc(data_dir))}
 
 
 @dataclass
@@ -382,7 +395,13 @@ def summary_table(per_seed: pd.DataFrame, methods: Sequence[str], cpu: dict[str,
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Spatial domains of several slides analysed together.")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: $STORM_SC_DATA_DIR or ../shared/data")
-    parser.add_argument("--pools", nargs="+", choices=sorted(POOLS), default=list(POOLS))
+    parser.add_argument(
+        "--pools",
+        nargs="+",
+        choices=sorted(POOLS),
+        default=None,
+        help="default: her2st, mob, and dlpfc when the data folder holds two or more DLPFC sections",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default=None, help="STORM checkpoint path or registered name (default: reference)")
     parser.add_argument("--no-storm", action="store_true", help="baselines only")
@@ -399,6 +418,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _check(args: argparse.Namespace, data_dir: Path) -> None:
     problems = []
+    n_dlpfc = len(pools(data_dir)["dlpfc"])
+    if args.pools is not None and "dlpfc" in args.pools and n_dlpfc < 2:
+        problems.append(
+            f"the dlpfc pool needs at least two DLPFC sections in {data_dir} (dlpfc_<sample>/ folders as "
+            f"st.datasets.dlpfc reads them); found {n_dlpfc}"
+        )
     if args.n_hvg < 2 or args.n_pcs < 2 or args.threads < 1:
         problems.append("--n-hvg and --n-pcs must be >= 2 and --threads >= 1")
     problems += out_path_problems(args.out, data_dir, args.overwrite)
@@ -413,8 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check(args, data_dir)
     progress_only(logger)
 
+    pool_map = pools(data_dir)
+    if args.pools is None:
+        args.pools = [p for p in POOLS if p != "dlpfc" or len(pool_map["dlpfc"]) >= 2]
     cpu: dict[str, float] = {}
-    names = [n for p in args.pools for n in POOLS[p]]
+    names = [n for p in args.pools for n in pool_map[p]]
     with offline_data(data_dir, {n: dataset(n).files for n in names}, prefix="storm_domains_pooled_"):
         model, storm_text = None, "left out (--no-storm)"
         if not args.no_storm:
@@ -426,9 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         storm_text += f"; storm_domains with center={center}, otherwise its defaults"
         methods = [m for m in METHODS if m != "storm" or model is not None]
         t0 = time.perf_counter()
-        pools = {p: [load_pool_slide(n) for n in POOLS[p]] for p in args.pools}
+        loaded = {p: [load_pool_slide(n) for n in pool_map[p]] for p in args.pools}
         per_seed = run(
-            pools,
+            loaded,
             methods,
             args.seeds,
             model=model,
@@ -446,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "; ".join(
             f"{p}: {len(slides)} slides ({sum(s.n_domains > 0 for s in slides)} labelled), k = "
             f"{int(per_seed.loc[per_seed['pool'] == p, 'n_domains'].iloc[0])}"
-            for p, slides in pools.items()
+            for p, slides in loaded.items()
         ),
         f"seeds {', '.join(map(str, args.seeds))}; PCA baselines: {args.n_hvg} HVGs (seurat, per slide), "
         f"{args.n_pcs} PCs of all slides",

@@ -18,6 +18,7 @@ from benchmarks._domain_baselines import (
     smooth_like_storm,
 )
 from tests._paths import real_data
+from tests.benchmarks._dlpfc import dlpfc_sections
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -232,14 +233,7 @@ def test_smoothing_steps_option_reaches_every_smoothed_row(tmp_path, capsys):
 
 def test_several_dlpfc_sections_make_one_column(tmp_path, capsys):
     # A second section (151675's files linked under 151673's name, in a scratch folder) joins the "dlpfc" column.
-    source = real_data("dlpfc_151675")
-    data_dir = tmp_path / "data"
-    for sample in ("151673", "151675"):
-        for f in source.rglob("*"):
-            if f.is_file():
-                link = data_dir / f"dlpfc_{sample}" / f.relative_to(source)
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(f)
+    data_dir = dlpfc_sections(tmp_path / "data", ("151673", "151675"))
     out = tmp_path / "dlpfc.csv"
     argv = ["--no-storm", "--seeds", "0", "--datasets", "dlpfc", "--n-hvg", "500", "--data-dir", str(data_dir)]
     assert bench.main([*argv, "--out", str(out)]) == 0

@@ -9,6 +9,7 @@ import pytest
 import storm_sc as st
 from benchmarks import domains_pooled as bench
 from tests._paths import real_data
+from tests.benchmarks._dlpfc import dlpfc_sections
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,18 @@ def test_smoke_on_the_bulb_replicates(tmp_path, capsys):
     assert "mob pooled ARI" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="overwrite"):
         bench.main([*argv, "--out", str(out)])
+
+
+def test_dlpfc_sections_pool_when_the_folder_holds_several(tmp_path, capsys):
+    one = dlpfc_sections(tmp_path / "one", ("151675",))
+    with pytest.raises(SystemExit, match="at least two DLPFC sections"):
+        bench.main(["--no-storm", "--pools", "dlpfc", "--data-dir", str(one)])
+    data_dir = dlpfc_sections(tmp_path / "two", ("151673", "151675"))
+    out = tmp_path / "dlpfc.csv"
+    argv = ["--no-storm", "--pools", "dlpfc", "--seeds", "0", "--n-hvg", "500", "--data-dir", str(data_dir)]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    rows = pd.read_csv(out).set_index("method")
+    assert (rows["pool"] == "dlpfc").all() and (rows["n_domains"] == 7).all()
+    # two copies of one section: the classical recipe gives each domain both copies in equal shares
+    assert rows.loc["pca_kmeans", "slide_mixing"] == pytest.approx(1.0)
+    assert "dlpfc: 2 slides (2 labelled), k = 7" in capsys.readouterr().out
