@@ -283,8 +283,12 @@ def test_benchmark_runs_both_schemes_on_two_generated_patients(tmp_path, monkeyp
 
 
 def test_storm_patch_size_option_sets_the_architecture_and_is_validated(tmp_path):
-    from benchmarks.expression_her2st import StormMethod, main
+    from benchmarks.expression_her2st import StormMethod, _parse_args, main
 
+    # by default the benchmark trains the shipped reference's architecture at its patch size
+    defaults = _parse_args([])
+    assert (defaults.storm_config, defaults.storm_patch_px) == ("storm-tiny", 64)
+    assert _parse_args(["--storm-patch-px", "0"]).storm_patch_px == 0  # 0: the architecture's own size
     method = StormMethod(config="storm-tiny", max_epochs=1, seed=0, patch_px=64)
     assert method.config.image_size == 64 and "64 px patches of 112 um" in method.description
     assert StormMethod(config="storm-tiny", max_epochs=1, seed=0).config.image_size == 32
