@@ -163,54 +163,36 @@ def test_unreachable_file_gives_clear_error_and_leaves_no_partial_file(server, e
     assert not any(p.is_file() for p in empty_cache.rglob("*"))
 
 
-def test_every_spatiallibd_dlpfc_section_downloads_with_its_layers(server, empty_cache, caplog):
-    # 151673 is published upstream like 151675; the mirror serves 151675's files under 151673's addresses and a
-    # barcode -> layer map holding both samples, so the loader must pick its own sample's rows.
+def _publish_dlpfc_copy(server: Path, sample: str, *, image: bool, other_sample: str | None = None) -> None:
+    """Serve 151675's files at the addresses of ``sample`` (its lowres image only with ``image``), with a barcode ->
+    layer map holding ``sample``'s rows and, optionally, rows of ``other_sample`` all labelled WM."""
     real_data("dlpfc_151675")
-    root = "dlpfc_151673/"
-    for name in (
-        "spatial/tissue_positions_list.csv",
-        "spatial/scalefactors_json.json",
-        "spatial/tissue_lowres_image.png",
-    ):
-        _publish(server, root + name, (DATA_DIR / "dlpfc_151675" / name).read_bytes())
-    _publish(
-        server,
-        root + "filtered_feature_bc_matrix.h5",
-        (DATA_DIR / "dlpfc_151675/filtered_feature_bc_matrix.h5").read_bytes(),
-    )
-    layers = (DATA_DIR / "dlpfc_151675/layer_annotations.csv").read_text().splitlines()[1:]
-    rows = [
-        f"{barcode}\t{sample}\t{'WM' if sample == '151507' else layer}"
-        for sample in ("151507", "151673")
-        for barcode, layer in (line.split(",") for line in layers)
+    names = ["spatial/tissue_positions_list.csv", "spatial/scalefactors_json.json", "filtered_feature_bc_matrix.h5"]
+    for name in names + ["spatial/tissue_lowres_image.png"] * image:
+        _publish(server, f"dlpfc_{sample}/{name}", (DATA_DIR / "dlpfc_151675" / name).read_bytes())
+    layers = [
+        line.split(",") for line in (DATA_DIR / "dlpfc_151675/layer_annotations.csv").read_text().splitlines()[1:]
     ]
-    _publish(server, root + "barcode_level_layer_map.tsv", ("\n".join(rows) + "\n").encode())
+    rows = [f"{barcode}\t{sample}\t{layer}\n" for barcode, layer in layers]
+    rows += [f"{barcode}\t{other_sample}\tWM\n" for barcode, _ in layers] if other_sample else []
+    _publish(server, f"dlpfc_{sample}/barcode_level_layer_map.tsv", "".join(rows).encode())
 
+
+def test_every_spatiallibd_dlpfc_section_downloads_with_its_layers(server, empty_cache, caplog):
+    # 151673 is published upstream like 151675; the layer map of all samples holds 151507's rows too, which the
+    # loader must leave out.
+    _publish_dlpfc_copy(server, "151673", image=True, other_sample="151507")
     sdata = st.datasets.dlpfc("151673", verbose=False)
     table = sdata.tables["table"]
-    assert table.n_obs == 3592
+    assert table.n_obs == 3592 and sdata.images
     counts = table.obs["layer"].value_counts()
     assert counts["L3"] == 771 and counts["L1"] > 0  # the 151507 rows (all WM) were not read
     assert "no sha256 recorded yet" in caplog.text  # unhashed downloads are announced as unverified
-    assert (empty_cache / root / "filtered_feature_bc_matrix.h5").is_file()
+    assert (empty_cache / "dlpfc_151673" / "filtered_feature_bc_matrix.h5").is_file()
 
 
 def test_visium_section_without_a_published_image_reads_expression_only(server, empty_cache, caplog):
-    real_data("dlpfc_151675")
-    root = "dlpfc_151676/"
-    for name in (
-        "spatial/tissue_positions_list.csv",
-        "spatial/scalefactors_json.json",
-        "filtered_feature_bc_matrix.h5",
-    ):
-        _publish(server, root + name, (DATA_DIR / "dlpfc_151675" / name).read_bytes())
-    lines = (DATA_DIR / "dlpfc_151675/layer_annotations.csv").read_text().splitlines()[1:]
-    _publish(
-        server,
-        root + "barcode_level_layer_map.tsv",
-        "".join(f"{b}\t151676\t{x}\n" for b, x in (r.split(",") for r in lines)).encode(),
-    )
+    _publish_dlpfc_copy(server, "151676", image=False)
     sdata = st.datasets.dlpfc("151676", verbose=False)  # the mirror answers 404 for the lowres image
     assert not sdata.images and sdata.tables["table"].obs["layer"].notna().sum() == 3566
     assert "tissue_lowres_image.png could not be fetched" in caplog.text
