@@ -112,15 +112,11 @@ DATASETS = {
     )
     for _sample in DLPFC_SAMPLES
 }
-DATASETS.update(
-    {
-        "mob": Dataset(
-            "mob",
-            "mouse olfactory bulb (legacy ST, Stahl et al. 2016): 5 layers, no image",
-            ("mob/",),
-            lambda: st.datasets.mob(verbose=False),
-        ),
-    }
+DATASETS["mob"] = Dataset(
+    "mob",
+    "mouse olfactory bulb (legacy ST, Stahl et al. 2016): 5 layers, no image",
+    ("mob/",),
+    lambda: st.datasets.mob(verbose=False),
 )
 for _section in HER2ST_LABELLED:
     DATASETS[f"her2st_{_section}"] = Dataset(
