@@ -81,3 +81,39 @@ def mse_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
             f"`y_true` and `y_pred` must be 2-D arrays of one shape; got {y_true.shape} and {y_pred.shape}."
         )
     return ((y_true - y_pred) ** 2).mean(axis=0)
+
+
+def interval_calibration(y_true: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> dict[str, float]:
+    """How honest a predicted standard deviation is on held-out data.
+
+    Parameters
+    ----------
+    y_true, mean, sd
+        ``(n_spots, n_genes)`` arrays: the measured values, the predicted means and standard deviations.
+
+    Returns
+    -------
+    ``coverage_95``: fraction of values within ``mean +- 1.96 sd`` (0.95 for calibrated Gaussian errors);
+    ``within_1sd``: within ``mean +- sd`` (0.68); ``sd_over_rmse``: the median over genes of the mean predicted sd
+    over the gene's root mean squared error (1 when the spread of the errors is right on average).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.normal(size=(20000, 3))
+    >>> cal = interval_calibration(truth, np.zeros_like(truth), np.ones_like(truth))
+    >>> [round(cal[k], 2) for k in ("coverage_95", "within_1sd", "sd_over_rmse")]
+    [0.95, 0.68, 1.0]
+    """
+    y_true, mean, sd = (np.asarray(a, dtype=np.float64) for a in (y_true, mean, sd))
+    if not y_true.shape == mean.shape == sd.shape or y_true.ndim != 2:
+        raise ValueError(f"`y_true`, `mean` and `sd` must be 2-D arrays of one shape; got {y_true.shape}, "
+                         f"{mean.shape} and {sd.shape}.")  # fmt: skip
+    err = np.abs(y_true - mean)
+    rmse = np.sqrt((err**2).mean(axis=0))
+    keep = rmse > 0
+    return {
+        "coverage_95": float((err <= 1.96 * sd).mean()),
+        "within_1sd": float((err <= sd).mean()),
+        "sd_over_rmse": float(np.median(sd.mean(axis=0)[keep] / rmse[keep])) if keep.any() else float("nan"),
+    }

@@ -45,7 +45,7 @@ if __package__ in (None, ""):
 import storm_sc as st  # noqa: E402
 from benchmarks._baseline_features import stain_texture_features, window_side_px  # noqa: E402
 from benchmarks._data_dir import default_data_dir, offline_data  # noqa: E402
-from benchmarks._metrics import pearson_per_gene  # noqa: E402
+from benchmarks._metrics import interval_calibration, pearson_per_gene  # noqa: E402
 from benchmarks._report import outputs_in_the_way, publish  # noqa: E402
 from benchmarks._ridge import fit_ridge  # noqa: E402
 from benchmarks._splits import inner_groups  # noqa: E402
@@ -67,6 +67,7 @@ MIN_DETECTION = 0.05
 FIELDS_UM = (55.0, 110.0, 220.0)
 WORK_MPP = 1.0
 METHODS = ("readout", "readout_refit", "storm_scratch", "ridge_stain_texture", "mean", "head")
+CALIBRATION = ("coverage_95", "within_1sd", "sd_over_rmse")
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -122,9 +123,13 @@ def readout_genes(model: st.models.StormModel) -> set[str]:
     return set(symbols[model.readout.gene_ids].tolist())
 
 
-def _predict(section: FfpeSection, model: st.models.StormModel, genes: list[str], source: str, key: str) -> np.ndarray:
+def _predict(
+    section: FfpeSection, model: st.models.StormModel, genes: list[str], source: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted means and standard deviations of ``genes``, in the rows of the section's targets."""
     pred = st.tl.predict_expression(section.sdata, model, genes=genes, source=source, key_added=key, verbose=False)
-    return np.asarray(pred[section.expr.index, genes].X, dtype=np.float64)
+    pred = pred[section.expr.index, genes]
+    return np.asarray(pred.X, dtype=np.float64), np.asarray(pred.layers["predicted_std"], dtype=np.float64)
 
 
 def train_from_scratch(train: Sequence[FfpeSection], *, epochs: int, seed: int = 0) -> st.models.StormModel:
@@ -178,24 +183,31 @@ def score_section(
     )
     ridge, alpha = fit_ridge(x_train, y_train, groups)
     # One head prediction for both gene sets: each call embeds the whole section again.
-    head = _predict(held, model, genes + others, "head", "p_head")
-    predictions = {
+    head, head_sd = _predict(held, model, genes + others, "head", "p_head")
+    storm = {
         "readout": _predict(held, model, genes, "auto", "p_readout"),
         "readout_refit": _predict(held, refit, genes, "auto", "p_refit"),
         **({} if scratch is None else {"storm_scratch": _predict(held, scratch, genes, "auto", "p_scratch")}),
+    }
+    predictions = {
+        **{method: mean for method, (mean, _) in storm.items()},
         "ridge_stain_texture": ridge.predict(held.features.to_numpy()),
         "mean": np.broadcast_to(y_train.mean(axis=0), truth.shape),
         "head": head[:, : len(genes)],
     }
+    # The predicted standard deviations (storm_sc's per-gene uncertainty layer) against the errors they describe.
+    sds = {**{method: sd for method, (_, sd) in storm.items()}, "head": head_sd[:, : len(genes)]}
     rows = []
     for method, pred in predictions.items():
         r = pearson_per_gene(truth, pred)
+        calibration = interval_calibration(truth, pred, sds[method]) if method in sds else {}
         rows.append({
             "section": held.name, "genes": "every readout's genes", "method": method, "n_genes": len(genes),
             "mean_r": float(np.nanmean(r)), "median_r": float(np.nanmedian(r)),
             "trained_on": "corpus" if method in ("readout", "head") else "+".join(s.name for s in train),
             "storm_epochs": scratch.manifest.get("run", {}).get("epochs") if method == "storm_scratch" else np.nan,
             "ridge_alpha": alpha if method == "ridge_stain_texture" else np.nan,
+            **{k: calibration.get(k, np.nan) for k in CALIBRATION},
         })  # fmt: skip
     if others:
         r = pearson_per_gene(held.expr[others].to_numpy(dtype=np.float64), head[:, len(genes) :])
@@ -217,6 +229,13 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     counts = shared.groupby("section")["n_genes"].first()
     table.columns = ["method", *(f"{c} ({counts[c]} genes)" for c in table.columns[1:-1]), "mean over sections"]
     return table
+
+
+def calibration_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method that predicts a standard deviation: its interval coverage and spread, mean over sections."""
+    shared = rows[(rows["genes"] == "every readout's genes") & rows["coverage_95"].notna()]
+    present = [m for m in METHODS if m in set(shared["method"])]
+    return shared.groupby("method")[list(CALIBRATION)].mean().reindex(present).round(3).reset_index()
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -268,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for held in (n for n, k in SAME_KIND.items() if k == kind):
                 rows += score_section(sections[held], train, model, refit, scratch)
     rows = pd.DataFrame(rows)
-    detail = rows.assign(mean_r=rows["mean_r"].round(3), median_r=rows["median_r"].round(3))
+    detail = rows.round({"mean_r": 3, "median_r": 3, **dict.fromkeys(CALIBRATION, 3)})
     publish(
         args.out,
         [
@@ -278,8 +297,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"genes detected in >= {MIN_DETECTION:.0%} of the spots; log1p counts per {TARGET_SUM:g}; total wall "
             f"{time.perf_counter() - start:.0f} s; torch threads {args.threads}",
         ],
-        [("Mean r per gene, the genes every readout covers", summary_table(rows)), ("Per section", detail)],
-        "Pearson r per gene across the spots of each section, then the mean (and median) over the genes.",
+        [
+            ("Mean r per gene, the genes every readout covers", summary_table(rows)),
+            (
+                "The predicted standard deviation (`predicted_std`) against the errors, mean over sections",
+                calibration_table(rows),
+            ),
+            ("Per section", detail),
+        ],
+        "Pearson r per gene across the spots of each section, then the mean (and median) over the genes. "
+        "coverage_95: measured values within the predicted mean +- 1.96 sd (0.95 for calibrated Gaussian errors); "
+        "within_1sd: within +- 1 sd (0.68); sd_over_rmse: median over genes of the mean predicted sd over the "
+        "gene's root mean squared error (1: the right spread on average).",
         rows,
     )
     return 0

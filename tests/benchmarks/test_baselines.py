@@ -187,6 +187,22 @@ def test_pearson_conventions():
         pearson_per_gene(truth, pred[:, :2])
 
 
+def test_interval_calibration_reads_over_and_under_confident_sds():
+    from benchmarks._metrics import interval_calibration
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(scale=2.0, size=(5000, 4))
+    mean = np.zeros_like(truth)
+    honest = interval_calibration(truth, mean, np.full_like(truth, 2.0))
+    assert honest["coverage_95"] == pytest.approx(0.95, abs=0.01) and honest["sd_over_rmse"] == pytest.approx(
+        1, abs=0.03
+    )
+    narrow = interval_calibration(truth, mean, np.full_like(truth, 1.0))  # over-confident: too few values covered
+    assert narrow["coverage_95"] < 0.7 and narrow["sd_over_rmse"] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="one shape"):
+        interval_calibration(truth, mean, np.ones((3, 4)))
+
+
 def test_ridge_recovers_signal_and_picks_penalty_from_training_groups():
     rng = np.random.default_rng(0)
     n, p = 240, 30

@@ -72,3 +72,7 @@ def test_storm_from_scratch_is_scored_beside_the_others():
     shared = rows[rows["genes"] == "every readout's genes"]
     assert shared["method"].tolist() == list(bench.METHODS)
     assert shared.loc[shared["method"] == "storm_scratch", "storm_epochs"].iloc[0] >= 1
+    # every STORM prediction carries its standard deviation, scored against its errors; the others have none
+    calibration = bench.calibration_table(rows).set_index("method")
+    assert calibration.index.tolist() == ["readout", "readout_refit", "storm_scratch", "head"]
+    assert calibration["coverage_95"].between(0, 1).all() and (calibration["sd_over_rmse"] > 0).all()

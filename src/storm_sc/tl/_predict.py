@@ -108,7 +108,10 @@ def predict_expression(
     AnnData (a list of them for a list) with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table
     (one row per tile for an H&E-only slide):
     ``X`` the predicted log1p expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its
-    predicted standard deviation, ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
+    predicted standard deviation (for readout genes, the gene's cross-validated prediction error, the same for
+    every spot; its calibration on held-out sections is measured in ``benchmarks/expression_heldout_ffpe.py``: the
+    errors of log1p counts are heavier-tailed than a Gaussian's, so ``mean +- 1.96 sd`` covers somewhat less than
+    95%), ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
     ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
     every slide has been predicted, so an error leaves all inputs as they were.
 
