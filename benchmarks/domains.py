@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -61,6 +60,7 @@ from benchmarks._domain_baselines import (  # noqa: E402
     smooth_like_storm,
 )
 from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
+from storm_sc.datasets._visium import dlpfc_samples  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -94,13 +94,8 @@ class Dataset:
     unlabelled: tuple[str, ...] = ()
 
 
-def _dlpfc_samples() -> list[str]:
-    """The DLPFC sections storm_sc's dataset registry knows (spatialLIBD's 12)."""
-    calls = st.datasets.available().index
-    return [m.group(1) for m in (re.fullmatch(r'dlpfc\("(\w+)"\)', c) for c in calls) if m]
-
-
-DLPFC_SAMPLES = tuple(_dlpfc_samples())
+# The DLPFC sections storm_sc's dataset registry knows (spatialLIBD's 12).
+DLPFC_SAMPLES = tuple(dlpfc_samples())
 # The section the tables of the benchmarks page were measured on (the one in the data folder here).
 DLPFC_DEFAULT = "151675"
 DATASETS = {

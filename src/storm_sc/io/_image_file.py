@@ -49,10 +49,6 @@ class _DecodedCache:
         with self._lock:
             return list(self._items)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
 
 DECODED = _DecodedCache()
 
