@@ -137,3 +137,49 @@ def test_border_observations_warn_only(storm_log):
     assert (si.centers_px[:, 0] < 0).sum() == 2
     assert "2 of 50 observations" in storm_log.text
     assert "lie outside image" in storm_log.text
+
+
+def _with_alpha(sdata, alpha: np.ndarray | None = None, *, colour: np.ndarray | None = None):
+    """The same slide with its H&E replaced by an RGBA version (``colour`` instead of its RGB when given)."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+    from xarray import DataTree
+
+    he = sdata.images["he"]
+    rgb = full_res(he).values if colour is None else colour
+    a = np.full(rgb.shape[1:], 255, np.uint8) if alpha is None else alpha
+    sdata.images["he"] = Image2DModel.parse(
+        np.concatenate([rgb, a[None]]),
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b", "a"],
+        scale_factors=[2, 2] if isinstance(he, DataTree) else None,
+        transformations=get_transformation(he, get_all=True),
+    )
+    return sdata
+
+
+@pytest.mark.parametrize("multiscale", [False, True], ids=["single", "multiscale"])
+def test_rgba_he_is_chosen_and_read_as_its_rgb(multiscale):
+    """A PNG export with an alpha channel is an H&E like its RGB: chosen without image_key, same patches."""
+    sdata, _ = aligned_sdata(n_obs=20, multiscale=multiscale, seed=4)
+    rgb = st.pp.patch_dataset(st.io.resolve(sdata, mpp=1.0), patch_um=16.0, patch_px=8)
+    sdata = _with_alpha(sdata)
+    si = st.io.resolve(sdata, mpp=1.0)
+    assert si.image_key == "he"
+    rgba = st.pp.patch_dataset(si, patch_um=16.0, patch_px=8)
+    for i in range(si.n_obs):
+        np.testing.assert_array_equal(rgba[i]["image"].numpy(), rgb[i]["image"].numpy())
+
+
+@pytest.mark.parametrize("blank", ["constant", "transparent"])
+def test_blank_rgba_is_not_taken_for_he(blank):
+    """A placeholder RGBA image (one colour, or fully transparent) is not an H&E: the slide reads expression-only
+    when it holds no other image candidate, with the message naming `image_key=`."""
+    sdata, _ = aligned_sdata(n_obs=20, seed=5)
+    shape = full_res(sdata.images["he"]).shape
+    if blank == "constant":
+        sdata = _with_alpha(sdata, colour=np.zeros(shape, np.uint8))
+    else:
+        sdata = _with_alpha(sdata, alpha=np.zeros(shape[1:], np.uint8))
+    with pytest.raises(ValueError, match=r"No H&E image .*'he' \(4 channel\(s\), uint8.*Pass `image_key=`"):
+        st.io.resolve(sdata, mpp=1.0)

@@ -9,6 +9,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_LAYER, OBS_ORGANOID
 from storm_sc._settings import logger, settings
+from storm_sc.io._elements import is_blank
 
 from ._fetch import fetch, fetch_all, file_url, is_local, registered
 
@@ -225,9 +226,7 @@ def visium_heart(*, verbose: bool | None = None) -> SpatialData:
     dataset_id = "V1_Human_Heart"
     sdata = _read_visium(_HEART_ROOT, dataset_id)
     for key in list(sdata.images):
-        element = sdata.images[key]
-        rgb = element.sel(c=element.coords["c"].values[:3]) if "c" in element.dims else element
-        if int(rgb.max().compute()) == 0:
+        if is_blank(sdata.images[key]):
             logger.info("visium_heart: dropping the blank image %r", key)
             del sdata.images[key]
     return sdata

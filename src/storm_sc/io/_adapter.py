@@ -16,7 +16,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import ATTRS_STORM
 
-from ._elements import describe_image, describe_images, element_of, is_rgb, shared_coordinate_systems
+from ._elements import describe_image, describe_images, element_of, is_brightfield, shared_coordinate_systems
 
 #: A user's ``mpp=`` may differ this much (either way) from the scale the data state before it is refused.
 MAX_SCALE_RATIO = 2.0
@@ -129,14 +129,14 @@ class PlatformAdapter:
     def choose_image(self, slide: Slide) -> str | None:
         """Key of the H&E image when the user did not name one; ``None`` for expression-only data."""
         candidates = self.candidate_images(slide)
-        rgb = [k for k in candidates if is_rgb(slide.sdata.images[k])]
+        rgb = [k for k in candidates if is_brightfield(slide.sdata.images[k])]
         if len(rgb) == 1:
             return rgb[0]
         if not slide.sdata.images:
             return None
         if not rgb:
             raise ValueError(
-                "No H&E image (3 channels, uint8) shares a coordinate system with the table's elements "
+                "No H&E image (uint8 RGB, or RGBA that is not blank) shares a coordinate system with the table's elements "
                 f"{list(slide.regions)}. Images found: {describe_images(slide.sdata)}. "
                 "Pass `image_key=` to use one of them anyway."
             )

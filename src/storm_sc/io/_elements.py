@@ -35,10 +35,44 @@ def image_size(element: DataArray | DataTree) -> tuple[int, int]:
     return int(arr.sizes["x"]), int(arr.sizes["y"])
 
 
-def is_rgb(element: DataArray | DataTree) -> bool:
-    """Whether a raster element looks like a bright-field (H&E) image: 3 channels of 8-bit values."""
+def coarsest(element: DataArray | DataTree) -> DataArray:
+    """Return the lowest-resolution level of a raster element (the element itself when it has one level)."""
+    if isinstance(element, DataTree):
+        levels = [next(iter(element[name].values())) for name in element.children]
+        return min(levels, key=lambda level: level.sizes["x"])
+    return element
+
+
+# Side of the sample the blank check reads: enough to see tissue, small enough to read from any level.
+_BLANK_CHECK_SIDE = 512
+
+
+def is_blank(element: DataArray | DataTree) -> bool:
+    """Whether a colour image shows nothing: its colour channels constant, or fully transparent (alpha all 0).
+
+    Reads a strided sample of the coarsest level only, so it is cheap even for a whole-slide image.
+    """
+    arr = coarsest(element)
+    step_y = max(1, arr.sizes["y"] // _BLANK_CHECK_SIDE)
+    step_x = max(1, arr.sizes["x"] // _BLANK_CHECK_SIDE)
+    sample = np.asarray(arr.isel(y=slice(None, None, step_y), x=slice(None, None, step_x)).transpose("c", "y", "x"))
+    if sample.shape[0] == 4 and not sample[3].any():
+        return True
+    colour = sample[:3]
+    return bool(colour.min() == colour.max())
+
+
+def is_brightfield(element: DataArray | DataTree) -> bool:
+    """Whether a raster element looks like a bright-field (H&E) image: 8-bit RGB, or RGBA that is not blank.
+
+    RGBA is what PNG exports with an alpha channel give (alpha carries no stain information and is dropped when
+    patches are read); a blank RGBA placeholder (e.g. the black ``hires`` image of scanpy's Visium fixture) is not
+    taken for an H&E. RGB images are taken as they are, without reading their pixels.
+    """
     arr = full_res(element)
-    return "c" in arr.dims and arr.sizes["c"] == 3 and arr.dtype == np.uint8
+    if "c" not in arr.dims or arr.dtype != np.uint8 or arr.sizes["c"] not in (3, 4):
+        return False
+    return arr.sizes["c"] == 3 or not is_blank(element)
 
 
 def describe_image(key: str, element: DataArray | DataTree) -> str:

@@ -217,7 +217,8 @@ def resolve(
         Table to use; required when the SpatialData holds several and the platform has no rule.
     image_key
         H&E image to use; by default the platform's H&E image (Visium: the highest resolution present; Xenium:
-        an aligned H&E image if any; CosMx: none, its images are immunofluorescence), else the only RGB image.
+        an aligned H&E image if any; CosMx: none, its images are immunofluorescence), else the only 8-bit RGB
+        image (or RGBA, its alpha ignored, unless it is blank).
         For an AnnData: ``"hires"`` or ``"lowres"``.
     mpp
         Microns per full-resolution pixel of the chosen image (per coordinate unit when there is no image).

@@ -16,7 +16,7 @@ from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES
 
-from ._elements import describe_images, full_res, image_size, is_rgb
+from ._elements import describe_images, full_res, image_size, is_brightfield
 
 # Side of the thumbnail the tissue is detected on: fine enough for tiles of ~100 um on any slide here.
 _THUMBNAIL_SIDE = 2048
@@ -52,7 +52,7 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
     """
     from storm_sc.wsi import detect_tissue
 
-    rgb = [key for key, element in sdata.images.items() if is_rgb(element)]
+    rgb = [key for key, element in sdata.images.items() if is_brightfield(element)]
     if image_key is None:
         if len(rgb) != 1:
             raise ValueError(

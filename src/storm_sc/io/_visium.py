@@ -18,7 +18,7 @@ from storm_sc._settings import logger
 from ._adapter import PhysicalScale, PlatformAdapter, Slide
 from ._elements import (
     affine_xy,
-    is_rgb,
+    is_brightfield,
     linear_scale,
     observation_size,
     pick_coordinate_system,
@@ -86,7 +86,7 @@ def finest_rgb_image(adapter: PlatformAdapter, slide: Slide) -> str | None:
     sizes: dict[str, float] = {}
     for key in adapter.candidate_images(slide):
         img = slide.sdata.images[key]
-        if not is_rgb(img) or any(tag in key.lower() for tag in _NOT_HE):
+        if not is_brightfield(img) or any(tag in key.lower() for tag in _NOT_HE):
             continue
         cs = pick_coordinate_system(shared_coordinate_systems([img, *regions]), regions, img)
         sizes[key] = linear_scale(affine_xy(img, cs)) / linear_scale(affine_xy(regions[0], cs))

@@ -12,7 +12,7 @@ from geopandas import GeoDataFrame
 from storm_sc._settings import logger
 
 from ._adapter import PhysicalScale, PlatformAdapter, RegionLink, Slide
-from ._elements import affine_xy, describe_images, is_rgb, linear_scale, shared_coordinate_systems
+from ._elements import affine_xy, describe_images, is_brightfield, linear_scale, shared_coordinate_systems
 
 # Elements that hold one geometry per cell, in order of preference, when the annotated one was not read
 # (e.g. ``spatialdata_io.xenium(..., cells_labels=False)`` while the table annotates ``cell_labels``).
@@ -77,7 +77,7 @@ class XeniumAdapter(PlatformAdapter):
         return None
 
     def choose_image(self, slide: Slide) -> str | None:
-        rgb = [k for k in self.candidate_images(slide) if is_rgb(slide.sdata.images[k])]
+        rgb = [k for k in self.candidate_images(slide) if is_brightfield(slide.sdata.images[k])]
         if len(rgb) == 1:
             return rgb[0]
         if len(rgb) > 1:
