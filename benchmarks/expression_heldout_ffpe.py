@@ -9,6 +9,8 @@ corpus (a kidney organoid and two lung organoids; the corpus holds two sections 
   (``model.fit_expression_readout``, what the model card tells users with paired slides to do);
 * ``ridge_stain_texture``: the hand-crafted stain/texture ridge of ``expression_her2st.py``, trained on the same two
   sections (penalty chosen by leave-one-section-out);
+* ``ridge_stain_texture_smoothed``: the same ridge, each spot's prediction mixed once with its 6 nearest spots' mean
+  (``storm_domains``' smoothing rule; the spatial context STORM's readout reads through its niche inputs);
 * ``storm_scratch``: STORM with the reference's architecture (``storm-tiny``, 64 px patches of 112 um) trained from
   scratch on the same two sections (``st.training.pretrain``; ``--no-storm-scratch`` leaves it out);
 * ``mean``: the training mean of each gene (scored 0).
@@ -48,6 +50,7 @@ from benchmarks._data_dir import default_data_dir, offline_data  # noqa: E402
 from benchmarks._metrics import interval_calibration, pearson_per_gene  # noqa: E402
 from benchmarks._report import outputs_in_the_way, publish  # noqa: E402
 from benchmarks._ridge import fit_ridge  # noqa: E402
+from benchmarks._spatial_smoothing import smooth_over_neighbours  # noqa: E402
 from benchmarks._splits import inner_groups  # noqa: E402
 from benchmarks._targets import log1p_normalised  # noqa: E402
 from storm_sc.pp._expression import TARGET_SUM  # noqa: E402
@@ -66,7 +69,15 @@ MIN_DETECTION = 0.05
 # The stain/texture ridge as in expression_her2st.py: fields of 55, 110 and 220 um, filters at 1 um/px.
 FIELDS_UM = (55.0, 110.0, 220.0)
 WORK_MPP = 1.0
-METHODS = ("readout", "readout_refit", "storm_scratch", "ridge_stain_texture", "mean", "head")
+METHODS = (
+    "readout",
+    "readout_refit",
+    "storm_scratch",
+    "ridge_stain_texture",
+    "ridge_stain_texture_smoothed",
+    "mean",
+    "head",
+)
 CALIBRATION = ("coverage_95", "within_1sd", "sd_over_rmse")
 
 logger = logging.getLogger("storm_sc.benchmarks")
@@ -93,7 +104,7 @@ class FfpeSection:
     expr: pd.DataFrame
     detection: pd.Series
     features: pd.DataFrame
-    x_um: np.ndarray
+    xy_um: np.ndarray
 
 
 def load_section(name: str) -> FfpeSection:
@@ -114,7 +125,7 @@ def prepare_section(name: str, sdata: Any) -> FfpeSection:
         windows.transpose(0, 2, 3, 1), work_mpp=max(FIELDS_UM) / side, fields_um=FIELDS_UM, verbose=False
     )
     logger.info("%s: %d spots, %d genes", name, table.n_obs, table.n_vars)
-    return FfpeSection(name, sdata, expr, detection, features, np.asarray(si.centers_um)[:, 0])
+    return FfpeSection(name, sdata, expr, detection, features, np.asarray(si.centers_um))
 
 
 def readout_genes(model: st.models.StormModel) -> set[str]:
@@ -179,7 +190,7 @@ def score_section(
     y_train = np.vstack([s.expr[genes].to_numpy(dtype=np.float64) for s in train])
     x_train = np.vstack([s.features.to_numpy() for s in train])
     groups = inner_groups(
-        np.concatenate([[s.name] * len(s.expr) for s in train]), np.concatenate([s.x_um for s in train])
+        np.concatenate([[s.name] * len(s.expr) for s in train]), np.concatenate([s.xy_um[:, 0] for s in train])
     )
     ridge, alpha = fit_ridge(x_train, y_train, groups)
     # One head prediction for both gene sets: each call embeds the whole section again.
@@ -192,6 +203,7 @@ def score_section(
     predictions = {
         **{method: mean for method, (mean, _) in storm.items()},
         "ridge_stain_texture": ridge.predict(held.features.to_numpy()),
+        "ridge_stain_texture_smoothed": smooth_over_neighbours(ridge.predict(held.features.to_numpy()), held.xy_um),
         "mean": np.broadcast_to(y_train.mean(axis=0), truth.shape),
         "head": head[:, : len(genes)],
     }
@@ -206,7 +218,7 @@ def score_section(
             "mean_r": float(np.nanmean(r)), "median_r": float(np.nanmedian(r)),
             "trained_on": "corpus" if method in ("readout", "head") else "+".join(s.name for s in train),
             "storm_epochs": scratch.manifest.get("run", {}).get("epochs") if method == "storm_scratch" else np.nan,
-            "ridge_alpha": alpha if method == "ridge_stain_texture" else np.nan,
+            "ridge_alpha": alpha if method.startswith("ridge_stain_texture") else np.nan,
             **{k: calibration.get(k, np.nan) for k in CALIBRATION},
         })  # fmt: skip
     if others:

@@ -222,6 +222,21 @@ def test_ridge_recovers_signal_and_picks_penalty_from_training_groups():
         fit_ridge(x, y, np.zeros(n))
 
 
+def test_prediction_smoothing_mixes_each_spot_with_its_nearest_spots():
+    from benchmarks._spatial_smoothing import smooth_over_neighbours
+
+    rng = np.random.default_rng(0)
+    xy = np.array([[x * 100.0, y * 100.0] for x in range(5) for y in range(5)])  # index = 5 x + y
+    values = rng.normal(size=(25, 3))
+    out = smooth_over_neighbours(values, xy, n_neighs=4)
+    # the centre spot (2, 2): half its own value, half the mean of its four lattice neighbours
+    np.testing.assert_allclose(out[12], 0.5 * values[12] + 0.5 * values[[7, 17, 11, 13]].mean(axis=0))
+    np.testing.assert_allclose(smooth_over_neighbours(np.ones((25, 2)), xy), 1.0)  # a constant stays
+    np.testing.assert_array_equal(smooth_over_neighbours(values, xy, steps=0), values)
+    with pytest.raises(ValueError, match="xy_um"):
+        smooth_over_neighbours(values, xy[:, :1])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The whole benchmark on generated slides of two patients
 # --------------------------------------------------------------------------------------------------------------------
@@ -294,6 +309,11 @@ def test_benchmark_runs_both_schemes_on_two_generated_patients(tmp_path, monkeyp
     stain = folds[(folds["method"] == "ridge_stain_texture") & (folds["gene_set"] == "histogene")]
     assert stain["mean_pearson"].mean() > 0.3
     assert (folds.loc[folds["method"] == "mean", "mean_pearson"] == 0).all()
+    # the smoothed ridge reuses the ridge's fit (same penalty) and differs only by its spatial smoothing
+    smoothed = folds[(folds["method"] == "ridge_stain_texture_smoothed") & (folds["gene_set"] == "histogene")]
+    assert len(smoothed) == len(stain)
+    np.testing.assert_array_equal(smoothed["ridge_alpha"].to_numpy(), stain["ridge_alpha"].to_numpy())
+    assert not np.allclose(smoothed["mean_pearson"].to_numpy(), stain["mean_pearson"].to_numpy())
     with pytest.raises(SystemExit, match="exists"):
         main(args)
 

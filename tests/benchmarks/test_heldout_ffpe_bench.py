@@ -23,7 +23,7 @@ def test_summary_table_puts_methods_in_rows_and_sections_in_columns():
         [
             {"section": s, "genes": g, "method": m, "n_genes": n, "mean_r": r}
             for s, n in (("A", 10), ("B", 20))
-            for m, r in zip(bench.METHODS, (0.1, 0.2, 0.25, 0.3, 0.0, -0.1), strict=True)
+            for m, r in zip(bench.METHODS, (0.1, 0.2, 0.25, 0.3, 0.35, 0.0, -0.1), strict=True)
             for g in ("every readout's genes", "other detected genes")
             if g.startswith("every") or m == "head"
         ]
