@@ -331,3 +331,41 @@ def test_storm_patch_size_option_sets_the_architecture_and_is_validated(tmp_path
     (tmp_path / "her2st").mkdir()
     with pytest.raises(SystemExit, match="--storm-patch-px must be at least 8"):
         main(["--data-dir", str(tmp_path), "--storm-config", "storm-tiny", "--storm-patch-px", "4"])
+
+
+@pytest.mark.slow
+def test_storm_rows_share_one_trained_network_per_split(tmp_path, monkeypatch):
+    """STORM trained once per split; its per-gene-set readout and its head reuse that network, and the per-set
+    readout is fitted on the scored genes only (one model per gene set, the trained one left as it was)."""
+    import storm_sc as st
+    from benchmarks import expression_her2st as bench
+
+    rng = np.random.default_rng(1)
+    data_dir = tmp_path / "data"
+    for section in ("A1", "A2", "A3"):
+        _write_section(data_dir, section, rng, grid=4, n_genes=60)
+    np.save(data_dir / "her2st" / "her_hvg_cut_1000_from_HisToGene.npy", np.array(["G0", "G1", "G25"]))
+    monkeypatch.setattr(st.settings, "_data_dir", st.settings._data_dir)
+    st.settings.data_dir = data_dir
+    timer = bench.Timer()
+    sections = {
+        s: bench.load_section(s, data_dir=data_dir, fields_um=(55,), work_mpp=1.0, thumb_um=110, thumb_px=8,
+                              keep_sdata=True, timer=timer)
+        for s in ("A1", "A2", "A3")
+    }  # fmt: skip
+    storm = bench.StormMethod(config="storm-tiny", max_epochs=1, seed=0, patch_px=16)
+    per_set, head = bench.StormPerSetMethod(storm), bench.StormHeadMethod(storm)
+    genes = [f"G{i}" for i in range(60)]
+    folds = bench.run_splits(
+        bench.within_patient_splits(["A1", "A2", "A3"])[:1], sections, [storm, per_set, head],
+        genes=genes, panel=["G0", "G1", "G25"], timer=timer,
+    )  # fmt: skip
+    assert set(folds["method"]) == {"storm", "storm_readout_per_set", "storm_head"}
+    assert head.model is storm.model
+    trained_genes = set(storm.model.readout.gene_ids.tolist())
+    for set_name, set_genes in storm.gene_sets.items():
+        model = per_set.models[set_name]
+        assert model is not storm.model and model.readout is not storm.model.readout
+        assert set(np.asarray(model.vocabulary.symbols)[model.readout.gene_ids]) <= set(set_genes)
+    assert set(storm.model.readout.gene_ids.tolist()) == trained_genes
+    assert np.isfinite(folds["mean_pearson"]).all()
