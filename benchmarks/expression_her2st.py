@@ -436,47 +436,52 @@ class StormMethod(Method):
         return {"storm_epochs": self.run.get("epochs"), "storm_best_epoch": self.run.get("best_epoch")}
 
 
-class StormHeadMethod(StormMethod):
-    """The same trained STORM model as :class:`StormMethod`, predicting with its network head instead of its readout.
+class _SameNetwork(StormMethod):
+    """A row reusing the network that a :class:`StormMethod` trained for the split.
 
-    It must follow that method in the list of methods: it reuses the model trained for the split.
+    It must follow that method in the list of methods.
     """
 
-    name = "storm_head"
-    source = "head"
+    summary = ""
 
     def __init__(self, trained: StormMethod) -> None:
         self.trained = trained
         self.target_sum, self.mse_comparable = trained.target_sum, trained.mse_comparable
-        self.description = "the same model, network prediction head"
+        self.description = self.summary
 
     def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
         self.model, self.gene_sets, self.run = self.trained.model, self.trained.gene_sets, self.trained.run
 
 
-class StormPerSetMethod(StormMethod):
+class StormHeadMethod(_SameNetwork):
+    """The same trained STORM model as :class:`StormMethod`, predicting with its network head instead of its readout."""
+
+    name = "storm_head"
+    source = "head"
+    summary = "the same model, network prediction head"
+
+
+class StormPerSetMethod(_SameNetwork):
     """The same trained STORM network as :class:`StormMethod`, its readout refitted for each scored gene set alone.
 
     The readout that training fits covers every gene of the vocabulary, its penalties chosen per stratum of gene
     variance over all of them; the ridge baselines fit each scored gene set on its own with a penalty chosen for
     it. This row puts STORM on the same footing: ``model.fit_expression_readout(training sections, genes=set)``
     with its defaults (one penalty for a set of 50 genes), what a user with paired slides does for the genes they
-    study. It must follow that method in the list of methods: it reuses the model trained for the split.
+    study.
     """
 
     name = "storm_readout_per_set"
-
-    def __init__(self, trained: StormMethod) -> None:
-        self.trained = trained
-        self.target_sum, self.mse_comparable = trained.target_sum, trained.mse_comparable
-        self.description = "the same network, its readout refitted on the training sections for each gene set"
+    summary = "the same network, its readout refitted on the training sections for each gene set"
 
     def fit(self, train: list[Section], gene_sets: dict[str, list[str]]) -> None:
-        self.gene_sets, self.run = self.trained.gene_sets, self.trained.run
-        self.models = {}
-        for set_name, genes in gene_sets.items():
-            model = copy.deepcopy(self.trained.model)
-            self.models[set_name] = model.fit_expression_readout([s.sdata for s in train], genes=genes, verbose=False)
+        super().fit(train, gene_sets)
+        self.models = {
+            set_name: copy.deepcopy(self.trained.model).fit_expression_readout(
+                [s.sdata for s in train], genes=genes, verbose=False
+            )
+            for set_name, genes in gene_sets.items()
+        }
 
     def predict(self, section: Section, gene_set: str) -> np.ndarray:
         self.model = self.models[gene_set]
