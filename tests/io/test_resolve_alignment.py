@@ -158,12 +158,16 @@ def _with_alpha(sdata, alpha: np.ndarray | None = None, *, colour: np.ndarray | 
     return sdata
 
 
+@pytest.mark.parametrize("margin", [0, 20], ids=["opaque", "transparent_margin"])
 @pytest.mark.parametrize("multiscale", [False, True], ids=["single", "multiscale"])
-def test_rgba_he_is_chosen_and_read_as_its_rgb(multiscale):
+def test_rgba_he_is_chosen_and_read_as_its_rgb(multiscale, margin):
     """A PNG export with an alpha channel is an H&E like its RGB: chosen without image_key, same patches."""
     sdata, _ = aligned_sdata(n_obs=20, multiscale=multiscale, seed=4)
     rgb = st.pp.patch_dataset(st.io.resolve(sdata, mpp=1.0), patch_um=16.0, patch_px=8)
-    sdata = _with_alpha(sdata)
+    alpha = np.full(full_res(sdata.images["he"]).shape[1:], 255, np.uint8)
+    if margin:
+        alpha[:margin] = alpha[:, :margin] = 0  # transparent background around the tissue
+    sdata = _with_alpha(sdata, alpha)
     si = st.io.resolve(sdata, mpp=1.0)
     assert si.image_key == "he"
     rgba = st.pp.patch_dataset(si, patch_um=16.0, patch_px=8)
@@ -171,15 +175,18 @@ def test_rgba_he_is_chosen_and_read_as_its_rgb(multiscale):
         np.testing.assert_array_equal(rgba[i]["image"].numpy(), rgb[i]["image"].numpy())
 
 
-@pytest.mark.parametrize("blank", ["constant", "transparent"])
-def test_blank_rgba_is_not_taken_for_he(blank):
-    """A placeholder RGBA image (one colour, or fully transparent) is not an H&E: the slide reads expression-only
-    when it holds no other image candidate, with the message naming `image_key=`."""
+@pytest.mark.parametrize("case", ["constant", "transparent", "four_fluorescence_channels"])
+def test_blank_rgba_or_channel_stack_is_not_taken_for_he(case):
+    """A placeholder RGBA image (one colour, or fully transparent) is not an H&E, nor is a 4-channel 8-bit stack
+    whose fourth channel is not an opacity mask: the message names `image_key=`."""
     sdata, _ = aligned_sdata(n_obs=20, seed=5)
     shape = full_res(sdata.images["he"]).shape
-    if blank == "constant":
+    if case == "constant":
         sdata = _with_alpha(sdata, colour=np.zeros(shape, np.uint8))
-    else:
+    elif case == "transparent":
         sdata = _with_alpha(sdata, alpha=np.zeros(shape[1:], np.uint8))
+    else:
+        signal = np.random.default_rng(0).integers(0, 256, shape[1:], dtype=np.uint8)
+        sdata = _with_alpha(sdata, alpha=signal)
     with pytest.raises(ValueError, match=r"No H&E image .*'he' \(4 channel\(s\), uint8.*Pass `image_key=`"):
         st.io.resolve(sdata, mpp=1.0)

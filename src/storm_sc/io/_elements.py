@@ -43,8 +43,25 @@ def coarsest(element: DataArray | DataTree) -> DataArray:
     return element
 
 
-# Side of the sample the blank check reads: enough to see tissue, small enough to read from any level.
-_BLANK_CHECK_SIDE = 512
+# Side of the sample the pixel checks read: enough to see tissue, small enough to read from any level.
+_CHECK_SIDE = 512
+# Share of a fourth channel's sampled pixels at 0 or 255 for it to be taken as an alpha (opacity) mask.
+_ALPHA_SHARE = 0.99
+
+
+def _pixel_sample(element: DataArray | DataTree) -> np.ndarray:
+    """``(c, y, x)`` strided sample of about ``_CHECK_SIDE`` pixels a side from the coarsest level (cheap always)."""
+    arr = coarsest(element)
+    step_y = max(1, arr.sizes["y"] // _CHECK_SIDE)
+    step_x = max(1, arr.sizes["x"] // _CHECK_SIDE)
+    return np.asarray(arr.isel(y=slice(None, None, step_y), x=slice(None, None, step_x)).transpose("c", "y", "x"))
+
+
+def _blank(sample: np.ndarray) -> bool:
+    if sample.shape[0] == 4 and not sample[3].any():
+        return True
+    colour = sample[:3]
+    return bool(colour.min() == colour.max())
 
 
 def is_blank(element: DataArray | DataTree) -> bool:
@@ -52,27 +69,24 @@ def is_blank(element: DataArray | DataTree) -> bool:
 
     Reads a strided sample of the coarsest level only, so it is cheap even for a whole-slide image.
     """
-    arr = coarsest(element)
-    step_y = max(1, arr.sizes["y"] // _BLANK_CHECK_SIDE)
-    step_x = max(1, arr.sizes["x"] // _BLANK_CHECK_SIDE)
-    sample = np.asarray(arr.isel(y=slice(None, None, step_y), x=slice(None, None, step_x)).transpose("c", "y", "x"))
-    if sample.shape[0] == 4 and not sample[3].any():
-        return True
-    colour = sample[:3]
-    return bool(colour.min() == colour.max())
+    return _blank(_pixel_sample(element))
 
 
 def is_brightfield(element: DataArray | DataTree) -> bool:
     """Whether a raster element looks like a bright-field (H&E) image: 8-bit RGB, or RGBA that is not blank.
 
     RGBA is what PNG exports with an alpha channel give (alpha carries no stain information and is dropped when
-    patches are read); a blank RGBA placeholder (e.g. the black ``hires`` image of scanpy's Visium fixture) is not
-    taken for an H&E. RGB images are taken as they are, without reading their pixels.
+    patches are read). A fourth channel counts as alpha only when it is (nearly) all 0 or 255, so that a stack of
+    four 8-bit fluorescence channels is not taken for an H&E; a blank RGBA placeholder (e.g. the black ``hires``
+    image of scanpy's Visium fixture) is not either. RGB images are taken as they are, without reading their pixels.
     """
     arr = full_res(element)
     if "c" not in arr.dims or arr.dtype != np.uint8 or arr.sizes["c"] not in (3, 4):
         return False
-    return arr.sizes["c"] == 3 or not is_blank(element)
+    if arr.sizes["c"] == 3:
+        return True
+    sample = _pixel_sample(element)
+    return bool(np.isin(sample[3], (0, 255)).mean() >= _ALPHA_SHARE) and not _blank(sample)
 
 
 def describe_image(key: str, element: DataArray | DataTree) -> str:
