@@ -200,10 +200,11 @@ def score_section(
         "readout_refit": _predict(held, refit, genes, "auto", "p_refit"),
         **({} if scratch is None else {"storm_scratch": _predict(held, scratch, genes, "auto", "p_scratch")}),
     }
+    ridge_pred = ridge.predict(held.features.to_numpy())
     predictions = {
         **{method: mean for method, (mean, _) in storm.items()},
-        "ridge_stain_texture": ridge.predict(held.features.to_numpy()),
-        "ridge_stain_texture_smoothed": smooth_over_neighbours(ridge.predict(held.features.to_numpy()), held.xy_um),
+        "ridge_stain_texture": ridge_pred,
+        "ridge_stain_texture_smoothed": smooth_over_neighbours(ridge_pred, held.xy_um),
         "mean": np.broadcast_to(y_train.mean(axis=0), truth.shape),
         "head": head[:, : len(genes)],
     }

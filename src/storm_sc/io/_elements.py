@@ -35,12 +35,16 @@ def image_size(element: DataArray | DataTree) -> tuple[int, int]:
     return int(arr.sizes["x"]), int(arr.sizes["y"])
 
 
+def levels(element: DataArray | DataTree) -> list[DataArray]:
+    """Every stored resolution level of a raster element (the element itself when it has one level)."""
+    if isinstance(element, DataTree):
+        return [next(iter(element[name].values())) for name in element.children]
+    return [element]
+
+
 def coarsest(element: DataArray | DataTree) -> DataArray:
     """Return the lowest-resolution level of a raster element (the element itself when it has one level)."""
-    if isinstance(element, DataTree):
-        levels = [next(iter(element[name].values())) for name in element.children]
-        return min(levels, key=lambda level: level.sizes["x"])
-    return element
+    return min(levels(element), key=lambda level: level.sizes["x"])
 
 
 # Side of the sample the pixel checks read: enough to see tissue, small enough to read from any level.

@@ -16,7 +16,7 @@ from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES
 
-from ._elements import describe_images, full_res, image_size, is_brightfield
+from ._elements import describe_images, image_size, is_brightfield, levels
 
 # Side of the thumbnail the tissue is detected on: fine enough for tiles of ~100 um on any slide here.
 _THUMBNAIL_SIDE = 2048
@@ -117,12 +117,10 @@ def _thumbnail(element: DataArray | DataTree) -> tuple[np.ndarray, float]:
     Read from the coarsest stored pyramid level that is still at least that large: striding through the full
     resolution of a whole-slide image would read all of it.
     """
-    levels = [full_res(element)]
-    if isinstance(element, DataTree):
-        levels = [next(iter(element[name].values())) for name in element.children]
-    full_width = max(int(level.sizes["x"]) for level in levels)
-    big_enough = [lv for lv in levels if max(lv.sizes["x"], lv.sizes["y"]) >= _THUMBNAIL_SIDE]
-    level = min(big_enough, key=lambda lv: lv.sizes["x"]) if big_enough else max(levels, key=lambda lv: lv.sizes["x"])
+    stored = levels(element)
+    full_width = max(int(level.sizes["x"]) for level in stored)
+    big_enough = [lv for lv in stored if max(lv.sizes["x"], lv.sizes["y"]) >= _THUMBNAIL_SIDE]
+    level = min(big_enough, key=lambda lv: lv.sizes["x"]) if big_enough else max(stored, key=lambda lv: lv.sizes["x"])
     stride = max(1, math.ceil(max(level.sizes["x"], level.sizes["y"]) / _THUMBNAIL_SIDE))
     pixels = np.asarray(level.data[:3, ::stride, ::stride]).transpose(1, 2, 0)
     return np.ascontiguousarray(pixels, dtype=np.uint8), full_width / int(level.sizes["x"]) * stride
