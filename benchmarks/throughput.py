@@ -134,6 +134,7 @@ def measure(fn: Callable[[], Any], *, trace_python: bool) -> Measurement:
 
     Examples
     --------
+    >>> import numpy as np
     >>> m = measure(lambda: np.ones(10**6), trace_python=True)
     >>> m.python_peak_mib > 7
     True
