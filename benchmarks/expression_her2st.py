@@ -73,6 +73,8 @@ REFERENCE_PATCH_PX = 64
 QUICK_SECTIONS = 2
 N_HVG = 50
 NA_ONE_PATIENT = "n/a (only one patient with images)"
+NA_LEFT_OUT = "n/a (left out by --schemes)"
+SCHEMES = ("within", "across")
 GENE_SETS = ("hvg50", "histogene")
 
 
@@ -664,7 +666,7 @@ def summary_table(
     metric: str,
     n_panel: int,
     n_panel_present: int,
-    across_possible: bool,
+    not_run: dict[str, str] | None = None,
     timer: Timer | None = None,
 ) -> pd.DataFrame:
     """Mean ± standard deviation over held-out sections of one metric, per method, scheme and gene set.
@@ -679,8 +681,9 @@ def summary_table(
         Column of ``per_fold`` to summarise (``"mean_pearson"`` or ``"mean_mse"``).
     n_panel, n_panel_present
         Size of the HisToGene panel and how many of its genes are measured.
-    across_possible
-        Whether leave-one-patient-out was run; otherwise its columns say why not.
+    not_run
+        Schemes (``"within_patient"``, ``"across_patient"``) that were not run, each with the reason its columns
+        show instead of numbers.
     timer
         Adds a CPU-seconds column when given.
 
@@ -698,8 +701,8 @@ def summary_table(
         for scheme, scheme_label in (("within_patient", "within-patient"), ("across_patient", "across-patient")):
             for gene_set in GENE_SETS:
                 col = f"{scheme_label}: {labels[gene_set]}"
-                if scheme == "across_patient" and not across_possible:
-                    row[col] = NA_ONE_PATIENT
+                if scheme in (not_run or {}):
+                    row[col] = not_run[scheme]
                     continue
                 sel = per_fold[
                     (per_fold["method"] == method.name)
@@ -730,6 +733,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sections", nargs="+", default=None, help="section ids (default: every section with an image)"
     )
     parser.add_argument("--quick", action="store_true", help=f"smoke run on the first {QUICK_SECTIONS} sections")
+    parser.add_argument(
+        "--schemes",
+        nargs="+",
+        choices=SCHEMES,
+        default=list(SCHEMES),
+        help="splits to run: leave one section out within a patient, leave one patient out (default: both)",
+    )
     parser.add_argument(
         "--fields-um",
         nargs="+",
@@ -826,12 +836,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(sections) < 2:
         raise SystemExit(f"need at least two sections with images to hold one out; got {sections}.")
     fields_um = tuple(args.fields_um)
-    splits_within = within_patient_splits(sections)
-    splits_across = across_patient_splits(sections)
+    splits_within = within_patient_splits(sections) if "within" in args.schemes else []
+    splits_across = across_patient_splits(sections) if "across" in args.schemes else []
     if not splits_within and not splits_across:
         raise SystemExit(
-            f"no split possible with sections {sections}: each patient needs two sections, or give two patients."
+            f"no {' or '.join(args.schemes)}-patient split possible with sections {sections}: a within-patient split "
+            "needs a patient with two sections, an across-patient split two patients."
         )
+    not_run = {}
+    for scheme, splits in (("within", splits_within), ("across", splits_across)):
+        if scheme not in args.schemes:
+            not_run[f"{scheme}_patient"] = NA_LEFT_OUT
+        elif not splits:
+            not_run[f"{scheme}_patient"] = (
+                NA_ONE_PATIENT if scheme == "across" else "n/a (no patient with two sections)"
+            )
+
     panel = load_panel(data_dir)
     # storm_sc's dataset loaders read their files from settings.data_dir.
     st.settings.data_dir = data_dir
@@ -874,7 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = {
         "n_panel": len(set(panel)),
         "n_panel_present": n_present,
-        "across_possible": bool(splits_across),
+        "not_run": not_run,
     }
     pearson = summary_table(per_fold, methods, metric="mean_pearson", timer=timer, **common)
     mse = summary_table(per_fold, methods, metric="mean_mse", **common)

@@ -333,6 +333,29 @@ def test_storm_patch_size_option_sets_the_architecture_and_is_validated(tmp_path
         main(["--data-dir", str(tmp_path), "--storm-config", "storm-tiny", "--storm-patch-px", "4"])
 
 
+def test_schemes_option_runs_only_the_splits_asked_for(tmp_path, monkeypatch, capsys):
+    import storm_sc as st
+    from benchmarks.expression_her2st import NA_LEFT_OUT, _parse_args, main
+
+    assert _parse_args([]).schemes == ["within", "across"]
+    rng = np.random.default_rng(0)
+    data_dir = tmp_path / "data"
+    for section in ("A1", "B1", "B2"):
+        _write_section(data_dir, section, rng, grid=4)
+    np.save(data_dir / "her2st" / "her_hvg_cut_1000_from_HisToGene.npy", np.array(["G0", "G1"]))
+    monkeypatch.setattr(st.settings, "_data_dir", st.settings._data_dir)  # main() points it at --data-dir
+    # one section per patient: no within-patient split, said before any section is read
+    with pytest.raises(SystemExit, match="no within-patient split possible"):
+        main(["--data-dir", str(data_dir), "--sections", "A1", "B1", "--schemes", "within", "--no-storm"])
+    out = tmp_path / "across.csv"
+    args = ["--data-dir", str(data_dir), "--schemes", "across", "--no-storm", "--fields-um", "55", "--out", str(out)]
+    assert main(args) == 0
+    assert set(pd.read_csv(out)["scheme"]) == {"across_patient"}
+    printed = capsys.readouterr().out
+    assert "(0 within-patient folds, 2 across-patient folds)" in printed
+    assert NA_LEFT_OUT in printed
+
+
 @pytest.mark.slow
 def test_storm_rows_share_one_trained_network_per_split(tmp_path, monkeypatch):
     """STORM trained once per split; its per-gene-set readout and its head reuse that network, and the per-set
