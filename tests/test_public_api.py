@@ -28,6 +28,8 @@ def test_listed_in_api_md(sub, name, obj):
 def test_documented_with_example(sub, name, obj):
     doc = inspect.getdoc(obj) or ""
     assert doc, f"st.{sub}.{name} has no docstring"
+    if inspect.isclass(obj):
+        assert "Examples" in doc, f"st.{sub}.{name} has no Examples section"
     if inspect.isfunction(obj):
         assert "Examples" in doc, f"st.{sub}.{name} has no Examples section"
         assert "Parameters" in doc or not inspect.signature(obj).parameters, f"st.{sub}.{name} lacks Parameters"

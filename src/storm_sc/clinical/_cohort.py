@@ -30,6 +30,28 @@ class Cohort:
         Indexed by patient id: ``response`` (0/1) or ``time`` and ``event`` (0/1), and the baseline columns.
     baseline
         Names of the clinical baseline columns.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np, pandas as pd
+    >>> from PIL import Image
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> paths = {f"s{i}": f"{tmp.name}/s{i}.png" for i in range(4)}
+    >>> for i, path in enumerate(paths.values()):
+    ...     rgb = np.full((256, 256, 3), 240, np.uint8)  # glass
+    ...     rgb[64:192, 64:192] = (180, 90, 160) if i % 2 else (230, 150, 190)  # purple or pink tissue
+    ...     Image.fromarray(rgb).save(path)
+    >>> model = st.models.StormModel("storm-tiny", ["GFAP", "MBP"], seed=0)
+    >>> feats = st.tl.slide_features(paths, model, out_dir=f"{tmp.name}/features", mpp=1.75, device="cpu",
+    ...                              verbose=False)
+    >>> cohort = pd.DataFrame({"slide_id": list(paths), "patient_id": ["p1", "p2", "p3", "p4"],
+    ...                        "response": [0, 1, 0, 1]})
+    >>> c = st.clinical.validate_cohort(cohort, feats, task="response", folds=2)
+    >>> c.task, c.slides["n_tiles"].tolist(), c.strata.tolist()
+    ('response', [4, 4, 4, 4], [0, 1, 0, 1])
+    >>> tmp.cleanup()
     """
 
     task: str

@@ -340,6 +340,26 @@ class SlideFeatures:
         Gene symbols of the expression columns.
     attrs
         All attributes of the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> rgb = np.full((256, 256, 3), 240, np.uint8)  # glass ...
+    >>> rgb[64:192, 64:192] = (180, 90, 160)  # ... with a square of tissue
+    >>> Image.fromarray(rgb).save(f"{tmp.name}/slide_01.png")
+    >>> model = st.models.StormModel("storm-tiny", ["GFAP", "MBP"], seed=0)
+    >>> feats = st.tl.slide_features([f"{tmp.name}/slide_01.png"], model, out_dir=tmp.name, mpp=1.75, device="cpu",
+    ...                              verbose=False)
+    >>> sf = st.clinical.read_slide_features(feats.loc[0, "feature_file"])
+    >>> sf.slide_id, sf.features.shape, sf.patch_um, sf.genes
+    ('slide_01', (4, 16), 112.0, ['GFAP', 'MBP'])
+    >>> sf.coords_um.tolist()
+    [[168.0, 168.0], [280.0, 168.0], [168.0, 280.0], [280.0, 280.0]]
+    >>> tmp.cleanup()
     """
 
     slide_id: str

@@ -157,7 +157,15 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
 
 @dataclass(frozen=True)
 class MILSettings:
-    """Training settings of the MIL aggregator (see :func:`storm_sc.tl.fit_outcome`)."""
+    """Training settings of the MIL aggregator (see :func:`storm_sc.tl.fit_outcome`).
+
+    Examples
+    --------
+    >>> from storm_sc.clinical import MILSettings
+    >>> settings = MILSettings(aggregator="mean", epochs=10)
+    >>> settings.aggregator, settings.epochs, settings.hidden_dim, settings.max_tiles
+    ('mean', 10, 64, 4096)
+    """
 
     aggregator: str = "abmil"
     hidden_dim: int = 64

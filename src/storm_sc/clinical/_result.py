@@ -44,6 +44,30 @@ class OutcomeResult:
         all slides of a patient; uniform for mean pooling).
     params
         The settings of the run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np, pandas as pd
+    >>> from PIL import Image
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> paths = {f"s{i}": f"{tmp.name}/s{i}.png" for i in range(4)}
+    >>> for i, path in enumerate(paths.values()):
+    ...     rgb = np.full((256, 256, 3), 240, np.uint8)  # glass
+    ...     rgb[64:192, 64:192] = (180, 90, 160) if i % 2 else (230, 150, 190)  # purple or pink tissue
+    ...     Image.fromarray(rgb).save(path)
+    >>> model = st.models.StormModel("storm-tiny", ["GFAP", "MBP"], seed=0)
+    >>> feats = st.tl.slide_features(paths, model, out_dir=f"{tmp.name}/features", mpp=1.75, device="cpu",
+    ...                              verbose=False)
+    >>> cohort = pd.DataFrame({"slide_id": list(paths), "patient_id": ["p1", "p2", "p3", "p4"],
+    ...                        "response": [0, 1, 0, 1]})
+    >>> result = st.tl.fit_outcome(cohort, feats, folds=2, epochs=2, n_bootstrap=20, verbose=False)
+    >>> result.task, result.model_name, len(result.predictions), sorted(result.attention)
+    ('response', 'storm_abmil', 4, ['s0', 's1', 's2', 's3'])
+    >>> result.metrics.columns.tolist()
+    ['auroc', 'auroc_ci_low', 'auroc_ci_high', 'n_patients', 'n_positive']
+    >>> tmp.cleanup()
     """
 
     task: str

@@ -43,6 +43,16 @@ class SpatialInput:
         Name of the slide, used to keep slides apart when several are combined.
     extra
         Platform details worth keeping (bin size, spot diameter, ...).
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> si = st.io.resolve(sdata)
+    >>> si.platform, si.n_obs, si.has_image, si.mpp
+    ('generic', 200, True, 2.0)
+    >>> si.image_key, si.centers_um.shape
+    ('toy_image', (200, 2))
     """
 
     table: AnnData

@@ -25,11 +25,45 @@ _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16
 
 
 class CheckpointError(ValueError):
-    """A file that is not a valid STORM checkpoint: missing, truncated, not safetensors, or modified."""
+    """A file that is not a valid STORM checkpoint: missing, truncated, not safetensors, or modified.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(tmp.name, "model.safetensors")
+    >>> _ = path.write_bytes(b"an interrupted download")
+    >>> try:
+    ...     st.models.StormModel.load(path)
+    ... except st.models.CheckpointError as err:
+    ...     print(type(err).__name__, "not a readable STORM checkpoint" in str(err))
+    CheckpointError True
+    >>> issubclass(st.models.CheckpointError, ValueError)
+    True
+    >>> tmp.cleanup()
+    """
 
 
 class IncompatibleCheckpointError(CheckpointError):
-    """A valid STORM checkpoint that this installation cannot use (newer format or version, config, vocabulary)."""
+    """A valid STORM checkpoint that this installation cannot use (newer format or version, config, vocabulary).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(tmp.name, "future.safetensors")
+    >>> header = {"format": "storm_sc.checkpoint", "format_version": "99", "storm_sc_version": "99.0.0"}
+    >>> save_file({"w": torch.zeros(1)}, path, metadata=header)  # as if written by a future storm_sc
+    >>> try:
+    ...     st.models.StormModel.inspect(path)
+    ... except st.models.IncompatibleCheckpointError as err:
+    ...     print(isinstance(err, st.models.CheckpointError), "Upgrade storm_sc" in str(err))
+    True True
+    >>> tmp.cleanup()
+    """
 
 
 def storage_dtype(name: str) -> torch.dtype:

@@ -96,6 +96,16 @@ class StormConfig:
         Range of predicted per-gene log-variances (log1p scale).
     backbone_kwargs
         Extra keyword arguments for ``timm.create_model`` / ``transformers.AutoModel.from_pretrained``.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> config = st.models.get_config("storm-tiny")
+    >>> config.name, config.morphology, config.image_size, config.patch_um, config.embed_dim
+    ('storm-tiny', 'cnn', 32, 112.0, 16)
+    >>> model = st.models.StormModel(config.replace(embed_dim=8), ["GFAP", "MBP"], seed=0)
+    >>> model.config.embed_dim
+    8
     """
 
     name: str = "custom"

@@ -110,6 +110,19 @@ class StormInputs:
         Observation names in table order.
     library_id
         Name of the slide.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> inputs = model.prepare(sdata, verbose=False)
+    >>> inputs
+    StormInputs('toy': 60 obs, patches 32 px, 20 genes)
+    >>> inputs.niche_neighbors.shape, inputs.patches.shape, inputs.expression.shape
+    ((60, 6), (60, 3, 32, 32), (60, 20))
+    >>> model.embed(inputs, verbose=False).shape
+    (60, 16)
     """
 
     centers_um: np.ndarray

@@ -67,6 +67,17 @@ class ExpressionPrediction:
     sources
         Per gene, what predicted it: ``"readout"`` (the model's ridge readout of its H&E-only embeddings) or
         ``"head"`` (the network's prediction head).
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> pred = model.predict_expression(sdata, genes=["gene_0000", "gene_0001"], verbose=False)
+    >>> pred
+    ExpressionPrediction(60 obs x 2 genes)
+    >>> pred.mean.shape, pred.std.shape, pred.genes, pred.sources
+    ((60, 2), (60, 2), ['gene_0000', 'gene_0001'], ['head', 'head'])
     """
 
     mean: np.ndarray

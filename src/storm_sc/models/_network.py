@@ -40,6 +40,13 @@ class LossWeights:
         Gaussian NLL of hidden gene tokens, reconstructed from the joint (all modalities, context) embedding.
     predicted_expression
         Gaussian NLL of the measured genes predicted from H&E and spatial context only.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> config = st.training.TrainingConfig(masked_expression_weight=2.0, context_contrastive_weight=0.0)
+    >>> config.loss_weights
+    LossWeights(contrastive=1.0, context_contrastive=0.0, masked_expression=2.0, predicted_expression=1.0)
     """
 
     contrastive: float = 1.0
@@ -65,6 +72,19 @@ class StormNetwork(nn.Module):
         The morphology module when ``config.morphology == "module"``.
     pretrained_backbone
         Download pretrained weights for ``timm:``/``hf:`` backbones.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import storm_sc as st
+    >>> model = st.models.StormModel("storm-tiny", ["GFAP", "MBP", "SNAP25"], seed=0)
+    >>> network = model.network
+    >>> network.n_genes, tuple(network.gene_embedding.shape)
+    (3, (3, 16))
+    >>> patches = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    >>> with torch.no_grad():
+    ...     network.encode_morphology(patches).shape
+    torch.Size([2, 32])
     """
 
     def __init__(

@@ -67,6 +67,19 @@ class ExpressionReadout:
     inputs
         What the features are, in order (a subset of ``READOUT_INPUTS``); readouts stored before the stain
         statistics existed read the levels alone.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> model.fit_expression_readout({"toy": sdata}, verbose=False)
+    StormModel(storm-tiny, 20 genes, ... parameters)
+    >>> readout = model.readout
+    >>> readout.n_genes, readout.slides, readout.uses_stain_statistics
+    (20, ['toy'], True)
+    >>> readout.coef.shape[1], readout.residual_sd.shape
+    (20, (20,))
     """
 
     gene_ids: np.ndarray

@@ -48,6 +48,17 @@ class AlignedExpression:
         Observation names, in table order.
     input_kind
         Scale the input was on (``"counts"``, ``"log1p"`` or ``"normalized"``).
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> vocab = st.pp.GeneVocabulary.from_genes(["gene_0000", "gene_0001", "GFAP"])
+    >>> aligned = st.pp.align_genes(sdata, vocab)
+    >>> aligned
+    AlignedExpression(200 obs; 2 of 3 vocabulary genes measured; sparse; from counts)
+    >>> aligned.mask.tolist(), aligned.to_vocabulary_matrix().shape
+    ([True, True, False], (200, 3))
     """
 
     X: np.ndarray | sparse.csr_matrix

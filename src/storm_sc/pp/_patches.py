@@ -57,6 +57,16 @@ class PatchDataset(Dataset):
         ``(n, 2)`` observation centres ``(x, y)`` in full-resolution pixels.
     library_id
         The slide's name.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
+    >>> ds = st.pp.patch_dataset(sdata, patch_um=112, patch_px=32)
+    >>> ds
+    PatchDataset('toy', n=200, 112 um -> 32 px, level 0 at 2 um/px)
+    >>> ds[0]["image"].shape, ds.read([0, 1, 2]).shape
+    (torch.Size([3, 32, 32]), (3, 3, 32, 32))
     """
 
     def __init__(

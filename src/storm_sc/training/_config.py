@@ -73,6 +73,19 @@ class TrainingConfig:
     expression_readout
         After training, fit the model's linear expression readout
         (:meth:`storm_sc.models.StormModel.fit_expression_readout`) on every slide with H&E and expression.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> config = st.training.TrainingConfig(max_epochs=5, batch_size=32, val_groups=["patient_3"])
+    >>> config.max_epochs, config.batch_size, config.val_groups
+    (5, 32, ('patient_3',))
+    >>> try:
+    ...     st.training.TrainingConfig(batch_size=0)
+    ... except ValueError as err:
+    ...     print(err)
+    Invalid training config: `batch_size` must be a positive integer (got 0).
+    >>> model = st.training.pretrain(slides, model="storm-tiny", config=config)  # doctest: +SKIP
     """
 
     max_epochs: int = 20

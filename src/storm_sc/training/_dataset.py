@@ -40,6 +40,25 @@ class ContextDataset(Dataset):
         Training settings.
     train
         Random draws and augmentation (training) or deterministic items (validation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import storm_sc as st
+    >>> from storm_sc.training._slides import PreparedSlide
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> inputs = model.prepare(sdata, verbose=False)
+    >>> partition = (inputs.centers_um[:, 0] > 600).astype(np.int8)  # 0: training, 1: validation
+    >>> slide = PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, partition)
+    >>> options = st.training.TrainingConfig()
+    >>> train = st.training.ContextDataset([slide], 0, model.config, options, train=True)
+    >>> val = st.training.ContextDataset([slide], 1, model.config, options, train=False)
+    >>> len(train), len(val)
+    (46, 14)
+    >>> item = train[0]  # the centre, its 6 niche neighbours and 6 region neighbours
+    >>> item["images"].shape, item["niche_dxy"].shape
+    ((13, 3, 32, 32), (6, 2))
     """
 
     def __init__(
@@ -126,6 +145,19 @@ class ContextSampler(Sampler[int]):
         A new permutation each epoch (seeded by ``(seed, epoch)``), or the dataset order.
     seed
         Seed of the permutations.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sampler = st.training.ContextSampler(5, shuffle=False, seed=0)
+    >>> list(sampler)
+    [0, 1, 2, 3, 4]
+    >>> sampler.set_epoch(2)
+    >>> list(sampler)
+    [10, 11, 12, 13, 14]
+    >>> shuffled = st.training.ContextSampler(5, shuffle=True, seed=0)
+    >>> sorted(shuffled), len(shuffled)
+    ([0, 1, 2, 3, 4], 5)
     """
 
     def __init__(self, n: int, *, shuffle: bool, seed: int) -> None:

@@ -27,6 +27,29 @@ class StormLightningModule(L.LightningModule):
         The network (trained in place).
     options
         Training settings.
+
+    Examples
+    --------
+    >>> import lightning as L
+    >>> import numpy as np
+    >>> from torch.utils.data import DataLoader
+    >>> import storm_sc as st
+    >>> from storm_sc.training._slides import PreparedSlide
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> inputs = model.prepare(sdata, verbose=False)
+    >>> partition = (inputs.centers_um[:, 0] > 600).astype(np.int8)  # 0: training, 1: validation
+    >>> slide = PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, partition)
+    >>> options = st.training.TrainingConfig(batch_size=8, lr=3e-3)
+    >>> train = st.training.ContextDataset([slide], 0, model.config, options, train=True)
+    >>> val = st.training.ContextDataset([slide], 1, model.config, options, train=False)
+    >>> loaders = [DataLoader(ds, batch_size=8, collate_fn=st.training.collate) for ds in (train, val)]
+    >>> module = st.training.StormLightningModule(model.network, options)
+    >>> trainer = L.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
+    ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(module, *loaders)
+    >>> trainer.global_step, "val/loss" in trainer.callback_metrics, module.network is model.network
+    (2, True, True)
     """
 
     def __init__(self, network: StormNetwork, options: TrainingConfig) -> None:

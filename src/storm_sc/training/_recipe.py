@@ -70,6 +70,29 @@ class Recipe:
         Checkpoint to continue training from, or ``None``.
     raw
         The parsed YAML after ``--set`` overrides (recorded in the manifest).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(tmp.name, "toy.yaml")
+    >>> _ = path.write_text('''
+    ... model: storm-tiny
+    ... datasets:
+    ...   - {loader: toy, args: {n_obs: 200, seed: 0}, name: toy_a, group: A}
+    ...   - {loader: toy, args: {n_obs: 200, seed: 1}, name: toy_b, group: B}
+    ... training: {max_epochs: 5, batch_size: 32}
+    ... split: {val_groups: [B]}
+    ... output_dir: runs/toy
+    ... ''')
+    >>> recipe = st.training.load_recipe(path, overrides=["training.max_epochs=1"])
+    >>> recipe.model.name, recipe.training.max_epochs, recipe.training.val_groups
+    ('storm-tiny', 1, ('B',))
+    >>> [d["name"] for d in recipe.datasets], recipe.output_dir.as_posix()
+    (['toy_a', 'toy_b'], 'runs/toy')
+    >>> model = st.training.run_recipe(recipe)  # doctest: +SKIP
+    >>> tmp.cleanup()
     """
 
     model: StormConfig

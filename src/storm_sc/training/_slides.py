@@ -46,6 +46,19 @@ class TrainingSlide:
     source
         Provenance for the manifest, e.g. ``{"loader": "her2st", "args": {"section": "C2"}}`` or
         ``{"path": "..."}``.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata_a = st.datasets.toy(n_obs=100, n_genes=20, n_domains=2, seed=0)
+    >>> sdata_b = st.datasets.toy(n_obs=100, n_genes=30, n_domains=2, seed=1)
+    >>> slides = [
+    ...     st.training.TrainingSlide(sdata_a, name="a1", group="patient_a"),
+    ...     st.training.TrainingSlide(sdata_b, name="b1", group="patient_b", use_image=False),
+    ... ]
+    >>> len(st.training.union_vocabulary(slides))
+    30
+    >>> model = st.training.pretrain(slides, model="storm-tiny", max_epochs=2)  # doctest: +SKIP
     """
 
     data: Any

@@ -46,6 +46,26 @@ class WholeSlide:
         ``"metadata"`` (read from the file) or ``"given"`` (the ``mpp=`` argument).
     level_dimensions
         ``(width, height)`` of every level, finest first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> rgb = np.full((512, 512, 3), 240, np.uint8)  # glass ...
+    >>> rgb[128:384, 128:384] = (180, 90, 160)  # ... with a square of tissue
+    >>> Image.fromarray(rgb).save(f"{tmp.name}/slide.png")
+    >>> slide = st.wsi.open_slide(f"{tmp.name}/slide.png", mpp=0.5)
+    >>> slide
+    WholeSlide('slide.png', 512 x 512 px, 2 level(s), 0.5 um/px from given)
+    >>> slide.level_dimensions, slide.best_level(1.0)
+    (((512, 512), (256, 256)), 1)
+    >>> slide.read_level(0, 124, 200, 8, 1)[0, :, 0].tolist()  # across the tissue edge at x = 128
+    [240, 240, 240, 240, 180, 180, 180, 180]
+    >>> slide.close()
+    >>> tmp.cleanup()
     """
 
     def __init__(self, path: Path, backend: _Backend, mpp: float, mpp_source: str) -> None:

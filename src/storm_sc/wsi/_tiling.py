@@ -43,6 +43,24 @@ class TileGrid:
         The tissue mask of the thumbnail the grid was chosen on.
     mask_downsample
         Level-0 pixels per mask pixel.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> import storm_sc as st
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> rgb = np.full((256, 256, 3), 240, np.uint8)  # glass ...
+    >>> rgb[64:192, 64:192] = (180, 90, 160)  # ... with a square of tissue
+    >>> Image.fromarray(rgb).save(f"{tmp.name}/slide.png")
+    >>> with st.wsi.open_slide(f"{tmp.name}/slide.png", mpp=1.75) as slide:
+    ...     grid = st.wsi.tile_grid(slide, patch_um=112.0)
+    >>> grid
+    TileGrid(4 tiles of 112 um = 64.0 px)
+    >>> grid.rows.tolist(), grid.cols.tolist(), grid.centers_um[0].tolist()
+    ([1, 1, 2, 2], [1, 2, 1, 2], [168.0, 168.0])
+    >>> tmp.cleanup()
     """
 
     mpp: float
