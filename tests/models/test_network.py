@@ -136,6 +136,34 @@ def test_info_nce_and_gaussian_nll():
     assert float(gaussian_nll(mean, logvar, target, torch.zeros_like(mask))) == 0.0
 
 
+def test_info_nce_keeps_gathered_rows_in_the_graph_when_a_process_has_no_pair():
+    # data-parallel training: the gathered rows' backward is a collective every process must join
+    x = torch.randn(6, 4)
+    a_all, b_all = x.clone().requires_grad_(), x.clone().requires_grad_()
+    none_here = info_nce(x[:0], x[:0], torch.tensor(1.0), a_all=a_all, b_all=b_all, offset=0)
+    assert float(none_here) == 0.0
+    none_here.backward()
+    assert a_all.grad is not None and b_all.grad is not None
+    # one local pair still learns against the other processes' rows
+    one_here = info_nce(x[:1], x[:1], torch.tensor(1.0), a_all=x, b_all=x, offset=0)
+    assert float(one_here) > 0.0
+    assert float(info_nce(x[:1], x[:1], torch.tensor(1.0))) == 0.0  # alone: nothing to tell it apart from
+
+
+def test_losses_and_stain_jitter_stay_float32_under_mixed_precision():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    scale = torch.tensor(math.log(100.0))
+    imgs = torch.randint(1, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
+    alpha, beta = torch.full((4, 3), 1.1), torch.full((4, 3), 0.02)
+    exact_loss, exact_rgb = info_nce(a, b, scale), stain_jitter(imgs, alpha, beta)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_loss, mixed_rgb = info_nce(a, b, scale), stain_jitter(imgs, alpha, beta)
+    assert mixed_loss.dtype == torch.float32 and mixed_rgb.dtype == torch.float32
+    assert torch.allclose(mixed_loss, exact_loss, atol=1e-6)
+    assert torch.allclose(mixed_rgb, exact_rgb, atol=1e-4)
+
+
 def test_decoder_queries_any_gene_subset():
     cfg = get_config("storm-tiny")
     net = StormNetwork(cfg, N_GENES).eval()

@@ -44,9 +44,12 @@ def stain_jitter(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) 
     if alpha.shape != (images.shape[0], 3) or beta.shape != (images.shape[0], 3):
         raise ValueError(f"`alpha` and `beta` must be ({images.shape[0]}, 3).")
     dev = images.device
-    x = images.float().clamp(min=1.0) / 255.0
-    od = -torch.log(x)
-    hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(dev))
-    hed = hed * alpha.to(dev, torch.float32)[:, :, None, None] + beta.to(dev, torch.float32)[:, :, None, None]
-    od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED.to(dev))
-    return (torch.exp(-od) * 255.0).clamp(0.0, 255.0)
+    # float32 even under mixed-precision autocast (which would run the einsums in bf16): the round trip through
+    # optical densities must give back the input colours, not shift them by a few grey levels.
+    with torch.autocast(dev.type, enabled=False):
+        x = images.float().clamp(min=1.0) / 255.0
+        od = -torch.log(x)
+        hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB.to(dev))
+        hed = hed * alpha.to(dev, torch.float32)[:, :, None, None] + beta.to(dev, torch.float32)[:, :, None, None]
+        od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED.to(dev))
+        return (torch.exp(-od) * 255.0).clamp(0.0, 255.0)

@@ -33,7 +33,8 @@ def info_nce(
 
     Returns
     -------
-    Scalar loss; 0 (still connected to the graph) with fewer than two pairs.
+    Scalar loss; 0 (still connected to the graph, gathered rows included) with fewer than two pairs, or with no
+    local pair when gathered negatives are given.
 
     Examples
     --------
@@ -41,16 +42,26 @@ def info_nce(
     >>> float(info_nce(x, x, torch.tensor(3.0))) < float(info_nce(x, x.flip(0), torch.tensor(3.0)))
     True
     """
-    if a.shape[0] < 2:
-        return (a.sum() + b.sum() + logit_scale) * 0.0
-    a = nn.functional.normalize(a.float(), dim=-1)
-    b = nn.functional.normalize(b.float(), dim=-1)
-    a_all = a if a_all is None else nn.functional.normalize(a_all.float(), dim=-1)
-    b_all = b if b_all is None else nn.functional.normalize(b_all.float(), dim=-1)
-    scale = logit_scale.float().clamp(max=math.log(100.0)).exp()
-    target = torch.arange(a.shape[0], device=a.device) + offset
-    loss_ab = nn.functional.cross_entropy(scale * a @ b_all.T, target)
-    loss_ba = nn.functional.cross_entropy(scale * b @ a_all.T, target)
+    gathered = a_all is not None and b_all is not None
+    # With gathered negatives one local pair still has a loss; without, one pair has nothing to be told apart from.
+    if a.shape[0] < (1 if gathered else 2):
+        zero = a.sum() + b.sum() + logit_scale
+        if gathered:
+            # The gathered rows must stay in the graph: their backward is a collective that every process joins,
+            # and a process that skipped it would leave the others waiting.
+            zero = zero + a_all.sum() + b_all.sum()
+        return zero * 0.0
+    # Logits scaled up to 100 lose too much in bf16 (its spacing near 90 is 0.5): compute them in float32 even
+    # under mixed-precision autocast, which would otherwise cast the matmuls' inputs back down.
+    with torch.autocast(a.device.type, enabled=False):
+        a = nn.functional.normalize(a.float(), dim=-1)
+        b = nn.functional.normalize(b.float(), dim=-1)
+        a_all = a if a_all is None else nn.functional.normalize(a_all.float(), dim=-1)
+        b_all = b if b_all is None else nn.functional.normalize(b_all.float(), dim=-1)
+        scale = logit_scale.float().clamp(max=math.log(100.0)).exp()
+        target = torch.arange(a.shape[0], device=a.device) + offset
+        loss_ab = nn.functional.cross_entropy(scale * a @ b_all.T, target)
+        loss_ba = nn.functional.cross_entropy(scale * b @ a_all.T, target)
     return 0.5 * (loss_ab + loss_ba)
 
 
