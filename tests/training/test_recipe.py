@@ -111,9 +111,10 @@ def test_launch_follows_torchrun_and_slurm(monkeypatch):
     for var in ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES", "SLURM_JOB_NAME"):
         monkeypatch.delenv(var, raising=False)
     plain = _launch_settings(TrainingConfig(accelerator="cpu"))
+    assert _launch_settings(TrainingConfig(accelerator="gpu"))["devices"] == 1
     assert plain == {
         "accelerator": "cpu",
-        "devices": "auto",
+        "devices": 1,  # not Lightning's "auto", which would start DDP over every GPU of a multi-GPU machine
         "num_nodes": 1,
         "strategy": "auto",
         "precision": "32-true",

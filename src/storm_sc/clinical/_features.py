@@ -15,11 +15,9 @@ slide, and redone otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,16 +117,6 @@ def read_status(path: Path) -> tuple[bool, str | None, int]:
             return bool(f.attrs.get(A_COMPLETE, False)), (None if fp is None else str(fp)), n
     except (OSError, KeyError):
         return False, None, 0
-
-
-@contextlib.contextmanager
-def _eval_on(network: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    was_training = network.training
-    network.to(device).eval()
-    try:
-        yield
-    finally:
-        network.train(was_training)
 
 
 def extract_slide(
@@ -253,7 +241,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
     """Pass 1: H&E tokens of every tile, batch by batch, each batch flushed with its progress counter."""
     import torch
 
-    from storm_sc.models._inference import autocast
+    from storm_sc.models._inference import autocast, evaluating_on
     from storm_sc.wsi import iter_tile_batches
 
     network = model.network
@@ -261,7 +249,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
     if start >= grid.n_tiles:
         return
     tokens, stain = f[H5_TOKENS], f[H5_STAIN] if H5_STAIN in f else None
-    with torch.no_grad(), _eval_on(network, device):
+    with torch.no_grad(), evaluating_on(network, device):
         for idx, tiles in iter_tile_batches(slide, grid, out_px=model.config.image_size, batch_size=batch_size,
                                             start=start, verbose=verbose, desc=desc):  # fmt: skip
             images = torch.from_numpy(tiles).to(device)
@@ -291,7 +279,7 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
 
     from storm_sc._settings import settings as storm_settings
     from storm_sc.models import StormInputs
-    from storm_sc.models._inference import ExpressionPlan, contextual, readout_extras
+    from storm_sc.models._inference import ExpressionPlan, contextual, evaluating_on, readout_extras
 
     n = grid.n_tiles
     start = int(f.attrs.get(A_N_CONTEXT, 0))
@@ -302,7 +290,7 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
     inputs = StormInputs.from_arrays(grid.centers_um, config=model.config, library_id=str(f.attrs["slide_id"]))
     plan = ExpressionPlan(network, gene_ids, model.readout, model._readout_columns(gene_ids), device)
     bar = tqdm(total=n, initial=start, unit="tile", desc=desc, disable=not storm_settings.show_progress(verbose))
-    with torch.no_grad(), _eval_on(network, device), bar:
+    with torch.no_grad(), evaluating_on(network, device), bar:
         tokens = torch.from_numpy(f[H5_TOKENS][:]).to(device)
         extras = None
         if plan.needs_statistics:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from storm_sc._random import seeded_torch
+
 AGGREGATORS = ("abmil", "mean")
 TASKS = ("response", "survival")
 # Below this many tile rows per step, CPU threads only add synchronisation to the small matrix products of the
@@ -214,8 +216,7 @@ def train_mil(
     each mini-batch of patients. Each step sees at most ``max_tiles`` tiles per bag, drawn afresh every epoch.
     """
     rng = np.random.default_rng(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         net = build_mil(bags[0].shape[1], settings).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
         if task == "response":

@@ -276,17 +276,21 @@ def contextual(
         return network.context(tokens, **t)
 
 
-def _with_eval(network: StormNetwork, device: torch.device):
-    @contextlib.contextmanager
-    def ctx():
-        was_training = network.training
-        network.to(device).eval()
-        try:
-            yield
-        finally:
-            network.train(was_training)
+@contextlib.contextmanager
+def evaluating_on(network: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Run ``network`` in eval mode on ``device``, then give it back in its former mode and on its former device.
 
-    return ctx()
+    A model lives on the CPU between calls (as :meth:`StormModel.load` gives it): a call that used the GPU must not
+    leave it there, holding GPU memory and making the next CPU-side step (training's initialisation, pickling for
+    workers) meet tensors on two devices.
+    """
+    was_training = network.training
+    home = next(network.parameters(), torch.empty(0)).device
+    network.to(device).eval()
+    try:
+        yield
+    finally:
+        network.to(home).train(was_training)
 
 
 @torch.no_grad()
@@ -309,7 +313,7 @@ def embed_inputs(
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}; got {level!r}.")
     dev = resolve_device(device)
-    with _with_eval(network, dev):
+    with evaluating_on(network, dev):
         tokens = fused_tokens(
             network,
             inputs,
@@ -499,7 +503,7 @@ def predict_inputs(
     means = np.empty((inputs.n_obs, len(gene_ids)), dtype=np.float32)
     stds = np.empty_like(means)
     statistics = np.zeros((inputs.n_obs, network.n_statistics), dtype=np.float32) if plan.needs_statistics else None
-    with _with_eval(network, dev):
+    with evaluating_on(network, dev):
         tokens = fused_tokens(
             network,
             inputs,

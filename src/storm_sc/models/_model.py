@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from storm_sc._random import seeded_torch
 from storm_sc._settings import logger
 
 from ._checkpoint import (
@@ -145,9 +146,7 @@ class StormModel:
             raise TypeError(f"`config` must be a config name or a StormConfig, got {type(config).__name__}.")
         self._vocabulary = _as_vocabulary(vocabulary)
         self._config = config
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded_torch(seed):
             self.network = StormNetwork(
                 config, len(self._vocabulary), backbone=backbone, pretrained_backbone=pretrained_backbone
             )

@@ -63,7 +63,9 @@ class TrainingConfig:
     num_workers
         DataLoader worker processes per training process.
     accelerator, devices, strategy, num_nodes, precision
-        Lightning Trainer settings. ``devices="auto"`` follows torchrun / SLURM when launched by them.
+        Lightning Trainer settings. ``devices="auto"`` follows torchrun / SLURM when launched by them, and is one
+        device (a GPU when there is one) otherwise: for data-parallel training on several GPUs of one machine, pass
+        ``devices=N`` (run as a script) or launch with torchrun.
         ``precision=None``: ``"bf16-mixed"`` on GPUs, ``"32-true"`` on CPUs.
     log_every_n_steps
         Logging interval of step-level losses.

@@ -42,7 +42,7 @@ def _options(config: TrainingConfig | None, overrides: dict[str, Any]) -> Traini
 
 
 def _launch_settings(options: TrainingConfig) -> dict[str, Any]:
-    """Trainer hardware settings; follows torchrun / SLURM launches when ``devices="auto"``."""
+    """Trainer hardware settings; ``devices="auto"``: the processes of a torchrun / SLURM launch, else one device."""
     devices: int | str = options.devices
     num_nodes = options.num_nodes
     strategy = options.strategy
@@ -57,6 +57,11 @@ def _launch_settings(options: TrainingConfig) -> dict[str, Any]:
     ):
         devices = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
         num_nodes = int(env.get("SLURM_NNODES", num_nodes))
+    elif devices == "auto":
+        # Lightning's "auto" takes every GPU of the machine and forks (in a notebook) or re-runs the user's script
+        # per GPU: not what a plain call expects, and a forked run returns neither the best epoch's weights nor
+        # the history to the caller. Several GPUs are asked for (devices=N) or launched (torchrun / SLURM).
+        devices = 1
     multi = (isinstance(devices, int) and devices > 1) or num_nodes > 1
     if strategy == "auto" and multi:
         strategy = "ddp"
@@ -401,13 +406,14 @@ def _init_gene_statistics(model: StormModel, prepared: Sequence[PreparedSlide]) 
         return
     mean = np.clip(total[seen] / count[seen], 1e-3, None)
     var = np.clip(total_sq[seen] / count[seen] - (total[seen] / count[seen]) ** 2, 1e-2, None)
-    idx = torch.as_tensor(np.flatnonzero(seen))
     for head in (model.network.reconstruction_head, model.network.prediction_head):
-        raw_mean = torch.as_tensor(mean + np.log(-np.expm1(-mean)), dtype=torch.float32)  # softplus inverse
+        dev = head.mean_bias.device
+        idx = torch.as_tensor(np.flatnonzero(seen), device=dev)
+        raw_mean = torch.as_tensor(mean + np.log(-np.expm1(-mean)), dtype=torch.float32, device=dev)  # softplus inverse
         half = 0.5 * (head.logvar_max - head.logvar_min)
         mid = 0.5 * (head.logvar_max + head.logvar_min)
         scaled = np.clip((np.log(var) - mid) / half, -0.99, 0.99)
-        raw_lv = torch.as_tensor(half * np.arctanh(scaled), dtype=torch.float32)
+        raw_lv = torch.as_tensor(half * np.arctanh(scaled), dtype=torch.float32, device=dev)
         head.mean_bias[idx] = raw_mean
         head.logvar_bias[idx] = raw_lv
 
