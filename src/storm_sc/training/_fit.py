@@ -259,7 +259,7 @@ def fit(
 
     best.restore(model.network)
     model.network.cpu().eval()
-    readout = _fit_readout(model, prepared, opts, verbose)
+    readout = _fit_readout(model, prepared, opts, verbose, device=trainer.strategy.root_device)
     model.manifest = {
         **({"provenance": provenance} if provenance else {}),
         "datasets": [slide_manifest(p) for p in prepared],
@@ -289,14 +289,22 @@ def fit(
 
 
 def _fit_readout(
-    model: StormModel, prepared: Sequence[PreparedSlide], opts: TrainingConfig, verbose: bool | None
+    model: StormModel,
+    prepared: Sequence[PreparedSlide],
+    opts: TrainingConfig,
+    verbose: bool | None,
+    *,
+    device: torch.device,
 ) -> ExpressionReadout | None:
-    """Fit the expression readout on the slides with both modalities (all their observations), if asked."""
+    """Fit the expression readout on the slides with both modalities (all their observations), if asked.
+
+    ``device``: the process's training device (its own GPU under DDP), which embeds the training slides for the fit.
+    """
     both = {p.name: p.inputs for p in prepared if p.inputs.has_image and p.inputs.expression is not None}
     if not opts.expression_readout or not both:
         return None
     # Every process fits the same readout from the same weights, so the returned models stay identical.
-    model.fit_expression_readout(both, device="cpu", verbose=verbose)
+    model.fit_expression_readout(both, device=device, verbose=verbose)
     return model.readout
 
 
