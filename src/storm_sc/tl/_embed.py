@@ -156,6 +156,8 @@ def storm_embed(
         A dask ``distributed.Client`` (e.g. ``distributed.get_client()``) to embed the slides of a list in
         parallel on its workers; each worker loads the model once and runs the same code as without a client.
         ``None``: one slide after the other in this process.
+        With ``device="auto"`` each worker uses the first GPU it sees: on a machine with several GPUs start one
+        worker per GPU with ``dask_cuda.LocalCUDACluster``, which gives each worker its own.
     verbose
         Progress bars (default: ``st.settings``).
 

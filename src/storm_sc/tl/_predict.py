@@ -100,6 +100,8 @@ def predict_expression(
     client
         A dask ``distributed.Client`` (e.g. ``distributed.get_client()``) to predict the slides of a list in
         parallel on its workers, with the same code as without a client. ``None``: one slide after the other here.
+        With ``device="auto"`` each worker uses the first GPU it sees: on a machine with several GPUs start one
+        worker per GPU with ``dask_cuda.LocalCUDACluster``, which gives each worker its own.
     verbose
         Progress bars (default: ``st.settings``).
 
