@@ -29,7 +29,7 @@ def default_data_dir() -> Path:
 
 
 def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list[str]:
-    """Point a writable data folder at the registered files of a (read-only) data folder, file by file.
+    """Point a writable data folder at the files of a (read-only) data folder, file by file.
 
     storm_sc's loaders read from ``st.settings.data_dir`` and write caches and downloads there. Linking each
     registered file that exists under ``source`` into ``target`` (a temporary folder) lets the loaders find the
@@ -40,13 +40,14 @@ def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list
     source
         The data folder (upstream layout, e.g. ``dlpfc_151675/filtered_feature_bc_matrix.h5``).
     prefixes
-        Registry path prefixes to link (e.g. ``"dlpfc_151675/"``).
+        Registry path prefixes to link (e.g. ``"dlpfc_151675/"``): the registered files that exist under
+        ``source``; a folder prefix (ending in ``/``) under which the registry lists no file: every file in it.
     target
         The writable folder (created if needed).
 
     Returns
     -------
-    The registry paths that were linked.
+    The paths (relative to ``source``) that were linked.
 
     Examples
     --------
@@ -58,7 +59,13 @@ def linked_data_dir(source: Path, prefixes: Sequence[str], target: Path) -> list
 
     linked = []
     for prefix in prefixes:
-        for rel in registered(prefix):
+        rels = registered(prefix)
+        folder = source / prefix
+        if not rels and prefix.endswith("/") and folder.is_dir():
+            # a folder the registry lists nothing in, whose files the loaders find by looking (other her2st
+            # patients' images in the upstream layout)
+            rels = sorted(p.relative_to(source).as_posix() for p in folder.rglob("*") if p.is_file())
+        for rel in rels:
             src = source / rel
             if not src.is_file():
                 continue

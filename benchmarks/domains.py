@@ -75,8 +75,8 @@ BASELINE_METHODS = (
     "components_storm_domains",
 )
 EXTERNAL_SCRIPT = Path(__file__).resolve().parent / "_domain_external.py"
-# Pathologist-annotated her2st sections: expression and positions (no image here), one per patient. Only patient
-# C's other sections (C2-C6) are in the reference's pretraining corpus.
+# Pathologist-annotated her2st sections, one per patient: expression and positions, and the H&E image when the
+# data folder holds one (none does here). Only patient C's other sections (C2-C6) are in the reference's corpus.
 HER2ST_LABELLED = ("A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1")
 QUICK_ADAPT_EPOCHS = 2
 
@@ -116,9 +116,16 @@ DATASETS["mob"] = Dataset(
 for _section in HER2ST_LABELLED:
     DATASETS[f"her2st_{_section}"] = Dataset(
         f"her2st_{_section}",
-        f"her2st {_section} (legacy ST, HER2+ breast tumour, Andersson et al. 2021): pathologist regions, no image",
-        ("her2st/data/ST-cnts/", "her2st/data/ST-spotfiles/", "her2st/data/ST-pat/", "her2st/res/", "her2st/her_"),
-        lambda s=_section: st.datasets.her2st(s, image=False, verbose=False),
+        f"her2st {_section} (legacy ST, HER2+ breast tumour, Andersson et al. 2021): pathologist regions",
+        (
+            "her2st/data/ST-cnts/",
+            "her2st/data/ST-spotfiles/",
+            "her2st/data/ST-pat/",
+            f"her2st/data/ST-imgs/{_section[0]}/{_section}/",
+            "her2st/res/",
+            "her2st/her_",
+        ),
+        lambda s=_section: st.datasets.her2st(s, image=None, verbose=False),
         label_key="pathologist_label",
         unlabelled=("undetermined",),
     )
@@ -192,6 +199,11 @@ class Slide:
     n_domains: int
     pcs: dict[int, np.ndarray]
     hvgs: list[str]
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the slide came with an image (STORM then embeds it with its H&E)."""
+        return bool(getattr(self.sdata, "images", None))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -725,7 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summary_table(per_seed, methods, {d: list(group_map.get(d, (d,))) for d in args.datasets}, timer)
     header = [
         "Spatial domains vs manual annotations — "
-        + "; ".join(f"{s.name}: {int(s.labels.notna().sum())} labelled spots, k = {s.n_domains}" for s in slides),
+        + "; ".join(
+            f"{s.name}: {int(s.labels.notna().sum())} labelled spots, k = {s.n_domains}{', H&E' if s.has_image else ''}"
+            for s in slides
+        ),
         f"seeds {', '.join(map(str, seeds))}; baselines: {args.n_hvg} HVGs (seurat), {args.n_pcs} PCs; smoothing as "
         f"storm_domains ({n_neighs} neighbours, {steps} steps, weight {weight})",
         f"STORM: {storm_text}",

@@ -58,13 +58,13 @@ from benchmarks._ridge import fit_ridge  # noqa: E402
 from benchmarks._spatial_smoothing import smooth_over_neighbours  # noqa: E402
 from benchmarks._splits import Split, across_patient_splits, inner_groups, patient_of, within_patient_splits  # noqa: E402
 from benchmarks._targets import log1p_normalised, panel_present, top_hvgs  # noqa: E402
+from storm_sc.datasets._her2st import her2st_local_image  # noqa: E402
 from storm_sc.pp._expression import TARGET_SUM as STORM_TARGET_SUM  # noqa: E402
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
 PANEL_FILE = ("her2st", "her_hvg_cut_1000_from_HisToGene.npy")
 DATA_SUBDIR = ("her2st", "data")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 DEFAULT_FIELDS_UM = (55.0, 110.0, 220.0)
 # The benchmark's STORM by default: the architecture and patch size of the shipped reference checkpoint, the setting
 # the tables of the benchmarks page were measured with (storm-small at 20 epochs is hours of CPU per fold here).
@@ -116,11 +116,10 @@ def _section_files(data_dir: Path, section: str) -> dict[str, Path] | None:
     root = data_dir.joinpath(*DATA_SUBDIR)
     counts = sorted(root.joinpath("ST-cnts").glob(f"{section}.tsv*"))
     spots = root / "ST-spotfiles" / f"{section}_selection.tsv"
-    folder = root / "ST-imgs" / section[0] / section
-    images = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not (counts and spots.is_file() and images):
+    image = her2st_local_image(section, data_dir)
+    if not (counts and spots.is_file() and image is not None):
         return None
-    return {"counts": counts[0], "spots": spots, "image": images[0]}
+    return {"counts": counts[0], "spots": spots, "image": image}
 
 
 def sections_with_images(data_dir: Path) -> list[str]:

@@ -98,6 +98,32 @@ def test_her2st_refuses_missing_image_and_unknown_section(shared_data):
     assert not sdata.images
 
 
+def test_her2st_uses_an_unregistered_image_placed_in_the_upstream_layout(tmp_path, monkeypatch):
+    """A user who cloned the whole her2st repository has every patient's images: they are used as they are."""
+    from PIL import Image
+
+    source = real_data("her2st")
+    local = tmp_path / "data"
+    for path in source.rglob("*"):  # the real files, linked (the shared folder stays read-only)
+        if path.is_file() and "ST-imgs" not in path.parts:
+            (local / "her2st" / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            (local / "her2st" / path.relative_to(source)).symlink_to(path)
+    folder = local / "her2st" / "data" / "ST-imgs" / "A" / "A1"
+    folder.mkdir(parents=True)
+    rgb = np.random.default_rng(0).integers(150, 256, (6200, 5800, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "HE_BT_A1.jpg", quality=50)
+    monkeypatch.setenv("STORM_SC_DATA_DIR", str(local))
+
+    sdata = st.datasets.her2st("A1")  # no image is registered for A1
+    assert list(sdata.images) == ["A1_image"]
+    assert sdata.tables["table"].obs["pathologist_label"].notna().any()
+    assert st.datasets.her2st("A1", image=True).images
+    assert not st.datasets.her2st("A1", image=False).images
+    (folder / "HE_BT_A1_copy.png").symlink_to(folder / "HE_BT_A1.jpg")
+    with pytest.raises(ValueError, match="2 images in"):
+        st.datasets.her2st("A1")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Visium
 # ---------------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
@@ -13,7 +15,7 @@ from storm_sc._constants import (
     OBS_PATHOLOGIST_LABEL,
     VAR_HISTOGENE_PANEL,
 )
-from storm_sc._settings import logger
+from storm_sc._settings import logger, settings
 from storm_sc.io import read_st
 
 from ._fetch import fetch, fetch_all, registered
@@ -36,6 +38,46 @@ def her2st_sections() -> list[str]:
 def her2st_image_path(section: str) -> str | None:
     """Registry path of a section's H&E image, or ``None`` when none is registered."""
     images = registered(_IMAGES.format(patient=section[0], section=section))
+    return images[0] if images else None
+
+
+# What an H&E image of the upstream layout may be saved as.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def her2st_local_image(section: str, data_dir: str | Path | None = None) -> Path | None:
+    """An H&E image of ``section`` placed in the data directory in the upstream layout, registered or not.
+
+    The registry lists the images whose checksums storm_sc knows (patient C); a user who cloned the whole her2st
+    repository has every patient's images under ``her2st/data/ST-imgs/<patient>/<section>/``, which are used as
+    they are, like any file found in the data directory.
+
+    Parameters
+    ----------
+    section
+        Section id, e.g. ``"A1"``.
+    data_dir
+        The data directory (default: ``st.settings.data_dir``).
+
+    Returns
+    -------
+    The image's path, or ``None`` when the section's folder holds no image.
+
+    Examples
+    --------
+    >>> her2st_local_image("A1", "/nonexistent") is None
+    True
+    """
+    root = Path(data_dir) if data_dir is not None else settings.data_dir
+    folder = root / _IMAGES.format(patient=section[0], section=section)
+    if not folder.is_dir():
+        return None
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if len(images) > 1:
+        raise ValueError(
+            f"her2st {section}: {len(images)} images in {folder} ({[p.name for p in images]}); keep the section's "
+            "H&E image alone in its folder."
+        )
     return images[0] if images else None
 
 
@@ -63,8 +105,9 @@ def her2st(section: str = "C2", *, image: bool | None = None, verbose: bool | No
         Section id: ``"A1"`` ... ``"H3"`` (see :func:`storm_sc.datasets.available`). Images are registered for
         ``"C2"`` ... ``"C6"``; pathologist labels exist for the first section of each patient (A1, B1, C1, ... J1).
     image
-        ``None``: include the image when one is registered; ``True``: require it (error if there is none);
-        ``False``: leave it out (no download).
+        ``None``: include the image when one is registered, or found in the data directory in the upstream
+        layout (``her2st/data/ST-imgs/<patient>/<section>/``, e.g. after cloning the her2st repository; used as
+        it is); ``True``: require it (error if there is none); ``False``: leave it out (no download).
     verbose
         Show download progress (default: ``st.settings``).
 
@@ -83,22 +126,29 @@ def her2st(section: str = "C2", *, image: bool | None = None, verbose: bool | No
     if section not in sections:
         raise ValueError(f"Unknown her2st section {section!r}; choose one of {sections}.")
     image_path = her2st_image_path(section)
-    if image is True and image_path is None:
+    unregistered = None if image_path is not None or image is False else her2st_local_image(section)
+    if image is True and image_path is None and unregistered is None:
         with_images = [s for s in sections if her2st_image_path(s) is not None]
         raise ValueError(
-            f"her2st section {section!r} has no registered H&E image (images: {with_images}). "
+            f"her2st section {section!r} has no registered H&E image (images: {with_images}) and none is in "
+            f"{settings.data_dir / _IMAGES.format(patient=section[0], section=section)}. "
             "Pass image=None or image=False to load it without one."
         )
-    use_image = image_path is not None and image is not False
-    if image is None and image_path is None:
-        logger.info("her2st %s: no H&E image registered; loading expression and positions only", section)
+    use_image = image is not False and (image_path is not None or unregistered is not None)
+    if image is None and not use_image:
+        logger.info("her2st %s: no H&E image registered or found; loading expression and positions only", section)
+    if unregistered is not None:
+        logger.info(
+            "her2st %s: using the H&E image found at %s as it is (not in storm_sc's registry)", section, unregistered
+        )
 
     counts, spots = _COUNTS.format(section=section), _SPOTS.format(section=section)
-    paths = fetch_all([counts, spots] + ([image_path] if use_image else []), verbose=verbose)
+    registered_image = image_path if use_image and image_path is not None else None
+    paths = fetch_all([counts, spots] + ([registered_image] if registered_image else []), verbose=verbose)
     sdata = read_st(
         paths[counts],
         paths[spots],
-        paths[image_path] if use_image else None,
+        paths[registered_image] if registered_image else unregistered,
         library_id=section,
     )
     table = sdata.tables["table"]
