@@ -278,19 +278,18 @@ def contextual(
 
 @contextlib.contextmanager
 def evaluating_on(network: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """Run ``network`` in eval mode on ``device``, then give it back in its former mode and on its former device.
+    """Run ``network`` in eval mode on ``device``, then give it back in its former mode.
 
-    A model lives on the CPU between calls (as :meth:`StormModel.load` gives it): a call that used the GPU must not
-    leave it there, holding GPU memory and making the next CPU-side step (training's initialisation, pickling for
-    workers) meet tensors on two devices.
+    It stays on ``device``: moving it back on the way out would pull it from under another thread that uses the
+    same model (a Dask worker runs several slides at once on its one copy). Code that writes into the weights
+    outside such a call must therefore follow the weights' device (see ``training._fit._init_gene_statistics``).
     """
     was_training = network.training
-    home = next(network.parameters(), torch.empty(0)).device
     network.to(device).eval()
     try:
         yield
     finally:
-        network.to(home).train(was_training)
+        network.train(was_training)
 
 
 @torch.no_grad()
