@@ -50,11 +50,10 @@ class StormBatch:
     >>> import numpy as np
     >>> from torch.utils.data import DataLoader
     >>> import storm_sc as st
-    >>> from storm_sc.training._slides import PreparedSlide
     >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
     >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
     >>> inputs = model.prepare(sdata, verbose=False)
-    >>> slide = PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, np.zeros(60, np.int8))
+    >>> slide = st.training.PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, np.zeros(60, np.int8))
     >>> dataset = st.training.ContextDataset([slide], 0, model.config, st.training.TrainingConfig(), train=True)
     >>> batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=st.training.collate)))
     >>> batch.n_centres, batch.n_obs, tuple(batch.images.shape), tuple(batch.niche_idx.shape)

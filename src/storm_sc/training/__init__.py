@@ -5,11 +5,12 @@ from ._dataset import ContextDataset, ContextSampler, collate
 from ._fit import fit, pretrain
 from ._module import StormLightningModule
 from ._recipe import Recipe, load_recipe, run_recipe
-from ._slides import TrainingSlide, union_vocabulary
+from ._slides import PreparedSlide, TrainingSlide, union_vocabulary
 
 __all__ = [
     "ContextDataset",
     "ContextSampler",
+    "PreparedSlide",
     "Recipe",
     "StormLightningModule",
     "TrainingConfig",

@@ -45,12 +45,11 @@ class ContextDataset(Dataset):
     --------
     >>> import numpy as np
     >>> import storm_sc as st
-    >>> from storm_sc.training._slides import PreparedSlide
     >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
     >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
     >>> inputs = model.prepare(sdata, verbose=False)
     >>> partition = (inputs.centers_um[:, 0] > 600).astype(np.int8)  # 0: training, 1: validation
-    >>> slide = PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, partition)
+    >>> slide = st.training.PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, partition)
     >>> options = st.training.TrainingConfig()
     >>> train = st.training.ContextDataset([slide], 0, model.config, options, train=True)
     >>> val = st.training.ContextDataset([slide], 1, model.config, options, train=False)

@@ -265,7 +265,32 @@ def union_vocabulary(
 
 @dataclass(eq=False)
 class PreparedSlide:
-    """A slide's model inputs with its group and the train/validation partition of its observations."""
+    """A slide's model inputs with its group and the train/validation partition of its observations.
+
+    What :class:`ContextDataset` draws training samples from: :func:`fit` prepares one per slide and assigns the
+    partition by slide group; build them yourself for a custom training loop.
+
+    Attributes
+    ----------
+    slide
+        The slide, with its name and group (patient).
+    inputs
+        The model's inputs of the slide (:meth:`storm_sc.models.StormModel.prepare`).
+    partition
+        ``(n_obs,)`` int8: ``0`` training, ``1`` validation, per observation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=60, n_genes=20, n_domains=2, seed=0)
+    >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    >>> inputs = model.prepare(sdata, verbose=False)
+    >>> partition = (inputs.centers_um[:, 0] > 600).astype(np.int8)  # the right-hand strip validates
+    >>> slide = st.training.PreparedSlide(st.training.TrainingSlide(sdata, name="toy"), inputs, partition)
+    >>> slide.name, len(slide.rows(0)), len(slide.rows(1))
+    ('toy', 46, 14)
+    """
 
     slide: TrainingSlide
     inputs: StormInputs
