@@ -31,6 +31,8 @@ import scipy.sparse as sp
 import tifffile
 from PIL import Image
 
+from tests.io._tenx_h5 import write_10x_h5
+
 N_2UM = 40  # 2 um bins per side of the capture area (80 um)
 BIN_SIZES = (2, 8, 16)
 MPP = 0.2738  # microns per full-resolution pixel, as a 40x objective gives
@@ -91,29 +93,15 @@ def _barcode(bin_um: int, row: int, col: int) -> str:
 
 
 def _write_10x_h5(path: Path, counts: sp.csr_matrix, barcodes: list[str], *, chemistry: str) -> None:
-    """A CellRanger/SpaceRanger v3+ feature-barcode matrix (``matrix/``, CSC by barcode) as ``read_10x_h5`` reads."""
-    csc = sp.csr_matrix(counts).T.tocsc()  # features x barcodes, stored by barcode column
-    csc.sort_indices()
-    n_features = len(GENES)
-    with h5py.File(path, "w") as f:
-        f.attrs["chemistry_description"] = chemistry
-        f.attrs["filetype"] = "matrix"
-        f.attrs["library_ids"] = np.array([b"hdtest"])
-        f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
-        f.attrs["software_version"] = "spaceranger-3.1.2"
-        f.attrs["version"] = 2
-        m = f.create_group("matrix")
-        m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
-        m.create_dataset("data", data=csc.data.astype(np.int32))
-        m.create_dataset("indices", data=csc.indices.astype(np.int64))
-        m.create_dataset("indptr", data=csc.indptr.astype(np.int64))
-        m.create_dataset("shape", data=np.array([n_features, len(barcodes)], dtype=np.int32))
-        feats = m.create_group("features")
-        feats.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
-        feats.create_dataset("feature_type", data=np.array([b"Gene Expression"] * n_features))
-        feats.create_dataset("genome", data=np.array([b"GRCh38"] * n_features))
-        feats.create_dataset("id", data=np.array(list(GENES.values()), dtype="S"))
-        feats.create_dataset("name", data=np.array(list(GENES), dtype="S"))
+    attrs = {
+        "chemistry_description": chemistry,
+        "filetype": "matrix",
+        "library_ids": np.array([b"hdtest"]),
+        "original_gem_groups": np.array([1], dtype=np.int64),
+        "software_version": "spaceranger-3.1.2",
+        "version": 2,
+    }
+    write_10x_h5(path, counts, barcodes, GENES, attrs=attrs, genome="GRCh38", dtype=np.int32)
 
 
 def _scalefactors(bin_um: float) -> dict:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import tifffile
 import zarr
 
 from tests.io._spaceranger_hd import GENES
+from tests.io._tenx_h5 import write_10x_h5
 
 PIXEL_SIZE = 0.2125  # um per morphology pixel, experiment.xenium's pixel_size
 HE_MPP = 0.26  # um per H&E pixel
@@ -100,26 +99,8 @@ def _counts(rng: np.random.Generator, xy_um: np.ndarray) -> np.ndarray:
 
 
 def _write_cell_feature_matrix(path: Path, counts: np.ndarray, barcodes: list[str]) -> None:
-    """The XOA cell-feature matrix (``matrix/``, CSC by cell) as ``scanpy.read_10x_h5`` reads it."""
-    csc = sp.csr_matrix(counts).T.tocsc()
-    csc.sort_indices()
-    n = len(GENES)
-    with h5py.File(path, "w") as f:
-        f.attrs["filetype"] = "matrix"
-        f.attrs["software_version"] = "xenium-2.0.0.10"
-        f.attrs["version"] = 2
-        m = f.create_group("matrix")
-        m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
-        m.create_dataset("data", data=csc.data.astype(np.uint32))
-        m.create_dataset("indices", data=csc.indices.astype(np.int64))
-        m.create_dataset("indptr", data=csc.indptr.astype(np.int64))
-        m.create_dataset("shape", data=np.array([n, len(barcodes)], dtype=np.int32))
-        feats = m.create_group("features")
-        feats.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
-        feats.create_dataset("feature_type", data=np.array([b"Gene Expression"] * n))
-        feats.create_dataset("genome", data=np.array([b"Unknown"] * n))
-        feats.create_dataset("id", data=np.array(list(GENES.values()), dtype="S"))
-        feats.create_dataset("name", data=np.array(list(GENES), dtype="S"))
+    attrs = {"filetype": "matrix", "software_version": "xenium-2.0.0.10", "version": 2}
+    write_10x_h5(path, counts, barcodes, GENES, attrs=attrs, genome="Unknown", dtype=np.uint32)
 
 
 def _write_cells_zarr(path: Path, id_pairs: np.ndarray, summary: np.ndarray, columns: list[str]) -> None:
