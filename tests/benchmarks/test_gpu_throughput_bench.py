@@ -12,7 +12,7 @@ from benchmarks import gpu_throughput as bench
 def test_smoke_run_on_the_cpu_times_both_tools_per_batch_size(tmp_path, capsys):
     csv = tmp_path / "gpu.csv"
     args = ["--device", "cpu", "--sizes", "300", "--configs", "storm-tiny", "--batch-sizes", "32", "128",
-            "--n-genes", "40", "--out", str(csv)]  # fmt: skip
+            "--n-genes", "40", "--agreement-obs", "300", "--out", str(csv)]  # fmt: skip
     assert bench.main(args) == 0
     rows = pd.read_csv(csv)
     assert len(rows) == 4 and (rows["status"] == "ok").all()
@@ -20,6 +20,9 @@ def test_smoke_run_on_the_cpu_times_both_tools_per_batch_size(tmp_path, capsys):
     assert (rows["obs_per_s"] > 0).all()
     printed = capsys.readouterr().out
     assert "fp32" in printed and "| observations | config | batch |" in printed
+    # the device's results against the CPU's: identical when the device is the CPU
+    assert "The bundled reference on cpu against the CPU (float32), 300 observations" in printed
+    assert "| storm_embed | 96 | 1.0 | 1.0 | 0.0 |" in printed
     assert bench.main(args) == 2  # its output exists: not replaced without --overwrite
 
 
