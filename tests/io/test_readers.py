@@ -156,6 +156,20 @@ def test_open_image_is_lazy_and_decodes_once(tmp_path):
         open_image(tmp_path / "nope.jpg")
 
 
+def test_an_h_and_e_larger_than_pils_bomb_limit_is_read(tmp_path, monkeypatch):
+    # PIL refuses files above twice MAX_IMAGE_PIXELS (~179 Mpx; a Visium full-resolution JPEG is ~600 Mpx): the
+    # limit is lowered here so that a small file stands for such a scan
+    pixels = np.random.default_rng(0).integers(0, 255, size=(60, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "he.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "he.png")
+    arr = open_image(tmp_path / "he.png")
+    assert arr.shape == (60, 40, 3)
+    np.testing.assert_array_equal(arr.compute(), pixels)
+    assert Image.MAX_IMAGE_PIXELS == 100  # the caller's limit is left as it was
+
+
 def test_decoded_images_are_kept_within_a_budget_and_decoded_again_when_needed(tmp_path, monkeypatch):
     from storm_sc.io import _image_file
 

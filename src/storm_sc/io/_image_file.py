@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +71,37 @@ class _DecodeOnce:
         self.ndim = 3
 
     def _read_file(self) -> np.ndarray:
-        from PIL import Image
-
         logger.debug("decoding %s", self.path)
-        with warnings.catch_warnings():
-            # Large H&E JPEGs (~92 Mpx for her2st) trip PIL's bomb warning; the user chose the file.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(self.path) as im:
-                return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        with _open_trusted(self.path) as im:
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return DECODED.get(self.token, self._read_file)[key]
+
+
+# Serialises the moments PIL's pixel limit is lifted, so that two opens never restore each other's value.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _open_trusted(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open`` of an H&E file the user chose, whatever its size.
+
+    PIL refuses images above twice its decompression-bomb limit (~179 Mpx), a guard against hostile files from the
+    web; an H&E scan saved as JPEG is legitimately that large (a Visium full-resolution image is ~25,000 px square),
+    and the user named the file. The limit is checked when the file is opened, so only the open runs without it.
+    """
+    from PIL import Image
+
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        yield im
 
 
 def _file_token(path: Path) -> str:
@@ -112,12 +134,8 @@ def open_image(image: str | os.PathLike | Any) -> Any:
         raise ValueError(
             f"Unsupported image format {suffix!r} for {path}; pass a JPEG, PNG or TIFF file, or an array (y, x, 3)."
         )
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            width, height = im.size  # reads the header only
+    with _open_trusted(path) as im:
+        width, height = im.size  # reads the header only
     token = _file_token(path)
     return da.from_array(
         _DecodeOnce(path, (height, width, 3), token),
