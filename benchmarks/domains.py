@@ -203,7 +203,7 @@ class Slide:
     @property
     def has_image(self) -> bool:
         """Whether the slide came with an image (STORM then embeds it with its H&E)."""
-        return bool(getattr(self.sdata, "images", None))
+        return bool(self.sdata.images)
 
 
 # --------------------------------------------------------------------------------------------------------------------

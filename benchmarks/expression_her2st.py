@@ -842,14 +842,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"no {' or '.join(args.schemes)}-patient split possible with sections {sections}: a within-patient split "
             "needs a patient with two sections, an across-patient split two patients."
         )
-    not_run = {}
-    for scheme, splits in (("within", splits_within), ("across", splits_across)):
-        if scheme not in args.schemes:
-            not_run[f"{scheme}_patient"] = NA_LEFT_OUT
-        elif not splits:
-            not_run[f"{scheme}_patient"] = (
-                NA_ONE_PATIENT if scheme == "across" else "n/a (no patient with two sections)"
-            )
+    # what the columns of a scheme without folds say instead of numbers
+    why_none = {"within": "n/a (no patient with two sections)", "across": NA_ONE_PATIENT}
+    not_run = {
+        f"{scheme}_patient": why_none[scheme] if scheme in args.schemes else NA_LEFT_OUT
+        for scheme, splits in (("within", splits_within), ("across", splits_across))
+        if not splits
+    }
 
     panel = load_panel(data_dir)
     # storm_sc's dataset loaders read their files from settings.data_dir.

@@ -36,6 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 import storm_sc as st  # noqa: E402
+from benchmarks._metrics import pearson_per_gene  # noqa: E402
 from benchmarks._report import outputs_in_the_way, publish  # noqa: E402
 from benchmarks.throughput import EMBED_KEY, PREDICT_KEY, PROFILES, generate_slide, on_disk  # noqa: E402
 
@@ -205,8 +206,7 @@ def agreement_with_cpu(device: Any, *, n_obs: int, n_genes: int = 50) -> pd.Data
         a, b = pair["device"], pair["cpu"]
         sd = b.std(axis=0)
         keep = sd > 0
-        a_c, b_c = a[:, keep] - a[:, keep].mean(0), b[:, keep] - b[:, keep].mean(0)
-        r = (a_c * b_c).sum(0) / np.sqrt((a_c**2).sum(0) * (b_c**2).sum(0))
+        r = pearson_per_gene(b[:, keep], a[:, keep])
         rows.append({
             "tool": tool, "columns": int(keep.sum()), "median r": round(float(np.median(r)), 4),
             "min r": round(float(r.min()), 4),
