@@ -74,17 +74,19 @@ class StormLightningModule(L.LightningModule):
             rank=self.global_rank,
         )
         size = batch.n_centres
-        on_step = stage == "train"
         for name in ("loss", *LOSS_NAMES):
+            value = losses[name].detach()
+            if stage != "train":
+                self.log(
+                    f"{stage}/{name}", value, on_epoch=True, batch_size=size, sync_dist=True, prog_bar=name == "loss"
+                )
+                continue
+            # Per-step values are this process's own (a live view): averaging them over processes would cost an
+            # all-reduce per objective on every step. The epoch means, which the history records, are averaged.
             self.log(
-                f"{stage}/{name}",
-                losses[name].detach(),
-                on_step=on_step,
-                on_epoch=True,
-                batch_size=size,
-                sync_dist=True,
-                prog_bar=name == "loss",
+                f"train/{name}_step", value, on_step=True, on_epoch=False, batch_size=size, prog_bar=name == "loss"
             )
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return losses["loss"]
 
     def training_step(self, batch: StormBatch, batch_idx: int) -> torch.Tensor:
