@@ -1,11 +1,13 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 import storm_sc as st
 from storm_sc.cli import main
 from storm_sc.models import StormModel
+from storm_sc.models._inference import native_bf16
 from storm_sc.training import TrainingConfig, load_recipe
 from storm_sc.training._fit import _launch_settings
 
@@ -133,3 +135,13 @@ def test_launch_follows_torchrun_and_slurm(monkeypatch):
     explicit = _launch_settings(TrainingConfig(accelerator="cpu", devices=1))
     assert explicit["devices"] == 1
     assert explicit["strategy"] == "auto"
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 0), "32-true"), ((7, 5), "32-true"), ((8, 0), "bf16-mixed")])
+def test_default_precision_follows_native_bf16(monkeypatch, capability, expected):
+    # A V100 (7.0) or T4 (7.5) only emulates bf16, more slowly than float32; Ampere (8.0) and newer compute in it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert _launch_settings(TrainingConfig(accelerator="gpu"))["precision"] == expected
+    assert _launch_settings(TrainingConfig(accelerator="gpu", precision="16-mixed"))["precision"] == "16-mixed"
+    assert native_bf16(torch.device("cpu")) is False

@@ -48,9 +48,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU that computes in bfloat16 natively (NVIDIA compute capability 8.0, Ampere, on).
+
+    Older GPUs (V100, T4) only emulate bf16, more slowly than float32, so they run in float32.
+
+    Examples
+    --------
+    >>> native_bf16(torch.device("cpu"))
+    False
+    """
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs (faster, same range as fp32); exact fp32 on the CPU."""
-    if device.type == "cuda":
+    """bf16 autocast on GPUs that compute in bf16 natively (faster, same range as fp32); exact fp32 elsewhere."""
+    if native_bf16(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

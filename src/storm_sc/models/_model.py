@@ -313,7 +313,7 @@ class StormModel:
         batch_size
             Observations per forward pass.
         device
-            ``"auto"`` (CUDA with bf16 autocast when available, else CPU), ``"cpu"``, ``"cuda"``, ...
+            ``"auto"`` (CUDA when available, with bf16 autocast on Ampere and newer; else CPU), ``"cpu"``, ``"cuda"``, ...
         verbose
             Progress bars.
 

@@ -81,7 +81,7 @@ def slide_features(
         Genes whose expression is predicted per tile (default: the genes of the model's expression readout, or
         the whole vocabulary for a model without one; ``[]`` for none).
     device
-        ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ...
+        ``"auto"`` (a GPU when available, in bf16 on Ampere and newer; else the CPU), ``"cpu"``, ``"cuda"``, ...
     tissue_threshold
         Minimum tissue fraction of a kept tile, in ``[0, 1]``.
     batch_size

@@ -136,7 +136,7 @@ def storm_embed(
     batch_size
         Observations per forward pass (default 256).
     device
-        ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        ``"auto"`` (a GPU when available, in bf16 on Ampere and newer; else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     level
         Which of the model's representations to write. ``"levels"``: the observation (its fused H&E and
         expression), its niche and its region embeddings side by side (``3 * hidden_dim`` numbers, 96 for the

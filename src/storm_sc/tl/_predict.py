@@ -92,7 +92,7 @@ def predict_expression(
     key_added
         Key of the result in ``sdata.tables`` (SpatialData input).
     device
-        ``"auto"`` (a GPU with bf16 when available, else the CPU), ``"cpu"``, ``"cuda"``, ...
+        ``"auto"`` (a GPU when available, in bf16 on Ampere and newer; else the CPU), ``"cpu"``, ``"cuda"``, ...
     batch_size
         Observations per forward pass.
     overwrite

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from storm_sc._settings import logger, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
+from storm_sc.models._inference import native_bf16
 from storm_sc.models._programs import corpus_loadings
 
 from ._config import TrainingConfig
@@ -66,7 +67,9 @@ def _launch_settings(options: TrainingConfig) -> dict[str, Any]:
     if strategy == "auto" and multi:
         strategy = "ddp"
     accelerator = options.accelerator
-    precision = options.precision or ("bf16-mixed" if _uses_gpu(options) else "32-true")
+    precision = options.precision or (
+        "bf16-mixed" if _uses_gpu(options) and native_bf16(torch.device("cuda")) else "32-true"
+    )
     return {
         "accelerator": accelerator,
         "devices": devices,
