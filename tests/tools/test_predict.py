@@ -179,3 +179,36 @@ def test_he_only_slide_errors_before_any_work(toy_sdata_factory, trained_model):
         st.tl.predict_expression(blank, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
     for s in (he, two, blank):
         assert not s.tables and not s.shapes
+
+
+def test_genes_measured_by_ensembl_id_pair_with_predictions():
+    # Space Ranger tables are indexed by Ensembl ids (gene_ids); the reference predicts symbols. Both are matched as
+    # storm_embed matches them, and genes may be asked for by either name.
+    model = st.models.StormModel.from_pretrained()
+    vocab = model.vocabulary
+    with_id = [i for i, e in enumerate(vocab.ensembl_ids) if e is not None and e.startswith("ENSG")][:40]
+    symbols = [vocab.symbols[i] for i in with_id]
+    ids = [vocab.ensembl_ids[i] for i in with_id]
+    sdata = st.datasets.toy(n_obs=120, n_genes=40, n_domains=2, seed=0)
+    sdata["table"].var_names = [f"{e}.3" for e in ids]  # versioned, as some pipelines write them
+    pred = st.tl.predict_expression(sdata, genes=[symbols[0].lower(), ids[1], "NOT_A_GENE"], verbose=False)
+    assert list(pred.var_names) == symbols[:2]
+    assert pred.var["measured_in_table"].tolist() == [True, True]
+    assert pred.var["gene_ids"].tolist() == ids[:2]
+    assert pred.uns["storm"]["genes_not_in_model"] == ["NOT_A_GENE"]
+    table = st.pl.gene_correlations(sdata)
+    assert sorted(table.index) == sorted(symbols[:2]) and table["n_obs"].eq(120).all()
+
+
+def test_prediction_argument_errors_come_first(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=8)
+    for genes, match in (([], "empty list"), ([1, 2], "gene names"), ("", "gene names")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            st.tl.predict_expression(sdata, trained_model, genes=genes)
+    with pytest.raises(ValueError, match="batch_size"):
+        st.tl.predict_expression(sdata, trained_model, batch_size=0)
+    with pytest.raises(ValueError, match="torch device"):
+        st.tl.predict_expression(sdata, trained_model, device="gpu")
+    with pytest.raises(ValueError, match="torch device"):
+        st.tl.storm_embed(sdata, trained_model, device="gpu")
+    assert "storm_predicted" not in sdata.tables and "X_storm" not in sdata["table"].obsm

@@ -23,6 +23,26 @@ LEVELS = ("joint", "levels", "observation", "niche", "region")
 T = TypeVar("T")
 
 
+def parse_device(device: str | torch.device) -> torch.device | str:
+    """Check that ``device`` names a device (``"auto"`` or a torch device); whether it exists is not checked here.
+
+    The tools call this before any work, where the device may belong to other machines (Dask workers).
+
+    Examples
+    --------
+    >>> parse_device("cuda:1")
+    device(type='cuda', index=1)
+    """
+    if isinstance(device, str) and device == "auto":
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ... (a torch device name); got {device!r}."
+        ) from None
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> the first CUDA GPU if one is available, else the CPU; anything else as given.
 
@@ -42,7 +62,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='cpu' or 'auto'.")
     return dev

@@ -15,9 +15,11 @@ from scipy import sparse
 from spatialdata import SpatialData
 
 from storm_sc._constants import TABLE_PREDICTED
-from storm_sc._settings import logger
+from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput
 from storm_sc.pp import GeneVocabulary, align_genes
+from storm_sc.pp._alignment import matched_columns
+from storm_sc.pp._vocabulary import is_ensembl
 
 from ._slides import as_slides, measured_table, pick_predicted_genes, predicted_table, resolve_slide
 
@@ -88,14 +90,17 @@ def pair_expression(
     if layer is not None and layer not in table.layers:
         raise KeyError(f"`layer` {layer!r} is not a layer of the measured table; layers: {list(table.layers)}.")
     measured: dict[str, np.ndarray | None] = dict.fromkeys(chosen)
-    vocabulary = GeneVocabulary.from_genes(chosen)
-    try:
-        aligned = align_genes(table, vocabulary, layer=layer)
-    except ValueError as err:
-        if "No gene in common" not in str(err):
-            raise
+    # predict_expression keeps each gene's Ensembl id: a table indexed by ids (Space Ranger's gene_ids) then pairs.
+    ids = pred.var["gene_ids"] if "gene_ids" in pred.var.columns else None
+    vocabulary = GeneVocabulary.from_genes(
+        chosen, ensembl_ids=None if ids is None else [ids[g] if is_ensembl(ids[g]) else None for g in chosen]
+    )
+    if (matched_columns(table, vocabulary)[0] < 0).all():
         logger.info("None of the %d predicted gene(s) is measured in the table.", len(chosen))
     else:
+        # Pairing a few plotted genes is not news worth a log line about the vocabulary's coverage.
+        with quiet_loggers(logger.name):
+            aligned = align_genes(table, vocabulary, layer=layer)
         x = aligned.X.toarray() if sparse.issparse(aligned.X) else np.asarray(aligned.X)
         for column, v in enumerate(aligned.vocab_indices):
             measured[chosen[int(v)]] = np.asarray(x[:, column], dtype=np.float64)

@@ -213,6 +213,18 @@ def _match(
     return vocab_to_data
 
 
+def matched_columns(
+    adata: AnnData, vocabulary: GeneVocabulary, *, gene_symbols: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The column of ``adata`` measuring each vocabulary gene (-1 where none), by :func:`align_genes`' rules.
+
+    Also returns the data's version-less Ensembl id per column (``None`` where unknown, or no array when the data
+    has none) and where the identifiers were found (for messages). Reads only ``var``: no expression is touched.
+    """
+    symbols, ensembl, source = _data_genes(adata, gene_symbols)
+    return _match(vocabulary, symbols, ensembl, adata.var_names), ensembl, source
+
+
 def align_genes(
     data: SpatialData | AnnData | SpatialInput,
     vocabulary: GeneVocabulary,
@@ -274,8 +286,7 @@ def align_genes(
         )
     adata = table_of(data, caller="align_genes", table_key=table_key)
     matrix = _matrix_of(adata, layer)
-    symbols, ensembl, source = _data_genes(adata, gene_symbols)
-    vocab_to_data = _match(vocabulary, symbols, ensembl, adata.var_names)
+    vocab_to_data, _, source = matched_columns(adata, vocabulary, gene_symbols=gene_symbols)
     mask = vocab_to_data >= 0
     n_matched = int(mask.sum())
     if n_matched == 0:

@@ -15,7 +15,7 @@ from storm_sc._constants import OBSM_EMBEDDING
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.models import StormModel
-from storm_sc.models._inference import LEVELS
+from storm_sc.models._inference import LEVELS, parse_device
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
@@ -184,6 +184,7 @@ def storm_embed(
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    parse_device(device)
     if not isinstance(adapt_epochs, int) or adapt_epochs < 0:
         raise ValueError(f"`adapt_epochs` must be a non-negative integer, got {adapt_epochs!r}.")
     check_client(client)

@@ -17,7 +17,10 @@ from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.models import ExpressionPrediction, StormModel
-from storm_sc.models._inference import check_prediction_memory
+from storm_sc.models._inference import check_prediction_memory, parse_device
+from storm_sc.pp import GeneVocabulary
+from storm_sc.pp._alignment import matched_columns
+from storm_sc.pp._vocabulary import ensembl_key, is_ensembl, symbol_key
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
@@ -27,16 +30,54 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
-def _split_genes(genes: Sequence[str] | str | None, model: StormModel) -> tuple[list[str] | None, list[str]]:
-    """Requested genes the model knows (in request order) and those it does not; matching ignores case."""
+def _split_genes(genes: Sequence[str] | str | None, vocabulary: GeneVocabulary) -> tuple[list[str] | None, list[str]]:
+    """Requested genes the model knows (as its symbols, in request order) and those it does not.
+
+    A gene is named by its symbol (any case) or by its Ensembl id (with or without version).
+    """
     if genes is None:
         return None, []
     if isinstance(genes, str):
         genes = [genes]
-    known = {g.upper(): g for g in model.vocabulary.symbols}
-    inside = [known[g.upper()] for g in genes if g.upper() in known]
-    outside = [g for g in genes if g.upper() not in known]
+
+    def known(name: str) -> str | None:
+        if is_ensembl(name):
+            index = vocabulary.ensembl_index.get(ensembl_key(name))
+        else:
+            index = vocabulary.symbol_index.get(symbol_key(name))
+        return None if index is None else vocabulary.symbols[index]
+
+    found = [(name, known(name)) for name in genes]
+    inside = [symbol for _, symbol in found if symbol is not None]
+    outside = [name for name, symbol in found if symbol is None]
     return list(dict.fromkeys(inside)), outside
+
+
+def _check_genes(genes: Any) -> None:
+    if genes is None:
+        return
+    if isinstance(genes, str):
+        names = [genes]
+    else:
+        names = list(genes) if isinstance(genes, Sequence | np.ndarray | pd.Index) else None
+    if names is None or not all(isinstance(g, str) and g.strip() for g in names):
+        raise TypeError(
+            f"`genes` must be a gene name or a list of gene names (symbols or Ensembl ids), or None for all the "
+            f"model's genes; got {genes!r}."
+        )
+    if not names:
+        raise ValueError("`genes` is an empty list; pass gene names, or None (the default) for all the model's genes.")
+
+
+def _gene_ids(vocabulary: GeneVocabulary, genes: Sequence[str], columns: np.ndarray, data_ids: np.ndarray | None):
+    """Per predicted gene, the Ensembl id the table measures it by, else the model's first id for it ("" if none)."""
+    out = []
+    for gene, column in zip(genes, columns, strict=True):
+        entry = vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(gene)]]
+        measured_as = data_ids[column] if data_ids is not None and column >= 0 else None
+        keys = {ensembl_key(e): e for e in entry}
+        out.append(keys.get(measured_as) or (entry[0] if entry else ""))
+    return out
 
 
 def predict_expression(
@@ -74,7 +115,7 @@ def predict_expression(
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
     genes
-        Genes to predict (symbols, any case); default the genes covered by the model's expression readout (10,497
+        Genes to predict (symbols, any case, or Ensembl ids); default the genes covered by the model's expression readout (10,497
         for the reference: about 80 MiB of result per 1,000 observations, so pass the genes you need on large
         slides), or its whole vocabulary for ``source="head"``. Genes outside the model's vocabulary are reported (a
         warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not silently dropped; an error when
@@ -113,7 +154,9 @@ def predict_expression(
     predicted standard deviation (for readout genes, the gene's cross-validated prediction error, the same for
     every spot; its calibration on held-out sections is measured in ``benchmarks/expression_heldout_ffpe.py``: the
     errors of log1p counts are heavier-tailed than a Gaussian's, so ``mean +- 1.96 sd`` covers somewhat less than
-    95%), ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
+    95%), ``var["measured_in_table"]`` whether the table measures the gene (matched by Ensembl id, then symbol, as
+    :func:`storm_sc.pp.align_genes` matches), ``var["gene_ids"]`` its Ensembl id (the table's where it has one),
+    ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
     ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
     every slide has been predicted, so an error leaves all inputs as they were.
 
@@ -129,6 +172,10 @@ def predict_expression(
     check_client(client)
     if source not in ("auto", "readout", "head"):
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    parse_device(device)
+    _check_genes(genes)
     items, single = as_slide_list(data)
     net = get_model(model, verbose=verbose)
     slides, tiles = [], []
@@ -146,7 +193,7 @@ def predict_expression(
                 "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
             )
         slides.append(slide)
-    inside, outside = _split_genes(genes, net)
+    inside, outside = _split_genes(genes, net.vocabulary)
     if genes is not None and not inside:
         raise ValueError(
             f"None of the requested genes is in the model's vocabulary of {len(net.vocabulary)} genes: "
@@ -191,7 +238,7 @@ def predict_expression(
         "source": source,
     }
     results = [
-        _prediction_table(item, slide, prediction, params, outside)
+        _prediction_table(item, slide, prediction, params, outside, net.vocabulary)
         for item, slide, prediction in zip(items, slides, predictions, strict=True)
     ]
     # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
@@ -217,6 +264,7 @@ def _prediction_table(
     prediction: ExpressionPrediction,
     params: dict[str, Any],
     outside: list[str],
+    vocabulary: GeneVocabulary,
 ) -> AnnData:
     """The AnnData of one slide's prediction, annotating the same elements as its measured table."""
     source = slide.table
@@ -228,7 +276,19 @@ def _prediction_table(
         layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32, copy=False)},
         obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
     )
-    result.var["measured_in_table"] = result.var_names.str.upper().isin(source.var_names.str.upper())
+    # Measured genes found as storm_embed finds them (Ensembl ids first, then symbols), so that a table indexed by
+    # Ensembl ids (Space Ranger's gene_ids) pairs with the predicted symbols.
+    genes = list(prediction.genes)
+    predicted = GeneVocabulary.from_genes(
+        genes,
+        ensembl_ids=None
+        if vocabulary.all_ensembl_ids is None
+        else [vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(g)]] for g in genes],
+    )
+    columns, data_ids, _ = matched_columns(source, predicted)
+    result.var["measured_in_table"] = columns >= 0
+    if vocabulary.all_ensembl_ids is not None:
+        result.var["gene_ids"] = _gene_ids(vocabulary, genes, columns, data_ids)
     if prediction.sources is not None:
         result.var["prediction_source"] = pd.Categorical(prediction.sources, categories=["readout", "head"])
     record_params(
