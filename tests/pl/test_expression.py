@@ -163,3 +163,13 @@ def test_gene_correlation_plot(sdata, tmp_path):
     assert len(fig.axes[0].get_yticklabels()) == 2
     with pytest.raises(ValueError, match="`top`"):
         st.pl.gene_correlation(sdata, top=0)
+
+
+def test_measured_table_found_beside_several_prediction_tables(sdata):
+    # Predictions stored under other key_added values annotate the same spots: still not the measured table.
+    pred = sdata.tables["storm_predicted"]
+    several = _copy_with_tables(sdata, table=sdata["table"], p1=pred.copy(), p2=pred.copy())
+    fig = st.pl.expression(several, "gene_0002", predicted_key="p1")
+    assert [a.get_title() for a in fig.axes if a.get_title()][:1] == ["gene_0002: measured"]
+    st.pl.domains(several)
+    assert st.pl.gene_correlations(several, predicted_key="p2").index.tolist()

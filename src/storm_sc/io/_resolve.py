@@ -170,7 +170,7 @@ def _check_scale(
         )
 
 
-def _is_prediction(table: AnnData) -> bool:
+def is_prediction(table: AnnData) -> bool:
     """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one)."""
     params = table.uns.get(UNS_STORM)
     return isinstance(params, Mapping) and "predict_expression" in params
@@ -273,7 +273,7 @@ def resolve(
     adapter = _ADAPTERS[platform]
     if table_key is None:
         # Tables of predictions written by storm_sc annotate the same spots; the user means the measured one.
-        measured = [k for k, t in sdata.tables.items() if not _is_prediction(t)]
+        measured = [k for k, t in sdata.tables.items() if not is_prediction(t)]
         table_key = measured[0] if len(measured) == 1 else adapter.choose_table(sdata)
     table = sdata.tables[table_key]
     check_table(table, table_key)

@@ -11,6 +11,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._resolve import is_prediction
 
 Data = SpatialData | AnnData
 
@@ -37,7 +38,8 @@ def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key:
         return table_key
     if len(sdata.tables) <= 1:
         return None  # resolve() picks the only table or explains what is missing
-    others = [k for k in sdata.tables if k != predicted_key]
+    # Tables of predictions (whatever their key_added) annotate the same spots; the user means the measured one.
+    others = [k for k, t in sdata.tables.items() if k != predicted_key and not is_prediction(t)]
     if len(others) == 1:
         return others[0]
     raise ValueError(
