@@ -118,6 +118,12 @@ def _no_scale(a):
     del a.uns["spatial"]["lib1"]["scalefactors"]["spot_diameter_fullres"]
 
 
+def _table_of_a_spatialdata(a):
+    # What `sdata["table"]` of spatialdata_io.visium carries: a scanpy-like entry without scale factors.
+    del a.uns["spatial"]["lib1"]["scalefactors"]
+    a.uns["spatialdata_attrs"] = {"region": "lib1", "region_key": "region", "instance_key": "spot_id"}
+
+
 def _no_obsm(a):
     del a.obsm["spatial"]
 
@@ -133,13 +139,14 @@ BAD = {
         {},
         r"no image in `.uns\['spatial'\]`, so the unit of its positions is unknown; pass `mpp=`",
     ),
-    "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\]; pass `library_id=`"),
+    "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\].*split the table by library"),
     "unknown_library": (lambda a: None, {"library_id": "nope"}, r"No library 'nope'.*\['lib1'\]"),
     "unknown_image": (lambda a: None, {"image_key": "fullres"}, r"No usable image 'fullres'.*\['hires', 'lowres'\]"),
     "nan_position": (_nan_position, {}, "NaN or infinite"),
     "duplicated_names": (_dup_names, {}, r"obs_names_make_unique"),
     "no_scale": (_no_scale, {}, r"pass `mpp=`"),
     "no_obsm": (_no_obsm, {}, r"no `.obsm\['spatial'\]`"),
+    "table_of_a_spatialdata": (_table_of_a_spatialdata, {}, r"pass the SpatialData itself"),
     "no_scalefactor": (_no_scalef, {}, r"no image with a scalefactor"),
     "table_key_given": (lambda a: None, {"table_key": "table"}, r"`table_key` applies to a SpatialData"),
     "bad_mpp": (lambda a: None, {"mpp": -1.0}, "must be a positive number"),

@@ -82,3 +82,25 @@ def test_embed_several_slides(toy_sdata_factory, trained_model):
     st.tl.storm_embed(slides, trained_model, verbose=False)
     dims = {s["table"].obsm["X_storm"].shape[1] for s in slides}
     assert len(dims) == 1
+
+
+def test_embed_reads_a_counts_layer_and_a_symbols_column(toy_sdata_factory, trained_model):
+    # The scanpy habit: .X normalised and scaled for PCA, counts kept in a layer, var_names as Ensembl-like ids.
+    plain = toy_sdata_factory(seed=3)
+    expected = st.tl.storm_embed(plain, trained_model, copy=True, verbose=False)["table"].obsm["X_storm"]
+    sdata = toy_sdata_factory(seed=3)
+    table = sdata["table"]
+    table.layers["counts"] = table.X.copy()
+    table.var["symbol"] = table.var_names.to_numpy()
+    table.var_names = [f"id{i}" for i in range(table.n_vars)]
+    x = np.log1p(np.asarray(table.X.todense() if hasattr(table.X, "todense") else table.X, dtype=np.float64))
+    table.X = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
+    with pytest.raises(ValueError, match="negative values.*layer="):
+        st.tl.storm_embed(sdata, trained_model, gene_symbols="symbol", verbose=False)
+    for kwargs, err in (({"layer": "nope"}, "is not a layer"), ({"gene_symbols": "nope"}, "is not a column")):
+        with pytest.raises(KeyError, match=err):
+            st.tl.storm_embed(sdata, trained_model, **kwargs)
+    assert "X_storm" not in table.obsm
+    st.tl.storm_embed(sdata, trained_model, layer="counts", gene_symbols="symbol", verbose=False)
+    np.testing.assert_allclose(table.obsm["X_storm"], expected, rtol=1e-5, atol=1e-6)
+    assert table.uns["storm"]["X_storm"]["layer"] == "counts"

@@ -35,13 +35,27 @@ def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any
         )
     if library_id is None:
         if len(libs) > 1:
-            raise ValueError(f"`.uns['spatial']` holds several libraries {list(libs)}; pass `library_id=`.")
+            raise ValueError(
+                f"`.uns['spatial']` holds several libraries {list(libs)}, and storm_sc reads one slide per AnnData: "
+                "split the table by library (e.g. `[adata[adata.obs[<library column>] == lib].copy() for lib in "
+                "adata.uns['spatial']]`, a list the st.tl tools take), or name one with `library_id=` in "
+                "st.io.resolve."
+            )
         library_id = next(iter(libs))
     elif library_id not in libs:
         raise ValueError(f"No library {library_id!r} in `.uns['spatial']`; libraries found: {list(libs)}.")
     lib = libs[library_id]
     if not isinstance(lib, dict) or not isinstance(lib.get("scalefactors"), dict):
-        raise ValueError(f"`.uns['spatial'][{library_id!r}]` has no 'scalefactors'; it is not scanpy's Visium layout.")
+        # spatialdata_io.visium leaves a scanpy-like .uns['spatial'] without scale factors on the SpatialData's table.
+        within = (
+            " This AnnData is the table of a SpatialData (it has `.uns['spatialdata_attrs']`): pass the SpatialData "
+            "itself (`sdata`, not `sdata['table']`), whose images and transformations storm_sc reads."
+            if "spatialdata_attrs" in adata.uns
+            else ""
+        )
+        raise ValueError(
+            f"`.uns['spatial'][{library_id!r}]` has no 'scalefactors'; it is not scanpy's Visium layout.{within}"
+        )
     return library_id, lib
 
 

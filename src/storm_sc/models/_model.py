@@ -292,6 +292,8 @@ class StormModel:
         image_key: str | None = None,
         mpp: float | None = None,
         library_id: str | None = None,
+        layer: str | None = None,
+        gene_symbols: str | None = None,
         batch_size: int = 256,
         device: str | torch.device = "auto",
         verbose: bool | None = None,
@@ -310,6 +312,8 @@ class StormModel:
             Modalities to use (e.g. ``use_expression=False`` for an H&E-only embedding).
         table_key, image_key, mpp, library_id
             Passed to :func:`storm_sc.io.resolve`.
+        layer, gene_symbols
+            Passed to :func:`storm_sc.pp.align_genes`.
         batch_size
             Observations per forward pass.
         device
@@ -331,7 +335,14 @@ class StormModel:
         """
         if not (use_image or use_expression):
             raise ValueError("At least one of `use_image` and `use_expression` must be True.")
-        resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
+        resolve = {
+            "table_key": table_key,
+            "image_key": image_key,
+            "mpp": mpp,
+            "library_id": library_id,
+            "layer": layer,
+            "gene_symbols": gene_symbols,
+        }
         inputs = self._inputs(
             data, use_image=use_image, use_expression=use_expression, resolve=resolve, verbose=verbose
         )

@@ -58,6 +58,8 @@ def embed_slide(
     batch_size: int,
     device: str,
     verbose: bool | None,
+    layer: str | None = None,
+    gene_symbols: str | None = None,
 ) -> tuple[np.ndarray, list[str], float]:
     """Embed one resolved slide: ``(embedding, modalities used, seconds)``; the same code in-process and on workers."""
     start = time.perf_counter()
@@ -65,7 +67,13 @@ def embed_slide(
     use_expression = want_expression and slide.table.n_vars > 0
     # One pass: patches are cut from the image as the model needs them, so memory does not grow with the slide.
     inputs = net.prepare(
-        slide, use_image=use_image, use_expression=use_expression, stream_patches=True, verbose=verbose
+        slide,
+        use_image=use_image,
+        use_expression=use_expression,
+        layer=layer,
+        gene_symbols=gene_symbols,
+        stream_patches=True,
+        verbose=verbose,
     )
     use_image = use_image and inputs.has_image
     use_expression = use_expression and inputs.expression is not None
@@ -90,6 +98,8 @@ def storm_embed(
     image_key: str | None = None,
     mpp: float | None = None,
     modalities: Modalities = "auto",
+    layer: str | None = None,
+    gene_symbols: str | None = None,
     key_added: str = OBSM_EMBEDDING,
     batch_size: int | None = None,
     device: str = "auto",
@@ -131,6 +141,12 @@ def storm_embed(
         ``"auto"``: H&E, expression and spatial context when present, degrading gracefully when one is missing;
         ``"image"``: H&E (and context) only; ``"expression"``: expression (and context) only; ``"both"``: require
         both (an error if either is missing).
+    layer
+        Layer of the table holding the expression (raw counts, or log1p-normalised values) when ``.X`` holds
+        something else, e.g. values scaled by ``sc.pp.scale``; default ``.X``.
+    gene_symbols
+        Column of ``.var`` with gene symbols when ``var_names`` hold other ids (Ensembl ids are recognised
+        either way); see :func:`storm_sc.pp.align_genes`.
     key_added
         Key in ``.obsm`` of the table for the embedding.
     batch_size
@@ -210,6 +226,15 @@ def storm_embed(
                 f"Slide {slide.library_id!r} has no H&E image but modalities={modalities!r} asks for it; "
                 "pass `image_key=` or use modalities='expression' or 'auto'."
             )
+        if layer is not None and layer not in slide.table.layers:
+            raise KeyError(
+                f"{slide.library_id}: `layer={layer!r}` is not a layer of the table (layers: {list(slide.table.layers)})."
+            )
+        if gene_symbols is not None and gene_symbols not in slide.table.var.columns:
+            raise KeyError(
+                f"{slide.library_id}: `gene_symbols={gene_symbols!r}` is not a column of .var (columns: "
+                f"{list(slide.table.var.columns)})."
+            )
         if strict and want_expression and slide.table.n_vars == 0:
             raise ValueError(f"Slide {slide.library_id!r} has no expression but modalities={modalities!r} asks for it.")
 
@@ -217,7 +242,10 @@ def storm_embed(
     if adapt_epochs:
         net = _copy.deepcopy(net)
         logger.info("adapting %s to %d slide(s) for %d epoch(s) (self-supervised)", net, len(resolved), adapt_epochs)
-        net.fit(resolved, max_epochs=adapt_epochs, seed=random_state, verbose=verbose)
+        from storm_sc.training import TrainingSlide
+
+        adapt_on = [TrainingSlide(slide, layer=layer, gene_symbols=gene_symbols) for slide in resolved]
+        net.fit(adapt_on, max_epochs=adapt_epochs, seed=random_state, verbose=verbose)
 
     results = map_slides(
         embed_slide,
@@ -230,6 +258,8 @@ def storm_embed(
         level=level,
         batch_size=batch_size or _DEFAULT_BATCH,
         device=device,
+        layer=layer,
+        gene_symbols=gene_symbols,
     )
 
     # Results are written only once every slide has been embedded: a failure leaves all inputs untouched.
@@ -246,6 +276,8 @@ def storm_embed(
                 "architecture": net.config.name,
                 "modalities": used + ["spatial context"],
                 "modalities_requested": modalities,
+                "layer": layer,
+                "gene_symbols": gene_symbols,
                 "level": level,
                 "adapt_epochs": adapt_epochs,
                 "random_state": random_state,
