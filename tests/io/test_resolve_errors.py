@@ -175,3 +175,15 @@ def test_implausible_generic_size_warns(storm_log):
     sdata = _plain()  # spots of 16 px across
     st.io.resolve(sdata, mpp=200.0)  # 3.2 mm spots: suspicious but not refused without a known spot size
     assert "implausible" in storm_log.text
+
+
+def test_concatenated_slides_are_named_as_such():
+    # spatialdata.concatenate with named inputs puts each slide in its own coordinate systems under one table.
+    import spatialdata as sd
+
+    both = sd.concatenate({"a": _plain(), "b": _plain()}, concatenate_tables=True)
+    before = fingerprint(both)
+    for kwargs in ({}, {"use_image": False}):
+        with pytest.raises(ValueError, match=r"annotates 2 regions that share no coordinate system.*as a list"):
+            st.io.resolve(both, **kwargs)
+    assert fingerprint(both) == before

@@ -176,6 +176,20 @@ def is_prediction(table: AnnData) -> bool:
     return isinstance(params, Mapping) and "predict_expression" in params
 
 
+def _check_one_slide(slide: Slide) -> None:
+    """Refuse a table whose regions share no coordinate system: they are several slides (``spatialdata.concatenate``)."""
+    region_els = slide.region_elements
+    if len(region_els) < 2 or shared_coordinate_systems(region_els):
+        return
+    placed = {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, region_els, strict=True)}
+    raise ValueError(
+        f"Table {slide.table_key!r} annotates {len(region_els)} regions that share no coordinate system, so they are "
+        f"separate slides (as `spatialdata.concatenate` leaves them): {placed}. storm_sc reads one slide per "
+        "SpatialData: pass the slides as a list, one SpatialData each (e.g. the objects that were concatenated); "
+        "the st.tl tools analyse a list together, and storm_domains finds domains shared across it."
+    )
+
+
 def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_key: str | None) -> str:
     """Return the coordinate system shared by the table's elements and the image, with a clear error when none is."""
     region_els = slide.region_elements
@@ -281,6 +295,7 @@ def resolve(
     slide = Slide(sdata, table_key, table, regions, region_key, instance_key)
     slide.links = adapter.link_regions(slide)
     element_keys = slide.element_keys
+    _check_one_slide(slide)
 
     if image_key is None and use_image:
         image_key = adapter.choose_image(slide)
