@@ -207,3 +207,19 @@ def test_sampler_shards_processes_and_carries_the_epoch(monkeypatch):
     ordered.set_epoch(3)
     monkeypatch.setattr(ContextSampler, "_layout", staticmethod(lambda: (0, 1)))
     assert list(ordered) == [15, 16, 17, 18, 19]
+
+
+def test_training_slide_matching_by_source_then_positions():
+    from storm_sc.training._slides import _sha256, training_slide_matching
+
+    xy = np.arange(12.0).reshape(6, 2)
+    manifest = {
+        "datasets": [
+            {"name": "C2", "source": {"loader": "her2st", "args": {"section": "C2"}}, "sha256": {"centers_um": "x"}},
+            {"name": "other", "source": {"object": "SpatialData"}, "sha256": {"centers_um": _sha256(xy)}},
+        ]
+    }
+    # The loader's own record wins even when the positions' last bits differ (another machine's arithmetic).
+    assert training_slide_matching(manifest, xy + 1e-9, source={"loader": "her2st", "args": {"section": "C2"}}) == "C2"
+    assert training_slide_matching(manifest, xy, source={"loader": "her2st", "args": {"section": "C3"}}) == "other"
+    assert training_slide_matching(manifest, xy + 1e-9) is None

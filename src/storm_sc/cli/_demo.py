@@ -43,11 +43,13 @@ def _her2st_is_local(section: str) -> bool:
     return key in table.index and bool(table.loc[key, "local"]) and bool(table.loc[key, "image"])
 
 
-def _load(choice: str, section: str) -> tuple[Any, str]:
+def _load(choice: str, section: str) -> tuple[Any, str, dict[str, Any] | None]:
+    """The slide, its description and its source as a training manifest records it (None: generated)."""
     import storm_sc as st
 
     if choice == "her2st" or (choice == "auto" and _her2st_is_local(section)):
-        return st.datasets.her2st(section, image=True), f"her2st {section} (real HER2+ breast cancer ST)"
+        source = {"loader": "her2st", "args": {"section": section, "image": True}}
+        return st.datasets.her2st(section, image=True), f"her2st {section} (real HER2+ breast cancer ST)", source
     if choice == "auto":
         st._settings.logger.info(
             "her2st %s is not in the data directory %s; using generated toy data (set STORM_SC_DATA_DIR to a "
@@ -55,7 +57,7 @@ def _load(choice: str, section: str) -> tuple[Any, str]:
             section,
             st.settings.data_dir,
         )
-    return st.datasets.toy(seed=0), "toy (generated data with planted domains; not real data)"
+    return st.datasets.toy(seed=0), "toy (generated data with planted domains; not real data)", None
 
 
 def _save_montage(patches: np.ndarray, path: Path) -> None:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    sdata, described = _load(args.data, args.section)
+    sdata, described, source = _load(args.data, args.section)
     print(f"storm-sc demo: data = {described}")
     slide = st.io.resolve(sdata)
     print(f"storm-sc demo: {slide}")
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             "graph_mean_degree": float(degrees.mean()),
         }
     )
-    summary.update(_model_steps(sdata, slide, out, epochs=args.epochs))
+    summary.update(_model_steps(sdata, slide, out, epochs=args.epochs, source=source))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
@@ -149,7 +151,7 @@ def _get_model(slide: Any, epochs: int) -> tuple[Any, str]:
     return model, f"storm-tiny trained on this slide for {epochs} epochs (self-supervised, seed 0)"
 
 
-def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int) -> dict[str, Any]:
+def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict[str, Any] | None) -> dict[str, Any]:
     """Embed, find domains and predict expression from H&E; write figures and a per-gene table."""
     import matplotlib
 
@@ -173,7 +175,7 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int) -> dict[str,
     st.pl.expression(sdata, list(correlations.index[:3]), table_key=slide.table_key, save=out / "expression.png")
     from storm_sc.training._slides import training_slide_matching
 
-    seen = training_slide_matching(model.manifest, slide.centers_um)
+    seen = training_slide_matching(model.manifest, slide.centers_um, source=source)
     if seen is not None:
         print(
             f"storm-sc demo: this slide is one of the model's training slides ({seen}): the correlations of predicted "

@@ -387,13 +387,23 @@ def _sha256(*arrays: Any) -> str:
     return h.hexdigest()
 
 
-def training_slide_matching(manifest: dict[str, Any], centers_um: np.ndarray) -> str | None:
-    """Name of the slide of a model's training manifest with exactly these positions (sha256), else ``None``.
+def training_slide_matching(
+    manifest: dict[str, Any], centers_um: np.ndarray, *, source: dict[str, Any] | None = None
+) -> str | None:
+    """Name of the slide of a model's training manifest read from ``source`` or with exactly these positions.
 
-    Tells whether a score on a slide is in-sample: a slide read by the same loader has the same positions.
+    Tells whether a score on a slide is in-sample. ``source`` is the provenance the manifest records (e.g.
+    ``{"loader": "her2st", "args": {"section": "C2", "image": True}}``): the same loader and arguments are the same
+    slide. Without a matching source, the positions' sha256 is compared, which a change of the last float bit
+    (another machine's arithmetic in the scale estimate) defeats: it finds the same data, not a copy.
     """
+    entries = manifest.get("datasets", [])
+    if source is not None:
+        for entry in entries:
+            if entry.get("source") == source:
+                return str(entry.get("name"))
     digest = _sha256(np.asarray(centers_um))
-    for entry in manifest.get("datasets", []):
+    for entry in entries:
         if entry.get("sha256", {}).get("centers_um") == digest:
             return str(entry.get("name"))
     return None
