@@ -219,7 +219,7 @@ def test_training_slide_matching_by_source_then_positions():
             {"name": "other", "source": {"object": "SpatialData"}, "sha256": {"centers_um": _sha256(xy)}},
         ]
     }
-    # The loader's own record wins even when the positions' last bits differ (another machine's arithmetic).
+    # The loader's own record wins even when the positions' last bits differ.
     assert training_slide_matching(manifest, xy + 1e-9, source={"loader": "her2st", "args": {"section": "C2"}}) == "C2"
     assert training_slide_matching(manifest, xy, source={"loader": "her2st", "args": {"section": "C3"}}) == "other"
     assert training_slide_matching(manifest, xy + 1e-9) is None

@@ -395,7 +395,7 @@ def training_slide_matching(
     Tells whether a score on a slide is in-sample. ``source`` is the provenance the manifest records (e.g.
     ``{"loader": "her2st", "args": {"section": "C2", "image": True}}``): the same loader and arguments are the same
     slide. Without a matching source, the positions' sha256 is compared, which a change of the last float bit
-    (another machine's arithmetic in the scale estimate) defeats: it finds the same data, not a copy.
+    defeats (the reference's C2 and C4 positions hash differently today, cause not traced).
     """
     entries = manifest.get("datasets", [])
     if source is not None:
