@@ -10,6 +10,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
+from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import is_prediction
 
@@ -55,13 +56,18 @@ def resolve_slide(
     image_key: str | None = None,
     mpp: float | None = None,
 ) -> SpatialInput:
-    """Resolve one slide on its measured table (never on the predicted one that annotates the same spots)."""
+    """Resolve one slide on its measured table (never on the predicted one that annotates the same spots).
+
+    Quietly: the tools that made what is plotted already logged how the slide was read; warnings still show.
+    """
     if isinstance(data, SpatialData):
         key = measured_table_key(data, table_key, predicted_key)
-        return resolve(data, table_key=key, image_key=image_key, mpp=mpp)
+        with quiet_loggers(logger.name):
+            return resolve(data, table_key=key, image_key=image_key, mpp=mpp)
     if table_key is not None:
         raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
-    return resolve(data, image_key=image_key, mpp=mpp)
+    with quiet_loggers(logger.name):
+        return resolve(data, image_key=image_key, mpp=mpp)
 
 
 def measured_table(data: Data, *, table_key: str | None, predicted_key: str | None) -> AnnData:
