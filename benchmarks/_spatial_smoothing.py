@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import kneighbors_graph
 
-from storm_sc.tl._domains import SMOOTH_NEIGHS, smooth_embedding
+from storm_sc.tl._domains import smooth_embedding
+
+# The expression benchmarks' smoothed baselines were measured with the 6 nearest spots; kept fixed so that their
+# tables stay comparable (storm_domains now smooths over a spot grid's first ring instead).
+SMOOTH_NEAREST = 6
 
 
 def smooth_over_neighbours(
-    values: np.ndarray, xy_um: np.ndarray, *, n_neighs: int = SMOOTH_NEIGHS, steps: int = 1, weight: float = 0.5
+    values: np.ndarray, xy_um: np.ndarray, *, n_neighs: int = SMOOTH_NEAREST, steps: int = 1, weight: float = 0.5
 ) -> np.ndarray:
-    """Mix each spot's values with the unweighted mean of its nearest spots', by ``storm_domains``' rule.
+    """Mix each spot's values with the unweighted mean of its nearest spots' (``storm_domains``' mixing rule).
 
     Parameters
     ----------
@@ -20,7 +24,8 @@ def smooth_over_neighbours(
     xy_um
         ``(n, 2)`` spot positions in microns (one section: neighbours never cross sections).
     n_neighs
-        Nearest spots averaged (``storm_domains``' 6, the first ring of a hexagonal or square-with-diagonals lattice).
+        Nearest spots averaged (6: Visium's first hexagonal ring; on legacy ST's square grid, its 4 sides and 2
+        of its diagonals).
     steps, weight
         Rounds of ``(1 - weight) * own + weight * neighbours' mean``.
 

@@ -223,21 +223,23 @@ class Timer:
             self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
 
 
-def smoothing_defaults(steps: int | None = None) -> tuple[int, int, float]:
-    """Neighbours, steps and weight of ``storm_domains``' smoothing, read from the package (not restated here).
+def smoothing_defaults(steps: int | None = None) -> tuple[int, float]:
+    """Steps and weight of ``storm_domains``' smoothing, read from the package (not restated here).
 
-    ``steps`` replaces the default number of steps (``--smooth-steps``).
+    ``steps`` replaces the default number of steps (``--smooth-steps``). The graph is ``storm_domains``' own
+    (:func:`storm_sc.tl._domains.smoothing_graph`).
     """
     import inspect
 
-    from storm_sc.tl import _domains
-
     params = inspect.signature(st.tl.storm_domains).parameters
-    return (
-        _domains.SMOOTH_NEIGHS,
-        params["smooth_steps"].default if steps is None else steps,
-        params["smooth_weight"].default,
-    )
+    return params["smooth_steps"].default if steps is None else steps, params["smooth_weight"].default
+
+
+def smoothing_graph_of(sdata: Any) -> Any:
+    """``storm_domains``' smoothing graph of a slide: its grid's first ring, or 6 nearest neighbours off a grid."""
+    from storm_sc.tl._domains import smoothing_graph
+
+    return smoothing_graph(st.io.resolve(sdata, use_image=False))[0]
 
 
 def baseline_labels(
@@ -262,7 +264,7 @@ def baseline_labels(
     ``(labels, details)``.
     """
     z = slide.pcs[seed]
-    n_neighs, steps, weight = smoothing_defaults(smooth_steps)
+    steps, weight = smoothing_defaults(smooth_steps)
     details: dict[str, Any] = {}
     if method.endswith("_storm_domains"):
         # STORM's own domain step (centring, cosine geometry, smoothing, k-means) on another representation, alone.
@@ -283,9 +285,8 @@ def baseline_labels(
         del slide.sdata["table"].obsm[key]
         return out["table"].obs["storm_domain"].to_numpy(), {"use_rep": name, "width": z.shape[1]}
     if "_smooth_" in method:
-        graph = st.pp.spatial_graph(slide.sdata, n_neighs=n_neighs)
-        z = smooth_like_storm(z, graph, steps=steps, weight=weight)
-        details.update({"smooth_neighbours": n_neighs, "smooth_steps": steps, "smooth_weight": weight})
+        z = smooth_like_storm(z, smoothing_graph_of(slide.sdata), steps=steps, weight=weight)
+        details.update({"smooth_graph": "storm_domains", "smooth_steps": steps, "smooth_weight": weight})
     if method.endswith("leiden"):
         labels, res = leiden_domains(z, slide.n_domains, random_state=seed)
         details["leiden_resolution"] = res
@@ -733,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         wall = time.perf_counter() - t0
 
-    n_neighs, steps, weight = smoothing_defaults(args.smooth_steps)
+    steps, weight = smoothing_defaults(args.smooth_steps)
     summary = summary_table(per_seed, methods, {d: list(group_map.get(d, (d,))) for d in args.datasets}, timer)
     header = [
         "Spatial domains vs manual annotations — "
@@ -742,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for s in slides
         ),
         f"seeds {', '.join(map(str, seeds))}; baselines: {args.n_hvg} HVGs (seurat), {args.n_pcs} PCs; smoothing as "
-        f"storm_domains ({n_neighs} neighbours, {steps} steps, weight {weight})",
+        f"storm_domains (a spot grid's first ring, else 6 nearest neighbours; {steps} steps, weight {weight})",
         f"STORM: {storm_text}",
         f"published methods: {external_note}",
         f"load CPU {timer.cpu.get('load', 0.0):.1f} s, PCA CPU {timer.cpu.get('pca', 0.0):.1f} s; total wall "

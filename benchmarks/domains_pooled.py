@@ -65,7 +65,14 @@ from benchmarks._domain_baselines import (  # noqa: E402
     smooth_like_storm,
 )
 from benchmarks._report import mean_sd, out_path_problems, progress_only, publish  # noqa: E402
-from benchmarks.domains import DATASETS, HER2ST_LABELLED, Dataset, local_dlpfc, smoothing_defaults  # noqa: E402
+from benchmarks.domains import (  # noqa: E402
+    DATASETS,
+    HER2ST_LABELLED,
+    Dataset,
+    local_dlpfc,
+    smoothing_defaults,
+    smoothing_graph_of,
+)
 
 logger = logging.getLogger("storm_sc.benchmarks")
 
@@ -248,8 +255,8 @@ def pool_labels(
         return [o["table"].obs["storm_domain"].to_numpy() for o in out]
     z = pooled_pcs(slides, n_hvg=n_hvg, n_pcs=n_pcs, random_state=seed)
     if method == "pca_smooth_kmeans":
-        n_neighs, steps, weight = smoothing_defaults()
-        graphs = [st.pp.spatial_graph(s.sdata, n_neighs=n_neighs) for s in slides]
+        steps, weight = smoothing_defaults()
+        graphs = [smoothing_graph_of(s.sdata) for s in slides]
         z = [smooth_like_storm(zi, g, steps=steps, weight=weight) for zi, g in zip(z, graphs, strict=True)]
     stacked = np.vstack(z)
     if method == "pca_leiden":

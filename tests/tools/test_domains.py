@@ -208,3 +208,38 @@ def test_leiden_domains_of_a_large_slide():
     st.tl.storm_domains(table, resolution=0.1, expression_pcs=0, mpp=1.0)
     found = table.obs["storm_domain"]
     assert adjusted_rand_score(planted, found) > 0.9
+
+
+def _positions_only(xy, libraries=None):
+    import anndata as ad
+    import pandas as pd
+
+    adata = ad.AnnData(np.ones((len(xy), 3), dtype=np.float32), obsm={"spatial": np.asarray(xy, dtype=float)})
+    if libraries is not None:
+        adata.obs["slide"] = pd.Categorical(libraries)
+    return adata
+
+
+def test_smoothing_graph_takes_a_grids_first_ring():
+    from storm_sc.io import resolve
+    from storm_sc.tl._domains import smoothing_graph
+
+    rng = np.random.default_rng(0)
+    square = np.array([[x, y] for x in range(8) for y in range(8)], dtype=float) * 200.0  # legacy ST, 200 um pitch
+    square += rng.normal(0, 8, square.shape)  # measured spot positions are a little off the grid
+    graph, rule = smoothing_graph(resolve(_positions_only(square), mpp=1.0))
+    assert rule.startswith("first ring of a 19")  # the nearest of jittered neighbours: a little under 200 um
+    degree = graph.getnnz(axis=1)
+    interior = [i for i, (x, y) in enumerate(np.round(square / 200.0)) if 0 < x < 7 and 0 < y < 7]
+    assert set(degree[interior]) == {4}  # the sides; 6 nearest would add 2 of the 4 diagonals, picked by the noise
+    hexagonal = np.array([[x + 0.5 * (y % 2), y * np.sqrt(3) / 2] for x in range(8) for y in range(8)]) * 100.0
+    degree = smoothing_graph(resolve(_positions_only(hexagonal), mpp=1.0))[0].getnnz(axis=1)
+    assert degree.max() == 6 and np.median(degree) == 6
+    cells = rng.uniform(0, 500, (200, 2))
+    graph, rule = smoothing_graph(resolve(_positions_only(cells), mpp=1.0))
+    assert set(graph.getnnz(axis=1)) == {6} and rule == "6 nearest neighbours"
+    # Two slides of one table: each its own grid, no edge between them.
+    both = np.vstack([square, square + 1.0])  # overlapping: only the libraries keep them apart
+    table = _positions_only(both, ["a"] * 64 + ["b"] * 64)
+    graph = smoothing_graph(resolve(table, mpp=1.0), library_key="slide")[0].tocoo()
+    assert ((graph.row < 64) == (graph.col < 64)).all() and graph.getnnz(axis=1).max() == 4

@@ -16,15 +16,41 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._components import shared_genes
-from storm_sc.pp._graph import library_codes
+from storm_sc.pp._graph import grid_pitch, library_codes
 from storm_sc.pp._representation_graph import representation_neighbors
 
 from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
 # Expression components clustered beside the embedding: as many as the reference's gene-program axes.
 EXPRESSION_PCS = 32
-# Neighbours per observation for spatial smoothing: the first hexagonal ring on Visium, a cell's close contacts.
+# Smoothing neighbours of observations on no grid (cells): their close contacts.
 SMOOTH_NEIGHS = 6
+# On a grid, the first ring: all neighbours within this many grid pitches, past the ring (1 pitch) and short of a
+# square grid's diagonals (1.41): 6 on Visium's hexagonal grid, 4 on legacy ST's and Visium HD's square ones. The 6
+# nearest would take 2 of a square grid's 4 diagonals, picked by rounding: smoothing would lean one way.
+SMOOTH_RING_PITCHES = 1.25
+
+
+def smoothing_graph(slide: SpatialInput, *, library_key: str | None = None) -> tuple[sparse.csr_matrix, str]:
+    """The graph ``storm_domains`` smooths over (a grid's first ring, else the 6 nearest neighbours) and its rule.
+
+    The rule is a short description for the record in ``.uns``.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=100, n_genes=10, n_domains=2, seed=0)  # spots on a square grid
+    >>> graph, rule = smoothing_graph(st.io.resolve(sdata))
+    >>> int(graph.getnnz(axis=1).max()), rule  # the 4 sides, not 2 of the 4 diagonals besides
+    (4, 'first ring of a 96.1 um grid')
+    """
+    libraries = library_codes(slide.table, library_key)
+    pitch = grid_pitch(slide.centers_um, libraries)
+    if pitch is not None:
+        graph = spatial_graph(slide, radius_um=SMOOTH_RING_PITCHES * pitch, library_key=library_key)
+        return graph, f"first ring of a {pitch:.3g} um grid"
+    k = min(SMOOTH_NEIGHS, slide.n_obs - 1)
+    return spatial_graph(slide, n_neighs=k, library_key=library_key), f"{k} nearest neighbours"
 
 
 def smooth_embedding(x: np.ndarray, graph: sparse.spmatrix, *, steps: int, weight: float) -> np.ndarray:
@@ -220,8 +246,9 @@ def storm_domains(
 
     Embeddings are centred (each slide on its own mean by default, see ``center``) and scaled to unit length, so
     that domains follow the direction of an embedding (cosine / correlation geometry), not its norm. Each
-    observation's embedding is then mixed with the unweighted mean of its 6 nearest spatial neighbours (in microns,
-    never across slides), brought back to unit length, and all observations of all slides are clustered together,
+    observation's embedding is then mixed with the unweighted mean of its spatial neighbours (in microns, never
+    across slides: on a grid of spots or bins, its first ring, 6 spots on Visium and 4 on legacy ST; for cells, the
+    6 nearest), brought back to unit length, and all observations of all slides are clustered together,
     so that a domain means the same thing on every slide analysed in one call. With ``n_domains`` the clustering is
     k-means with exactly that many domains (for comparison with annotations); otherwise Leiden on a
     k-nearest-neighbour graph of the smoothed embedding, whose number of domains grows with ``resolution``. Domains
@@ -337,13 +364,15 @@ def storm_domains(
     # about domains, STORM's contrastive objectives compare unit-length embeddings, and each observation then weighs
     # the same in its neighbours' mean. After center="slide" the embedding block is already centred.
     centre = sum(rep.sum(axis=0, dtype=np.float64) for rep in reps) / n_total
-    parts = []
+    parts, rules = [], []
     for slide, rep in zip(resolved, reps, strict=True):
         rep = unit_rows(rep - centre)  # float64 from here on
+        rule = None
         if smooth_steps and slide.n_obs > 1:
-            graph = spatial_graph(slide, n_neighs=min(SMOOTH_NEIGHS, slide.n_obs - 1), library_key=library_key)
+            graph, rule = smoothing_graph(slide, library_key=library_key)
             rep = smooth_embedding(rep, graph, steps=smooth_steps, weight=smooth_weight)
         parts.append(rep)
+        rules.append(rule)
     # float32 halves k-means' memory (its copies of the data dominate the peak on a million cells).
     z = unit_rows(parts[0] if len(parts) == 1 else np.vstack(parts)).astype(np.float32)
     del parts, reps, rep
@@ -351,7 +380,7 @@ def storm_domains(
     colors = _palette(len(labels.categories))
 
     offset = 0
-    for slide in resolved:
+    for slide, rule in zip(resolved, rules, strict=True):
         table = slide.table
         table.obs[key_added] = pd.Categorical(
             np.asarray(labels)[offset : offset + slide.n_obs], categories=labels.categories
@@ -372,6 +401,7 @@ def storm_domains(
                 "random_state": random_state,
                 "smooth_steps": smooth_steps,
                 "smooth_weight": smooth_weight,
+                "smooth_neighbours": rule,
                 "center": center,
                 "expression_pcs": n_pcs,
                 "layer": layer if n_pcs else None,
