@@ -212,3 +212,14 @@ def test_prediction_argument_errors_come_first(toy_sdata_factory, trained_model)
     with pytest.raises(ValueError, match="torch device"):
         st.tl.storm_embed(sdata, trained_model, device="gpu")
     assert "storm_predicted" not in sdata.tables and "X_storm" not in sdata["table"].obsm
+
+
+def test_prediction_survives_duplicated_var_names(toy_sdata_factory, trained_model, caplog):
+    # scanpy's read_visium leaves duplicated gene names until var_names_make_unique(); the prediction never reads
+    # the table's expression, so it is made and its genes matched by name.
+    sdata = toy_sdata_factory(seed=8)
+    table = sdata["table"]
+    table.var_names = ["gene_0000", "gene_0000", *table.var_names[2:]]
+    pred = st.tl.predict_expression(sdata, trained_model, genes=["gene_0000", "gene_0002"], verbose=False)
+    assert pred.var["measured_in_table"].tolist() == [True, True]
+    assert "by symbol only" in caplog.text

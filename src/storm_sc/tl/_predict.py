@@ -69,7 +69,34 @@ def _check_genes(genes: Any) -> None:
         raise ValueError("`genes` is an empty list; pass gene names, or None (the default) for all the model's genes.")
 
 
-def _gene_ids(vocabulary: GeneVocabulary, genes: Sequence[str], columns: np.ndarray, data_ids: np.ndarray | None):
+def _measured_columns(
+    table: AnnData, vocabulary: GeneVocabulary, genes: list[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The table's column measuring each predicted gene (-1: none) and the table's Ensembl ids (None if unknown).
+
+    Genes are found as storm_embed finds them (Ensembl ids first, then symbols), so that a table indexed by Ensembl
+    ids (Space Ranger's gene_ids) pairs with the predicted symbols. A table whose names cannot be matched that way
+    (duplicated names) is matched by symbol alone: the prediction, which never reads the table's expression, is not
+    lost for it.
+    """
+    predicted = GeneVocabulary.from_genes(
+        genes,
+        ensembl_ids=None
+        if vocabulary.all_ensembl_ids is None
+        else [vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(g)]] for g in genes],
+    )
+    try:
+        columns, data_ids, _ = matched_columns(table, predicted)
+    except ValueError as err:
+        logger.warning("Predicted genes matched to the table's var_names by symbol only: %s", err)
+        names = {symbol_key(str(n)): i for i, n in enumerate(table.var_names)}
+        return np.array([names.get(symbol_key(g), -1) for g in genes], dtype=np.int64), None
+    return columns, data_ids
+
+
+def _gene_ids(
+    vocabulary: GeneVocabulary, genes: Sequence[str], columns: np.ndarray, data_ids: np.ndarray | None
+) -> list[str]:
     """Per predicted gene, the Ensembl id the table measures it by, else the model's first id for it ("" if none)."""
     out = []
     for gene, column in zip(genes, columns, strict=True):
@@ -115,9 +142,9 @@ def predict_expression(
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
     genes
-        Genes to predict (symbols, any case, or Ensembl ids); default the genes covered by the model's expression readout (10,497
-        for the reference: about 80 MiB of result per 1,000 observations, so pass the genes you need on large
-        slides), or its whole vocabulary for ``source="head"``. Genes outside the model's vocabulary are reported (a
+        Genes to predict (symbols, any case, or Ensembl ids); default the genes covered by the model's expression
+        readout (10,497 for the reference: about 80 MiB of result per 1,000 observations, so pass the genes you need
+        on large slides), or its whole vocabulary for ``source="head"``. Genes outside the model's vocabulary are reported (a
         warning, and ``.uns["storm"]["genes_not_in_model"]`` of the result), not silently dropped; an error when
         none is known. Requested genes the readout does not cover come from the network's head, with a warning. A
         result larger than the memory available is refused before any work (``MemoryError``).
@@ -276,16 +303,8 @@ def _prediction_table(
         layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32, copy=False)},
         obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
     )
-    # Measured genes found as storm_embed finds them (Ensembl ids first, then symbols), so that a table indexed by
-    # Ensembl ids (Space Ranger's gene_ids) pairs with the predicted symbols.
     genes = list(prediction.genes)
-    predicted = GeneVocabulary.from_genes(
-        genes,
-        ensembl_ids=None
-        if vocabulary.all_ensembl_ids is None
-        else [vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(g)]] for g in genes],
-    )
-    columns, data_ids, _ = matched_columns(source, predicted)
+    columns, data_ids = _measured_columns(source, vocabulary, genes)
     result.var["measured_in_table"] = columns >= 0
     if vocabulary.all_ensembl_ids is not None:
         result.var["gene_ids"] = _gene_ids(vocabulary, genes, columns, data_ids)
