@@ -223,3 +223,20 @@ def test_training_slide_matching_by_source_then_positions():
     assert training_slide_matching(manifest, xy + 1e-9, source={"loader": "her2st", "args": {"section": "C2"}}) == "C2"
     assert training_slide_matching(manifest, xy, source={"loader": "her2st", "args": {"section": "C3"}}) == "other"
     assert training_slide_matching(manifest, xy + 1e-9) is None
+
+
+def test_spatial_block_warns_only_where_groups_would_help(toy_pair, small_toy, caplog):
+    import logging
+
+    model, two = _prepared([TrainingSlide(toy_pair["a"], group="P"), TrainingSlide(toy_pair["b"], group="P")])
+    with caplog.at_level(logging.INFO, logger="storm_sc"):
+        split(two, val_groups=None, val_fraction=0.2, seed=0)
+        _, one = _prepared(small_toy, model)
+        split(one, val_groups=None, val_fraction=0.2, seed=0)
+    levels = [
+        (r.levelname, "Give slides a `group`" in r.getMessage())
+        for r in caplog.records
+        if "spatial block" in r.getMessage()
+    ]
+    # Two slides of one patient: giving groups would help. One slide (adapting to it): nothing to act on.
+    assert levels == [("WARNING", True), ("INFO", False)]

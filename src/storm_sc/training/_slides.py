@@ -362,11 +362,14 @@ def split(
         chosen = sorted(np.random.default_rng(seed).permutation(groups)[:n_val].tolist())
         strategy = "group"
     else:
-        logger.warning(
+        # Worth a warning only where the advice can be followed: one slide (e.g. adapting to it) has no other split.
+        log = logger.warning if len(prepared) > 1 else logger.info
+        log(
             "Only one slide group (%r): validation is a spatial block (the %.0f%% of each slide with the largest x), "
-            "which is optimistic compared with held-out patients. Give slides a `group` to split by patient.",
+            "which is optimistic compared with held-out patients.%s",
             groups[0],
             100 * val_fraction,
+            " Give slides a `group` to split by patient." if len(prepared) > 1 else "",
         )
         for p in prepared:
             x = p.inputs.centers_um[:, 0]
