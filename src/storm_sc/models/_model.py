@@ -317,7 +317,8 @@ class StormModel:
         batch_size
             Observations per forward pass.
         device
-            ``"auto"`` (CUDA when available, with bf16 autocast on Ampere and newer; else CPU), ``"cpu"``, ``"cuda"``, ...
+            ``"auto"`` (CUDA when available, with bf16 autocast on Ampere and newer; else CPU), ``"cpu"``,
+            ``"cuda"``, ...
         verbose
             Progress bars.
 
