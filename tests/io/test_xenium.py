@@ -131,3 +131,15 @@ def test_wrong_mpp_for_xenium_is_refused():
     sdata, _ = xenium_sdata()
     with pytest.raises(ValueError, match=r"`mpp=0.05` is 10x smaller than the scale of this xenium slide"):
         st.io.resolve(sdata, mpp=0.05)
+
+
+def test_slide_read_from_zarr_is_named_after_its_file(tmp_path):
+    # The Xenium and CosMx readers record no dataset name: in memory the slide is named after its table, once saved
+    # and read back after its file (logs, plot titles, several slides in one call).
+    import spatialdata as sd
+
+    sdata, _ = xenium_sdata(he=0)
+    assert st.io.resolve(sdata).library_id == "table"
+    sdata.write(tmp_path / "lung_run3.zarr")
+    assert st.io.resolve(sd.read_zarr(tmp_path / "lung_run3.zarr")).library_id == "lung_run3"
+    assert st.io.resolve(sd.read_zarr(tmp_path / "lung_run3.zarr"), library_id="mine").library_id == "mine"

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
+from pathlib import Path
 
 import numpy as np
 from anndata import AnnData
@@ -343,7 +344,9 @@ def resolve(
         check_inside(centers_px, image, image_key, table_key)
     centers_um = centers_cs * um_per_unit
 
-    lib = library_id or adapter.library_id(slide) or table_key
+    # Readers record no dataset name for Xenium or CosMx; a slide saved to and read from zarr is named by its file.
+    stored = Path(str(sdata.path)).name.removesuffix(".zarr") if getattr(sdata, "path", None) else None
+    lib = library_id or adapter.library_id(slide) or stored or table_key
     extra = {"mpp_source": source, **found.extra}
     if found.expected_size_um is not None:
         extra.setdefault("observation_size_um", found.expected_size_um)
