@@ -80,3 +80,27 @@ def test_real_her2st_section_tissue_under_the_spots_and_not_in_the_corners():
     assert not mask[:k, :k].any()
     assert not mask[-k:, :k].any()
     assert 0.1 < mask.mean() < 0.6
+
+
+@pytest.mark.parametrize("ink", [(40, 60, 170), (200, 30, 40)])  # blue and red marker
+def test_marker_ink_does_not_hide_the_tissue(ink):
+    # Ink (saturation ~0.75) on a few % of the slide lifted Otsu's threshold above the tissue's: all tissue was lost
+    # and only the pen line was left to tile.
+    rgb = blob_slide((200, 300), np.random.default_rng(0), box=(50, 150, 60, 240), colour=PINK)
+    rgb[10:16, 10:290] = ink
+    mask = detect_tissue(rgb, mpp=5.0)
+    assert mask[50:150, 60:240].mean() > 0.98
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("ink", [(40, 60, 170), (200, 30, 40)])
+def test_marker_line_in_the_margin_of_a_real_slide(ink):
+    spatial = real_data("visium_ffpe_villacampa2021", "lung_SARS-CoV-2", "V10F24-110_C1", "spatial")
+    sf = json.loads((spatial / "scalefactors_json.json").read_text())
+    mpp = 55.0 / sf["spot_diameter_fullres"] / sf["tissue_hires_scalef"]
+    with open_slide(spatial / "tissue_hires_image.png", mpp=mpp) as slide:
+        thumb, down = slide.thumbnail(14.0)
+    clean = detect_tissue(thumb, mpp=mpp * down)
+    thumb[5:10, 10:-10] = ink  # a 70 um marker line along the top margin
+    marked = detect_tissue(thumb, mpp=mpp * down)
+    assert (marked[10:] == clean[10:]).mean() > 0.999
