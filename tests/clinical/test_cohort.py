@@ -100,8 +100,10 @@ def test_outcome_problems(cohort, feats):
         _fit(cohort.assign(response=cohort["response"].where(cohort.index != 3)), feats, task="response")
     with pytest.raises(ValueError, match="positive, finite follow-up"):
         _fit(cohort.assign(time=-cohort["time"]), feats, task="survival")
-    with pytest.raises(ValueError, match="no response column 'responder'"):
+    with pytest.raises(ValueError, match="no response column 'responder'.*`response_key=`"):
         _fit(cohort, feats, response_key="responder")
+    with pytest.raises(ValueError, match="no baseline column 'tmb'.*pass `baseline=`"):
+        _fit(cohort, feats, baseline="tmb")
     with pytest.raises(ValueError, match="`task`"):
         _fit(cohort, feats, task="grade")
     with pytest.raises(ValueError, match="Baseline column 'stage' must be numeric"):

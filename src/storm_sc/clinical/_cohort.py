@@ -93,9 +93,13 @@ def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def _column(df: pd.DataFrame, key: str, role: str) -> pd.Series:
+def _column(df: pd.DataFrame, key: str, role: str, argument: str | None = None) -> pd.Series:
+    """``df[key]``, or an error naming the argument that chooses the column (``{role}_key`` unless given)."""
     if key not in df.columns:
-        raise ValueError(f"The cohort has no {role} column {key!r} (columns: {list(df.columns)}); pass `{role}_key=`.")
+        raise ValueError(
+            f"The cohort has no {role} column {key!r} (columns: {list(df.columns)}); pass "
+            f"`{argument or role + '_key'}=` naming it."
+        )
     return df[key]
 
 
@@ -181,7 +185,7 @@ def validate_cohort(
     for name, key in outcome_cols.items():
         table[name] = _column(cohort, key, name).to_numpy()
     for col in baseline_cols:
-        values = _column(cohort, col, "baseline")
+        values = _column(cohort, col, "baseline", argument="baseline")
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.isna().any():
             bad = values[numeric.isna()].unique()[:5].tolist()
