@@ -53,6 +53,9 @@ def test_recipe_is_parsed_with_sections_and_overrides(tmp_path):
         ({"datasets": [TOY]}, "output_dir"),
         ({"datasets": [TOY], "output_dir": "x", "model": "storm-huge"}, "registered"),
         ({"datasets": [TOY], "output_dir": "x", "training": {"lr": -1}}, "lr"),
+        # validation groups are checked when the recipe is read (and by --dry-run), not after the slides are prepared
+        ({"datasets": [{**TOY, "group": "C"}], "output_dir": "x", "split": {"val_groups": ["c"]}}, "case-sensitive"),
+        ({"datasets": [{**TOY, "group": "C"}], "output_dir": "x", "split": {"val_groups": ["C"]}}, "every group"),
     ],
 )
 def test_bad_recipes_are_refused_before_any_work(tmp_path, recipe, message):
@@ -96,6 +99,28 @@ def test_cli_dry_run_and_a_real_run_from_a_zarr_path(tmp_path, capsys):
     assert (tmp_path / "out" / "logs" / "metrics.csv").is_file()
     with pytest.raises(SystemExit, match="already exists"):
         main(["pretrain", "--config", str(path)])
+    # A mistake found only while running is a one-line message, not a traceback.
+    bad = _write(tmp_path, datasets=[{"loader": "toy", "args": {"n_obs": -5}}], output_dir=str(tmp_path / "o2"))
+    assert main(["pretrain", "--config", str(bad), "--dry-run"]) == 0  # argument values are the loader's to check
+    with pytest.raises(SystemExit, match="^storm-sc pretrain: .*n_obs"):
+        main(["pretrain", "--config", str(bad)])
+
+
+def test_fit_checks_validation_groups_before_preparing_slides(monkeypatch):
+    import storm_sc.training._fit as fit_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("slides were prepared before the validation groups were checked")
+
+    monkeypatch.setattr(fit_module, "prepare_slides", must_not_run)
+    slides = [
+        st.training.TrainingSlide(st.datasets.toy(n_obs=60, n_genes=12, seed=i), group=g) for i, g in enumerate("AB")
+    ]
+    model = StormModel("storm-tiny", [f"gene_{i:04d}" for i in range(12)], seed=0)
+    with pytest.raises(ValueError, match=r"\['a'\] match no slide group; groups are \['A', 'B'\]"):
+        model.fit(slides, val_groups=["a"], max_epochs=1)
+    with pytest.raises(ValueError, match="every group"):
+        model.fit(slides, val_groups=["A", "B"], max_epochs=1)
 
 
 def test_shipped_configs_are_valid(monkeypatch):

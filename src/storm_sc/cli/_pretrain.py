@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         model = run_recipe(recipe, overwrite=args.overwrite)
-    except FileExistsError as err:
+    except (ValueError, KeyError, OSError) as err:  # the user's data or settings: a message, not a traceback
         raise SystemExit(f"storm-sc pretrain: {err}") from err
     from lightning.pytorch.utilities import rank_zero_only
 

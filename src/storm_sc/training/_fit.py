@@ -24,7 +24,17 @@ from storm_sc.models._programs import corpus_loadings
 from ._config import TrainingConfig
 from ._dataset import ContextDataset, ContextSampler, collate
 from ._module import BestWeights, History, StormLightningModule, Throughput
-from ._slides import TRAIN, VAL, PreparedSlide, as_slides, prepare_slides, slide_manifest, split, union_vocabulary
+from ._slides import (
+    TRAIN,
+    VAL,
+    PreparedSlide,
+    as_slides,
+    check_val_groups,
+    prepare_slides,
+    slide_manifest,
+    split,
+    union_vocabulary,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -170,6 +180,8 @@ def fit(
         raise TypeError(f"`model` must be a StormModel, got {type(model).__name__}.")
     opts = _options(config, options)
     slides = as_slides(data)
+    if opts.val_groups is not None:  # now, not after every slide has been read and cut into patches
+        check_val_groups([s.group for s in slides], opts.val_groups)
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
     if out_dir is not None and (out_dir / MODEL_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out_dir / MODEL_FILE} already exists; pass overwrite=True or another output_dir.")

@@ -16,7 +16,7 @@ from storm_sc._settings import logger
 from storm_sc.models import StormConfig, StormModel, get_config
 
 from ._config import TrainingConfig
-from ._slides import TrainingSlide, union_vocabulary
+from ._slides import TrainingSlide, check_val_groups, union_vocabulary
 
 _TOP_LEVEL = (
     "model",
@@ -245,6 +245,8 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
     if "seed" in raw:
         options["seed"] = raw["seed"]
     training = TrainingConfig(**options)
+    if training.val_groups is not None:  # checked now (and by --dry-run), not after every slide has been prepared
+        check_val_groups([e.get("group") or e["name"] for e in datasets], training.val_groups)
 
     if "output_dir" not in raw:
         raise ValueError(f"{path}: set `output_dir`, the folder for the checkpoint and logs.")

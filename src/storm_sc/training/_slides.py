@@ -339,6 +339,28 @@ def prepare_slides(
     return out
 
 
+def check_val_groups(groups: Sequence[str], val_groups: Sequence[str]) -> list[str]:
+    """The validation groups, sorted, once checked against the slides' groups (before any slide is prepared).
+
+    Examples
+    --------
+    >>> check_val_groups(["A", "B", "C"], ["C", "B"])
+    ['B', 'C']
+    """
+    groups = sorted({str(g) for g in groups})
+    chosen = sorted({str(g) for g in ([val_groups] if isinstance(val_groups, str) else val_groups)})
+    unknown = sorted(set(chosen) - set(groups))
+    if unknown:
+        raise ValueError(
+            f"`val_groups` {unknown} match no slide group; groups are {groups} (names are case-sensitive)."
+        )
+    if len(chosen) == len(groups):
+        raise ValueError(
+            f"`val_groups` {chosen} covers every group, leaving nothing to train on; leave at least one group out."
+        )
+    return chosen
+
+
 def split(
     prepared: Sequence[PreparedSlide], *, val_groups: Sequence[str] | None, val_fraction: float, seed: int
 ) -> dict[str, Any]:
@@ -348,12 +370,7 @@ def split(
     """
     groups = sorted({str(p.slide.group) for p in prepared})
     if val_groups is not None:
-        unknown = sorted(set(val_groups) - set(groups))
-        if unknown:
-            raise ValueError(f"`val_groups` {unknown} match no slide group; groups are {groups}.")
-        chosen = sorted(set(val_groups))
-        if len(chosen) == len(groups):
-            raise ValueError("`val_groups` covers every group, leaving nothing to train on.")
+        chosen = check_val_groups(groups, val_groups)
         strategy = "group"
     elif val_fraction <= 0:
         return {"strategy": "none", "val_groups": [], "groups": groups}
