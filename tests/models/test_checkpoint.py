@@ -2,6 +2,7 @@ import functools
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,17 @@ def test_save_refuses_to_overwrite_and_can_store_half_precision(tiny_model, save
         torch.testing.assert_close(b, a, atol=2e-3 * (1 + a.abs().max().item()), rtol=1e-2)
     with pytest.raises(ValueError, match="dtype"):
         tiny_model.save(tmp_path / "x", dtype="int8")
+
+
+def test_a_bare_name_saves_and_loads_as_one_file_and_a_folder_is_refused(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tiny_model.save("mine") == Path("mine.safetensors")
+    assert StormModel.load("mine").vocabulary == tiny_model.vocabulary  # what save("mine") wrote
+    assert StormModel.from_pretrained("mine").vocabulary == tiny_model.vocabulary
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(IsADirectoryError, match="runs is a folder"):
+        tiny_model.save(tmp_path / "runs")  # not a sibling file runs.safetensors
+    assert not (tmp_path / "runs.safetensors").exists()
 
 
 def test_truncated_file_is_refused(saved, tmp_path):

@@ -155,6 +155,11 @@ def write_checkpoint(
     from safetensors.torch import save_file
 
     path = Path(path)
+    # Checked before the suffix is added: an existing folder "runs" must not become a sibling file "runs.safetensors".
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder; a STORM checkpoint is a single file, e.g. {path / 'model'}{SUFFIX}."
+        )
     if not path.suffix:
         path = path.with_suffix(SUFFIX)
     if path.is_dir():
@@ -260,11 +265,19 @@ def decode_json(path: Path | str, metadata: dict[str, str], key: str) -> Any:
 
 
 def _existing_file(path: str | Path) -> Path:
-    path = Path(path)
+    path = with_checkpoint_suffix(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; a STORM checkpoint is a single {SUFFIX} file.")
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
+    return path
+
+
+def with_checkpoint_suffix(path: str | Path) -> Path:
+    """``path``, or ``path`` + ``.safetensors`` where only that exists: what ``save(path)`` wrote for a bare name."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and path.with_suffix(SUFFIX).is_file():
+        return path.with_suffix(SUFFIX)
     return path
 
 

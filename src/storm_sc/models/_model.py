@@ -25,6 +25,7 @@ from ._checkpoint import (
     read_checkpoint,
     read_metadata,
     storage_dtype,
+    with_checkpoint_suffix,
     write_checkpoint,
 )
 from ._config import StormConfig
@@ -772,7 +773,7 @@ class StormModel:
         >>> model = st.models.StormModel.from_pretrained("runs/toy/model.safetensors")  # doctest: +SKIP
         """
         if name_or_path is not None:
-            path = Path(name_or_path).expanduser()
+            path = with_checkpoint_suffix(Path(name_or_path).expanduser())
             if path.exists():
                 return cls.load(path, backbone=backbone)
             if str(name_or_path).endswith(SUFFIX) or path.parent != Path("."):
