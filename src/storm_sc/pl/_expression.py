@@ -159,7 +159,13 @@ def expression(
         ]
         if uncertainty:
             std = paired.predicted_values(gene, LAYER_PREDICTED_STD)
-            columns.append((std, "predicted s.d.", uncertainty_cmap, _limits(std)))
+            finite = std[np.isfinite(std)]
+            top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+            # From zero: an s.d. reads against none at all, and the readout's (one per gene, the same on every
+            # spot) is then one honest colour, not a colour bar stretched over rounding noise.
+            constant = bool(finite.size) and float(np.ptp(finite)) <= 1e-6 * top
+            label = "predicted s.d. (the same on every spot)" if constant else "predicted s.d."
+            columns.append((std, label, uncertainty_cmap, (0.0, top)))
         for col, (ax, (values, label, colormap, (vmin, vmax))) in enumerate(zip(row_axes, columns, strict=True)):
             draw_background(ax, slide, bounds, image=image)
             frame_axes(ax, bounds, scalebar=col == 0)
@@ -177,7 +183,7 @@ def expression(
             else:
                 ax.set_title(f"{gene}: {label}")
             if label != "measured" or not share_scale:
-                if label == "predicted s.d.":
+                if label.startswith("predicted s.d."):
                     unit = "s.d. (log1p)"
                 else:
                     unit = "log1p, both panels" if share_scale and measured is not None else "log1p"
