@@ -347,6 +347,8 @@ class SlideFeatures:
     ('slide_01', (4, 16), 112.0, ['GFAP', 'MBP'])
     >>> sf.coords_um.tolist()
     [[168.0, 168.0], [280.0, 168.0], [168.0, 280.0], [280.0, 280.0]]
+    >>> sf  # doctest: +ELLIPSIS
+    SlideFeatures('slide_01': 4 tiles x 16 features, 2 genes, 112 um tiles at 1.75 um/px, thumbnail ... px)
     >>> tmp.cleanup()
     """
 
@@ -360,6 +362,14 @@ class SlideFeatures:
     thumbnail_downsample: float
     genes: list[str]
     attrs: dict[str, Any]
+
+    def __repr__(self) -> str:
+        # The dataclass default printed the whole thumbnail and gene list (about 100 KB for one slide).
+        return (
+            f"SlideFeatures({self.slide_id!r}: {self.features.shape[0]} tiles x {self.features.shape[1]} features, "
+            f"{len(self.genes)} genes, {self.patch_um:g} um tiles at {self.mpp:g} um/px, "
+            f"thumbnail {self.thumbnail.shape[1]} x {self.thumbnail.shape[0]} px)"
+        )
 
 
 def read_slide_features(path: str | os.PathLike, *, key: str = "embedding", thumbnail: bool = True) -> SlideFeatures:
