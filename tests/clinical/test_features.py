@@ -175,6 +175,12 @@ def test_bad_input_fails_before_any_work(tmp_path, tiny_model, slide_file):
     assert not list(out.glob("*.h5*"))  # the first slide was not processed either
     with pytest.raises(FileNotFoundError, match="do not exist"):
         slide_features([slide_file, tmp_path / "gone.svs"], tiny_model, out_dir=out, verbose=False)
+    (tmp_path / "scans").mkdir()
+    with pytest.raises(IsADirectoryError, match="are folders, not image files"):
+        slide_features([tmp_path / "scans"], tiny_model, out_dir=out, verbose=False)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        slide_features([slide_file], tiny_model, out_dir=tmp_path / "a_file", verbose=False)
     with pytest.raises(ValueError, match="unique"):
         slide_features([slide_file, slide_file], tiny_model, out_dir=out, verbose=False)
     with pytest.raises(ValueError, match="cannot name a file"):

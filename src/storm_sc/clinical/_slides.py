@@ -84,6 +84,12 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
         unknown = sorted(set(mpp) - set(ids))
         if unknown:
             raise ValueError(f"`mpp` names slides that are not in `slides`: {unknown[:10]}.")
+    folders = [str(e.path) for e in entries if e.path.is_dir()]
+    if folders:
+        raise IsADirectoryError(
+            f"{len(folders)} slide path(s) are folders, not image files: {folders[:10]}; give each slide's image file "
+            "(e.g. sorted(Path(folder).glob('*.svs')))."
+        )
     missing = [str(e.path) for e in entries if not e.path.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} slide file(s) do not exist: {missing[:10]}.")

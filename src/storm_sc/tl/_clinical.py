@@ -123,6 +123,8 @@ def slide_features(
                        "different field of view.", patch_um, net.config.patch_um, net.config.name)  # fmt: skip
     gene_ids = resolve_genes(net, genes)
     out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"`out_dir` {str(out)!r} is a file; give a folder for the slides' feature files.")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     table = compute_slide_features(
