@@ -135,3 +135,29 @@ def test_option_checks(cohort, feats):
         _fit(cohort.to_dict(), feats)
     with pytest.raises(ValueError, match="'feature_file'"):
         _fit(cohort, feats.drop(columns="feature_file"))
+
+
+def test_a_slide_without_tissue_is_left_out_when_its_patient_has_others(cohort, feats, tmp_path, caplog):
+    import h5py
+
+    from storm_sc.clinical._features import H5_COORDS_UM
+
+    def blank(slide_id):
+        out = feats.copy()
+        path = tmp_path / f"{slide_id}.h5"
+        shutil.copy(out.loc[out["slide_id"] == slide_id, "feature_file"].iloc[0], path)
+        with h5py.File(path, "a") as f:  # what slide_features writes for a slide where no tile holds tissue
+            del f[H5_COORDS_UM]
+            f.create_dataset(H5_COORDS_UM, shape=(0, 2), dtype="float64")
+        out.loc[out["slide_id"] == slide_id, "feature_file"] = str(path)
+        return out
+
+    per_patient = cohort.groupby("patient_id")["slide_id"].agg(list)
+    shared = next(s[0] for s in per_patient if len(s) > 1)
+    alone = next(s[0] for s in per_patient if len(s) == 1)
+    c = validate_cohort(cohort, blank(shared), task="response", folds=3)
+    assert shared not in set(c.slides["slide_id"]) and len(c.slides) == len(cohort) - 1
+    assert len(c.patients) == cohort["patient_id"].nunique()
+    assert "no tissue tiles and are left out" in caplog.text
+    with pytest.raises(ValueError, match=rf"no tissue tiles and are their patient's only slides: \['{alone}'\]"):
+        validate_cohort(cohort, blank(alone), task="response", folds=3)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from storm_sc._settings import logger
+
 from ._features import A_COMPLETE, A_FINGERPRINT, H5_COORDS_UM, SUFFIX
 from ._mil import TASKS
 
@@ -226,7 +228,32 @@ def validate_cohort(
             f"{len(missing)} cohort slide(s) have no features: {missing[:10]}. Run st.tl.slide_features on them first."
         )
     merged["n_tiles"] = _check_feature_files(merged)
+    merged = _without_empty_slides(merged)
     return Cohort(task=task, slides=merged, patients=patient_table, baseline=baseline_cols)
+
+
+def _without_empty_slides(slides: pd.DataFrame) -> pd.DataFrame:
+    """Drop slides without a tissue tile (with a warning) where their patient has others; refuse a patient with none.
+
+    A patient's outcome is predicted from all of their slides: one blank or failed scan need not drop the cohort.
+    """
+    empty = slides["n_tiles"] == 0
+    if not empty.any():
+        return slides
+    usable = set(slides.loc[~empty, "patient_id"])
+    lost = slides.loc[empty & ~slides["patient_id"].isin(usable), "slide_id"].tolist()
+    if lost:
+        raise ValueError(
+            f"{len(lost)} slide(s) have no tissue tiles and are their patient's only slides: {lost[:10]}. Check the "
+            "slides (or lower `tissue_threshold` in st.tl.slide_features), or leave those patients out of the cohort."
+        )
+    dropped = slides.loc[empty, "slide_id"].tolist()
+    logger.warning(
+        "%d slide(s) have no tissue tiles and are left out; their patients keep their other slides: %s",
+        len(dropped),
+        dropped[:10],
+    )
+    return slides.loc[~empty].reset_index(drop=True)
 
 
 def _check_counts(patients: pd.DataFrame, task: str, folds: int, response_key: str, event_key: str) -> None:
@@ -282,8 +309,6 @@ def _check_feature_files(slides: pd.DataFrame) -> list[int]:
             continue
         if not complete:
             problems.append(f"{slide_id}: {path} is incomplete (rerun st.tl.slide_features)")
-        elif n == 0:
-            problems.append(f"{slide_id}: no tissue tiles (check the slide or lower `tissue_threshold`)")
         n_tiles.append(n)
         models.setdefault(_model_of(fingerprint), []).append(slide_id)
     if problems:
