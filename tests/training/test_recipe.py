@@ -170,3 +170,9 @@ def test_default_precision_follows_native_bf16(monkeypatch, capability, expected
     assert _launch_settings(TrainingConfig(accelerator="gpu"))["precision"] == expected
     assert _launch_settings(TrainingConfig(accelerator="gpu", precision="16-mixed"))["precision"] == "16-mixed"
     assert native_bf16(torch.device("cpu")) is False
+
+
+def test_numeric_groups_are_groups(tmp_path):
+    datasets = [{**TOY, "group": 0}, {**TOY, "name": "other", "group": 1}]
+    recipe = load_recipe(_write(tmp_path, datasets=datasets, output_dir="x", split={"val_groups": [0]}))
+    assert recipe.training.val_groups == ("0",)  # group names are strings, as the slides' are

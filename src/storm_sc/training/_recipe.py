@@ -246,7 +246,7 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
         options["seed"] = raw["seed"]
     training = TrainingConfig(**options)
     if training.val_groups is not None:  # checked now (and by --dry-run), not after every slide has been prepared
-        check_val_groups([e.get("group") or e["name"] for e in datasets], training.val_groups)
+        check_val_groups([e["name"] if e.get("group") is None else e["group"] for e in datasets], training.val_groups)
 
     if "output_dir" not in raw:
         raise ValueError(f"{path}: set `output_dir`, the folder for the checkpoint and logs.")
