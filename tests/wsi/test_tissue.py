@@ -104,3 +104,12 @@ def test_marker_line_in_the_margin_of_a_real_slide(ink):
     thumb[5:10, 10:-10] = ink  # a 70 um marker line along the top margin
     marked = detect_tissue(thumb, mpp=mpp * down)
     assert (marked[10:] == clean[10:]).mean() > 0.999
+
+
+def test_tissue_stained_as_strongly_as_ink_is_still_tissue():
+    # Otsu's fit without ink-like pixels would not see tissue saturated above 0.6 everywhere: the fit with all
+    # pixels still finds it.
+    for colour in [(150, 60, 140), (120, 20, 110)]:  # saturation 0.60 and 0.83, evenly
+        rgb = np.full((200, 300, 3), 240, np.uint8)
+        rgb[50:150, 60:240] = colour
+        assert detect_tissue(rgb, mpp=5.0)[50:150, 60:240].all()

@@ -11,8 +11,8 @@ import numpy as np
 DEFAULT_MIN_SATURATION = 0.07
 # Pixels darker than this value (0-1) are slide labels, black pen, scanner edges or black padding, not tissue.
 _MIN_VALUE = 0.25
-# Otsu's threshold is fitted on pixels below this saturation: marker ink (about 0.75) on 1% of a slide otherwise
-# lifted it above the tissue's, and the slide lost all its tissue. Stained tissue is mostly below it (99th
+# Otsu's threshold is also fitted on the pixels below this saturation alone: marker ink (about 0.75) on 1% of a slide
+# otherwise lifted it above the tissue's, and the slide lost all its tissue. Stained tissue is mostly below it (99th
 # percentile 0.41-0.89 on the Visium FFPE, her2st and bulb images here), and it still counts as tissue above it.
 _OTSU_MAX_SATURATION = 0.6
 # Clean-up sizes in microns: gaps bridged between neighbouring tissue pieces, smallest fragment kept, largest hole
@@ -26,6 +26,13 @@ def _green_dominant(rgb: np.ndarray) -> np.ndarray:
     """Green the strongest channel: green pen or marker; haematoxylin and eosin never are."""
     r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     return (g > r + 10) & (g > b + 10)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of ``values``; 1.0 (nothing above it) where they do not vary, as on blank glass."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if values.size and np.ptp(values) > 0 else 1.0
 
 
 def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +83,6 @@ def detect_tissue(
     1024
     """
     from skimage import morphology
-    from skimage.filters import threshold_otsu
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"`rgb` must be an (h, w, 3) uint8 image; got {rgb.shape} {rgb.dtype}.")
@@ -85,8 +91,10 @@ def detect_tissue(
     sat, value = saturation_value(rgb)
     bright = (value >= _MIN_VALUE) & ~_green_dominant(rgb)
     if threshold is None:
-        candidates = sat[bright & (sat < _OTSU_MAX_SATURATION)]
-        otsu = float(threshold_otsu(candidates)) if candidates.size and np.ptp(candidates) > 0 else 1.0
+        candidates = sat[bright]
+        # The lower of the two fits: without the ink-like pixels (ink cannot lift it), and with all (tissue stained
+        # as strongly as ink everywhere, which the first fit would not see, is still found).
+        otsu = min(_otsu(candidates[candidates < _OTSU_MAX_SATURATION]), _otsu(candidates))
         threshold = max(otsu, min_saturation)
     mask = bright & (sat > threshold)
     radius = max(1, round(CLOSING_UM / mpp))
