@@ -177,15 +177,19 @@ def is_prediction(table: AnnData) -> bool:
     return isinstance(params, Mapping) and "predict_expression" in params
 
 
+def _placement(slide: Slide) -> dict[str, list[str]]:
+    """The coordinate systems of each of the table's elements, for messages."""
+    return {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, slide.region_elements, strict=True)}
+
+
 def _check_one_slide(slide: Slide) -> None:
     """Refuse a table whose regions share no coordinate system: they are several slides (``spatialdata.concatenate``)."""
     region_els = slide.region_elements
     if len(region_els) < 2 or shared_coordinate_systems(region_els):
         return
-    placed = {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, region_els, strict=True)}
     raise ValueError(
         f"Table {slide.table_key!r} annotates {len(region_els)} regions that share no coordinate system, so they are "
-        f"separate slides (as `spatialdata.concatenate` leaves them): {placed}. storm_sc reads one slide per "
+        f"separate slides (as `spatialdata.concatenate` leaves them): {_placement(slide)}. storm_sc reads one slide per "
         "SpatialData: pass the slides as a list, one SpatialData each (e.g. the objects that were concatenated); "
         "the st.tl tools analyse a list together, and storm_domains finds domains shared across it."
     )
@@ -196,7 +200,7 @@ def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_k
     region_els = slide.region_elements
     candidates = shared_coordinate_systems(region_els + ([image] if image is not None else []))
     if not candidates:
-        placed = {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, region_els, strict=True)}
+        placed = _placement(slide)
         if image is not None:
             placed[image_key] = sorted(coordinate_systems(image))
         raise ValueError(

@@ -20,7 +20,7 @@ from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.pp import GeneVocabulary
 from storm_sc.pp._alignment import matched_columns
-from storm_sc.pp._vocabulary import ensembl_key, is_ensembl, symbol_key
+from storm_sc.pp._vocabulary import ensembl_key, symbol_key
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
@@ -39,17 +39,8 @@ def _split_genes(genes: Sequence[str] | str | None, vocabulary: GeneVocabulary) 
         return None, []
     if isinstance(genes, str):
         genes = [genes]
-
-    def known(name: str) -> str | None:
-        if is_ensembl(name):
-            index = vocabulary.ensembl_index.get(ensembl_key(name))
-        else:
-            index = vocabulary.symbol_index.get(symbol_key(name))
-        return None if index is None else vocabulary.symbols[index]
-
-    found = [(name, known(name)) for name in genes]
-    inside = [symbol for _, symbol in found if symbol is not None]
-    outside = [name for name, symbol in found if symbol is None]
+    inside = [vocabulary.symbols[vocabulary.index(name)] for name in genes if name in vocabulary]
+    outside = [name for name in genes if name not in vocabulary]
     return list(dict.fromkeys(inside)), outside
 
 
@@ -83,7 +74,7 @@ def _measured_columns(
         genes,
         ensembl_ids=None
         if vocabulary.all_ensembl_ids is None
-        else [vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(g)]] for g in genes],
+        else [vocabulary.all_ensembl_ids[i] for i in vocabulary.index(genes)],
     )
     try:
         columns, data_ids, _ = matched_columns(table, predicted)
@@ -100,7 +91,7 @@ def _gene_ids(
     """Per predicted gene, the Ensembl id the table measures it by, else the model's first id for it ("" if none)."""
     out = []
     for gene, column in zip(genes, columns, strict=True):
-        entry = vocabulary.all_ensembl_ids[vocabulary.symbol_index[symbol_key(gene)]]
+        entry = vocabulary.all_ensembl_ids[vocabulary.index(gene)]
         measured_as = data_ids[column] if data_ids is not None and column >= 0 else None
         keys = {ensembl_key(e): e for e in entry}
         out.append(keys.get(measured_as) or (entry[0] if entry else ""))
