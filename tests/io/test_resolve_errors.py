@@ -184,6 +184,6 @@ def test_concatenated_slides_are_named_as_such():
     both = sd.concatenate({"a": _plain(), "b": _plain()}, concatenate_tables=True)
     before = fingerprint(both)
     for kwargs in ({}, {"use_image": False}):
-        with pytest.raises(ValueError, match=r"annotates 2 regions that share no coordinate system.*as a list"):
+        with pytest.raises(ValueError, match=r"annotates 2 regions that share no coordinate system.*split_slides"):
             st.io.resolve(both, **kwargs)
     assert fingerprint(both) == before

@@ -92,6 +92,17 @@ def test_detected_as_xenium(xen):
     assert st.io.detect_platform(xen) == "xenium"
 
 
+def test_a_concatenated_slide_keeps_its_platform_and_cells(xen, written):
+    # spatialdata.concatenate drops attrs (the reader's name) and suffixes every element: cell_labels-a is
+    # still replaced by cell_boundaries-a, and the table's columns still say Xenium.
+    import spatialdata as sd
+
+    renamed = sd.concatenate({"a": sd.deepcopy(xen)})  # concatenate renames the elements' systems in place
+    si = st.io.resolve(renamed)
+    assert si.platform == "xenium" and si.regions == ("cell_boundaries-a",) and si.image_key == "he_image-a"
+    np.testing.assert_allclose(si.centers_um, written[1]["centroids_um"], atol=1e-4)
+
+
 def test_the_he_is_used_with_its_scale_and_cells_sit_on_their_nuclei(xen, written):
     _, truth = written
     si = st.io.resolve(xen)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
 from dataclasses import replace
 from numbers import Real
 from pathlib import Path
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
+from spatialdata.models import TableModel
 from xarray import DataArray, DataTree
 
-from storm_sc._constants import ATTRS_STORM, UNS_STORM
+from storm_sc._constants import ATTRS_STORM
 from storm_sc._settings import logger
 
 from ._adapter import MAX_SCALE_RATIO, PhysicalScale, PlatformAdapter, Slide
@@ -35,6 +36,7 @@ from ._elements import (
     table_regions,
 )
 from ._generic import GenericAdapter, HESTAdapter, LegacySTAdapter
+from ._slides import is_prediction
 from ._spatial_input import SpatialInput
 from ._visium import VisiumAdapter
 from ._visium_hd import VisiumHDAdapter
@@ -54,6 +56,9 @@ _ADAPTERS: dict[str, PlatformAdapter] = {
     )
 }
 _READER_ATTR = "spatialdata_io_reader"
+# spatialdata_io.visium_hd names its elements "<dataset>_square_008um", "<dataset>_cell_segmentations", ...
+# (spatialdata.concatenate of a dict appends "-<key>")
+_HD_REGION = re.compile(r"_(?:square_\d+um|cell_segmentations|nucleus_segmentations)(?:_labels)?(?:-.+)?$")
 # Plausible observation sizes (um) when the platform gives no expected size: sub-cellular to very large spots.
 _SIZE_RANGE_UM = (0.3, 1000.0)
 
@@ -62,7 +67,10 @@ def detect_platform(sdata: SpatialData) -> str:
     """Tell which platform produced a SpatialData.
 
     Reads ``sdata.attrs["spatialdata_io_reader"]`` (set by ``spatialdata-io`` readers), then
-    ``sdata.attrs["storm_sc"]["platform"]`` (set by storm_sc's own builders); anything else is ``"generic"``.
+    ``sdata.attrs["storm_sc"]["platform"]`` (set by storm_sc's own builders); without either (``attrs`` that
+    ``spatialdata.concatenate`` dropped), the columns and element names the readers give their tables (Visium's
+    ``array_row`` / ``array_col``, Visium HD's ``..._square_008um`` bins, Xenium's ``cell_id`` /
+    ``transcript_counts``, CosMx's ``fov`` / ``cell_ID``); anything else is ``"generic"``.
 
     Parameters
     ----------
@@ -92,6 +100,29 @@ def detect_platform(sdata: SpatialData) -> str:
     storm = sdata.attrs.get(ATTRS_STORM)
     if isinstance(storm, dict) and storm.get("platform") in _ADAPTERS:
         return str(storm["platform"])
+    return _platform_from_tables(sdata)
+
+
+def _platform_from_tables(sdata: SpatialData) -> str:
+    """The platform of a ``spatialdata_io`` reader's tables, for SpatialData whose ``attrs`` were lost.
+
+    ``spatialdata.concatenate`` drops ``attrs`` (unless given ``attrs_merge=``), and with them the reader's name;
+    its tables still carry each reader's columns and element names.
+    """
+    for table in sdata.tables.values():
+        if is_prediction(table) or TableModel.ATTRS_KEY not in table.uns:
+            continue
+        region = table.uns[TableModel.ATTRS_KEY].get(TableModel.REGION_KEY)
+        regions = [region] if isinstance(region, str) else list(region or [])
+        columns = set(table.obs.columns)
+        if any(_HD_REGION.search(str(r)) for r in regions):
+            return "visium_hd"
+        if {"array_row", "array_col"} <= columns:
+            return "visium"
+        if {"cell_id", "transcript_counts", "control_probe_counts"} <= columns:
+            return "xenium"
+        if {"fov", "cell_ID"} <= columns:
+            return "cosmx"
     return "generic"
 
 
@@ -171,12 +202,6 @@ def _check_scale(
         )
 
 
-def is_prediction(table: AnnData) -> bool:
-    """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one)."""
-    params = table.uns.get(UNS_STORM)
-    return isinstance(params, Mapping) and "predict_expression" in params
-
-
 def _placement(slide: Slide) -> dict[str, list[str]]:
     """The coordinate systems of each of the table's elements, for messages."""
     return {k: sorted(coordinate_systems(e)) for k, e in zip(slide.element_keys, slide.region_elements, strict=True)}
@@ -189,9 +214,9 @@ def _check_one_slide(slide: Slide) -> None:
         return
     raise ValueError(
         f"Table {slide.table_key!r} annotates {len(region_els)} regions that share no coordinate system, so they are "
-        f"separate slides (as `spatialdata.concatenate` leaves them): {_placement(slide)}. storm_sc reads one slide per "
-        "SpatialData: pass the slides as a list, one SpatialData each (e.g. the objects that were concatenated); "
-        "the st.tl tools analyse a list together, and storm_domains finds domains shared across it."
+        f"separate slides (as `spatialdata.concatenate` leaves them): {_placement(slide)}. This step reads one slide: "
+        "take one with `st.io.split_slides(sdata)[name]`. The st.tl tools take the SpatialData of several slides as "
+        "it is (they analyse its slides together and write back into its table)."
     )
 
 

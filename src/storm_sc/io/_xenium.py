@@ -57,7 +57,9 @@ class XeniumAdapter(PlatformAdapter):
         """Find another element holding the same cells as ``region``, matched by cell id or label index."""
         obs = slide.table.obs
         rows = obs[slide.region_key].astype(str) == region
-        for key in _CELL_ELEMENTS:
+        # spatialdata.concatenate of a dict of slides suffixes every element: "cell_labels-a" goes with "cell_circles-a"
+        suffix = next((region[len(base) :] for base in _CELL_ELEMENTS if region.startswith(base)), "")
+        for key in (base + suffix for base in _CELL_ELEMENTS):
             if key not in present or key == region:
                 continue
             if key in slide.sdata.labels:

@@ -1,0 +1,245 @@
+"""Several slides in one SpatialData, as ``spatialdata.concatenate`` leaves them: told apart and taken apart.
+
+Concatenated slides keep their own coordinate systems (a Visium slide's is named after it, and concatenating a dict
+of slides suffixes the names with their keys: "global-a", "global-b"), so the elements that hold a table's
+observations fall into groups that share no coordinate system: one group per slide.
+That is the rule used here. Elements of one slide that share a coordinate system stay together (CosMx's fields of
+view, which all sit in the slide's ``global``); slides that were concatenated into one coordinate system
+(``merge_coordinate_systems_on_name=True``) cannot be told apart by it and are not split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from spatialdata import SpatialData
+from spatialdata.models import TableModel, get_table_keys
+
+from storm_sc._constants import ATTRS_STORM, UNS_STORM
+
+from ._elements import coordinate_systems
+
+
+@dataclass(frozen=True)
+class SlidePart:
+    """One slide of a SpatialData holding several: its name, its table and the elements its rows annotate."""
+
+    name: str
+    table_key: str
+    regions: tuple[str, ...]
+
+
+def is_prediction(table: AnnData) -> bool:
+    """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one)."""
+    params = table.uns.get(UNS_STORM)
+    return isinstance(params, Mapping) and "predict_expression" in params
+
+
+def _annotated(table: AnnData) -> tuple[tuple[str, ...], str] | None:
+    """The regions a table annotates and its region column, or ``None`` for a table linked to nothing."""
+    try:
+        region, region_key, _ = get_table_keys(table)
+    except (ValueError, KeyError):
+        return None
+    if region is None or region_key not in table.obs:
+        return None
+    return ((region,) if isinstance(region, str) else tuple(region)), region_key
+
+
+def _element(sdata: SpatialData, key: str) -> object | None:
+    for group in (sdata.shapes, sdata.labels, sdata.points):
+        if key in group:
+            return group[key]
+    return None
+
+
+def _components(systems: dict[str, set[str]]) -> list[list[str]]:
+    """Elements grouped by chains of shared coordinate systems, in first-seen order."""
+    parent = {key: key for key in systems}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    owner: dict[str, str] = {}
+    for key, names in systems.items():
+        for cs in names:
+            if cs in owner:
+                parent[root(key)] = root(owner[cs])
+            else:
+                owner[cs] = key
+    groups: dict[str, list[str]] = {}
+    for key in systems:
+        groups.setdefault(root(key), []).append(key)
+    return list(groups.values())
+
+
+def find_slides(sdata: SpatialData, *, table_key: str | None = None) -> list[SlidePart] | None:
+    """The slides of a SpatialData that holds several, or ``None`` when it holds one (or they cannot be told apart).
+
+    With ``table_key``, the slides of that table; otherwise those of every table of measurements (storm_sc's own
+    prediction tables annotate the same spots and are left out). Several slides are found when the elements
+    annotated by these tables fall into groups sharing no coordinate system and each group is annotated by one table
+    (several tables on one slide, such as Visium HD's bin sizes, are a choice for ``table_key=``, not slides).
+    Every row must belong to an element present in ``sdata``.
+    """
+    if table_key is not None:
+        keys = [table_key] if table_key in sdata.tables else []
+    else:
+        keys = [k for k, t in sdata.tables.items() if not is_prediction(t)]
+    regions_of: dict[str, tuple[str, ...]] = {}
+    systems: dict[str, set[str]] = {}
+    for key in keys:
+        found = _annotated(sdata.tables[key])
+        if found is None:
+            return None
+        regions, region_key = found
+        present = set(sdata.tables[key].obs[region_key].astype(str).unique())
+        if not present <= set(regions):
+            return None
+        for region in regions:
+            element = _element(sdata, region)
+            if element is None or region in systems:
+                return None  # a missing element, or one annotated by two tables: not several slides
+            systems[region] = coordinate_systems(element)
+        regions_of[key] = regions
+    groups = _components(systems)
+    if len(groups) < 2:
+        return None
+    parts = []
+    for group in groups:
+        tables = [k for k, regions in regions_of.items() if set(regions) & set(group)]
+        if len(tables) != 1:
+            return None
+        parts.append(SlidePart(_slide_name(sdata, group), tables[0], tuple(group)))
+    names = [p.name for p in parts]
+    if len(set(names)) < len(names):  # unlikely: fall back to the element names, which are unique
+        parts = [SlidePart("+".join(p.regions), p.table_key, p.regions) for p in parts]
+    return parts
+
+
+def _slide_name(sdata: SpatialData, regions: list[str]) -> str:
+    """A slide's name: its element's when it has one (Visium's spots are named after the dataset), else its systems'."""
+    if len(regions) == 1:
+        return regions[0]
+    shared = set.intersection(*(coordinate_systems(_element(sdata, r)) for r in regions))
+    named = sorted(cs for cs in shared if cs != "global")
+    return named[0] if named else "+".join(regions)
+
+
+def _table_rows(table: AnnData, regions: tuple[str, ...]) -> np.ndarray | None:
+    """Row indices of ``table`` annotating ``regions``; ``None`` when it annotates none of them."""
+    found = _annotated(table)
+    if found is None or not set(found[0]) & set(regions):
+        return None
+    return np.flatnonzero(table.obs[found[1]].astype(str).isin(regions).to_numpy())
+
+
+def part_rows(sdata: SpatialData, part: SlidePart) -> np.ndarray:
+    """Row indices, in ``sdata.tables[part.table_key]``, of the observations of one slide."""
+    rows = _table_rows(sdata.tables[part.table_key], part.regions)
+    assert rows is not None, "a slide's table annotates its regions"
+    return rows
+
+
+def _subset_table(table: AnnData, rows: np.ndarray, regions: tuple[str, ...]) -> AnnData:
+    """The rows of one slide as a table of its own, annotating its regions only."""
+    _, region_key, instance_key = get_table_keys(table)
+    sub = table[rows].copy()
+    kept = [r for r in regions if r in set(sub.obs[region_key].astype(str))] or list(regions[:1])
+    sub.obs[region_key] = pd.Categorical(sub.obs[region_key].astype(str), categories=kept)
+    sub.uns[TableModel.ATTRS_KEY] = {
+        TableModel.REGION_KEY: kept[0] if len(kept) == 1 else kept,
+        TableModel.REGION_KEY_KEY: region_key,
+        TableModel.INSTANCE_KEY: instance_key,
+    }
+    return sub
+
+
+def slide_of(sdata: SpatialData, part: SlidePart) -> SpatialData:
+    """One slide of ``sdata`` as a SpatialData of its own.
+
+    It holds the slide's elements and every element placed in one of their coordinate systems (images, other
+    shapes), shared with ``sdata`` (not copied), and the rows of each table that annotate them (copied), so that
+    nothing written into it reaches ``sdata``. ``attrs`` are kept but for what storm_sc's builders record about a
+    single slide (its scale, image and name), which cannot hold for several; ``attrs["storm_sc"]["library_id"]`` is
+    the slide's name.
+    """
+    systems = set().union(*(coordinate_systems(_element(sdata, r)) for r in part.regions))
+
+    def placed(group: dict) -> dict:
+        return {k: e for k, e in group.items() if k in part.regions or coordinate_systems(e) & systems}
+
+    tables = {}
+    for key, table in sdata.tables.items():
+        rows = _table_rows(table, part.regions)
+        if rows is not None:
+            found = _annotated(table)
+            assert found is not None
+            tables[key] = _subset_table(table, rows, tuple(r for r in found[0] if r in part.regions))
+    piece = SpatialData(
+        images=placed(dict(sdata.images)),
+        labels=placed(dict(sdata.labels)),
+        points=placed(dict(sdata.points)),
+        shapes=placed(dict(sdata.shapes)),
+        tables=tables,
+    )
+    piece.attrs.update(sdata.attrs)
+    storm = sdata.attrs.get(ATTRS_STORM)
+    # What storm_sc's builders record about one slide (its scale, image, name) cannot hold for several: concatenate
+    # drops it or keeps one slide's (attrs_merge=). Only the platform is common to them all.
+    platform = storm.get("platform") if isinstance(storm, dict) else None
+    piece.attrs[ATTRS_STORM] = {"library_id": part.name, **({"platform": platform} if platform else {})}
+    return piece
+
+
+def split_slides(sdata: SpatialData, *, table_key: str | None = None) -> dict[str, SpatialData]:
+    """One SpatialData per slide of a SpatialData that holds several (e.g. made by ``spatialdata.concatenate``).
+
+    The ``st.tl`` tools take such a SpatialData as it is (they analyse its slides together and write their results
+    back into its tables); this is for everything else that reads one slide at a time, such as ``st.pl`` and
+    :func:`resolve`. Slides are told apart by their coordinate systems: after ``spatialdata.concatenate`` each slide
+    keeps its own (a Visium slide's is named after it), whether the tables were concatenated or not. Images, shapes
+    and labels are shared with ``sdata``; each slide's table rows are copied, so writing into a slide does not
+    change ``sdata``.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    table_key
+        The table whose slides to take apart; by default every table of measurements (storm_sc's prediction tables
+        follow their spots).
+
+    Returns
+    -------
+    The slides by name: the name of the slide's spots element when it has one (the dataset id, for Visium read by
+    ``spatialdata_io``), else of its coordinate system. A SpatialData holding one slide is returned as the only
+    entry, named by what :func:`resolve` finds.
+
+    Examples
+    --------
+    >>> import spatialdata as sd
+    >>> import storm_sc as st
+    >>> a = st.datasets.toy(n_obs=50, n_genes=10, seed=0)
+    >>> b = st.datasets.toy(n_obs=60, n_genes=10, seed=1)
+    >>> both = sd.concatenate({"a": a, "b": b}, concatenate_tables=True)  # names suffixed: "global-a", ...
+    >>> {name: s.tables["table"].n_obs for name, s in st.io.split_slides(both).items()}
+    {'toy_spots-a': 50, 'toy_spots-b': 60}
+    """
+    if not isinstance(sdata, SpatialData):
+        raise TypeError(f"`sdata` must be a SpatialData, got {type(sdata).__name__}.")
+    if table_key is not None and table_key not in sdata.tables:
+        raise ValueError(f"No table {table_key!r}; tables found: {list(sdata.tables)}.")
+    parts = find_slides(sdata, table_key=table_key)
+    if parts is None:
+        from ._resolve import resolve
+
+        return {resolve(sdata, table_key=table_key, use_image=False).library_id: sdata}
+    return {part.name: slide_of(sdata, part) for part in parts}
