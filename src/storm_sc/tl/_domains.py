@@ -19,7 +19,7 @@ from storm_sc.pp._components import shared_genes
 from storm_sc.pp._graph import grid_pitch, library_codes
 from storm_sc.pp._representation_graph import representation_neighbors
 
-from ._target import as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
+from ._target import SlideFanout, as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
 
 # Expression components clustered beside the embedding: as many as the reference's gene-program axes.
 EXPRESSION_PCS = 32
@@ -258,7 +258,8 @@ def storm_domains(
     ----------
     data
         A SpatialData or AnnData whose table holds ``.obsm[use_rep]`` (see :func:`storm_sc.tl.storm_embed`), or a
-        list of them (domains consistent across slides).
+        list of them (domains consistent across slides). A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
+        analysed as the list of its slides, and the results are written back into its table(s).
     n_domains
         Exact number of domains; ``None`` lets ``resolution`` decide.
     resolution
@@ -324,7 +325,9 @@ def storm_domains(
     if center not in ("slide", "all"):
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)
-    targets = [copy_for_output(s) for s in slides] if copy else slides
+    outputs = [copy_for_output(s) for s in slides] if copy else slides
+    fanout = SlideFanout(outputs, table_key)  # the slides of a SpatialData holding several, as a list
+    targets = fanout.slides
 
     resolved: list[SpatialInput] = []
     for t in targets:
@@ -416,6 +419,9 @@ def storm_domains(
         len(resolved),
         time.perf_counter() - start,
     )
+    fanout.write_back(
+        [slide.table for slide in resolved], obs=[key_added], uns=[f"{key_added}_colors"], params=key_added
+    )
     if not copy:
         return None
-    return targets[0] if single else targets
+    return outputs[0] if single else outputs

@@ -20,6 +20,7 @@ from storm_sc.models._inference import LEVELS, parse_device
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
 from ._target import (
+    SlideFanout,
     add_tiles,
     as_slide_list,
     check_key_free,
@@ -131,6 +132,8 @@ def storm_embed(
         cut into tiles of the model's patch size wherever there is tissue: their table ``sdata.tables["storm_tiles"]``
         (no genes; the embedding from the image and spatial context goes there) annotating their circles
         ``sdata.shapes["storm_tile_circles"]``, so that :func:`storm_domains` maps the tissue from H&E alone.
+        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
+        analysed as the list of its slides, and the results are written back into its table(s).
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -205,7 +208,9 @@ def storm_embed(
         raise ValueError(f"`adapt_epochs` must be a non-negative integer, got {adapt_epochs!r}.")
     check_client(client)
     slides, single = as_slide_list(data)
-    targets = [copy_for_output(s) for s in slides] if copy else slides
+    outputs = [copy_for_output(s) for s in slides] if copy else slides
+    fanout = SlideFanout(outputs, table_key)  # a SpatialData of several slides is embedded slide by slide
+    targets = fanout.slides
 
     # Everything that can fail on the user's input is checked before any result is written (and, but for H&E-only
     # slides, whose tiles follow the model's patch size, before any model is loaded).
@@ -294,6 +299,7 @@ def storm_embed(
             " + ".join(used + ["spatial context"]),
             seconds,
         )
+    fanout.write_back([slide.table for slide in resolved], obsm=[key_added], params=key_added)
     if not copy:
         return None
-    return targets[0] if single else targets
+    return outputs[0] if single else outputs

@@ -24,7 +24,7 @@ from storm_sc.pp._vocabulary import ensembl_key, symbol_key
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
-from ._target import add_tiles, as_slide_list, check_key_free, record_params, resolve_or_tile
+from ._target import SlideFanout, add_tiles, as_slide_list, check_key_free, record_params, resolve_or_tile
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -129,6 +129,8 @@ def predict_expression(
         observation each, stored as circles in ``sdata.shapes["storm_tile_circles"]`` with an (empty) table
         ``sdata.tables["storm_tiles"]``, as :func:`storm_embed` does; the result annotates them (pass ``mpp=``
         unless ``sdata.attrs["storm_sc"]["mpp"]`` holds the scale; the scale is kept there for later calls).
+        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
+        predicted slide by slide; its one prediction table annotates all their spots.
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
@@ -194,12 +196,15 @@ def predict_expression(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     parse_device(device)
     _check_genes(genes)
-    items, single = as_slide_list(data)
+    given, single = as_slide_list(data)
+    for item in given:
+        if isinstance(item, SpatialData):
+            check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
+    fanout = SlideFanout(given, table_key)  # a SpatialData of several slides is predicted slide by slide
+    items = fanout.slides
     net = get_model(model, verbose=verbose)
     slides, tiles = [], []
     for item in items:
-        if isinstance(item, SpatialData):
-            check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
         # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
         slide, tiled = resolve_or_tile(
             item, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
@@ -259,19 +264,21 @@ def predict_expression(
         _prediction_table(item, slide, prediction, params, outside, net.vocabulary)
         for item, slide, prediction in zip(items, slides, predictions, strict=True)
     ]
-    # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
-    for item, result, tiled in zip(items, results, tiles, strict=True):
+    for item, tiled in zip(items, tiles, strict=True):
         if tiled is not None:
             add_tiles(item, tiled)
+    # Stored only now that every slide has been predicted: a failure above leaves every input untouched.
+    results = fanout.gather_tables(results, params="predict_expression")
+    for item, result in zip(given, results, strict=True):
         if isinstance(item, SpatialData):
             item.tables[key_added] = result
     logger.info(
         "predicted %d gene(s) for %d observations in %d slide(s) from H&E in %.1f s%s",
         results[0].n_vars,
         sum(r.n_obs for r in results),
-        len(results),
+        len(slides),
         time.perf_counter() - start,
-        f"; added sdata.tables[{key_added!r}]" if any(isinstance(i, SpatialData) for i in items) else "",
+        f"; added sdata.tables[{key_added!r}]" if any(isinstance(i, SpatialData) for i in given) else "",
     )
     return results[0] if single else results
 

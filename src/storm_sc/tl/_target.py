@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
+from spatialdata.models import TableModel, get_table_keys
 
 from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
+from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._slides import find_slides, part_rows, slide_of
 from storm_sc.io._tiles import tile_observations
 
 
@@ -115,3 +122,149 @@ def add_tiles(item: SpatialData, tiles: SpatialData) -> None:
     kept = item.attrs.setdefault(ATTRS_STORM, {})
     for key in ("mpp", "library_id"):
         kept.setdefault(key, tiles.attrs[ATTRS_STORM][key])
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a slide the tool runs on comes from: ``targets[owner]`` itself, or rows of one of its tables."""
+
+    owner: int
+    table_key: str | None = None
+    rows: np.ndarray | None = None
+    name: str | None = None
+
+
+class SlideFanout:
+    """The slides a tool runs on (one per slide of each object given) and the way their results go back.
+
+    A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
+    taken apart; the tool runs on its slides as on a list, writing into their own copies of the table rows, and
+    :meth:`write_back` then puts each result into the rows of the given object's tables. Any other object is run on
+    as it is. So the tools need no case of their own, and an error before the write-back leaves the user's
+    objects as they were.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> sdata = st.datasets.toy(n_obs=50, n_genes=10, seed=0)
+    >>> fanout = SlideFanout([sdata], table_key=None)
+    >>> fanout.slides[0] is sdata  # one slide: run on it as it is
+    True
+    """
+
+    def __init__(self, targets: list[SpatialData | AnnData], table_key: str | None) -> None:
+        self.targets = targets
+        self.slides: list[SpatialData | AnnData] = []
+        self.origins: list[_Origin] = []
+        for i, target in enumerate(targets):
+            parts = find_slides(target, table_key=table_key) if isinstance(target, SpatialData) else None
+            if parts is None:
+                self.slides.append(target)
+                self.origins.append(_Origin(i))
+                continue
+            logger.info("%d slides found in one SpatialData: %s", len(parts), [p.name for p in parts])
+            for part in parts:
+                self.slides.append(slide_of(target, part))
+                self.origins.append(_Origin(i, part.table_key, part_rows(target, part), part.name))
+
+    def _groups(self) -> dict[tuple[int, str], list[int]]:
+        """Slides taken from the same table of the same object."""
+        groups: dict[tuple[int, str], list[int]] = {}
+        for k, origin in enumerate(self.origins):
+            if origin.table_key is not None:
+                groups.setdefault((origin.owner, origin.table_key), []).append(k)
+        return groups
+
+    def write_back(
+        self,
+        tables: list[AnnData],
+        *,
+        obsm: Sequence[str] = (),
+        obs: Sequence[str] = (),
+        uns: Sequence[str] = (),
+        params: str | None = None,
+    ) -> None:
+        """Copy results from the slides' tables (``tables[k]`` is slide ``k``'s) into the given objects' tables.
+
+        ``obsm`` and ``obs`` keys are assembled row by row; ``uns`` entries are the first slide's (the same on every
+        slide, such as domain colours); the parameters in ``.uns["storm"][params]`` are merged: what differs between
+        slides becomes a mapping from slide name to value, and ``"slides"`` lists their names.
+        """
+        for (owner, table_key), members in self._groups().items():
+            table = self.targets[owner].tables[table_key]
+            order = np.argsort(np.concatenate([self.origins[k].rows for k in members]), kind="stable")
+            for key in obsm:
+                table.obsm[key] = np.concatenate([np.asarray(tables[k].obsm[key]) for k in members])[order]
+            for key in obs:
+                values = pd.concat([tables[k].obs[key] for k in members], ignore_index=True).iloc[order]
+                table.obs[key] = values.set_axis(table.obs_names).copy()
+            for key in uns:
+                table.uns[key] = tables[members[0]].uns[key]
+            if params is not None:
+                names = [self.origins[k].name for k in members]
+                entries = [tables[k].uns[UNS_STORM][params] for k in members]
+                table.uns.setdefault(UNS_STORM, {})[params] = merged_params(names, entries)
+
+    def gather_tables(self, results: list[AnnData], *, params: str) -> list[AnnData]:
+        """One table per given object from one per slide (``results[k]`` annotating slide ``k``'s rows).
+
+        The slides of one table follow that table's row order (the tables of one object, in the order found) and
+        the result annotates all their regions; ``.uns["storm"]`` is the first slide's, with ``params`` merged as
+        in :meth:`write_back`.
+        """
+        out: list[AnnData | None] = [None] * len(self.targets)
+        for k, origin in enumerate(self.origins):
+            if origin.table_key is None:
+                out[origin.owner] = results[k]
+        by_owner: dict[int, list[list[int]]] = {}
+        for (owner, _), members in self._groups().items():
+            by_owner.setdefault(owner, []).append(members)
+        for owner, groups in by_owner.items():
+            tables = []
+            for members in groups:
+                order = np.argsort(np.concatenate([self.origins[k].rows for k in members]), kind="stable")
+                tables.append(ad.concat([results[k] for k in members], merge="same")[order])
+            combined = ad.concat(tables, merge="same") if len(tables) > 1 else tables[0].copy()
+            members = [k for group in groups for k in group]
+            first = results[members[0]]
+            storm = dict(first.uns[UNS_STORM])
+            storm[params] = merged_params(
+                [self.origins[k].name for k in members], [results[k].uns[UNS_STORM][params] for k in members]
+            )
+            combined.uns[UNS_STORM] = storm
+            if TableModel.ATTRS_KEY in first.uns:
+                _, region_key, instance_key = get_table_keys(first)
+                regions = list(dict.fromkeys(r for k in members for r in _regions(results[k])))
+                combined.obs[region_key] = pd.Categorical(combined.obs[region_key].astype(str), categories=regions)
+                combined = TableModel.parse(combined, region=regions, region_key=region_key, instance_key=instance_key)
+            out[owner] = combined
+        return out  # type: ignore[return-value]
+
+
+def _regions(table: AnnData) -> list[str]:
+    region = get_table_keys(table)[0]
+    return [region] if isinstance(region, str) else list(region)
+
+
+def merged_params(names: list[str | None], entries: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters of one result computed slide by slide: what differs becomes ``{slide name: value}``.
+
+    Examples
+    --------
+    >>> merged_params(["a", "b"], [{"tool": "x", "mpp": 1.0}, {"tool": "x", "mpp": 2.0}])
+    {'tool': 'x', 'mpp': {'a': 1.0, 'b': 2.0}, 'slides': ['a', 'b']}
+    """
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for entry in entries for k in entry):
+        values = [entry.get(key) for entry in entries]
+        same = all(_same(v, values[0]) for v in values[1:])
+        merged[key] = values[0] if same else {str(n): v for n, v in zip(names, values, strict=True)}
+    merged["slides"] = [str(n) for n in names]
+    return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
+    except (TypeError, ValueError):
+        return a is b

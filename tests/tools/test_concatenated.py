@@ -1,0 +1,109 @@
+"""The tools on a SpatialData of several slides (spatialdata.concatenate): as on the list of slides, written back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spatialdata as sd
+
+import storm_sc as st
+from tests._paths import real_data
+from tests.io._synthetic import fingerprint
+
+TOY_MPP = 2.0  # st.datasets.toy's scale, which concatenate drops with the slides' attrs
+
+
+def _slides(factory):
+    slides = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        s = factory(seed, n_obs=120)
+        s.rename_coordinate_systems({"global": name})
+        slides[name] = s
+    return slides
+
+
+def _run_all(data, model, **kwargs):
+    st.tl.storm_embed(data, model, mpp=TOY_MPP, verbose=False, **kwargs)
+    st.tl.storm_domains(data, n_domains=3, mpp=TOY_MPP)
+    return st.tl.predict_expression(data, model, genes=["gene_0000", "gene_0003"], mpp=TOY_MPP, verbose=False)
+
+
+@pytest.mark.parametrize("tables", ["one", "several"])
+def test_concatenated_slides_get_the_results_of_the_list(toy_sdata_factory, trained_model, tables):
+    alone = _slides(toy_sdata_factory)
+    predicted_alone = _run_all(list(alone.values()), trained_model)
+    both = sd.concatenate(_slides(toy_sdata_factory), concatenate_tables=tables == "one")
+    predicted = _run_all(both, trained_model)
+
+    if tables == "one":
+        table = both.tables["table"]
+        pieces = {"a": table[table.obs["region"] == "toy_spots-a"], "b": table[table.obs["region"] == "toy_spots-b"]}
+    else:
+        assert set(both.tables) == {"table-a", "table-b", "storm_predicted"}
+        pieces = {"a": both.tables["table-a"], "b": both.tables["table-b"]}
+    for name, piece in pieces.items():
+        ref = alone[name].tables["table"]
+        np.testing.assert_allclose(piece.obsm["X_storm"], ref.obsm["X_storm"], atol=1e-5)
+        assert (piece.obs["storm_domain"].astype(str).to_numpy() == ref.obs["storm_domain"].astype(str)).all()
+    first = next(iter(pieces.values()))
+    assert list(first.uns["storm_domain_colors"]) == list(alone["a"].tables["table"].uns["storm_domain_colors"])
+    params = first.uns["storm"]["X_storm"]
+    assert params["tool"] == "storm_embed"
+    assert params["slides"] == (["toy_spots-a", "toy_spots-b"] if tables == "one" else ["toy_spots-a"])
+
+    # One prediction table for the SpatialData, annotating both slides' spots, rows as the measured table's.
+    assert both.tables["storm_predicted"] is predicted
+    assert set(predicted.obs["region"]) == {"toy_spots-a", "toy_spots-b"}
+    measured_rows = np.concatenate([p.obs_names for p in pieces.values()])
+    assert list(predicted.obs_names) == list(measured_rows)
+    np.testing.assert_allclose(predicted.X, np.vstack([p.X for p in predicted_alone]), atol=1e-4)
+    assert predicted.uns["storm"]["predict_expression"]["slides"] == ["toy_spots-a", "toy_spots-b"]
+    # ... and it follows its spots when the slides are taken apart again, e.g. for st.pl
+    part = st.io.split_slides(both)["toy_spots-b"]
+    assert part.tables["storm_predicted"].n_obs == 120
+
+
+def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_factory, trained_model):
+    both = sd.concatenate(_slides(toy_sdata_factory), concatenate_tables=True)
+    before = fingerprint(both)
+    out = st.tl.storm_embed(both, trained_model, mpp=TOY_MPP, copy=True, verbose=False)
+    assert fingerprint(both) == before
+    assert out.tables["table"].obsm["X_storm"].shape[0] == 240
+
+    st.tl.storm_embed(both, trained_model, mpp=TOY_MPP, verbose=False)
+    after_embed = fingerprint(both)
+    with pytest.raises(ValueError, match=r"already exists.*overwrite=True"):
+        st.tl.storm_embed(both, trained_model, mpp=TOY_MPP, verbose=False)
+    with pytest.raises(KeyError, match="layer 'nope' not found"):
+        st.tl.storm_domains(both, n_domains=3, mpp=TOY_MPP, layer="nope")
+    assert fingerprint(both) == after_embed
+
+
+@pytest.fixture
+def shared_data():
+    st.settings.data_dir = real_data("visium_ffpe_villacampa2021").parent
+    yield
+    st.settings.data_dir = None
+
+
+@pytest.mark.realdata
+def test_concatenated_visium_sections_end_to_end(shared_data):
+    """Two real Visium sections concatenated by spatialdata, the bundled reference, the three tools."""
+    names = ["V19D02-085_B1", "V19D02-085_C1"]
+    both = sd.concatenate([st.datasets.visium_ffpe(n) for n in names], concatenate_tables=True)
+    st.tl.storm_embed(both, verbose=False)
+    st.tl.storm_domains(both, n_domains=4)
+    predicted = st.tl.predict_expression(both, genes=["EPCAM", "COL1A1"], verbose=False)
+
+    alone = [st.datasets.visium_ffpe(n) for n in names]
+    st.tl.storm_embed(alone, verbose=False)
+    table = both.tables["table"]
+    np.testing.assert_allclose(
+        table.obsm["X_storm"], np.vstack([s.tables["table"].obsm["X_storm"] for s in alone]), atol=1e-4
+    )
+    assert table.obs["storm_domain"].notna().all() and table.obs["storm_domain"].nunique() == 4
+    # domains are shared across the two sections: each holds spots of more than one, and they meet
+    counts = table.obs.groupby(["region", "storm_domain"], observed=True).size().unstack(fill_value=0)
+    assert (counts > 0).sum(axis=0).max() == 2
+    assert predicted.shape == (table.n_obs, 2) and list(predicted.obs_names) == list(table.obs_names)
+    assert table.uns["storm"]["X_storm"]["image_key"] == {n: f"{n}_hires_image" for n in names}
