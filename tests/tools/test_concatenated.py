@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import spatialdata as sd
@@ -61,6 +62,10 @@ def test_concatenated_slides_get_the_results_of_the_list(toy_sdata_factory, trai
     # ... and it follows its spots when the slides are taken apart again, e.g. for st.pl
     part = st.io.split_slides(both)["toy_spots-b"]
     assert part.tables["storm_predicted"].n_obs == 120
+    # st.pl draws one panel per slide, as for the list
+    fig = st.pl.domains(both, mpp=TOY_MPP)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["toy_spots-a", "toy_spots-b"]
+    plt.close(fig)
 
 
 def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_factory, trained_model):

@@ -55,7 +55,7 @@ def embedding_umap(
     ----------
     data
         A SpatialData or AnnData whose table holds ``.obsm[use_rep]`` (see :func:`storm_sc.tl.storm_embed`), or
-        a list of them (one UMAP of all slides).
+        a list of them, or a SpatialData holding several slides (one UMAP of all slides).
     use_rep
         The embedding in ``.obsm``.
     color

@@ -13,22 +13,33 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import is_prediction
+from storm_sc.io._slides import find_slides, slide_of
 
 Data = SpatialData | AnnData
 
 
 def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
-    """Return the slides in ``data`` (one, or a non-empty list when ``many``), or a clear error."""
+    """Return the slides in ``data`` (one, or a non-empty list when ``many``), or a clear error.
+
+    Where several are drawn (``many``), a SpatialData holding several slides (``spatialdata.concatenate``) gives
+    one panel per slide, as a list of them would.
+    """
     if isinstance(data, SpatialData | AnnData):
-        return [data]
+        return _panels(data) if many else [data]
     if many and isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
         bad = sorted({type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)})
         if bad:
             raise TypeError(f"`{caller}`: `data` must hold SpatialData or AnnData objects; got {bad}.")
-        return list(data)
+        return [slide for item in data for slide in _panels(item)]
     expected = "a SpatialData, an AnnData or a non-empty list of them" if many else "a SpatialData or an AnnData"
     hint = "" if many or not isinstance(data, Sequence) else "; plot one slide per call"
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
+
+
+def _panels(item: Data) -> list[Data]:
+    """The slides of one object: itself, or each slide of a SpatialData holding several."""
+    parts = find_slides(item) if isinstance(item, SpatialData) else None
+    return [item] if parts is None else [slide_of(item, part) for part in parts]
 
 
 def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key: str | None) -> str | None:

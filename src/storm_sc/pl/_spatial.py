@@ -70,7 +70,8 @@ def domains(
     ----------
     data
         A SpatialData (or an AnnData with ``.obsm["spatial"]`` and images in ``.uns["spatial"]``), or a list of
-        them for one panel per slide.
+        them for one panel per slide (a SpatialData holding several slides, from ``spatialdata.concatenate``, also
+        gives one panel per slide).
     key
         Categorical column of ``.obs`` to colour by: the domains, or e.g. a pathologist annotation.
     table_key
