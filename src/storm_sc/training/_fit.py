@@ -138,7 +138,9 @@ def fit(
         The model to train (its vocabulary and architecture are kept).
     data
         Slides: SpatialData / AnnData / SpatialInput / :class:`TrainingSlide`, a list of them, or a dict of
-        name to them. Give :class:`TrainingSlide` objects a ``group`` (patient) to split by patient.
+        name to them. Give :class:`TrainingSlide` objects a ``group`` (patient) to split by patient. A SpatialData
+        holding several slides (``spatialdata.concatenate``) gives one training slide each: named ``"<name>/<slide>"``
+        and grouped by ``<name>`` when the object is named (a dict key, a ``TrainingSlide`` name), else by their own.
     config
         Training settings; ``**options`` override single fields.
     output_dir

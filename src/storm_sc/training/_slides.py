@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,16 +103,44 @@ def as_slides(data: Any) -> list[TrainingSlide]:
                 "SpatialInput or TrainingSlide."
             )
         slide = item if isinstance(item, TrainingSlide) else TrainingSlide(data=item)
-        slide.name = slide.name or key or f"slide{i}"
-        slide.group = str(slide.group) if slide.group is not None else slide.name
-        if not (slide.use_image or slide.use_expression):
-            raise ValueError(f"Slide {slide.name!r}: at least one of use_image / use_expression must be True.")
-        slides.append(slide)
+        for one in _each_slide(slide, key):
+            one.name = one.name or key or f"slide{i}"
+            one.group = str(one.group) if one.group is not None else one.name
+            if not (one.use_image or one.use_expression):
+                raise ValueError(f"Slide {one.name!r}: at least one of use_image / use_expression must be True.")
+            slides.append(one)
     names = [s.name for s in slides]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ValueError(f"Training slide names must be unique; duplicated: {duplicated}.")
     return slides
+
+
+def _each_slide(slide: TrainingSlide, key: str | None) -> list[TrainingSlide]:
+    """``slide``, or one training slide per slide of a SpatialData holding several (``spatialdata.concatenate``).
+
+    The slides of a named object (a dict key, a ``name=``) are named ``"<name>/<slide>"`` and share its group (the
+    object was named as one unit, e.g. a patient); those of an unnamed one are named and grouped by their own names,
+    as a list of them would be.
+    """
+    from spatialdata import SpatialData
+
+    from storm_sc.io._slides import find_slides, slide_of
+
+    parts = find_slides(slide.data, table_key=slide.table_key) if isinstance(slide.data, SpatialData) else None
+    if parts is None:
+        return [slide]
+    unit = slide.name or key
+    return [
+        replace(
+            slide,
+            data=slide_of(slide.data, part),
+            name=f"{unit}/{part.name}" if unit else part.name,
+            group=slide.group if slide.group is not None else unit,
+            source={**slide.source, "slide": part.name} if slide.source else {},
+        )
+        for part in parts
+    ]
 
 
 def _table(slide: TrainingSlide) -> AnnData:
