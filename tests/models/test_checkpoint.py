@@ -108,10 +108,14 @@ def test_tampered_weights_fail_the_integrity_check(saved, tmp_path):
         StormModel.load(tmp_path / "header.safetensors")
 
 
-def test_incompatible_checkpoints_are_refused(saved, tmp_path):
+def test_incompatible_checkpoints_are_refused(saved, tmp_path, storm_log):
     newer = _rewrite(saved, tmp_path / "newer.safetensors", storm_sc_version="99.0.0")
     with pytest.raises(IncompatibleCheckpointError, match="newer than the installed"):
         StormModel.load(newer)
+    # ... but its header can still be read, to see what it is and which release it needs
+    header = StormModel.inspect(newer)
+    assert header["storm_sc_version"] == "99.0.0" and header["config"] == StormModel.inspect(saved)["config"]
+    assert "newer than the installed" in storm_log.text and "Showing its header" in storm_log.text
     fmt = _rewrite(saved, tmp_path / "format.safetensors", format_version="7")
     with pytest.raises(IncompatibleCheckpointError, match="format 7"):
         StormModel.load(fmt)

@@ -184,13 +184,15 @@ def write_checkpoint(
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | Path, *, compatible: bool = True) -> dict[str, str]:
     """Read the header metadata of a checkpoint, checking it is a STORM checkpoint of a supported format.
 
     Parameters
     ----------
     path
         The checkpoint file.
+    compatible
+        Also refuse a checkpoint of a newer format or storm_sc release (``False`` to read what such a header says).
 
     Returns
     -------
@@ -212,7 +214,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             f"{path} is not a readable STORM checkpoint (truncated, or not a safetensors file): {err}. Download or "
             "copy it again."
         ) from err
-    _check_format(path, metadata)
+    _check_storm(path, metadata)
+    if compatible:
+        check_compatible(path, metadata)
     return metadata
 
 
@@ -238,7 +242,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-            _check_format(path, metadata)
+            _check_storm(path, metadata)
+            check_compatible(path, metadata)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
@@ -286,14 +291,18 @@ def _release(version: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def _check_format(path: Path, metadata: dict[str, str]) -> None:
-    from storm_sc import __version__
-
+def _check_storm(path: Path, metadata: dict[str, str]) -> None:
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a safetensors file but not a STORM checkpoint (header format {metadata.get('format')!r}). "
             "Pass a file written by StormModel.save."
         )
+
+
+def check_compatible(path: Path, metadata: dict[str, str]) -> None:
+    """Refuse a checkpoint of a newer format or storm_sc release than the installed one."""
+    from storm_sc import __version__
+
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError as err:

@@ -21,6 +21,7 @@ from ._checkpoint import (
     SUFFIX,
     CheckpointError,
     IncompatibleCheckpointError,
+    check_compatible,
     decode_json,
     read_checkpoint,
     read_metadata,
@@ -736,7 +737,12 @@ class StormModel:
         >>> st.models.StormModel.inspect("storm.safetensors")["config"]["name"]  # doctest: +SKIP
         'storm-small'
         """
-        metadata = read_metadata(path)
+        metadata = read_metadata(path, compatible=False)
+        try:
+            check_compatible(Path(path), metadata)
+        except IncompatibleCheckpointError as err:
+            # Its header says what it is (and which storm_sc to install); only loading it needs that release.
+            logger.warning("%s Showing its header; loading it needs that release.", err)
         out: dict[str, Any] = {
             k: v for k, v in metadata.items() if k not in ("config", "vocabulary", "manifest", "readout")
         }
