@@ -164,6 +164,8 @@ def test_bundled_reference_checkpoint():
     assert file_sha256(path) == entry.sha256
     model = StormModel.from_pretrained()
     assert model.weights_digest() == StormModel.from_pretrained(name).weights_digest()
+    assert model.pretrained_name == name and repr(model).startswith(f"StormModel({name}: storm-tiny")
+    assert StormModel.load(path).pretrained_name is None  # a file is not a release
     manifest = model.manifest
     assert {d["name"] for d in manifest["datasets"]} >= {"xenium_lung_he", "mob_he(replicate=1)"}
     assert set(manifest["split"]["val_groups"]) == {"mob", "ffpe_kidney_organoid"}

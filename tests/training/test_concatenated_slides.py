@@ -33,9 +33,11 @@ def test_concatenated_slides_become_training_slides_named_and_grouped():
 def test_a_model_trains_on_concatenated_slides():
     both, genes = _both()
     model = st.models.StormModel("storm-tiny", genes, seed=0)
+    model.pretrained_name = "a-release"  # as from_pretrained sets it: fine-tuned weights are no longer the release's
     model.fit(
         [st.training.TrainingSlide(both, mpp=2.0)], max_epochs=1, batch_size=16, val_fraction=0.0, seed=0,
         verbose=False,
     )  # fmt: skip
+    assert model.pretrained_name is None
     names = [entry["name"] for entry in model.manifest["datasets"]]
     assert names == ["toy_spots-a", "toy_spots-b"]

@@ -33,7 +33,7 @@ from ._config import StormConfig
 from ._inference import check_prediction_memory, embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
-from ._pretrained import resolve_pretrained
+from ._pretrained import reference_name, resolve_pretrained
 from ._readout import (
     LEVELS_INPUT,
     PENALTY_STRATA,
@@ -157,6 +157,8 @@ class StormModel:
         self.readout: ExpressionReadout | None = None
         # Facts of the last training run in this session that are not reproducible (throughput, log folder).
         self.training_summary: dict[str, Any] = {}
+        #: The registered name it was loaded by (:meth:`from_pretrained`), e.g. the bundled reference's; else None.
+        self.pretrained_name: str | None = None
 
     # -- description ---------------------------------------------------------------------------------------
     @property
@@ -175,7 +177,8 @@ class StormModel:
         return sum(p.numel() for p in self.network.parameters())
 
     def __repr__(self) -> str:
-        return f"StormModel({self._config.name}, {len(self._vocabulary)} genes, {self.n_parameters:,} parameters)"
+        name = f"{self.pretrained_name}: {self._config.name}" if self.pretrained_name else self._config.name
+        return f"StormModel({name}, {len(self._vocabulary)} genes, {self.n_parameters:,} parameters)"
 
     def weights_digest(self) -> str:
         """sha256 of all weights (names, shapes, bytes): equal digests mean bit-identical models.
@@ -784,9 +787,10 @@ class StormModel:
                 return cls.load(path, backbone=backbone)
             if str(name_or_path).endswith(SUFFIX) or path.parent != Path("."):
                 raise FileNotFoundError(f"No checkpoint file at {path}.")
-        return cls.load(
-            resolve_pretrained(None if name_or_path is None else str(name_or_path), verbose=verbose), backbone=backbone
-        )
+        name = None if name_or_path is None else str(name_or_path)
+        model = cls.load(resolve_pretrained(name, verbose=verbose), backbone=backbone)
+        model.pretrained_name = name or reference_name()
+        return model
 
 
 def _load_weights(network: StormNetwork, tensors: dict[str, torch.Tensor], path: str | Path, *, n_genes: int) -> None:

@@ -294,6 +294,7 @@ def fit(
     }
     log_dir = None if csv is None else str(csv.log_dir)
     model.training_summary = {"patches_per_second": throughput.patches_per_second, "log_dir": log_dir}
+    model.pretrained_name = None  # its weights are no longer the release's
     logger.info(
         "Training done: %d epochs, %.1f patches/s per process%s.",
         trainer.current_epoch,
