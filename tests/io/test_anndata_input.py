@@ -139,7 +139,7 @@ BAD = {
         {},
         r"no image in `.uns\['spatial'\]`, so the unit of its positions is unknown; pass `mpp=`",
     ),
-    "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\].*split the table by library"),
+    "two_libraries": (_two_libs, {}, r"several libraries \['lib1', 'lib2'\].*split_slides"),
     "unknown_library": (lambda a: None, {"library_id": "nope"}, r"No library 'nope'.*\['lib1'\]"),
     "unknown_image": (lambda a: None, {"image_key": "fullres"}, r"No usable image 'fullres'.*\['hires', 'lowres'\]"),
     "nan_position": (_nan_position, {}, "NaN or infinite"),

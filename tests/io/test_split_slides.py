@@ -88,7 +88,9 @@ def test_tables_on_one_slide_are_a_choice_not_slides():
 
 
 def test_split_slides_refuses_bad_input():
-    with pytest.raises(TypeError, match="must be a SpatialData"):
+    with pytest.raises(TypeError, match="must be a SpatialData or an AnnData"):
+        st.io.split_slides({"table": 1})
+    with pytest.raises(ValueError, match="has no `.obsm\\['spatial'\\]`"):
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0)["table"])
     with pytest.raises(ValueError, match="No table 'nope'"):
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0), table_key="nope")
@@ -140,3 +142,37 @@ def test_concatenated_cell_slides_keep_their_cells_together(loader):
         assert len(si.regions) == len(single.regions) and all(r.endswith(f"-{key}") for r in si.regions)
         assert si.n_obs == single.n_obs and si.platform == single.platform
         np.testing.assert_allclose(si.centers_um, single.centers_um)
+
+
+def _scanpy_concat():
+    import anndata as ad
+
+    from .test_anndata_input import _visium_adata
+
+    parts = {}
+    for name, seed in (("s1", 0), ("s2", 1)):
+        a = _visium_adata(n_rows=4 + seed, n_cols=6)
+        a.uns["spatial"] = {name: a.uns["spatial"].pop("lib1")}
+        parts[name] = a
+    both = ad.concat(parts, label="library_id", uns_merge="unique", index_unique="-")
+    return both, parts
+
+
+def test_scanpy_concatenated_libraries_are_taken_apart():
+    both, parts = _scanpy_concat()
+    assert set(both.uns["spatial"]) == {"s1", "s2"}
+    with pytest.raises(ValueError, match=r"several libraries.*split_slides"):
+        st.io.resolve(both)
+    split = st.io.split_slides(both)
+    assert list(split) == ["s1", "s2"]
+    for name, piece in split.items():
+        assert list(piece.uns["spatial"]) == [name]
+        si, alone = st.io.resolve(piece), st.io.resolve(parts[name])
+        assert si.n_obs == alone.n_obs and si.mpp == pytest.approx(alone.mpp)
+        np.testing.assert_allclose(si.centers_um, alone.centers_um)
+    split["s1"].obs["written"] = 1
+    assert "written" not in both.obs
+    # without a column naming the libraries, there is nothing to split by: the message says what is needed
+    del both.obs["library_id"]
+    with pytest.raises(ValueError, match=r"\.obs column whose values are these names"):
+        st.io.split_slides(both)

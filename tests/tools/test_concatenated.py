@@ -112,3 +112,18 @@ def test_concatenated_visium_sections_end_to_end(shared_data):
     assert (counts > 0).sum(axis=0).max() == 2
     assert predicted.shape == (table.n_obs, 2) and list(predicted.obs_names) == list(table.obs_names)
     assert table.uns["storm"]["X_storm"]["image_key"] == {n: f"{n}_hires_image" for n in names}
+
+
+def test_scanpy_concatenated_anndata_is_analysed_per_library():
+    from tests.io.test_split_slides import _scanpy_concat
+
+    both, parts = _scanpy_concat()
+    model = st.models.StormModel("storm-tiny", both.var_names, seed=0)
+    st.tl.storm_embed(both, model, verbose=False)
+    st.tl.storm_domains(both, n_domains=2)
+    predicted = st.tl.predict_expression(both, model, genes=list(both.var_names[:2]), verbose=False)
+    st.tl.storm_embed(list(parts.values()), model, verbose=False)
+    np.testing.assert_allclose(both.obsm["X_storm"], np.vstack([p.obsm["X_storm"] for p in parts.values()]), atol=1e-5)
+    assert both.obs["storm_domain"].notna().all()
+    assert both.uns["storm"]["X_storm"]["slides"] == ["s1", "s2"]
+    assert list(predicted.obs_names) == list(both.obs_names) and predicted.n_vars == 2

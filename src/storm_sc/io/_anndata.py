@@ -36,10 +36,10 @@ def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any
     if library_id is None:
         if len(libs) > 1:
             raise ValueError(
-                f"`.uns['spatial']` holds several libraries {list(libs)}, and storm_sc reads one slide per AnnData: "
-                "split the table by library (e.g. `[adata[adata.obs[<library column>] == lib].copy() for lib in "
-                "adata.uns['spatial']]`, a list the st.tl tools take), or name one with `library_id=` in "
-                "st.io.resolve."
+                f"`.uns['spatial']` holds several libraries {list(libs)}; this step reads one slide: take one with "
+                "`st.io.split_slides(adata)[library]` (it finds each row's library in the .obs column whose values are these "
+                "names, as scanpy.concat(..., label='library_id') writes it), "
+                "or name one with `library_id=` in st.io.resolve. The st.tl tools take the AnnData as it is."
             )
         library_id = next(iter(libs))
     elif library_id not in libs:

@@ -10,6 +10,7 @@ view, which all sit in the slide's ``global``); slides that were concatenated in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -199,20 +200,81 @@ def slide_of(sdata: SpatialData, part: SlidePart) -> SpatialData:
     return piece
 
 
-def split_slides(sdata: SpatialData, *, table_key: str | None = None) -> dict[str, SpatialData]:
+def library_column(adata: AnnData) -> str | None:
+    """The ``.obs`` column naming each row's library in a scanpy-style AnnData holding several, else ``None``.
+
+    Several libraries are several keys of ``.uns["spatial"]`` (as ``scanpy.concat(..., uns_merge="unique")`` of
+    Visium AnnData leaves them); the column is the one whose values are two or more of those keys, the first such
+    column when several are (``library_id`` first, scanpy's and squidpy's name for it).
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> adata = ad.AnnData(np.ones((3, 1)), uns={"spatial": {"s1": {}, "s2": {}}})
+    >>> adata.obs["sample"] = ["s1", "s2", "s2"]
+    >>> library_column(adata)
+    'sample'
+    """
+    libs = adata.uns.get("spatial")
+    if not isinstance(libs, Mapping) or len(libs) < 2:
+        return None
+    names = {str(k) for k in libs}
+    columns = sorted(adata.obs.columns, key=lambda c: c != "library_id")
+    for column in columns:
+        values = adata.obs[column]
+        if values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
+            found = set(values.astype(str).unique())
+            if len(found) >= 2 and found <= names:
+                return str(column)
+    return None
+
+
+def library_of(adata: AnnData, column: str, library: str) -> AnnData:
+    """One library of a scanpy-style AnnData holding several, as an AnnData of its own.
+
+    Rows and ``.uns`` are copied; ``.uns["spatial"]`` holds that library only, its images shared, not copied.
+    """
+    rows = np.flatnonzero(adata.obs[column].astype(str).to_numpy() == library)
+    libs = adata.uns["spatial"]
+    rest = {k: v for k, v in adata.uns.items() if k != "spatial"}
+    view = adata[rows]
+    return AnnData(
+        X=view.X.copy() if view.X is not None else None,
+        obs=view.obs.copy(),
+        var=view.var.copy(),
+        obsm={k: v.copy() for k, v in view.obsm.items()},
+        layers={k: v.copy() for k, v in view.layers.items()},
+        uns={**copy.deepcopy(rest), "spatial": {library: libs[library]}},
+    )
+
+
+def anndata_slides(adata: AnnData) -> list[tuple[str, np.ndarray, AnnData]] | None:
+    """The libraries of a scanpy-style AnnData holding several: ``(name, row indices, AnnData)``; else ``None``."""
+    column = library_column(adata)
+    if column is None:
+        return None
+    values = adata.obs[column].astype(str).to_numpy()
+    names = list(dict.fromkeys(values))
+    return [(name, np.flatnonzero(values == name), library_of(adata, column, name)) for name in names]
+
+
+def split_slides(
+    sdata: SpatialData | AnnData, *, table_key: str | None = None
+) -> dict[str, SpatialData] | dict[str, AnnData]:
     """One SpatialData per slide of a SpatialData that holds several (e.g. made by ``spatialdata.concatenate``).
 
     The ``st.tl`` tools take such a SpatialData as it is (they analyse its slides together and write their results
-    back into its tables); this is for everything else that reads one slide at a time, such as ``st.pl`` and
-    :func:`resolve`. Slides are told apart by their coordinate systems: after ``spatialdata.concatenate`` each slide
-    keeps its own (a Visium slide's is named after it), whether the tables were concatenated or not. Images, shapes
-    and labels are shared with ``sdata``; each slide's table rows are copied, so writing into a slide does not
-    change ``sdata``.
+    back into its tables); this is for everything else that reads one slide at a time, such as :func:`resolve`.
+    Slides are told apart by their coordinate systems: after ``spatialdata.concatenate`` each slide keeps its own
+    (a Visium slide's is named after it), whether the tables were concatenated or not. Images, shapes and labels are
+    shared with ``sdata``; each slide's table rows are copied, so writing into a slide does not change ``sdata``.
+    A scanpy-style AnnData holding several libraries in ``.uns["spatial"]`` (``scanpy.concat`` of Visium AnnData)
+    gives one AnnData per library, told apart by the ``.obs`` column naming them (see :func:`library_column`).
 
     Parameters
     ----------
     sdata
-        The SpatialData.
+        The SpatialData, or a scanpy-style AnnData.
     table_key
         The table whose slides to take apart; by default every table of measurements (storm_sc's prediction tables
         follow their spots).
@@ -220,8 +282,8 @@ def split_slides(sdata: SpatialData, *, table_key: str | None = None) -> dict[st
     Returns
     -------
     The slides by name: the name of the slide's spots element when it has one (the dataset id, for Visium read by
-    ``spatialdata_io``), else of its coordinate system. A SpatialData holding one slide is returned as the only
-    entry, named by what :func:`resolve` finds.
+    ``spatialdata_io``), else of its coordinate system; an AnnData's by library. An object holding one slide is
+    returned as the only entry, named by what :func:`resolve` finds.
 
     Examples
     --------
@@ -233,8 +295,17 @@ def split_slides(sdata: SpatialData, *, table_key: str | None = None) -> dict[st
     >>> {name: s.tables["table"].n_obs for name, s in st.io.split_slides(both).items()}
     {'toy_spots-a': 50, 'toy_spots-b': 60}
     """
+    if isinstance(sdata, AnnData):
+        if table_key is not None:
+            raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
+        libraries = anndata_slides(sdata)
+        if libraries is not None:
+            return {name: piece for name, _, piece in libraries}
+        from ._resolve import resolve
+
+        return {resolve(sdata, use_image=False).library_id: sdata}
     if not isinstance(sdata, SpatialData):
-        raise TypeError(f"`sdata` must be a SpatialData, got {type(sdata).__name__}.")
+        raise TypeError(f"`sdata` must be a SpatialData or an AnnData, got {type(sdata).__name__}.")
     if table_key is not None and table_key not in sdata.tables:
         raise ValueError(f"No table {table_key!r}; tables found: {list(sdata.tables)}.")
     parts = find_slides(sdata, table_key=table_key)

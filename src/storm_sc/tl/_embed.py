@@ -132,8 +132,9 @@ def storm_embed(
         cut into tiles of the model's patch size wherever there is tissue: their table ``sdata.tables["storm_tiles"]``
         (no genes; the embedding from the image and spatial context goes there) annotating their circles
         ``sdata.shapes["storm_tile_circles"]``, so that :func:`storm_domains` maps the tissue from H&E alone.
-        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
-        analysed as the list of its slides, and the results are written back into its table(s).
+        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`), or
+        an AnnData holding several libraries in ``.uns["spatial"]`` (``scanpy.concat``), is analysed as the list of
+        its slides, and the results are written back into its table(s).
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.

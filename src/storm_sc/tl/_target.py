@@ -17,7 +17,7 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._slides import find_slides, part_rows, slide_of
+from storm_sc.io._slides import anndata_slides, find_slides, part_rows, slide_of
 from storm_sc.io._tiles import tile_observations
 
 
@@ -126,7 +126,10 @@ def add_tiles(item: SpatialData, tiles: SpatialData) -> None:
 
 @dataclass(frozen=True)
 class _Origin:
-    """Where a slide the tool runs on comes from: ``targets[owner]`` itself, or rows of one of its tables."""
+    """Where a slide the tool runs on comes from: ``targets[owner]`` itself, or rows of one of its tables.
+
+    ``table_key`` is ``None`` for the rows of an AnnData (itself the table).
+    """
 
     owner: int
     table_key: str | None = None
@@ -137,10 +140,10 @@ class _Origin:
 class SlideFanout:
     """The slides a tool runs on (one per slide of each object given) and the way their results go back.
 
-    A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
-    taken apart; the tool runs on its slides as on a list, writing into their own copies of the table rows, and
-    :meth:`write_back` then puts each result into the rows of the given object's tables. Any other object is run on
-    as it is. So the tools need no case of their own, and an error before the write-back leaves the user's
+    A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`), or a
+    scanpy-style AnnData holding several libraries in ``.uns["spatial"]``, is taken apart; the tool runs on its
+    slides as on a list, writing into their own copies of the table rows, and :meth:`write_back` then puts each
+    result into the rows of the given object's tables. Any other object is run on as it is. So the tools need no case of their own, and an error before the write-back leaves the user's
     objects as they were.
 
     Examples
@@ -157,6 +160,14 @@ class SlideFanout:
         self.slides: list[SpatialData | AnnData] = []
         self.origins: list[_Origin] = []
         for i, target in enumerate(targets):
+            if isinstance(target, AnnData):
+                libraries = anndata_slides(target)
+                if libraries is not None:
+                    logger.info("%d libraries found in one AnnData: %s", len(libraries), [n for n, _, _ in libraries])
+                    for name, rows, piece in libraries:
+                        self.slides.append(piece)
+                        self.origins.append(_Origin(i, None, rows, name))
+                    continue
             parts = find_slides(target, table_key=table_key) if isinstance(target, SpatialData) else None
             if parts is None:
                 self.slides.append(target)
@@ -167,13 +178,17 @@ class SlideFanout:
                 self.slides.append(slide_of(target, part))
                 self.origins.append(_Origin(i, part.table_key, part_rows(target, part), part.name))
 
-    def _groups(self) -> dict[tuple[int, str], list[int]]:
+    def _groups(self) -> dict[tuple[int, str | None], list[int]]:
         """Slides taken from the same table of the same object."""
-        groups: dict[tuple[int, str], list[int]] = {}
+        groups: dict[tuple[int, str | None], list[int]] = {}
         for k, origin in enumerate(self.origins):
-            if origin.table_key is not None:
+            if origin.rows is not None:
                 groups.setdefault((origin.owner, origin.table_key), []).append(k)
         return groups
+
+    def _table(self, owner: int, table_key: str | None) -> AnnData:
+        target = self.targets[owner]
+        return target if isinstance(target, AnnData) else target.tables[table_key]
 
     def write_back(
         self,
@@ -191,7 +206,7 @@ class SlideFanout:
         slides becomes a mapping from slide name to value, and ``"slides"`` lists their names.
         """
         for (owner, table_key), members in self._groups().items():
-            table = self.targets[owner].tables[table_key]
+            table = self._table(owner, table_key)
             order = np.argsort(np.concatenate([self.origins[k].rows for k in members]), kind="stable")
             for key in obsm:
                 table.obsm[key] = np.concatenate([np.asarray(tables[k].obsm[key]) for k in members])[order]
@@ -214,7 +229,7 @@ class SlideFanout:
         """
         out: list[AnnData | None] = [None] * len(self.targets)
         for k, origin in enumerate(self.origins):
-            if origin.table_key is None:
+            if origin.rows is None:
                 out[origin.owner] = results[k]
         by_owner: dict[int, list[list[int]]] = {}
         for (owner, _), members in self._groups().items():
