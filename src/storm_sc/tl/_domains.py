@@ -258,8 +258,10 @@ def storm_domains(
     ----------
     data
         A SpatialData or AnnData whose table holds ``.obsm[use_rep]`` (see :func:`storm_sc.tl.storm_embed`), or a
-        list of them (domains consistent across slides). A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
-        analysed as the list of its slides, and the results are written back into its table(s).
+        list of them (domains consistent across slides). A SpatialData holding several slides
+        (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`), or an AnnData holding several libraries
+        in ``.uns["spatial"]`` (``scanpy.concat``), is analysed as the list of its slides, and the results are
+        written back into its table(s).
     n_domains
         Exact number of domains; ``None`` lets ``resolution`` decide.
     resolution

@@ -129,8 +129,8 @@ def predict_expression(
         observation each, stored as circles in ``sdata.shapes["storm_tile_circles"]`` with an (empty) table
         ``sdata.tables["storm_tiles"]``, as :func:`storm_embed` does; the result annotates them (pass ``mpp=``
         unless ``sdata.attrs["storm_sc"]["mpp"]`` holds the scale; the scale is kept there for later calls).
-        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`) is
-        predicted slide by slide; its one prediction table annotates all their spots.
+        A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`), or
+        an AnnData holding several libraries, is predicted slide by slide into one table of all their spots.
     model
         A :class:`~storm_sc.models.StormModel`, a checkpoint path or registered name, or ``None`` for the
         reference checkpoint bundled with storm_sc.
