@@ -37,9 +37,9 @@ def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any
         if len(libs) > 1:
             raise ValueError(
                 f"`.uns['spatial']` holds several libraries {list(libs)}; this step reads one slide: take one with "
-                "`st.io.split_slides(adata)[library]` (it finds each row's library in the .obs column whose values are these "
-                "names, as scanpy.concat(..., label='library_id') writes it), "
-                "or name one with `library_id=` in st.io.resolve. The st.tl tools take the AnnData as it is."
+                "`st.io.split_slides(adata)[library]` (it finds each row's library in the .obs column whose values "
+                "are these names, as scanpy.concat(..., label='library_id') writes it), or name one with "
+                "`library_id=` in st.io.resolve. The st.tl tools take the AnnData as it is."
             )
         library_id = next(iter(libs))
     elif library_id not in libs:

@@ -143,8 +143,8 @@ class SlideFanout:
     A SpatialData holding several slides (``spatialdata.concatenate``, see :func:`storm_sc.io.split_slides`), or a
     scanpy-style AnnData holding several libraries in ``.uns["spatial"]``, is taken apart; the tool runs on its
     slides as on a list, writing into their own copies of the table rows, and :meth:`write_back` then puts each
-    result into the rows of the given object's tables. Any other object is run on as it is. So the tools need no case of their own, and an error before the write-back leaves the user's
-    objects as they were.
+    result into the rows of the given object's tables. Any other object is run on as it is. So the tools need no
+    case of their own, and an error before the write-back leaves the user's objects as they were.
 
     Examples
     --------
