@@ -130,3 +130,18 @@ def test_construction_errors():
     assert a.weights_digest() == b.weights_digest() != c.weights_digest()
     assert "storm-tiny" in repr(a)
     assert a.n_parameters > 0
+
+
+def test_an_observations_embedding_does_not_depend_on_the_order_of_the_rows():
+    # More genes than tokens (random draws) and spots on a grid (neighbours tied in distance): neither the draws nor
+    # the neighbours may follow the row order, or sorting / subsetting / concatenating tables changes embeddings.
+    sdata = st.datasets.toy(n_obs=150, n_genes=150, n_domains=3, seed=3)
+    model = StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    assert sdata["table"].n_vars > model.config.max_genes
+    shuffled = st.datasets.toy(n_obs=150, n_genes=150, n_domains=3, seed=3)
+    order = np.random.default_rng(0).permutation(150)
+    shuffled.tables["table"] = shuffled["table"][order].copy()
+    for level in ("observation", "niche", "region"):
+        a = model.embed(sdata, level=level, verbose=False)
+        b = model.embed(shuffled, level=level, verbose=False)
+        np.testing.assert_allclose(b, a[order], atol=1e-5, err_msg=level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from anndata import AnnData
 from scipy.spatial import cKDTree
 
 # Observations whose radius queries are answered at once: bounds the temporary lists on dense cell data.
@@ -18,7 +17,10 @@ _THIN_SEED = 20_240_917
 
 
 def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
-    """Find the ``k`` nearest neighbours of each observation, nearest first, with :func:`storm_sc.pp.spatial_graph`.
+    """Find the ``k`` nearest neighbours of each observation, nearest first.
+
+    Neighbours at the same distance (common on a grid of spots) are taken in order of their position (x, then y),
+    never of their row: an observation's neighbours do not change when the table is reordered.
 
     Parameters
     ----------
@@ -36,28 +38,24 @@ def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
     >>> niche_neighbors(np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]]), 2).tolist()
     [[1, 2], [0, 2], [1, 0]]
     """
-    from storm_sc.io import SpatialInput
-    from storm_sc.pp import spatial_graph
-
-    n = len(centers_um)
+    centers = np.asarray(centers_um, dtype=np.float64)
+    n = len(centers)
     out = np.full((n, k), -1, dtype=np.int64)
     k_eff = min(k, n - 1)
     if k_eff < 1:
         return out
-    light = SpatialInput(
-        table=AnnData(shape=(n, 0)),
-        table_key=None,
-        regions=(),
-        platform="generic",
-        coordinate_system="um",
-        centers_um=np.asarray(centers_um, dtype=np.float64),
-    )
-    graph = spatial_graph(light, n_neighs=k_eff)
-    for i in range(n):
-        start, end = graph.indptr[i], graph.indptr[i + 1]
-        cols, dist = graph.indices[start:end], graph.data[start:end]
-        order = np.lexsort((cols, dist))[:k]
-        out[i, : len(order)] = cols[order]
+    # Twice as many as needed, so that every neighbour tied with the k-th nearest is among the candidates.
+    n_query = min(n, 2 * k_eff + 1)
+    tree = cKDTree(centers)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        dist, idx = tree.query(centers[start:stop], k=n_query)
+        own = np.arange(start, stop)[:, None]
+        dist = np.where(idx == own, np.inf, dist)  # the observation itself goes last, then is cut
+        rows = np.broadcast_to(np.arange(stop - start)[:, None], idx.shape)
+        order = np.lexsort((centers[idx, 1].ravel(), centers[idx, 0].ravel(), dist.ravel(), rows.ravel()))
+        ranked = idx.ravel()[order].reshape(idx.shape)
+        out[start:stop, :k_eff] = ranked[:, :k_eff]
     return out
 
 
@@ -115,7 +113,8 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
             if not len(cols):
                 continue
             dist = np.linalg.norm(centers[cols] - centers[i], axis=1)
-            cols = cols[np.lexsort((cols, dist))]
+            # ties by position, not row, as in niche_neighbors: the pool does not depend on the table's order
+            cols = cols[np.lexsort((centers[cols, 1], centers[cols, 0], dist))]
             if len(cols) > pool:
                 cols = cols[np.linspace(0, len(cols) - 1, pool).round().astype(np.int64)]
             out[i, : len(cols)] = cols

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy import sparse
 
 from storm_sc.pp._expression import gene_moments
 
-# Seed of the draws at inference time: an observation's tokens depend only on its row and its slide's draw weights,
-# so embeddings are reproducible and independent of batching.
+# Seed of the draws at inference time, with each observation's own expression (see content_seed): its tokens depend
+# only on what it measured and its slide's draw weights, so embeddings are reproducible and independent of
+# batching, of the order of the table's rows and of which other rows it holds.
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
@@ -46,6 +49,25 @@ def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
         return np.full(n_panel, 1.0 / n_panel)
     weights = variance + DRAW_FLOOR * variance.mean()
     return weights / weights.sum()
+
+
+def content_seed(cols: np.ndarray, vals: np.ndarray) -> int:
+    """A 64-bit seed from one observation's measured genes and values (a CSR row's columns and data).
+
+    Seeding inference draws by the row's position instead made a spot's embedding change when the table was sorted,
+    subset or concatenated.
+
+    Examples
+    --------
+    >>> a = content_seed(np.array([1, 4]), np.array([0.5, 2.0], dtype=np.float32))
+    >>> b = content_seed(np.array([1, 4], dtype=np.int32), np.array([0.5, 2.0]))  # the same row, other dtypes
+    >>> a == b, a == content_seed(np.array([1]), np.array([0.5]))
+    (True, False)
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.ascontiguousarray(cols, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(vals, dtype=np.float32).tobytes())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def row_tokens(
@@ -107,7 +129,8 @@ def gene_tokens(
     max_genes
         Tokens per observation.
     rng
-        Random draws (training); ``None`` draws from a generator seeded by each row index (inference).
+        Random draws (training); ``None`` draws from a generator seeded by each row's content (inference; see
+        :func:`content_seed`).
     weights
         ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
 
@@ -133,7 +156,11 @@ def gene_tokens(
     for k, row in enumerate(rows):
         if row < 0:
             continue
-        gen = rng if rng is not None else np.random.default_rng([INFERENCE_SEED, int(row)])
+        if rng is not None:
+            gen = rng
+        else:
+            start, end = indptr[row], indptr[row + 1]
+            gen = np.random.default_rng([INFERENCE_SEED, content_seed(indices[start:end], data[start:end])])
         cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights)
         t = len(cols)
         ids[k, :t] = gene_index[cols]

@@ -46,8 +46,11 @@ def gene_moments(expression: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]
     >>> [m.tolist() for m in gene_moments(x)]
     [[0.0, 1.0], [0.0, 1.0]]
     """
-    mean = np.asarray(expression.mean(axis=0), dtype=np.float64).ravel()
-    square = np.asarray(expression.multiply(expression).mean(axis=0), dtype=np.float64).ravel()
+    # Summed in float64: float32 sums depend on the order of the rows (6e-9 on a Visium slide), enough to change the
+    # token draws weighted by these moments when the table is reordered.
+    x = sparse.csr_matrix(expression, dtype=np.float64)
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    square = np.asarray(x.multiply(x).mean(axis=0)).ravel()
     return mean, np.maximum(square - mean**2, 0.0)
 
 
