@@ -57,6 +57,15 @@ def test_embed_degrades_without_image(toy_sdata_factory, trained_model):
     assert "other" not in sdata["table"].obsm
 
 
+def test_embed_warns_about_a_table_without_genes(toy_sdata_factory, trained_model, storm_log):
+    # e.g. two slides whose genes are named differently, concatenated: the inner join keeps no gene
+    sdata = toy_sdata_factory(seed=2)
+    sdata.tables["table"] = sdata["table"][:, []].copy()
+    st.tl.storm_embed(sdata, trained_model, verbose=False)
+    assert "its table has no genes; embedding it from H&E and spatial context alone" in storm_log.text
+    assert sdata["table"].uns["storm"]["X_storm"]["modalities"] == ["image", "spatial context"]
+
+
 def test_embed_modalities_change_the_embedding(toy_sdata_factory, trained_model):
     sdata = toy_sdata_factory(seed=3)
     st.tl.storm_embed(sdata, trained_model, modalities="image", key_added="he", verbose=False)

@@ -11,7 +11,7 @@ import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from storm_sc._constants import OBSM_EMBEDDING
+from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.models import StormModel
@@ -243,6 +243,15 @@ def storm_embed(
             )
         if strict and want_expression and slide.table.n_vars == 0:
             raise ValueError(f"Slide {slide.library_id!r} has no expression but modalities={modalities!r} asks for it.")
+        if want_expression and slide.table.n_vars == 0 and slide.table_key != TABLE_TILES:
+            # Tiles of an H&E-only slide have no genes by construction; a measured table without any is a surprise.
+            logger.warning(
+                "Slide %r: its table has no genes; embedding it from %s alone. (spatialdata.concatenate and "
+                "anndata.concat keep only the genes every slide shares: slides whose genes are named differently "
+                "share none.)",
+                slide.library_id,
+                "H&E and spatial context" if slide.has_image else "spatial context",
+            )
 
     net = net or get_model(model, verbose=verbose)
     if adapt_epochs:
