@@ -18,6 +18,16 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture
+def datasets_from_shared_data(data_dir):
+    """``st.datasets`` loaders read the real data folder (read-only) during the test."""
+    import storm_sc as st
+
+    st.settings.data_dir = data_dir
+    yield data_dir
+    st.settings.data_dir = None
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never let a test write into the user's cache or the shared data: caches go to a temp folder."""

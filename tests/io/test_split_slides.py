@@ -96,16 +96,10 @@ def test_split_slides_refuses_bad_input():
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0), table_key="nope")
 
 
-@pytest.fixture
-def shared_data():
-    st.settings.data_dir = real_data("visium_ffpe_villacampa2021").parent
-    yield
-    st.settings.data_dir = None
-
-
 @pytest.mark.realdata
 @pytest.mark.parametrize("tables", ["one", "several"])
-def test_concatenated_visium_sections_resolve_as_alone(tables, shared_data):
+def test_concatenated_visium_sections_resolve_as_alone(tables, datasets_from_shared_data):
+    real_data("visium_ffpe_villacampa2021")
     names = ["V19D02-085_B1", "V19D02-085_C1"]
     alone = {n: st.io.resolve(st.datasets.visium_ffpe(n)) for n in names}
     both = sd.concatenate([st.datasets.visium_ffpe(n) for n in names], concatenate_tables=tables == "one")
@@ -123,15 +117,10 @@ def test_concatenated_visium_sections_resolve_as_alone(tables, shared_data):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("loader", ["cosmx_lung12"])
-def test_concatenated_cell_slides_keep_their_cells_together(loader):
-    real_data()
-    st.settings.data_dir = real_data().resolve()
-    try:
-        alone = getattr(st.datasets, loader)()
-        both = sd.concatenate({"x": getattr(st.datasets, loader)(), "y": getattr(st.datasets, loader)()},
-                              concatenate_tables=True)  # fmt: skip
-    finally:
-        st.settings.data_dir = None
+def test_concatenated_cell_slides_keep_their_cells_together(loader, datasets_from_shared_data):
+    alone = getattr(st.datasets, loader)()
+    both = sd.concatenate({"x": getattr(st.datasets, loader)(), "y": getattr(st.datasets, loader)()},
+                          concatenate_tables=True)  # fmt: skip
     single = st.io.resolve(alone, use_image=False)
     assert st.io.detect_platform(both) == single.platform  # from the tables' columns: attrs are gone
     parts = st.io.split_slides(both)

@@ -84,16 +84,10 @@ def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_
     assert fingerprint(both) == after_embed
 
 
-@pytest.fixture
-def shared_data():
-    st.settings.data_dir = real_data("visium_ffpe_villacampa2021").parent
-    yield
-    st.settings.data_dir = None
-
-
 @pytest.mark.realdata
-def test_concatenated_visium_sections_end_to_end(shared_data):
+def test_concatenated_visium_sections_end_to_end(datasets_from_shared_data):
     """Two real Visium sections concatenated by spatialdata, the bundled reference, the three tools."""
+    real_data("visium_ffpe_villacampa2021")
     names = ["V19D02-085_B1", "V19D02-085_C1"]
     both = sd.concatenate([st.datasets.visium_ffpe(n) for n in names], concatenate_tables=True)
     st.tl.storm_embed(both, verbose=False)
