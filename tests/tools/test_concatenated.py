@@ -121,3 +121,17 @@ def test_scanpy_concatenated_anndata_is_analysed_per_library():
     assert both.obs["storm_domain"].notna().all()
     assert both.uns["storm"]["X_storm"]["slides"] == ["s1", "s2"]
     assert list(predicted.obs_names) == list(both.obs_names) and predicted.n_vars == 2
+
+
+def test_results_go_back_by_position_when_obs_names_repeat(toy_sdata_factory):
+    alone = _slides(toy_sdata_factory)
+    for s in alone.values():
+        s["table"].obsm["X_storm"] = s["table"].X.toarray()  # any embedding
+    st.tl.storm_domains(list(alone.values()), n_domains=3, mpp=TOY_MPP)
+    both = sd.concatenate(_slides(toy_sdata_factory), concatenate_tables=True, obs_names_make_unique=False)
+    table = both.tables["table"]
+    table.obsm["X_storm"] = table.X.toarray()
+    assert not table.obs_names.is_unique  # each slide's spots are named 0, 1, ...
+    st.tl.storm_domains(both, n_domains=3, mpp=TOY_MPP)
+    expected = np.concatenate([s["table"].obs["storm_domain"].astype(str) for s in alone.values()])
+    assert (table.obs["storm_domain"].astype(str).to_numpy() == expected).all()

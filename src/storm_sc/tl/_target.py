@@ -212,7 +212,7 @@ class SlideFanout:
                 table.obsm[key] = np.concatenate([np.asarray(tables[k].obsm[key]) for k in members])[order]
             for key in obs:
                 values = pd.concat([tables[k].obs[key] for k in members], ignore_index=True).iloc[order]
-                table.obs[key] = values.set_axis(table.obs_names).copy()
+                table.obs[key] = values.array.copy()  # by position: obs_names need not be unique
             for key in uns:
                 table.uns[key] = tables[members[0]].uns[key]
             if params is not None:
