@@ -101,7 +101,8 @@ def find_slides(sdata: SpatialData, *, table_key: str | None = None) -> list[Sli
         if found is None:
             return None
         regions, region_key = found
-        present = set(sdata.tables[key].obs[region_key].astype(str).unique())
+        # the distinct values only, not a string per row: this runs on every tool call
+        present = {str(v) for v in pd.unique(sdata.tables[key].obs[region_key])}
         if not present <= set(regions):
             return None
         for region in regions:
