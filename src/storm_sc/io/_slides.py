@@ -224,7 +224,7 @@ def library_column(adata: AnnData) -> str | None:
     for column in columns:
         values = adata.obs[column]
         if values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
-            found = set(values.astype(str).unique())
+            found = {str(v) for v in pd.unique(values)}
             if len(found) >= 2 and found <= names:
                 return str(column)
     return None
