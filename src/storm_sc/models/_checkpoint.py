@@ -58,7 +58,7 @@ class IncompatibleCheckpointError(CheckpointError):
     >>> header = {"format": "storm_sc.checkpoint", "format_version": "99", "storm_sc_version": "99.0.0"}
     >>> save_file({"w": torch.zeros(1)}, path, metadata=header)  # as if written by a future storm_sc
     >>> try:
-    ...     st.models.StormModel.inspect(path)
+    ...     st.models.StormModel.load(path)
     ... except st.models.IncompatibleCheckpointError as err:
     ...     print(isinstance(err, st.models.CheckpointError), "Upgrade storm_sc" in str(err))
     True True
