@@ -53,6 +53,19 @@ def test_one_slide_is_returned_as_it_is():
     assert list(parts.values())[0] is sdata
 
 
+def test_one_slide_is_named_without_its_scale():
+    # Naming the only slide must not need what analysing it does (a scale, an image): split_slides has no `mpp=`.
+    sdata = st.datasets.toy(n_obs=30, n_genes=5, seed=0)
+    sdata.attrs.clear()  # no scale recorded: resolve would ask for `mpp=`
+    with pytest.raises(ValueError, match="pass `mpp=`"):
+        st.io.resolve(sdata)
+    assert list(st.io.split_slides(sdata)) == [st.io.resolve(sdata, mpp=1.0).library_id]
+    table = sdata.tables["table"].copy()
+    table.obsm["spatial"] = np.zeros((table.n_obs, 2))
+    del table.uns["spatialdata_attrs"]
+    assert list(st.io.split_slides(table)) == ["slide"]  # positions without an image: resolve's name too
+
+
 def test_fields_of_view_of_one_slide_stay_together():
     # CosMx-like: one table over two elements that share the slide's coordinate system.
     sdata = st.datasets.toy(n_obs=30, n_genes=5, seed=0)

@@ -163,6 +163,21 @@ def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_i
     return si
 
 
+def _require_positions(adata: AnnData) -> None:
+    if _OBSM_KEY not in adata.obsm:
+        raise ValueError(
+            "This AnnData has no `.obsm['spatial']` positions; it needs them in full-resolution pixels (x, y)."
+        )
+
+
+def anndata_slide_name(adata: AnnData) -> str:
+    """The name :func:`resolve_anndata` gives a one-library AnnData, without reading its positions or scale."""
+    _require_positions(adata)
+    libs = adata.uns.get(_UNS_KEY)
+    # with no libraries, resolve reads the positions alone; with several, _library says how to pick one
+    return _library(adata, None)[0] if isinstance(libs, dict) and libs else "slide"
+
+
 def resolve_anndata(
     adata: AnnData,
     *,
@@ -205,10 +220,7 @@ def resolve_anndata(
     ([[50.0, 40.0]], 6.5)
     """
     check_table(adata, None)
-    if _OBSM_KEY not in adata.obsm:
-        raise ValueError(
-            "This AnnData has no `.obsm['spatial']` positions; it needs them in full-resolution pixels (x, y)."
-        )
+    _require_positions(adata)
     xy = np.asarray(adata.obsm[_OBSM_KEY], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] < 2:
         raise ValueError(f"`.obsm['spatial']` must be (n_obs, 2) with x, y; got shape {xy.shape}.")

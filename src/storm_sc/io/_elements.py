@@ -157,11 +157,19 @@ def table_regions(table: AnnData, table_key: str | None) -> tuple[tuple[str, ...
     return regions, region_key, instance_key
 
 
-def element_of(sdata: SpatialData, key: str) -> Any:
-    """Return a shapes, labels or points element by key, with a clear error when missing."""
+def find_element(sdata: SpatialData, key: str) -> Any | None:
+    """A shapes, labels or points element by key (the kinds a table can annotate), or ``None``."""
     for group in (sdata.shapes, sdata.labels, sdata.points):
         if key in group:
             return group[key]
+    return None
+
+
+def element_of(sdata: SpatialData, key: str) -> Any:
+    """Return a shapes, labels or points element by key, with a clear error when missing."""
+    element = find_element(sdata, key)
+    if element is not None:
+        return element
     raise ValueError(
         f"The table annotates element {key!r}, which is not in this SpatialData "
         f"(shapes: {list(sdata.shapes)}, labels: {list(sdata.labels)}, points: {list(sdata.points)})."

@@ -236,6 +236,34 @@ def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_k
     return pick_coordinate_system(candidates, region_els, image)
 
 
+def _linked_table(sdata: SpatialData, table_key: str | None) -> tuple[str, PlatformAdapter, Slide]:
+    """The platform, its adapter and the chosen table linked to its elements: what naming a slide needs."""
+    platform = detect_platform(sdata)
+    adapter = _ADAPTERS[platform]
+    if table_key is None:
+        # Tables of predictions written by storm_sc annotate the same spots; the user means the measured one.
+        measured = [k for k, t in sdata.tables.items() if not is_prediction(t)]
+        table_key = measured[0] if len(measured) == 1 else adapter.choose_table(sdata)
+    table = sdata.tables[table_key]
+    check_table(table, table_key)
+    regions, region_key, instance_key = table_regions(table, table_key)
+    slide = Slide(sdata, table_key, table, regions, region_key, instance_key)
+    slide.links = adapter.link_regions(slide)
+    return platform, adapter, slide
+
+
+def _slide_name(sdata: SpatialData, adapter: PlatformAdapter, slide: Slide) -> str:
+    # Readers record no dataset name for Xenium or CosMx; a slide saved to and read from zarr is named by its file.
+    stored = Path(str(sdata.path)).name.removesuffix(".zarr") if getattr(sdata, "path", None) else None
+    return str(adapter.library_id(slide) or stored or slide.table_key)
+
+
+def slide_name(sdata: SpatialData, *, table_key: str | None = None) -> str:
+    """The name :func:`resolve` gives a one-slide SpatialData, without reading its positions, image or scale."""
+    _, adapter, slide = _linked_table(sdata, table_key)
+    return _slide_name(sdata, adapter, slide)
+
+
 def resolve(
     data: SpatialData | AnnData,
     *,
@@ -313,17 +341,8 @@ def resolve(
     if image_key is not None and image_key not in sdata.images:
         raise ValueError(f"No image {image_key!r}; images found: {describe_images(sdata)}.")
 
-    platform = detect_platform(sdata)
-    adapter = _ADAPTERS[platform]
-    if table_key is None:
-        # Tables of predictions written by storm_sc annotate the same spots; the user means the measured one.
-        measured = [k for k, t in sdata.tables.items() if not is_prediction(t)]
-        table_key = measured[0] if len(measured) == 1 else adapter.choose_table(sdata)
-    table = sdata.tables[table_key]
-    check_table(table, table_key)
-    regions, region_key, instance_key = table_regions(table, table_key)
-    slide = Slide(sdata, table_key, table, regions, region_key, instance_key)
-    slide.links = adapter.link_regions(slide)
+    platform, adapter, slide = _linked_table(sdata, table_key)
+    table_key, table, region_key = slide.table_key, slide.table, slide.region_key
     element_keys = slide.element_keys
     _check_one_slide(slide)
 
@@ -373,9 +392,7 @@ def resolve(
         check_inside(centers_px, image, image_key, table_key)
     centers_um = centers_cs * um_per_unit
 
-    # Readers record no dataset name for Xenium or CosMx; a slide saved to and read from zarr is named by its file.
-    stored = Path(str(sdata.path)).name.removesuffix(".zarr") if getattr(sdata, "path", None) else None
-    lib = library_id or adapter.library_id(slide) or stored or table_key
+    lib = library_id or _slide_name(sdata, adapter, slide)
     extra = {"mpp_source": source, **found.extra}
     if found.expected_size_um is not None:
         extra.setdefault("observation_size_um", found.expected_size_um)

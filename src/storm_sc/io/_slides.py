@@ -22,7 +22,8 @@ from spatialdata.models import TableModel, get_table_keys
 
 from storm_sc._constants import ATTRS_STORM, UNS_STORM
 
-from ._elements import coordinate_systems
+from ._anndata import anndata_slide_name
+from ._elements import coordinate_systems, element_of, find_element
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,6 @@ def _annotated(table: AnnData) -> tuple[tuple[str, ...], str] | None:
     if region is None or region_key not in table.obs:
         return None
     return ((region,) if isinstance(region, str) else tuple(region)), region_key
-
-
-def _element(sdata: SpatialData, key: str) -> object | None:
-    for group in (sdata.shapes, sdata.labels, sdata.points):
-        if key in group:
-            return group[key]
-    return None
 
 
 def _components(systems: dict[str, set[str]]) -> list[list[str]]:
@@ -106,7 +100,7 @@ def find_slides(sdata: SpatialData, *, table_key: str | None = None) -> list[Sli
         if not present <= set(regions):
             return None
         for region in regions:
-            element = _element(sdata, region)
+            element = find_element(sdata, region)
             if element is None or region in systems:
                 return None  # a missing element, or one annotated by two tables: not several slides
             systems[region] = coordinate_systems(element)
@@ -130,7 +124,7 @@ def _slide_name(sdata: SpatialData, regions: list[str]) -> str:
     """A slide's name: its element's when it has one (Visium's spots are named after the dataset), else its systems'."""
     if len(regions) == 1:
         return regions[0]
-    shared = set.intersection(*(coordinate_systems(_element(sdata, r)) for r in regions))
+    shared = set.intersection(*(coordinate_systems(element_of(sdata, r)) for r in regions))
     named = sorted(cs for cs in shared if cs != "global")
     return named[0] if named else "+".join(regions)
 
@@ -173,7 +167,7 @@ def slide_of(sdata: SpatialData, part: SlidePart) -> SpatialData:
     single slide (its scale, image and name), which cannot hold for several; ``attrs["storm_sc"]["library_id"]`` is
     the slide's name.
     """
-    systems = set().union(*(coordinate_systems(_element(sdata, r)) for r in part.regions))
+    systems = set().union(*(coordinate_systems(element_of(sdata, r)) for r in part.regions))
 
     def placed(group: dict) -> dict:
         return {k: e for k, e in group.items() if k in part.regions or coordinate_systems(e) & systems}
@@ -284,7 +278,7 @@ def split_slides(
     -------
     The slides by name: the name of the slide's spots element when it has one (the dataset id, for Visium read by
     ``spatialdata_io``), else of its coordinate system; an AnnData's by library. An object holding one slide is
-    returned as the only entry, named by what :func:`resolve` finds.
+    returned as the only entry, named as :func:`resolve` names it (its scale is not needed).
 
     Examples
     --------
@@ -302,16 +296,14 @@ def split_slides(
         libraries = anndata_slides(sdata)
         if libraries is not None:
             return {name: piece for name, _, piece in libraries}
-        from ._resolve import resolve
-
-        return {resolve(sdata, use_image=False).library_id: sdata}
+        return {anndata_slide_name(sdata): sdata}
     if not isinstance(sdata, SpatialData):
         raise TypeError(f"`sdata` must be a SpatialData or an AnnData, got {type(sdata).__name__}.")
     if table_key is not None and table_key not in sdata.tables:
         raise ValueError(f"No table {table_key!r}; tables found: {list(sdata.tables)}.")
     parts = find_slides(sdata, table_key=table_key)
     if parts is None:
-        from ._resolve import resolve
+        from ._resolve import slide_name
 
-        return {resolve(sdata, table_key=table_key, use_image=False).library_id: sdata}
+        return {slide_name(sdata, table_key=table_key): sdata}
     return {part.name: slide_of(sdata, part) for part in parts}
