@@ -42,3 +42,4 @@ ATTRS_MPP_SOURCE = "mpp_source"  # how the pixel size was obtained (given, estim
 ATTRS_SEED = "seed"  # the seed of generated data
 # .layers of the predicted-expression table
 LAYER_PREDICTED_STD = "predicted_std"
+OBSM_SPATIAL_UM = "spatial_um"  # .obsm of a prediction: positions in microns (its "spatial" is the table's own)

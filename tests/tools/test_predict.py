@@ -133,7 +133,7 @@ def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trai
     assert get_table_keys(he.tables["storm_predicted"])[0] == "storm_tile_circles"
     assert np.isfinite(pred.X).all() and (pred.layers["predicted_std"] > 0).all()
     # A grid at the model's patch size, in microns.
-    steps = np.diff(np.unique(np.round(np.asarray(pred.obsm["spatial"])[:, 0], 3)))
+    steps = np.diff(np.unique(np.round(np.asarray(pred.obsm["spatial_um"])[:, 0], 3)))
     np.testing.assert_allclose(steps, trained_model.config.patch_um, rtol=1e-6)
     with pytest.raises(ValueError, match="already exists"):
         st.tl.predict_expression(he, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)
@@ -223,3 +223,39 @@ def test_prediction_survives_duplicated_var_names(toy_sdata_factory, trained_mod
     pred = st.tl.predict_expression(sdata, trained_model, genes=["gene_0000", "gene_0002"], verbose=False)
     assert pred.var["measured_in_table"].tolist() == [True, True]
     assert "by symbol only" in caplog.text
+
+
+def test_a_scanpy_anndatas_prediction_keeps_its_pixel_positions():
+    # sc.pl.spatial draws .obsm["spatial"] over .uns["spatial"]'s image: the prediction of a scanpy AnnData keeps both
+    # (here two libraries, as scanpy.concat leaves them), with the microns beside them.
+    from tests.io.test_split_slides import _scanpy_concat
+
+    both, _ = _scanpy_concat()
+    model = st.models.StormModel("storm-tiny", both.var_names, seed=0)
+    pred = st.tl.predict_expression(both, model, genes=list(both.var_names[:2]), source="head", verbose=False)
+    np.testing.assert_allclose(pred.obsm["spatial"], both.obsm["spatial"])
+    assert set(pred.uns["spatial"]) == {"s1", "s2"}
+    assert pred.uns["spatial"]["s1"]["scalefactors"] == both.uns["spatial"]["s1"]["scalefactors"]
+    pitch_um = np.linalg.norm(pred.obsm["spatial_um"][1] - pred.obsm["spatial_um"][0])
+    assert pitch_um == pytest.approx(100.0, rel=0.01)  # Visium's spot pitch
+
+
+@pytest.mark.parametrize("species", ["mouse", "human"])
+def test_predicted_genes_are_named_and_identified_as_the_table_names_them(species):
+    # The reference's symbols are upper case and most carry a mouse and a human Ensembl id: on a mouse table
+    # (capitalised symbols, no ids) a measured gene keeps the table's name and gets the mouse id; on a human one
+    # the human id, never the other species'.
+    model = st.models.StormModel.from_pretrained()
+    vocab = model.vocabulary
+    two = [i for i, e in enumerate(vocab.all_ensembl_ids) if len(e) == 2][:41]
+    prefix = "ENSMUSG" if species == "mouse" else "ENSG0"
+    sdata = st.datasets.toy(n_obs=120, n_genes=40, n_domains=2, seed=0)
+    written = [vocab.symbols[i].capitalize() if species == "mouse" else vocab.symbols[i] for i in two[:40]]
+    sdata["table"].var_names = written
+    unmeasured = vocab.symbols[two[40]]
+    pred = st.tl.predict_expression(sdata, genes=[vocab.symbols[two[0]], written[1], unmeasured], verbose=False)
+    assert list(pred.var_names) == [written[0], written[1], unmeasured]
+    assert pred.var["measured_in_table"].tolist() == [True, True, False]
+    expected = [next(e for e in vocab.all_ensembl_ids[i] if e.startswith(prefix)) for i in (two[0], two[1], two[40])]
+    assert pred.var["gene_ids"].tolist() == expected
+    assert list(sdata["table"][:, pred.var_names[:2]].var_names) == written[:2]  # joins with the measurement

@@ -23,6 +23,16 @@ def ensembl_key(name: str) -> str:
     return name.split(".", 1)[0].upper()
 
 
+def ensembl_species(name: str) -> str | None:
+    """The species code of an Ensembl gene id: ``""`` for human (``ENSG``), ``"MUS"`` for mouse (``ENSMUSG``), ...
+
+    ``None`` when ``name`` is not an Ensembl gene id.
+    """
+    if not is_ensembl(name):
+        return None
+    return name.upper()[3 : name.upper().index("G", 3)]
+
+
 def symbol_key(name: str) -> str:
     """Case-insensitive key of a gene symbol (``Gfap``, ``GFAP`` and ``gfap`` are one gene)."""
     return name.strip().casefold()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,89 +13,20 @@ from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import TableModel, get_table_keys
 
-from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED, UNS_STORM
+from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.pp import GeneVocabulary
-from storm_sc.pp._alignment import matched_columns
-from storm_sc.pp._vocabulary import ensembl_key, symbol_key
 
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
+from ._predicted_genes import check_genes, prediction_genes, split_genes
 from ._target import SlideFanout, add_tiles, as_slide_list, check_key_free, record_params, resolve_or_tile
 
 if TYPE_CHECKING:
     from distributed import Client
-
-
-def _split_genes(genes: Sequence[str] | str | None, vocabulary: GeneVocabulary) -> tuple[list[str] | None, list[str]]:
-    """Requested genes the model knows (as its symbols, in request order) and those it does not.
-
-    A gene is named by its symbol (any case) or by its Ensembl id (with or without version).
-    """
-    if genes is None:
-        return None, []
-    if isinstance(genes, str):
-        genes = [genes]
-    inside = [vocabulary.symbols[vocabulary.index(name)] for name in genes if name in vocabulary]
-    outside = [name for name in genes if name not in vocabulary]
-    return list(dict.fromkeys(inside)), outside
-
-
-def _check_genes(genes: Any) -> None:
-    if genes is None:
-        return
-    if isinstance(genes, str):
-        names = [genes]
-    else:
-        names = list(genes) if isinstance(genes, Sequence | np.ndarray | pd.Index) else None
-    if names is None or not all(isinstance(g, str) and g.strip() for g in names):
-        raise TypeError(
-            f"`genes` must be a gene name or a list of gene names (symbols or Ensembl ids), or None for all the "
-            f"model's genes; got {genes!r}."
-        )
-    if not names:
-        raise ValueError("`genes` is an empty list; pass gene names, or None (the default) for all the model's genes.")
-
-
-def _measured_columns(
-    table: AnnData, vocabulary: GeneVocabulary, genes: list[str]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The table's column measuring each predicted gene (-1: none) and the table's Ensembl ids (None if unknown).
-
-    Genes are found as storm_embed finds them (Ensembl ids first, then symbols), so that a table indexed by Ensembl
-    ids (Space Ranger's gene_ids) pairs with the predicted symbols. A table whose names cannot be matched that way
-    (duplicated names) is matched by symbol alone: the prediction, which never reads the table's expression, is not
-    lost for it.
-    """
-    predicted = GeneVocabulary.from_genes(
-        genes,
-        ensembl_ids=None
-        if vocabulary.all_ensembl_ids is None
-        else [vocabulary.all_ensembl_ids[i] for i in vocabulary.index(genes)],
-    )
-    try:
-        columns, data_ids, _ = matched_columns(table, predicted)
-    except ValueError as err:
-        logger.warning("Predicted genes matched to the table's var_names by symbol only: %s", err)
-        names = {symbol_key(str(n)): i for i, n in enumerate(table.var_names)}
-        return np.array([names.get(symbol_key(g), -1) for g in genes], dtype=np.int64), None
-    return columns, data_ids
-
-
-def _gene_ids(
-    vocabulary: GeneVocabulary, genes: Sequence[str], columns: np.ndarray, data_ids: np.ndarray | None
-) -> list[str]:
-    """Per predicted gene, the Ensembl id the table measures it by, else the model's first id for it ("" if none)."""
-    out = []
-    for gene, column in zip(genes, columns, strict=True):
-        entry = vocabulary.all_ensembl_ids[vocabulary.index(gene)]
-        measured_as = data_ids[column] if data_ids is not None and column >= 0 else None
-        keys = {ensembl_key(e): e for e in entry}
-        out.append(keys.get(measured_as) or (entry[0] if entry else ""))
-    return out
 
 
 def predict_expression(
@@ -168,14 +99,19 @@ def predict_expression(
 
     Returns
     -------
-    AnnData (a list of them for a list) with the same ``obs`` (and ``obsm["spatial"]``, in microns) as the table
-    (one row per tile for an H&E-only slide):
+    AnnData (a list of them for a list) with the same ``obs`` as the table (one row per tile for an H&E-only
+    slide), ``obsm["spatial_um"]`` the positions in microns and ``obsm["spatial"]`` the table's own (for a scanpy
+    AnnData, its pixel positions, with its ``uns["spatial"]``, so that ``sc.pl.spatial`` draws the prediction; the
+    microns where the table has none). A gene the table measures is named as the table writes its symbol (``Gapdh``
+    on a mouse slide, where the model's symbol is ``GAPDH``), so that prediction and measurement join on
+    ``var_names``; the others by the model's symbol.
     ``X`` the predicted log1p expression (library size 1e4) of each gene, ``layers["predicted_std"]`` its
     predicted standard deviation (for readout genes, the gene's cross-validated prediction error, the same for
     every spot; its calibration on held-out sections is measured in ``benchmarks/expression_heldout_ffpe.py``: the
     errors of log1p counts are heavier-tailed than a Gaussian's, so ``mean +- 1.96 sd`` covers somewhat less than
     95%), ``var["measured_in_table"]`` whether the table measures the gene (matched by Ensembl id, then symbol, as
-    :func:`storm_sc.pp.align_genes` matches), ``var["gene_ids"]`` its Ensembl id (the table's where it has one),
+    :func:`storm_sc.pp.align_genes` matches), ``var["gene_ids"]`` its Ensembl id (the table's where it has one,
+    else the model's id of the table's species, told by the table's ids or the case of its symbols; empty if unsure),
     ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
     ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
     every slide has been predicted, so an error leaves all inputs as they were.
@@ -195,7 +131,7 @@ def predict_expression(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     parse_device(device)
-    _check_genes(genes)
+    check_genes(genes)
     given, single = as_slide_list(data)
     for item in given:
         if isinstance(item, SpatialData):
@@ -216,7 +152,7 @@ def predict_expression(
                 "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
             )
         slides.append(slide)
-    inside, outside = _split_genes(genes, net.vocabulary)
+    inside, outside = split_genes(genes, net.vocabulary)
     if genes is not None and not inside:
         raise ValueError(
             f"None of the requested genes is in the model's vocabulary of {len(net.vocabulary)} genes: "
@@ -293,19 +229,22 @@ def _prediction_table(
 ) -> AnnData:
     """The AnnData of one slide's prediction, annotating the same elements as its measured table."""
     source = slide.table
+    centers_um = np.asarray(slide.centers_um, dtype=np.float64)
+    # The table's own positions (a scanpy AnnData's are in image pixels, which sc.pl.spatial needs with its
+    # .uns["spatial"]); microns always under their own key.
+    own = source.obsm.get("spatial") if source.n_obs else None
     # float32 already: no copy of the (n_obs x genes) arrays, the largest of a prediction.
     result = AnnData(
         X=prediction.mean.astype(np.float32, copy=False),
         obs=source.obs.copy(),
-        var=pd.DataFrame(index=pd.Index(prediction.genes, name="gene")),
+        var=prediction_genes(source, vocabulary, prediction.genes),
         layers={LAYER_PREDICTED_STD: prediction.std.astype(np.float32, copy=False)},
-        obsm={"spatial": np.asarray(slide.centers_um, dtype=np.float64)},
+        obsm={"spatial": centers_um if own is None else np.array(own, copy=True), OBSM_SPATIAL_UM: centers_um},
     )
-    genes = list(prediction.genes)
-    columns, data_ids = _measured_columns(source, vocabulary, genes)
-    result.var["measured_in_table"] = columns >= 0
-    if vocabulary.all_ensembl_ids is not None:
-        result.var["gene_ids"] = _gene_ids(vocabulary, genes, columns, data_ids)
+    if isinstance(data, AnnData) and isinstance(source.uns.get("spatial"), Mapping):
+        library = source.uns["spatial"].get(slide.library_id)
+        if library is not None:  # the images and scale factors that go with those pixel positions
+            result.uns["spatial"] = {slide.library_id: library}
     if prediction.sources is not None:
         result.var["prediction_source"] = pd.Categorical(prediction.sources, categories=["readout", "head"])
     record_params(

@@ -247,6 +247,9 @@ class SlideFanout:
                 [self.origins[k].name for k in members], [results[k].uns[UNS_STORM][params] for k in members]
             )
             combined.uns[UNS_STORM] = storm
+            libraries = {name: lib for k in members for name, lib in results[k].uns.get("spatial", {}).items()}
+            if libraries:  # a scanpy AnnData's libraries: the images its slides' pixel positions go with
+                combined.uns["spatial"] = libraries
             if TableModel.ATTRS_KEY in first.uns:
                 _, region_key, instance_key = get_table_keys(first)
                 regions = list(dict.fromkeys(r for k in members for r in _regions(results[k])))
