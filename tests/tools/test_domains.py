@@ -142,8 +142,9 @@ def test_errors_before_work(embedded, toy_sdata_factory):
     fresh = toy_sdata_factory(seed=7)
     with pytest.raises(KeyError, match="storm_embed"):
         st.tl.storm_domains(fresh, n_domains=3)
-    with pytest.raises(ValueError, match="n_domains"):
-        st.tl.storm_domains(embedded, n_domains=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="n_domains"):
+            st.tl.storm_domains(embedded, n_domains=bad)
     with pytest.raises(ValueError, match="expression_pcs"):
         st.tl.storm_domains(embedded, n_domains=3, expression_pcs=-1)
     with pytest.raises(KeyError, match="layer 'counts' not found"):

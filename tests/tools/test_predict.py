@@ -259,3 +259,19 @@ def test_predicted_genes_are_named_and_identified_as_the_table_names_them(specie
     expected = [next(e for e in vocab.all_ensembl_ids[i] if e.startswith(prefix)) for i in (two[0], two[1], two[40])]
     assert pred.var["gene_ids"].tolist() == expected
     assert list(sdata["table"][:, pred.var_names[:2]].var_names) == written[:2]  # joins with the measurement
+
+
+def test_a_bad_key_added_is_refused_before_any_work(toy_sdata_factory, trained_model):
+    sdata = toy_sdata_factory(seed=8)
+    image = next(iter(sdata.images))
+    for key, match in (
+        ("my pred", "not a valid SpatialData element name"),
+        (image, f"the name of sdata.images\\[{image!r}\\]"),
+        ("table", "names a table of measurements"),  # overwrite=True would have replaced the counts
+    ):
+        with pytest.raises(ValueError, match=match):
+            st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], key_added=key, overwrite=True)
+    assert list(sdata.tables) == ["table"] and sdata["table"].n_vars > 1
+    st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], verbose=False)
+    st.tl.predict_expression(sdata, trained_model, genes=["gene_0001"], overwrite=True, verbose=False)  # its own
+    assert list(sdata.tables["storm_predicted"].var_names) == ["gene_0001"]

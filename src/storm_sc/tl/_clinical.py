@@ -24,13 +24,9 @@ from storm_sc.models import StormModel, resolve_device
 from storm_sc.wsi._tiling import check_tiling_args
 
 from ._model_arg import get_model
+from ._target import check_integer
 
 _DEFAULT_BATCH = 256
-
-
-def _positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
 def slide_features(
@@ -105,7 +101,7 @@ def slide_features(
     >>> feats[["slide_id", "n_tiles"]]  # doctest: +SKIP
     """
     check_tiling_args(patch_um, tissue_threshold)
-    _positive_int(batch_size, "batch_size")
+    check_integer(batch_size, "batch_size")
     if isinstance(mpp, Mapping):
         for k, v in mpp.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
@@ -228,9 +224,9 @@ def fit_outcome(
         raise ValueError(f"`features_key` must be one of {FEATURE_KEYS}; got {features_key!r}.")
     for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size),
                         ("n_bootstrap", n_bootstrap)):  # fmt: skip
-        _positive_int(value, name)
+        check_integer(value, name)
     if max_tiles is not None:
-        _positive_int(max_tiles, "max_tiles")
+        check_integer(max_tiles, "max_tiles")
     for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ValueError(f"`{name}` must be a non-negative number; got {value!r}.")

@@ -19,7 +19,15 @@ from storm_sc.pp._components import shared_genes
 from storm_sc.pp._graph import grid_pitch, library_codes
 from storm_sc.pp._representation_graph import representation_neighbors
 
-from ._target import SlideFanout, as_slide_list, check_key_free, check_params_slot, copy_for_output, record_params
+from ._target import (
+    SlideFanout,
+    as_slide_list,
+    check_integer,
+    check_key_free,
+    check_params_slot,
+    copy_for_output,
+    record_params,
+)
 
 # Expression components clustered beside the embedding: as many as the reference's gene-program axes.
 EXPRESSION_PCS = 32
@@ -316,14 +324,13 @@ def storm_domains(
     >>> sdata["table"].obs["storm_domain"].cat.categories.tolist()
     ['0', '1', '2']
     """
-    if n_domains is not None and (not isinstance(n_domains, int | np.integer) or n_domains < 1):
-        raise ValueError(f"`n_domains` must be a positive integer or None, got {n_domains!r}.")
+    check_integer(n_domains, "n_domains", optional=True)
     if not resolution > 0:
         raise ValueError(f"`resolution` must be positive, got {resolution!r}.")
-    if not isinstance(smooth_steps, int) or smooth_steps < 0 or not 0.0 <= smooth_weight <= 1.0:
-        raise ValueError("`smooth_steps` must be an integer >= 0 and `smooth_weight` in [0, 1].")
-    if not isinstance(expression_pcs, int | np.integer) or expression_pcs < 0:
-        raise ValueError(f"`expression_pcs` must be an integer >= 0, got {expression_pcs!r}.")
+    check_integer(smooth_steps, "smooth_steps", minimum=0)
+    if not 0.0 <= smooth_weight <= 1.0:
+        raise ValueError(f"`smooth_weight` must be in [0, 1], got {smooth_weight!r}.")
+    check_integer(expression_pcs, "expression_pcs", minimum=0)
     if center not in ("slide", "all"):
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)

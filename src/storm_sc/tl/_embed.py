@@ -23,6 +23,7 @@ from ._target import (
     SlideFanout,
     add_tiles,
     as_slide_list,
+    check_integer,
     check_key_free,
     check_params_slot,
     copy_for_output,
@@ -202,11 +203,9 @@ def storm_embed(
     want_image, want_expression, strict = parse_modalities(modalities)
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    check_integer(batch_size, "batch_size", optional=True)
     parse_device(device)
-    if not isinstance(adapt_epochs, int) or adapt_epochs < 0:
-        raise ValueError(f"`adapt_epochs` must be a non-negative integer, got {adapt_epochs!r}.")
+    check_integer(adapt_epochs, "adapt_epochs", minimum=0)
     check_client(client)
     slides, single = as_slide_list(data)
     outputs = [copy_for_output(s) for s in slides] if copy else slides

@@ -23,7 +23,15 @@ from storm_sc.pp import GeneVocabulary
 from ._distributed import check_client, map_slides
 from ._model_arg import get_model, model_name
 from ._predicted_genes import check_genes, prediction_genes, split_genes
-from ._target import SlideFanout, add_tiles, as_slide_list, check_key_free, record_params, resolve_or_tile
+from ._target import (
+    SlideFanout,
+    add_tiles,
+    as_slide_list,
+    check_integer,
+    check_table_key_free,
+    record_params,
+    resolve_or_tile,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -128,14 +136,13 @@ def predict_expression(
     check_client(client)
     if source not in ("auto", "readout", "head"):
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    check_integer(batch_size, "batch_size")
     parse_device(device)
     check_genes(genes)
     given, single = as_slide_list(data)
     for item in given:
         if isinstance(item, SpatialData):
-            check_key_free(item.tables, key_added, "sdata.tables", overwrite=overwrite)
+            check_table_key_free(item, key_added, overwrite=overwrite)
     fanout = SlideFanout(given, table_key)  # a SpatialData of several slides is predicted slide by slide
     items = fanout.slides
     net = get_model(model, verbose=verbose)

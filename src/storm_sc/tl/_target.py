@@ -17,7 +17,7 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._slides import anndata_slides, find_slides, part_rows, slide_of
+from storm_sc.io._slides import anndata_slides, find_slides, is_prediction, part_rows, slide_of
 from storm_sc.io._tiles import tile_observations
 
 
@@ -54,6 +54,15 @@ def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
     return copied
 
 
+def check_integer(value: object, name: str, *, minimum: int = 1, optional: bool = False) -> None:
+    """Refuse a count argument that is not an integer >= ``minimum`` (``True`` is not one), or ``None`` if optional."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"`{name}` must be {what}{' or None' if optional else ''}, got {value!r}.")
+
+
 def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrite: bool) -> None:
     """Refuse to replace an existing result unless asked to."""
     if not isinstance(key, str) or not key:
@@ -61,6 +70,28 @@ def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrit
     if key in mapping and not overwrite:
         raise ValueError(
             f"{where}[{key!r}] already exists; pass another `key_added=` or `overwrite=True` to replace it."
+        )
+
+
+def check_table_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> None:
+    """Refuse a ``key_added`` for a new table of ``sdata`` that spatialdata would refuse, or that would replace data.
+
+    Checked before any work: spatialdata refuses a bad name only when the table is stored, after the work is done,
+    and a table named like another element makes ``sdata[name]`` ambiguous.
+    """
+    check_key_free(sdata.tables, key, "sdata.tables", overwrite=overwrite)
+    if key in (".", "..") or key.startswith("__") or not all(c.isalnum() or c in "_-." for c in key):
+        raise ValueError(
+            f"`key_added={key!r}` is not a valid SpatialData element name: use letters, digits, '_', '-' and '.' "
+            "(not starting with '__'), e.g. 'storm_predicted'."
+        )
+    for kind in ("images", "labels", "points", "shapes"):
+        if key in getattr(sdata, kind):
+            raise ValueError(f"`key_added={key!r}` is the name of sdata.{kind}[{key!r}]; choose another name.")
+    if key in sdata.tables and not is_prediction(sdata.tables[key]):
+        raise ValueError(
+            f"`key_added={key!r}` names a table of measurements, which `overwrite=True` would replace with the "
+            "prediction; choose another name."
         )
 
 
