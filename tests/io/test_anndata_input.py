@@ -128,6 +128,12 @@ def _no_obsm(a):
     del a.obsm["spatial"]
 
 
+def _cell_table_of_a_spatialdata(a):
+    # `sdata["table"]` of a Xenium or CosMx SpatialData: positions in the shapes, not in .obsm
+    del a.obsm["spatial"], a.uns["spatial"]
+    a.uns["spatialdata_attrs"] = {"region": "cells", "region_key": "region", "instance_key": "cell_id"}
+
+
 def _no_scalef(a):
     sf = a.uns["spatial"]["lib1"]["scalefactors"]
     del sf["tissue_hires_scalef"], sf["tissue_lowres_scalef"]
@@ -147,6 +153,7 @@ BAD = {
     "no_scale": (_no_scale, {}, r"pass `mpp=`"),
     "no_obsm": (_no_obsm, {}, r"no `.obsm\['spatial'\]`"),
     "table_of_a_spatialdata": (_table_of_a_spatialdata, {}, r"pass the SpatialData itself"),
+    "cell_table_of_a_spatialdata": (_cell_table_of_a_spatialdata, {}, r"no `.obsm.*pass the SpatialData itself"),
     "no_scalefactor": (_no_scalef, {}, r"no image with a scalefactor"),
     "table_key_given": (lambda a: None, {"table_key": "table"}, r"`table_key` applies to a SpatialData"),
     "bad_mpp": (lambda a: None, {"mpp": -1.0}, "must be a positive number"),

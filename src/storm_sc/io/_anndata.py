@@ -26,6 +26,15 @@ _OBSM_KEY = "spatial"
 _UNS_KEY = "spatial"
 
 
+def _table_of_spatialdata_hint(adata: AnnData) -> str:
+    if "spatialdata_attrs" not in adata.uns:
+        return ""
+    return (
+        " This AnnData is the table of a SpatialData (it has `.uns['spatialdata_attrs']`): pass the SpatialData "
+        "itself (`sdata`, not `sdata['table']`), whose images and transformations storm_sc reads."
+    )
+
+
 def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any]]:
     libs = adata.uns.get(_UNS_KEY)
     if not isinstance(libs, dict) or not libs:
@@ -47,14 +56,9 @@ def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any
     lib = libs[library_id]
     if not isinstance(lib, dict) or not isinstance(lib.get("scalefactors"), dict):
         # spatialdata_io.visium leaves a scanpy-like .uns['spatial'] without scale factors on the SpatialData's table.
-        within = (
-            " This AnnData is the table of a SpatialData (it has `.uns['spatialdata_attrs']`): pass the SpatialData "
-            "itself (`sdata`, not `sdata['table']`), whose images and transformations storm_sc reads."
-            if "spatialdata_attrs" in adata.uns
-            else ""
-        )
         raise ValueError(
-            f"`.uns['spatial'][{library_id!r}]` has no 'scalefactors'; it is not scanpy's Visium layout.{within}"
+            f"`.uns['spatial'][{library_id!r}]` has no 'scalefactors'; it is not scanpy's Visium layout."
+            f"{_table_of_spatialdata_hint(adata)}"
         )
     return library_id, lib
 
@@ -167,6 +171,7 @@ def _require_positions(adata: AnnData) -> None:
     if _OBSM_KEY not in adata.obsm:
         raise ValueError(
             "This AnnData has no `.obsm['spatial']` positions; it needs them in full-resolution pixels (x, y)."
+            f"{_table_of_spatialdata_hint(adata)}"
         )
 
 
