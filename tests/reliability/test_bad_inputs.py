@@ -365,7 +365,7 @@ CASES: dict[str, Any] = {
         interrupt=interrupt_on_call("context", 2),
     ),
     "predict/invalid_table_name": Case(
-        "predict", slide, {"key_added": "pred/1"}, ValueError, r"alphanumeric characters, underscores"
+        "predict", slide, {"key_added": "pred/1"}, ValueError, r"`key_added=.pred/1.` is not a valid SpatialData element name"
     ),
     # ---- st.tl.storm_domains
     "domains/nan_in_embedding": Case(
