@@ -306,6 +306,7 @@ class StormSetup:
     level: str | None = None
     expression_pcs: int | None = None
     smooth_steps: int | None = None
+    n_draws: int | None = None
 
     def describe(self) -> str:
         if self.init_config is not None:
@@ -321,7 +322,8 @@ class StormSetup:
         level = "the default embedding level" if self.level is None else f"embedding level {self.level!r}"
         pcs = "default" if self.expression_pcs is None else self.expression_pcs
         steps = "" if self.smooth_steps is None else f", smooth_steps={self.smooth_steps}"
-        return f"{level}; storm_domains expression_pcs={pcs}{steps}"
+        draws = "" if self.n_draws is None else f", storm_embed n_draws={self.n_draws}"
+        return f"{level}; storm_domains expression_pcs={pcs}{steps}{draws}"
 
 
 def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -354,6 +356,7 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
         model,
         modalities=setup.modalities,
         **({} if setup.level is None else {"level": setup.level}),
+        **({} if setup.n_draws is None else {"n_draws": setup.n_draws}),
         adapt_epochs=setup.adapt_epochs,
         random_state=seed,
         device="cpu",
@@ -368,6 +371,7 @@ def storm_labels(slide: Slide, setup: StormSetup, seed: int) -> tuple[np.ndarray
     details = {
         "modalities": "+".join(table.uns["storm"]["X_storm"]["modalities"]),
         "level": table.uns["storm"]["X_storm"]["level"],
+        "n_draws": table.uns["storm"]["X_storm"]["n_draws"],
         "architecture": model.config.name,
         "domain_params": json.dumps({k: v for k, v in table.uns["storm"]["storm_domain"].items() if k != "tool"}),
     }
@@ -613,6 +617,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="which embedding storm_embed writes (its `level`; default: storm_embed's default)",
     )
     parser.add_argument(
+        "--n-draws",
+        type=int,
+        default=None,
+        help="storm_embed's gene-token draws averaged per observation (default: its default)",
+    )
+    parser.add_argument(
         "--expression-pcs",
         type=int,
         default=None,
@@ -681,6 +691,7 @@ def _storm_setup(args: argparse.Namespace) -> tuple[StormSetup | None, str]:
         args.level,
         args.expression_pcs,
         args.smooth_steps,
+        args.n_draws,
     )
     if args.init_config is None:
         try:

@@ -241,12 +241,31 @@ def _models(args: argparse.Namespace, genes: Sequence[str]) -> list[tuple[str, A
     ]
 
 
-def _calls(sdata: Any, model: Any, genes: list[str], *, batch_size: int) -> dict[str, Callable[[], Any]]:
-    """The two timed tools on one slide; results overwrite the previous call's (their keys are the benchmark's)."""
+def _calls(
+    sdata: Any, model: Any, genes: list[str], *, batch_size: int, n_draws: list[int] | None = None
+) -> dict[str, Callable[[], Any]]:
+    """The two timed tools on one slide; results overwrite the previous call's (their keys are the benchmark's).
+
+    ``n_draws``: time ``storm_embed`` once per value (``None``: once, at its default).
+    """
+
+    def embed(**options: Any) -> Callable[[], Any]:
+        return lambda: st.tl.storm_embed(
+            sdata,
+            model,
+            key_added=EMBED_KEY,
+            batch_size=batch_size,
+            device="cpu",
+            overwrite=True,
+            verbose=False,
+            **options,
+        )
+
+    embeds = (
+        {"storm_embed": embed()} if n_draws is None else {f"storm_embed n_draws={k}": embed(n_draws=k) for k in n_draws}
+    )
     return {
-        "storm_embed": lambda: st.tl.storm_embed(
-            sdata, model, key_added=EMBED_KEY, batch_size=batch_size, device="cpu", overwrite=True, verbose=False
-        ),
+        **embeds,
         "predict_expression": lambda: st.tl.predict_expression(
             sdata,
             model,
@@ -294,7 +313,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         logger.info("generated %d observations, image %d x %d px, in %.1f s", n_obs, *side, gen_s)
         trace = args.tracemalloc and n_obs <= args.trace_max_size
         for label, model in _models(args, genes):
-            calls = _calls(sdata, model, genes, batch_size=args.batch_size)
+            calls = _calls(sdata, model, genes, batch_size=args.batch_size, n_draws=args.n_draws)
             for tool, call in calls.items():
                 # Libraries that limit thread pools (scanpy, scikit-learn) reset OpenMP on exit: pin torch again.
                 torch.set_num_threads(args.threads)
@@ -365,6 +384,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default=None, help="a checkpoint path or registered name instead of --configs")
     parser.add_argument("--batch-size", type=int, default=256, help="observations per forward pass")
+    parser.add_argument(
+        "--n-draws",
+        nargs="+",
+        type=int,
+        default=None,
+        help="time storm_embed with each of these n_draws (default: once)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of the weights")
     parser.add_argument(

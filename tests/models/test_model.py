@@ -145,3 +145,26 @@ def test_an_observations_embedding_does_not_depend_on_the_order_of_the_rows():
         a = model.embed(sdata, level=level, verbose=False)
         b = model.embed(shuffled, level=level, verbose=False)
         np.testing.assert_allclose(b, a[order], atol=1e-5, err_msg=level)
+
+
+def test_the_expression_token_averages_several_gene_draws():
+    # More genes than tokens: each draw reads other random genes, and the embedding averages n_draws of them; a panel
+    # within the token budget has nothing to draw, so more draws change nothing.
+    sdata = st.datasets.toy(n_obs=150, n_genes=150, n_domains=3, seed=3)
+    model = StormModel("storm-tiny", sdata["table"].var_names, seed=0)
+    inputs = model.prepare(sdata)
+    one = model.embed(inputs, level="observation", n_draws=1, verbose=False)
+    default = model.embed(inputs, level="observation", verbose=False)
+    np.testing.assert_allclose(model.embed(inputs, level="observation", n_draws=4, verbose=False), default, atol=1e-6)
+    assert np.abs(default - one).max() > 1e-3
+    many = model.embed(inputs, level="observation", n_draws=16, verbose=False)
+    assert np.linalg.norm(default - many) < np.linalg.norm(one - many)  # closer to the many-draw average
+    with pytest.raises(ValueError, match="n_draws"):
+        model.embed(inputs, n_draws=0)
+
+    small = st.datasets.toy(n_obs=80, n_genes=20, n_domains=2, seed=3)  # 20 genes <= max_genes
+    small_model = StormModel("storm-tiny", small["table"].var_names, seed=0)
+    small_inputs = small_model.prepare(small)
+    np.testing.assert_allclose(
+        small_model.embed(small_inputs, n_draws=1, verbose=False), small_model.embed(small_inputs, verbose=False)
+    )

@@ -20,6 +20,9 @@ from ._network import StormNetwork
 from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INPUT, ExpressionReadout
 
 LEVELS = ("joint", "levels", "observation", "niche", "region")
+# Draws of random gene tokens averaged into each observation's expression token when embedding (see fused_tokens):
+# measured in benchmarks/README.md ("Spatial domains").
+INFERENCE_DRAWS = 4
 T = TypeVar("T")
 
 
@@ -177,6 +180,7 @@ def fused_tokens(
     device: torch.device,
     verbose: bool | None = None,
     statistics: np.ndarray | None = None,
+    draws: int = 1,
 ) -> torch.Tensor:
     """``(n, hidden_dim)`` float32 fused observation tokens of a whole slide, on ``device``.
 
@@ -184,6 +188,9 @@ def fused_tokens(
     that patches streamed from the image are read from compact areas; the next batch is read on a background
     thread while the network encodes the current one. Only the tokens grow with the slide. ``statistics``, an
     ``(n, network.n_statistics)`` array, is filled with each patch's statistics on the way (zeros without an image).
+    With ``draws > 1``, an observation's expression token is the mean of its tokens over that many draws of random
+    gene tokens (panels larger than ``max_genes``; see :func:`~storm_sc.models._tokens.row_tokens`): an estimate
+    of what the network makes of the observation's whole profile, less tied to one draw.
     """
     from storm_sc.pp._patches import locality_order
 
@@ -192,17 +199,27 @@ def fused_tokens(
     order = locality_order(inputs.centers_um)
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-    def read(rows: np.ndarray) -> dict:
-        return observation_arrays(inputs, rows, config=config, use_image=use_image, use_expression=use_expression)
+    random_tokens = use_expression and inputs.expression is not None and inputs.expression.shape[1] > config.max_genes
+    draws = draws if random_tokens else 1  # a panel within max_genes is all tokens: every draw is the same
+
+    def read(rows: np.ndarray) -> tuple[dict, list[dict]]:
+        arrays = observation_arrays(inputs, rows, config=config, use_image=use_image, use_expression=use_expression)
+        more = [observation_arrays(inputs, rows, config=config, use_image=False, draw=d) for d in range(1, draws)]
+        return arrays, more
 
     with _progress(inputs.n_obs, f"encode {inputs.library_id}", verbose) as bar, autocast(device):
-        for rows, arrays in _read_ahead(read, batches):
+        for rows, (arrays, more) in _read_ahead(read, batches):
             batch = _observation_batch(arrays, device)
             if statistics is not None and batch.images is not None:
                 batch.statistics = network.patch_statistics(batch.images)
                 stats = batch.statistics.float().cpu().numpy()
                 statistics[rows] = np.where(batch.has_image.cpu().numpy()[:, None], stats, 0.0)
             z_img, z_expr, expr_present = network.observation_tokens(batch)
+            if more:
+                z_expr = z_expr.float()
+                for extra in more:  # the same observations have tokens in every draw: only which genes differ
+                    z_expr = z_expr + network.observation_tokens(_observation_batch(extra, device))[1].float()
+                z_expr = z_expr / draws
             out[torch.as_tensor(rows, device=device)] = network.fusion(
                 z_img, batch.has_image, z_expr, expr_present
             ).float()
@@ -337,10 +354,11 @@ def embed_inputs(
     device: str | torch.device = "auto",
     verbose: bool | None = None,
     statistics: np.ndarray | None = None,
+    draws: int = INFERENCE_DRAWS,
 ) -> np.ndarray:
     """Embeddings of every observation of one slide (see :meth:`StormModel.embed`).
 
-    ``statistics``: filled as in :func:`fused_tokens`.
+    ``statistics`` and ``draws``: as in :func:`fused_tokens`.
     """
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}; got {level!r}.")
@@ -355,6 +373,7 @@ def embed_inputs(
             device=dev,
             verbose=verbose,
             statistics=statistics,
+            draws=draws,
         )
         out = np.empty((inputs.n_obs, embedding_width(network.config, level)), dtype=np.float32)
         for rows in _chunks(inputs.n_obs, batch_size):

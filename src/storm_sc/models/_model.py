@@ -30,7 +30,7 @@ from ._checkpoint import (
     write_checkpoint,
 )
 from ._config import StormConfig
-from ._inference import check_prediction_memory, embed_inputs, image_features, predict_inputs
+from ._inference import INFERENCE_DRAWS, check_prediction_memory, embed_inputs, image_features, predict_inputs
 from ._inputs import StormInputs, prepare_inputs
 from ._network import StormNetwork
 from ._pretrained import reference_name, resolve_pretrained
@@ -302,6 +302,7 @@ class StormModel:
         batch_size: int = 256,
         device: str | torch.device = "auto",
         verbose: bool | None = None,
+        n_draws: int = INFERENCE_DRAWS,
     ) -> np.ndarray:
         """Embedding of every observation from whatever modalities are present, with its spatial context.
 
@@ -326,6 +327,9 @@ class StormModel:
             ``"cuda"``, ...
         verbose
             Progress bars.
+        n_draws
+            Draws of random gene tokens averaged into each observation's expression token, for panels larger than
+            the model's gene tokens (``config.max_genes``); see :func:`storm_sc.tl.storm_embed`.
 
         Returns
         -------
@@ -341,6 +345,8 @@ class StormModel:
         """
         if not (use_image or use_expression):
             raise ValueError("At least one of `use_image` and `use_expression` must be True.")
+        if isinstance(n_draws, bool) or not isinstance(n_draws, int | np.integer) or n_draws < 1:
+            raise ValueError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
         resolve = {
             "table_key": table_key,
             "image_key": image_key,
@@ -361,6 +367,7 @@ class StormModel:
             batch_size=batch_size,
             device=device,
             verbose=verbose,
+            draws=int(n_draws),
         )
 
     def predict_expression(

@@ -115,6 +115,7 @@ def gene_tokens(
     *,
     rng: np.random.Generator | None = None,
     weights: np.ndarray | None = None,
+    draw: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build padded gene tokens of several observations.
 
@@ -133,6 +134,9 @@ def gene_tokens(
         :func:`content_seed`).
     weights
         ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
+    draw
+        Which of an observation's inference draws (without ``rng``): each number gives other random tokens, the
+        same ones on every call.
 
     Returns
     -------
@@ -160,7 +164,8 @@ def gene_tokens(
             gen = rng
         else:
             start, end = indptr[row], indptr[row + 1]
-            gen = np.random.default_rng([INFERENCE_SEED, content_seed(indices[start:end], data[start:end])])
+            seed = [INFERENCE_SEED, content_seed(indices[start:end], data[start:end])]
+            gen = np.random.default_rng(seed + [draw] if draw else seed)
         cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights)
         t = len(cols)
         ids[k, :t] = gene_index[cols]
