@@ -269,8 +269,9 @@ def test_a_bad_key_added_is_refused_before_any_work(toy_sdata_factory, trained_m
         (image, f"the name of sdata.images\\[{image!r}\\]"),
         ("table", "names a table of measurements"),  # overwrite=True would have replaced the counts
     ):
-        with pytest.raises(ValueError, match=match):
-            st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], key_added=key, overwrite=True)
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=match):
+                st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], key_added=key, overwrite=overwrite)
     assert list(sdata.tables) == ["table"] and sdata["table"].n_vars > 1
     st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], verbose=False)
     st.tl.predict_expression(sdata, trained_model, genes=["gene_0001"], overwrite=True, verbose=False)  # its own

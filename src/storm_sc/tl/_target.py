@@ -79,7 +79,8 @@ def check_table_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> No
     Checked before any work: spatialdata refuses a bad name only when the table is stored, after the work is done,
     and a table named like another element makes ``sdata[name]`` ambiguous.
     """
-    check_key_free(sdata.tables, key, "sdata.tables", overwrite=overwrite)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"`key_added` must be a non-empty string, got {key!r}.")
     if key in (".", "..") or key.startswith("__") or not all(c.isalnum() or c in "_-." for c in key):
         raise ValueError(
             f"`key_added={key!r}` is not a valid SpatialData element name: use letters, digits, '_', '-' and '.' "
@@ -93,6 +94,7 @@ def check_table_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> No
             f"`key_added={key!r}` names a table of measurements, which `overwrite=True` would replace with the "
             "prediction; choose another name."
         )
+    check_key_free(sdata.tables, key, "sdata.tables", overwrite=overwrite)
 
 
 def check_params_slot(table: AnnData, where: str = "") -> None:
