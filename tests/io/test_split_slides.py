@@ -103,6 +103,9 @@ def test_tables_on_one_slide_are_a_choice_not_slides():
 def test_split_slides_refuses_bad_input():
     with pytest.raises(TypeError, match="must be a SpatialData or an AnnData"):
         st.io.split_slides({"table": 1})
+    images_only = sd.SpatialData(images=dict(st.datasets.toy(n_obs=20, n_genes=3, seed=0).images))
+    with pytest.raises(ValueError, match="has no table"):
+        st.io.split_slides(images_only)
     with pytest.raises(ValueError, match="has no `.obsm\\['spatial'\\]`"):
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0)["table"])
     with pytest.raises(ValueError, match="No table 'nope'"):

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 import storm_sc as st
@@ -268,6 +269,8 @@ def test_a_bad_key_added_is_refused_before_any_work(toy_sdata_factory, trained_m
         ("my pred", "not a valid SpatialData element name"),
         (image, f"the name of sdata.images\\[{image!r}\\]"),
         ("table", "names a table of measurements"),  # overwrite=True would have replaced the counts
+        ("Table", r"the name of sdata.tables\['table'\]"),  # spatialdata refuses names differing only in case
+        ("storm_tiles", "an H&E-only slide's tiles"),
     ):
         for overwrite in (False, True):
             with pytest.raises(ValueError, match=match):
@@ -276,3 +279,41 @@ def test_a_bad_key_added_is_refused_before_any_work(toy_sdata_factory, trained_m
     st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], verbose=False)
     st.tl.predict_expression(sdata, trained_model, genes=["gene_0001"], overwrite=True, verbose=False)  # its own
     assert list(sdata.tables["storm_predicted"].var_names) == ["gene_0001"]
+
+
+def test_predicted_genes_of_an_ensembl_indexed_table_take_its_symbol_column():
+    # Space Ranger's layout read with gene ids as var_names: the symbols are in a .var column, written the table's way.
+    model = st.models.StormModel.from_pretrained()
+    vocab = model.vocabulary
+    two = [i for i, e in enumerate(vocab.all_ensembl_ids) if len(e) == 2][:40]
+    sdata = st.datasets.toy(n_obs=120, n_genes=40, n_domains=2, seed=0)
+    table = sdata["table"]
+    table.var["gene_symbols"] = [vocab.symbols[i].capitalize() for i in two]
+    table.var_names = [next(e for e in vocab.all_ensembl_ids[i] if e.startswith("ENSMUSG")) for i in two]
+    pred = st.tl.predict_expression(sdata, genes=[vocab.symbols[two[0]], vocab.symbols[two[1]]], verbose=False)
+    assert list(pred.var_names) == list(table.var["gene_symbols"][:2])
+    assert pred.var["gene_ids"].tolist() == list(table.var_names[:2])
+
+
+def test_the_species_of_a_table_is_read_from_its_ids_or_the_case_of_its_symbols():
+    from anndata import AnnData
+
+    from storm_sc.pp._vocabulary import ensembl_species
+    from storm_sc.tl._predicted_genes import table_species
+
+    assert [ensembl_species(i) for i in ("ENSG00000141510.3", "ENSMUSG00000045394", "ENSGALG00000000001")] == [
+        "",
+        "MUS",
+        "GAL",  # a species code holding a G (chicken) is not read as human
+    ]
+    assert ensembl_species("GAPDH") is None
+
+    def table(names):
+        return AnnData(np.zeros((1, len(names)), dtype=np.float32), var=pd.DataFrame(index=names))
+
+    assert table_species(table(["GAPDH", "ACTB", "EPCAM", "KRT8", "CD3E", "C1orf112"]), None) == ""
+    assert table_species(table(["Gapdh", "Actb", "Gm12345"]), None) == "MUS"
+    assert table_species(table(["GRCh38__GAPDH", "GRCh38__ACTB"]), None) == ""  # the genome prefix is not the symbol
+    assert table_species(table(["gene_0000", "gene_0001"]), None) is None  # nothing to tell by
+    ids = np.array(["ENSMUSG00000045394", None, "ENSMUSG00000053093"], dtype=object)
+    assert table_species(table(["A", "B", "C"]), ids) == "MUS"

@@ -236,6 +236,14 @@ def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_k
     return pick_coordinate_system(candidates, region_els, image)
 
 
+def _require_table(sdata: SpatialData) -> None:
+    if not sdata.tables:
+        raise ValueError(
+            "This SpatialData has no table (observations x genes). Add one linked to the spots/cells with "
+            "`spatialdata.models.TableModel.parse(..., region=...)`."
+        )
+
+
 def _linked_table(sdata: SpatialData, table_key: str | None) -> tuple[str, PlatformAdapter, Slide]:
     """The platform, its adapter and the chosen table linked to its elements: what naming a slide needs."""
     platform = detect_platform(sdata)
@@ -260,7 +268,9 @@ def _slide_name(sdata: SpatialData, adapter: PlatformAdapter, slide: Slide) -> s
 
 def slide_name(sdata: SpatialData, *, table_key: str | None = None) -> str:
     """The name :func:`resolve` gives a one-slide SpatialData, without reading its positions, image or scale."""
+    _require_table(sdata)
     _, adapter, slide = _linked_table(sdata, table_key)
+    _check_one_slide(slide)
     return _slide_name(sdata, adapter, slide)
 
 
@@ -331,11 +341,7 @@ def resolve(
     if not isinstance(data, SpatialData):
         raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
     sdata = data
-    if not sdata.tables:
-        raise ValueError(
-            "This SpatialData has no table (observations x genes). Add one linked to the spots/cells with "
-            "`spatialdata.models.TableModel.parse(..., region=...)`."
-        )
+    _require_table(sdata)
     if table_key is not None and table_key not in sdata.tables:
         raise ValueError(f"No table {table_key!r}; tables found: {list(sdata.tables)}.")
     if image_key is not None and image_key not in sdata.images:

@@ -130,6 +130,24 @@ def _clean(values: pd.Index | pd.Series, *, ensembl: bool, genomes: np.ndarray |
     return out
 
 
+def symbol_column(adata: AnnData, gene_symbols: str | None = None) -> tuple[np.ndarray | None, str]:
+    """The data's gene symbols per column, as written (``None`` if it has none), and where they were found.
+
+    ``var[gene_symbols]`` when given; else the var_names, unless they are mostly Ensembl ids, in which case the usual
+    symbol columns of ``.var`` (``gene_symbols``, ``gene_name``, ``feature_name``, ...).
+    """
+    if gene_symbols is not None:
+        if gene_symbols not in adata.var.columns:
+            raise KeyError(
+                f"`gene_symbols={gene_symbols!r}` is not a column of .var; available columns: {list(adata.var.columns)}."
+            )
+        return adata.var[gene_symbols].to_numpy(), f"var[{gene_symbols!r}]"
+    if not _mostly_ensembl(adata.var_names):
+        return adata.var_names.to_numpy(), "var_names"
+    column = next((c for c in _SYMBOL_COLUMNS if c in adata.var.columns), None)
+    return (None, "none") if column is None else (adata.var[column].to_numpy(), f"var[{column!r}]")
+
+
 def _data_genes(adata: AnnData, gene_symbols: str | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Case-folded symbols and version-less Ensembl ids per data column (``None`` where unknown)."""
     names = adata.var_names
@@ -140,20 +158,7 @@ def _data_genes(adata: AnnData, gene_symbols: str | None) -> tuple[np.ndarray | 
             "`adata.var_names_make_unique()`, or aggregate the duplicated genes."
         )
     names_are_ensembl = _mostly_ensembl(names)
-    if gene_symbols is not None:
-        if gene_symbols not in adata.var.columns:
-            raise KeyError(
-                f"`gene_symbols={gene_symbols!r}` is not a column of .var; available columns: {list(adata.var.columns)}."
-            )
-        symbol_source = adata.var[gene_symbols]
-        symbols_from = f"var[{gene_symbols!r}]"
-    elif names_are_ensembl:
-        column = next((c for c in _SYMBOL_COLUMNS if c in adata.var.columns), None)
-        symbol_source = None if column is None else adata.var[column]
-        symbols_from = "none" if column is None else f"var[{column!r}]"
-    else:
-        symbol_source = names
-        symbols_from = "var_names"
+    symbol_source, symbols_from = symbol_column(adata, gene_symbols)
 
     if names_are_ensembl and gene_symbols is None:
         ensembl_source, ensembl_from = names, "var_names"

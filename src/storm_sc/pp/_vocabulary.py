@@ -11,6 +11,7 @@ import numpy as np
 _FORMAT = "storm_sc.GeneVocabulary"
 _FORMAT_VERSION = 1
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+_SPECIES = re.compile(r"^ENS([A-Z]*)G\d", re.IGNORECASE)
 
 
 def is_ensembl(name: Any) -> bool:
@@ -28,9 +29,8 @@ def ensembl_species(name: str) -> str | None:
 
     ``None`` when ``name`` is not an Ensembl gene id.
     """
-    if not is_ensembl(name):
-        return None
-    return name.upper()[3 : name.upper().index("G", 3)]
+    found = _SPECIES.match(name) if is_ensembl(name) else None
+    return found.group(1).upper() if found else None
 
 
 def symbol_key(name: str) -> str:

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from storm_sc._settings import logger
 from storm_sc.pp import GeneVocabulary
-from storm_sc.pp._alignment import _SYMBOL_COLUMNS, _mostly_ensembl, matched_columns
+from storm_sc.pp._alignment import matched_columns, symbol_column
 from storm_sc.pp._vocabulary import ensembl_key, ensembl_species, is_ensembl, symbol_key
 
 
@@ -84,7 +84,9 @@ def table_species(table: AnnData, data_ids: np.ndarray | None) -> str | None:
         found.pop(None, None)
         if found:
             return found.most_common(1)[0][0]
-    symbols = [str(n) for n in table.var_names if not is_ensembl(str(n)) and any(c.isalpha() for c in str(n))]
+    # the part after a genome prefix ("GRCh38__GAPDH", "mm10___Gapdh"); names without letters there say nothing
+    tails = (str(n).rsplit("_", 1)[-1] for n in table.var_names if not is_ensembl(str(n)))
+    symbols = [t for t in tails if any(c.isalpha() for c in t)]
     if not symbols:
         return None
     lower = np.mean([any(c.islower() for c in n) for n in symbols])
@@ -102,25 +104,17 @@ def _gene_id(entry: Sequence[str], measured_as: str | None, species: str | None)
     return next((e for e in entry if ensembl_species(e) == species), "")
 
 
-def _table_symbols(table: AnnData) -> pd.Index | pd.Series | None:
-    """The table's gene symbols as it writes them: its var_names, or its symbol column when those are Ensembl ids."""
-    if not _mostly_ensembl(table.var_names):
-        return table.var_names
-    column = next((c for c in _SYMBOL_COLUMNS if c in table.var.columns), None)
-    return None if column is None else table.var[column]
-
-
 def prediction_genes(table: AnnData, vocabulary: GeneVocabulary, genes: Sequence[str]) -> pd.DataFrame:
     """The ``var`` of a prediction of the model's ``genes`` for the observations of ``table``.
 
     A gene the table measures is named as the table writes its symbol (``Gapdh`` on a mouse slide, where the
-    model's symbol is ``GAPDH``), so that prediction and measurement join on ``var_names``; the others by the
-    model's symbol. ``measured_in_table``: whether the table measures the gene; ``gene_ids``: its Ensembl id, the
+    model's symbol is ``GAPDH``): its var_names, so that prediction and measurement join on them, or its symbol
+    column when the var_names are Ensembl ids (the ids are then in ``gene_ids``); the others by the model's symbol. ``measured_in_table``: whether the table measures the gene; ``gene_ids``: its Ensembl id, the
     table's where it has one, else the model's id of the table's species.
     """
     genes = list(genes)
     columns, data_ids = _measured_columns(table, vocabulary, genes)
-    symbols = _table_symbols(table)
+    symbols, _ = symbol_column(table)
     names = []
     for gene, column in zip(genes, columns, strict=True):
         written = symbols[column] if symbols is not None and column >= 0 else None

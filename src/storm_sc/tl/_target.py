@@ -76,8 +76,9 @@ def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrit
 def check_table_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> None:
     """Refuse a ``key_added`` for a new table of ``sdata`` that spatialdata would refuse, or that would replace data.
 
-    Checked before any work: spatialdata refuses a bad name only when the table is stored, after the work is done,
-    and a table named like another element makes ``sdata[name]`` ambiguous.
+    Checked before any work: spatialdata refuses a bad name (or one differing from another element's only in case)
+    when the table is stored, after the work is done, and a table named like another element makes ``sdata[name]``
+    ambiguous.
     """
     if not isinstance(key, str) or not key:
         raise ValueError(f"`key_added` must be a non-empty string, got {key!r}.")
@@ -86,9 +87,13 @@ def check_table_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> No
             f"`key_added={key!r}` is not a valid SpatialData element name: use letters, digits, '_', '-' and '.' "
             "(not starting with '__'), e.g. 'storm_predicted'."
         )
-    for kind in ("images", "labels", "points", "shapes"):
-        if key in getattr(sdata, kind):
-            raise ValueError(f"`key_added={key!r}` is the name of sdata.{kind}[{key!r}]; choose another name.")
+    if key in (TABLE_TILES, SHAPES_TILES):
+        raise ValueError(f"`key_added={key!r}` is the name storm_sc gives an H&E-only slide's tiles; choose another.")
+    for kind in ("images", "labels", "points", "shapes", "tables"):
+        # spatialdata also refuses names that differ only in case ("Table" beside "table")
+        clash = next((k for k in getattr(sdata, kind) if k.casefold() == key.casefold()), None)
+        if clash is not None and (kind != "tables" or clash != key):
+            raise ValueError(f"`key_added={key!r}` is the name of sdata.{kind}[{clash!r}]; choose another name.")
     if key in sdata.tables and not is_prediction(sdata.tables[key]):
         raise ValueError(
             f"`key_added={key!r}` names a table of measurements, which `overwrite=True` would replace with the "
