@@ -193,9 +193,10 @@ def pooled_pcs(slides: Sequence[PoolSlide], *, n_hvg: int, n_pcs: int, random_st
     return [pcs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def embed_pool(slides: Sequence[PoolSlide], model: Any) -> None:
+def embed_pool(slides: Sequence[PoolSlide], model: Any, n_draws: int | None = None) -> None:
     """Embed every slide with ``model`` (one ``storm_embed`` call on the list) into ``slide.embedded``."""
-    embedded = st.tl.storm_embed([s.sdata for s in slides], model, device="cpu", copy=True, verbose=False)
+    options = {} if n_draws is None else {"n_draws": n_draws}
+    embedded = st.tl.storm_embed([s.sdata for s in slides], model, device="cpu", copy=True, verbose=False, **options)
     for slide, copy in zip(slides, embedded, strict=True):
         slide.embedded = copy
 
@@ -320,6 +321,7 @@ def run(
     threads: int,
     cpu: dict[str, float],
     center: str | None = None,
+    n_draws: int | None = None,
 ) -> pd.DataFrame:
     """Every method x pool x seed: the joint call, each labelled slide alone, and their scores.
 
@@ -341,6 +343,8 @@ def run(
         Process CPU seconds per method, added up here.
     center
         ``storm_domains``' ``center`` (``None``: its default).
+    n_draws
+        ``storm_embed``'s ``n_draws`` (``None``: its default).
 
     Returns
     -------
@@ -354,7 +358,7 @@ def run(
         if "storm" in methods:
             torch.set_num_threads(threads)
             c0 = time.process_time()
-            embed_pool(slides, model)
+            embed_pool(slides, model, n_draws)
             cpu["storm"] = cpu.get("storm", 0.0) + time.process_time() - c0
         for method in methods:
             for seed in seeds:
@@ -412,6 +416,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default=None, help="STORM checkpoint path or registered name (default: reference)")
     parser.add_argument("--no-storm", action="store_true", help="baselines only")
+    parser.add_argument("--n-draws", type=int, default=None, help="storm_embed's n_draws (default: its default)")
     parser.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the PCA baselines")
     parser.add_argument("--n-pcs", type=int, default=30, help="principal components of the PCA baselines")
     parser.add_argument(
@@ -457,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from storm_sc.tl._model_arg import model_name
 
             storm_text = f"{model_name(model, args.model)}, zero-shot"
+            if args.n_draws is not None:
+                storm_text += f", storm_embed n_draws={args.n_draws}"
         center = "its default" if args.center is None else repr(args.center)
         storm_text += f"; storm_domains with center={center}, otherwise its defaults"
         methods = [m for m in METHODS if m != "storm" or model is not None]
@@ -472,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             cpu=cpu,
             center=args.center,
+            n_draws=args.n_draws,
         )
         wall = time.perf_counter() - t0
 
