@@ -56,7 +56,7 @@ def test_expression_measured_predicted_uncertainty(sdata, tmp_path):
         std_clim = next(c for c in std_ax.collections if isinstance(c, EllipseCollection)).get_clim()
         assert std_clim == (0.0, std.max())  # an s.d. reads from zero
         constant = np.ptp(std) <= 1e-6 * std.max()  # the readout's s.d. is one number per gene
-        assert std_ax.get_title() == f"{gene}: predicted s.d." + (" (the same on every spot)" if constant else "")
+        assert std_ax.get_title() == f"{gene}: predicted s.d." + (" (the same everywhere)" if constant else "")
     assert_unchanged(before, sdata)
 
 

@@ -164,7 +164,7 @@ def expression(
             # From zero: an s.d. reads against none at all, and the readout's (one per gene, the same on every
             # spot) is then one honest colour, not a colour bar stretched over rounding noise.
             constant = bool(finite.size) and float(np.ptp(finite)) <= 1e-6 * top
-            label = "predicted s.d. (the same on every spot)" if constant else "predicted s.d."
+            label = "predicted s.d. (the same everywhere)" if constant else "predicted s.d."
             columns.append((std, label, uncertainty_cmap, (0.0, top)))
         for col, (ax, (values, label, colormap, (vmin, vmax))) in enumerate(zip(row_axes, columns, strict=True)):
             draw_background(ax, slide, bounds, image=image)
