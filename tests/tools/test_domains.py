@@ -149,6 +149,11 @@ def test_errors_before_work(embedded, toy_sdata_factory):
         st.tl.storm_domains(embedded, n_domains=3, expression_pcs=-1)
     with pytest.raises(KeyError, match="layer 'counts' not found"):
         st.tl.storm_domains(embedded, n_domains=3, layer="counts")
+    table = embedded["table"]
+    table.layers["scaled"] = np.asarray(table.X.todense() if hasattr(table.X, "todense") else table.X) - 1.0
+    with pytest.raises(ValueError, match=r"negative values.*`layer=`.*`expression_pcs=0`"):
+        st.tl.storm_domains(embedded, n_domains=3, layer="scaled")  # as after sc.pp.scale
+    del table.layers["scaled"]
     assert "storm_domain" not in embedded["table"].obs
     st.tl.storm_domains(embedded, n_domains=2)
     with pytest.raises(ValueError, match="already exists"):

@@ -369,7 +369,12 @@ def storm_domains(
         reps = centre_each_slide(reps, _library_groups([s.table for s in resolved], library_key))
     n_pcs = _expression_pcs(resolved, expression_pcs)
     if n_pcs:
-        pcs = _slide_components([s.table for s in resolved], n_pcs, layer=layer, library_key=library_key)
+        try:
+            pcs = _slide_components([s.table for s in resolved], n_pcs, layer=layer, library_key=library_key)
+        except ValueError as err:
+            if "The expression matrix holds" not in str(err):
+                raise
+            raise ValueError(f"{err} Or cluster the embedding alone with `expression_pcs=0`.") from err
         reps = side_by_side([reps, pcs])
         n_pcs = pcs[0].shape[1]
     # Centred, unit-length embeddings (correlation geometry): the offset shared by every observation says nothing
