@@ -14,7 +14,7 @@ from storm_sc._settings import settings
 
 from ._batch import StormBatch
 from ._config import StormConfig
-from ._inputs import StormInputs, observation_arrays
+from ._inputs import StormInputs, observation_arrays, redrawn_gene_tokens
 from ._neighbors import pick
 from ._network import StormNetwork
 from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INPUT, ExpressionReadout
@@ -205,7 +205,10 @@ def fused_tokens(
 
     def read(rows: np.ndarray) -> tuple[dict, list[dict]]:
         arrays = observation_arrays(inputs, rows, config=config, use_image=use_image, use_expression=use_expression)
-        more = [observation_arrays(inputs, rows, config=config, use_image=False, draw=d) for d in range(1, draws)]
+        # Further draws change only the random gene tokens: the rest (gene programs) is reused, the image left out.
+        rest = {k: v for k, v in arrays.items() if k not in ("images", "features")}
+        rest["has_image"] = np.zeros_like(arrays["has_image"])
+        more = [{**rest, **redrawn_gene_tokens(inputs, rows, config=config, draw=d)} for d in range(1, draws)]
         return arrays, more
 
     with _progress(inputs.n_obs, f"encode {inputs.library_id}", verbose) as bar, autocast(device):

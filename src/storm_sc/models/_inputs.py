@@ -398,6 +398,17 @@ def prepare_inputs(
     )
 
 
+def redrawn_gene_tokens(inputs: StormInputs, rows: np.ndarray, *, config: StormConfig, draw: int) -> dict[str, Any]:
+    """The entries of :func:`observation_arrays` that another inference draw of random gene tokens changes.
+
+    See :func:`~storm_sc.models._tokens.gene_tokens` for ``draw``.
+    """
+    ids, values, valid = gene_tokens(
+        inputs.expression, inputs.gene_index, rows, config.max_genes, weights=inputs.token_weights(), draw=draw
+    )
+    return {"gene_ids": ids, "gene_values": values, "gene_valid": valid}
+
+
 def observation_arrays(
     inputs: StormInputs,
     rows: np.ndarray,
@@ -407,13 +418,11 @@ def observation_arrays(
     use_expression: bool = True,
     rng: np.random.Generator | None = None,
     pad_missing: bool = False,
-    draw: int = 0,
 ) -> dict[str, Any]:
     """Per-observation arrays of ``rows`` (``-1``: an empty padding row) for a :class:`StormBatch`.
 
     ``pad_missing`` adds zero patches (or features) for slides without images, so that items of different slides
-    can be stacked into one training batch. ``draw``: which inference draw of random gene tokens (see
-    :func:`~storm_sc.models._tokens.gene_tokens`).
+    can be stacked into one training batch.
     """
     rows = np.asarray(rows, dtype=np.int64)
     present = rows >= 0
@@ -434,13 +443,7 @@ def observation_arrays(
         out["features"] = np.zeros((len(rows), int(config.feature_dim)), dtype=np.float32)
     if inputs.expression is not None and use_expression:
         ids, values, valid = gene_tokens(
-            inputs.expression,
-            inputs.gene_index,
-            rows,
-            config.max_genes,
-            rng=rng,
-            weights=inputs.token_weights(),
-            draw=draw,
+            inputs.expression, inputs.gene_index, rows, config.max_genes, rng=rng, weights=inputs.token_weights()
         )
     else:
         ids = np.zeros((len(rows), config.max_genes), dtype=np.int64)
