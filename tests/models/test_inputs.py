@@ -97,3 +97,62 @@ def test_storm_inputs_validation():
         StormInputs.from_arrays(xy, config=cfg, patches=np.zeros((20, 3, 8, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="one vocabulary index per expression column"):
         StormInputs.from_arrays(xy, config=cfg, expression=x, gene_index=np.arange(6))
+
+
+def _successive_sampling_frequencies(weights, excluded, size, n_rep, rng):
+    """How often each gene is among ``size`` drawn by numpy's weighted choice without replacement, top genes aside."""
+    counts = np.zeros(len(weights))
+    keep = np.setdiff1d(np.arange(len(weights)), excluded)
+    p = weights[keep] / weights[keep].sum()
+    for _ in range(n_rep):
+        counts[keep[rng.choice(len(keep), size=size, replace=False, p=p)]] += 1
+    return counts / n_rep
+
+
+@pytest.mark.parametrize("concentrated", [False, True])
+def test_random_tokens_follow_weighted_sampling_without_replacement(concentrated):
+    # one row repeated: 3 expressed genes are its top tokens, the other 5 slots are drawn from the 9 others
+    n_panel, budget, n_rep = 12, 8, 4000
+    dense = np.zeros((n_rep, n_panel), dtype=np.float32)
+    dense[:, [2, 5, 7]] = [3.0, 2.0, 1.0]
+    x = sparse.csr_matrix(dense)
+    weights = np.linspace(1.0, 4.0, n_panel)
+    if concentrated:  # nearly all the weight on the top genes: most candidates are rejected, the exact path finishes
+        weights[[2, 5, 7]] = 1e7
+    weights /= weights.sum()
+    ids, values, valid = gene_tokens(x, np.arange(n_panel), np.arange(n_rep), budget, rng=np.random.default_rng(3))
+    assert valid.all() and (ids[:, :3] == [2, 5, 7]).all()
+    ids, _, _ = gene_tokens(
+        x, np.arange(n_panel), np.arange(n_rep), budget, rng=np.random.default_rng(3), weights=weights
+    )
+    assert all(len(set(row)) == budget for row in ids.tolist())
+    assert (ids[:, :3] == [2, 5, 7]).all()
+    observed = np.bincount(ids[:, 3:].ravel(), minlength=n_panel) / n_rep
+    expected = _successive_sampling_frequencies(weights, [2, 5, 7], budget - 3, n_rep, np.random.default_rng(4))
+    np.testing.assert_allclose(observed, expected, atol=0.04)
+    assert observed[[2, 5, 7]].sum() == 0
+
+
+def test_inference_draws_are_the_same_in_any_batch_and_differ_between_draws(rng):
+    n_obs, n_panel, budget = 300, 400, 32
+    x = sparse.random(n_obs, n_panel, density=0.2, format="csr", random_state=2, dtype=np.float32)
+    weights = draw_weights(x)
+    rows = np.arange(n_obs)
+    whole = gene_tokens(x, np.arange(n_panel), rows, budget, weights=weights)
+    shuffled = rng.permutation(n_obs)
+    parts = [gene_tokens(x, np.arange(n_panel), part, budget, weights=weights) for part in np.array_split(shuffled, 7)]
+    ids = np.concatenate([p[0] for p in parts])
+    np.testing.assert_array_equal(ids[np.argsort(shuffled)], whole[0])
+    # the same rows stored as float64 with an explicit zero get the same tokens
+    dense = x[:5].toarray().astype(np.float64)
+    empty_col = int(np.flatnonzero(dense[0] == 0)[0])
+    coo = sparse.coo_matrix(dense)
+    stored = sparse.csr_matrix(
+        (np.r_[coo.data, 0.0], (np.r_[coo.row, 0], np.r_[coo.col, empty_col])), shape=dense.shape
+    )
+    assert stored.nnz == coo.nnz + 1
+    again = gene_tokens(stored, np.arange(n_panel), np.arange(5), budget, weights=weights)
+    np.testing.assert_array_equal(again[0], whole[0][:5])
+    second = gene_tokens(x, np.arange(n_panel), rows, budget, weights=weights, draw=1)
+    np.testing.assert_array_equal(second[0][:, : budget // 2], whole[0][:, : budget // 2])  # the top genes stay
+    assert (second[0][:, budget // 2 :] != whole[0][:, budget // 2 :]).any(axis=1).mean() > 0.9

@@ -190,7 +190,7 @@ def fused_tokens(
     thread while the network encodes the current one. Only the tokens grow with the slide. ``statistics``, an
     ``(n, network.n_statistics)`` array, is filled with each patch's statistics on the way (zeros without an image).
     With ``draws > 1``, an observation's expression token is the mean of its tokens over that many draws of random
-    gene tokens (panels larger than ``max_genes``; see :func:`~storm_sc.models._tokens.row_tokens`): an estimate
+    gene tokens (panels larger than ``max_genes``; see :func:`~storm_sc.models._tokens.gene_tokens`): an estimate
     of what the network makes of the observation's whole profile, less tied to one draw.
     """
     from storm_sc.pp._patches import locality_order

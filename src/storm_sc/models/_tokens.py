@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from scipy import sparse
 
@@ -15,6 +13,13 @@ from storm_sc.pp._expression import gene_moments
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
+# Random tokens are drawn in rounds of this many candidates per row (with replacement, repeats and top genes
+# skipped), until each row has its share; past _MAX_ROUNDS the few rows still short are finished exactly.
+_ROUND = 96
+_MAX_ROUNDS = 8
+# The golden-ratio increment of SplitMix64: successive counters of one seed land far apart before mixing.
+_GOLDEN = 0x9E3779B97F4A7C15
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
@@ -51,60 +56,27 @@ def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
     return weights / weights.sum()
 
 
-def content_seed(cols: np.ndarray, vals: np.ndarray) -> int:
-    """A 64-bit seed from one observation's measured genes and values (a CSR row's columns and data).
+def content_seeds(block: sparse.csr_matrix) -> np.ndarray:
+    """One 64-bit seed per row of a CSR block, from the row's nonzero genes and values alone.
 
     Seeding inference draws by the row's position instead made a spot's embedding change when the table was sorted,
-    subset or concatenated.
+    subset or concatenated. Each nonzero entry is hashed on its own and the hashes are summed over the row, so the
+    seed does not depend on how the row is stored (dtypes, explicit zeros).
 
     Examples
     --------
-    >>> a = content_seed(np.array([1, 4]), np.array([0.5, 2.0], dtype=np.float32))
-    >>> b = content_seed(np.array([1, 4], dtype=np.int32), np.array([0.5, 2.0]))  # the same row, other dtypes
-    >>> a == b, a == content_seed(np.array([1]), np.array([0.5]))
+    >>> x = sparse.csr_matrix(np.array([[0.0, 0.5, 0.0, 2.0], [0.0, 0.5, 0.0, 0.0]], dtype=np.float32))
+    >>> same = sparse.csr_matrix(x.astype(np.float64))
+    >>> a, b = content_seeds(x), content_seeds(same)
+    >>> bool(a[0] == b[0]), bool(a[0] == a[1])
     (True, False)
     """
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(np.ascontiguousarray(cols, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(vals, dtype=np.float32).tobytes())
-    return int.from_bytes(digest.digest(), "little")
-
-
-def row_tokens(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    row: int,
-    n_panel: int,
-    max_genes: int,
-    rng: np.random.Generator,
-    weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Panel columns and values of one CSR row's tokens.
-
-    With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
-    the most expressed genes (stable order: ties by column) and the rest to measured genes drawn at random
-    (with probabilities ``weights``, see :func:`draw_weights`; uniform without), which are mostly zeros:
-    "measured but absent" is information a panel-agnostic model must see.
-    """
-    start, end = indptr[row], indptr[row + 1]
-    cols, vals = indices[start:end], data[start:end]
-    if n_panel <= max_genes:
-        out = np.zeros(n_panel, dtype=np.float32)
-        out[cols] = vals
-        return np.arange(n_panel), out
-    n_top = min(int(np.count_nonzero(vals)), max_genes // 2)
-    order = np.lexsort((cols, -vals))[:n_top]
-    top_cols, top_vals = cols[order], vals[order].astype(np.float32)
-    n_rest = max_genes - n_top
-    draw = rng.choice(n_panel, size=min(n_panel, n_rest + n_top), replace=False, p=weights)
-    rest = draw[~np.isin(draw, top_cols, assume_unique=True)][:n_rest]
-    # cols of a canonical CSR row are sorted: look the drawn columns' values up by binary search
-    pos = np.searchsorted(cols, rest)
-    pos_c = np.minimum(pos, max(len(cols) - 1, 0))
-    hit = (pos < len(cols)) & (cols[pos_c] == rest) if len(cols) else np.zeros(len(rest), dtype=bool)
-    rest_vals = np.where(hit, vals[pos_c] if len(cols) else 0.0, 0.0).astype(np.float32)
-    return np.concatenate([top_cols, rest]), np.concatenate([top_vals, rest_vals])
+    data = np.asarray(block.data, dtype=np.float32)
+    entry = (block.indices.astype(np.uint64) << np.uint64(32)) | data.view(np.uint32)
+    hashed = np.where(data != 0, _splitmix64(entry ^ np.uint64(INFERENCE_SEED)), np.uint64(0))
+    # per-row sums as differences of one running sum (uint64 arithmetic wraps): a hash of the row's set of entries
+    running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(hashed, dtype=np.uint64)])
+    return _splitmix64(running[block.indptr[1:]] - running[block.indptr[:-1]])
 
 
 def gene_tokens(
@@ -119,10 +91,16 @@ def gene_tokens(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build padded gene tokens of several observations.
 
+    With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
+    each observation's most expressed genes (ties by column) and the rest to measured genes drawn at random
+    without replacement (with probabilities ``weights``, see :func:`draw_weights`; uniform without), which are
+    mostly zeros: "measured but absent" is information a panel-agnostic model must see. The whole batch is built
+    with array operations (no Python loop over observations), so that several inference draws are cheap.
+
     Parameters
     ----------
     expression
-        ``(n_obs, n_panel)`` CSR log1p expression of one slide (canonical: sorted column indices).
+        ``(n_obs, n_panel)`` CSR log1p expression of one slide (canonical: sorted column indices, no repeats).
     gene_index
         ``(n_panel,)`` vocabulary index of each column.
     rows
@@ -130,8 +108,8 @@ def gene_tokens(
     max_genes
         Tokens per observation.
     rng
-        Random draws (training); ``None`` draws from a generator seeded by each row's content (inference; see
-        :func:`content_seed`).
+        Random draws (training); ``None`` draws from a stream seeded by each row's content (inference; see
+        :func:`content_seed`), so an observation's tokens do not depend on the batch or the order of the rows.
     weights
         ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
     draw
@@ -151,24 +129,182 @@ def gene_tokens(
     >>> ids.tolist(), values.tolist(), valid.tolist()
     ([[5, 6, 7, 0]], [[0.0, 2.0, 1.0, 0.0]], [[True, True, True, False]])
     """
+    rows = np.asarray(rows, dtype=np.int64)
     n_panel = expression.shape[1]
-    width = max_genes
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    values = np.zeros((len(rows), width), dtype=np.float32)
-    valid = np.zeros((len(rows), width), dtype=bool)
-    indptr, indices, data = expression.indptr, expression.indices, expression.data
-    for k, row in enumerate(rows):
-        if row < 0:
-            continue
-        if rng is not None:
-            gen = rng
-        else:
-            start, end = indptr[row], indptr[row + 1]
-            seed = [INFERENCE_SEED, content_seed(indices[start:end], data[start:end])]
-            gen = np.random.default_rng(seed + [draw] if draw else seed)
-        cols, vals = row_tokens(indptr, indices, data, int(row), n_panel, max_genes, gen, weights)
-        t = len(cols)
-        ids[k, :t] = gene_index[cols]
-        values[k, :t] = vals
-        valid[k, :t] = True
+    ids = np.zeros((len(rows), max_genes), dtype=np.int64)
+    values = np.zeros((len(rows), max_genes), dtype=np.float32)
+    valid = np.zeros((len(rows), max_genes), dtype=bool)
+    present = np.flatnonzero(rows >= 0)
+    if not len(present) or not n_panel:
+        return ids, values, valid
+    block = expression[rows[present]]
+    if n_panel <= max_genes:
+        ids[present, :n_panel] = gene_index
+        values[present, :n_panel] = block.toarray()
+        valid[present, :n_panel] = True
+        return ids, values, valid
+
+    top_cols, top_vals, n_top = _top_genes(block, max_genes // 2)
+    n_rest = max_genes - n_top
+    if rng is None:
+        seeds = _draw_seeds(content_seeds(block), draw)
+        stream = lambda subset, start, count: _uniforms(seeds[subset], start, count)  # noqa: E731
+    else:
+        stream = lambda subset, start, count: rng.random((len(subset), count))  # noqa: E731
+    rest_cols = _weighted_draws(stream, top_cols, n_top, n_rest, n_panel, weights)
+    rest_vals = _lookup(block, rest_cols)
+
+    n_half = top_cols.shape[1]
+    slot = np.arange(max_genes)[None, :]
+    is_top = slot < n_top[:, None]
+    # row-major: a row's top genes, then its drawn ones (each row fills all max_genes slots)
+    rest_slot = np.clip(slot - n_top[:, None], 0, max_genes - 1)
+    cols = np.where(is_top, np.take_along_axis(top_cols, np.minimum(slot, n_half - 1), 1), 0)
+    cols = np.where(is_top, cols, np.take_along_axis(rest_cols, rest_slot, 1))
+    vals = np.where(
+        is_top,
+        np.take_along_axis(top_vals, np.minimum(slot, n_half - 1), 1),
+        np.take_along_axis(rest_vals, rest_slot, 1),
+    )
+    ids[present] = gene_index[cols]
+    values[present] = vals
+    valid[present] = True
     return ids, values, valid
+
+
+def _top_genes(block: sparse.csr_matrix, n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's most expressed genes, at most ``n_max`` and only as many as it has nonzero values.
+
+    Returns ``(cols, vals, counts)``: ``(n_rows, n_max)`` columns and values, highest value first and, among equal
+    values, lowest column first; entries past a row's ``counts`` are padding.
+    """
+    n_rows = block.shape[0]
+    lengths = np.diff(block.indptr)
+    row_of = np.repeat(np.arange(n_rows), lengths)
+    data = np.asarray(block.data, dtype=np.float32)
+    counts = np.minimum(np.bincount(row_of[data != 0], minlength=n_rows), n_max)
+    cols = np.zeros((n_rows, n_max), dtype=np.int64)
+    vals = np.zeros((n_rows, n_max), dtype=np.float32)
+    width = int(lengths.max()) if n_rows else 0
+    if not width:
+        return cols, vals, counts
+    # One sortable key per entry: the value's order-preserving bit pattern above the column, complemented so that
+    # the largest key is the highest value and, among equal values, the lowest column. Padding (0) sorts below.
+    bits = data.view(np.uint32).astype(np.uint64)
+    ordered = np.where(bits >> np.uint64(31), ~bits & _LOW32, bits | np.uint64(1 << 31))
+    keys = (ordered << np.uint64(32)) | (_LOW32 - block.indices.astype(np.uint64))
+    slot = np.arange(len(data)) - np.repeat(block.indptr[:-1], lengths)
+    padded = np.zeros((n_rows, width), dtype=np.uint64)
+    padded[row_of, slot] = keys
+    entry = np.zeros((n_rows, width), dtype=np.int64)
+    entry[row_of, slot] = np.arange(len(data))
+    take = min(n_max, width)
+    if take < width:
+        best = np.argpartition(padded, width - take, axis=1)[:, width - take :]
+    else:
+        best = np.broadcast_to(np.arange(width), (n_rows, width))
+    order = np.argsort(np.take_along_axis(padded, best, 1), axis=1)[:, ::-1]
+    chosen = np.take_along_axis(np.take_along_axis(entry, best, 1), order, 1)
+    keep = np.arange(take)[None, :] < counts[:, None]
+    cols[:, :take] = np.where(keep, block.indices[chosen], 0)
+    vals[:, :take] = np.where(keep, data[chosen], 0.0)
+    return cols, vals, counts
+
+
+def _weighted_draws(
+    stream, top_cols: np.ndarray, n_top: np.ndarray, n_rest: np.ndarray, n_panel: int, weights: np.ndarray | None
+) -> np.ndarray:
+    """``(n_rows, max(n_rest))`` panel columns drawn without replacement, none among a row's top genes.
+
+    Candidates are drawn with replacement from ``weights`` and a repeat or a top gene is skipped: the accepted
+    sequence is then exactly successive sampling without replacement from the remaining genes (each next gene
+    with probability proportional to its weight among those not taken yet), the law of
+    ``Generator.choice(replace=False, p=weights)`` with the top genes set aside. ``stream(rows, start, count)``
+    gives the uniforms of those rows, from position ``start`` of each row's stream.
+    """
+    n_rows = len(n_top)
+    width = int(n_rest.max())
+    out = np.zeros((n_rows, width), dtype=np.int64)
+    have = np.zeros(n_rows, dtype=np.int64)
+    cdf = None if weights is None else np.cumsum(weights, dtype=np.float64)
+    # every (row, column) pair already taken, as row * n_panel + column, kept sorted for searchsorted
+    top_mask = np.arange(top_cols.shape[1])[None, :] < n_top[:, None]
+    taken = np.sort((np.arange(n_rows)[:, None] * n_panel + top_cols)[top_mask])
+    pending = np.flatnonzero(have < n_rest)
+    for round_ in range(_MAX_ROUNDS):
+        if not len(pending):
+            return out
+        u = stream(pending, round_ * _ROUND, _ROUND)
+        if cdf is None:
+            cand = np.minimum((u * n_panel).astype(np.int64), n_panel - 1)
+        else:
+            cand = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_panel - 1)
+        keys = pending[:, None] * n_panel + cand
+        flat = keys.ravel()
+        first = np.zeros(flat.shape, dtype=bool)
+        first[np.unique(flat, return_index=True)[1]] = True  # the first time a row meets a gene in this round
+        pos = np.searchsorted(taken, flat)
+        seen = taken[np.minimum(pos, len(taken) - 1)] == flat if len(taken) else np.zeros(flat.shape, dtype=bool)
+        accept = (first & ~seen).reshape(keys.shape)
+        rank = have[pending, None] + np.cumsum(accept, axis=1) - 1
+        use = accept & (rank < n_rest[pending, None])
+        r, c = np.nonzero(use)
+        out[pending[r], rank[r, c]] = cand[r, c]
+        have[pending] += use.sum(axis=1)
+        taken = np.union1d(taken, keys[use])
+        pending = pending[have[pending] < n_rest[pending]]
+    for row in pending:  # nearly all the weight on a row's top genes: finish the few such rows exactly
+        mine = taken[(taken >= row * n_panel) & (taken < (row + 1) * n_panel)] - row * n_panel
+        out[row, have[row] : n_rest[row]] = _ordered_sample(
+            stream(np.array([row]), _MAX_ROUNDS * _ROUND, n_panel)[0], weights, mine, n_rest[row] - have[row]
+        )
+    return out
+
+
+def _ordered_sample(u: np.ndarray, weights: np.ndarray | None, excluded: np.ndarray, size: int) -> np.ndarray:
+    """``size`` genes in successive-sampling order, by exponential keys (Efraimidis-Spirakis), none ``excluded``.
+
+    ``u`` holds one uniform per panel gene; the key ``-log(u) / weight`` is smallest for the gene drawn first.
+    """
+    with np.errstate(divide="ignore"):
+        keys = -np.log1p(-u) / (1.0 if weights is None else weights)
+    keys[excluded] = np.inf
+    return np.argsort(keys, kind="stable")[:size]
+
+
+def _lookup(block: sparse.csr_matrix, cols: np.ndarray) -> np.ndarray:
+    """Values of ``block`` at row ``i``, columns ``cols[i]`` (zero where not stored), float32, shaped as ``cols``."""
+    n_panel = block.shape[1]
+    stored = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr)) * n_panel + block.indices
+    wanted = (np.arange(len(cols), dtype=np.int64)[:, None] * n_panel + cols).ravel()
+    if not len(stored):
+        return np.zeros(cols.shape, dtype=np.float32)
+    pos = np.minimum(np.searchsorted(stored, wanted), len(stored) - 1)  # canonical CSR: stored keys are sorted
+    hit = stored[pos] == wanted
+    return np.where(hit, block.data[pos], 0.0).astype(np.float32).reshape(cols.shape)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic): a well-mixed 64-bit hash."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
+    """``(len(seeds), count)`` uniforms in ``[0, 1)``: positions ``start`` onwards of each seed's own stream.
+
+    Counter-based: a row's numbers depend on its seed and their position only, so rows drawn together in any
+    batch and any order get the same tokens.
+    """
+    counters = np.arange(start + 1, start + count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    bits = _splitmix64(seeds[:, None] + counters[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _draw_seeds(content: np.ndarray, draw: int) -> np.ndarray:
+    """Seeds of one inference draw from the rows' :func:`content_seeds`."""
+    salt = _splitmix64(np.array([draw], dtype=np.uint64) + np.uint64(_GOLDEN))[0]
+    return _splitmix64(content ^ salt)
