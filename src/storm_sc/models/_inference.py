@@ -20,10 +20,10 @@ from ._network import StormNetwork
 from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INPUT, ExpressionReadout
 
 LEVELS = ("joint", "levels", "observation", "niche", "region")
-# Draws of random gene tokens averaged into each observation's expression token when embedding (see fused_tokens).
-# More draws make embeddings steadier but cost CPU time in building tokens (1.5x the CPU of storm_embed at 100k cells
-# for 4), which a GPU does not hide: one by default, more on request (benchmarks/README.md, "Spatial domains").
-INFERENCE_DRAWS = 1
+# Draws of random gene tokens averaged into each observation's expression token when embedding (see fused_tokens):
+# with one, a spot's embedding follows which genes happened to be drawn. Four give most of the steadiness of eight;
+# with tokens built per batch they cost storm_embed ~15% more CPU than one (benchmarks/README.md, "Spatial domains").
+INFERENCE_DRAWS = 4
 T = TypeVar("T")
 
 

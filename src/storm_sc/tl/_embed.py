@@ -173,12 +173,11 @@ def storm_embed(
         (``"observation"``, ``"niche"``, ``"region"``).
     n_draws
         Draws of random gene tokens averaged into each observation's expression token (panels larger than the
-        model's ``max_genes`` only). More draws make the embedding depend less on the draw: on DLPFC 151675 a spot's
-        embedding lies a median 9% (of its norm) from the 8-draw average with one draw, 3% with 4; clustered alone,
-        the mouse olfactory bulb's layers are found better with 4 (ARI 0.38 against 0.30), while the default domains
-        (the embedding beside the expression components) move by less than 0.01 (``benchmarks/README.md``). The
-        tokens are built on the CPU, one observation at a time: 4 draws took 1.5 times the CPU time of 1 on a 100k-cell
-        slide (15% more time on the 3.6k-spot DLPFC section), and a GPU does not speed that part up.
+        model's ``max_genes`` only). With one draw the embedding depends on which genes happened to be drawn: on
+        DLPFC 151675 a spot's embedding lies a median 8.5% (of its norm) from the 8-draw average with one draw, 3.3%
+        with 4, the default. Clustered alone, the embedding finds the mouse olfactory bulb's layers better with 4
+        draws than with 1, while the default domains (the embedding beside the expression components) barely move
+        (``benchmarks/README.md``). 4 draws cost about 1.2 times the CPU time of 1; ``n_draws=1`` is the cheapest.
     adapt_epochs
         Epochs of self-supervised adaptation to ``data`` before embedding (0: none).
     random_state
