@@ -65,6 +65,18 @@ def test_niche_neighbours_match_brute_force(rng):
     assert niche_neighbors(xy[:3], 6)[0].tolist() == [1, 2, -1, -1, -1, -1]
 
 
+def test_neighbours_tied_on_a_grid_do_not_follow_float_rounding():
+    # A hexagonal grid in microns, and the same grid as another reader computes it (pixels scaled in another
+    # order): positions differ by ~1e-12 um, which must not decide the order among equidistant neighbours.
+    col, row = np.meshgrid(np.arange(30), np.arange(20))
+    grid = np.c_[(col + 0.5 * (row % 2)).ravel() * 100.0, row.ravel() * 100.0 * np.sqrt(3) / 2]
+    other = (grid / 0.1723) * 0.1723 * (1 + 1e-13)
+    assert not np.array_equal(grid, other)
+    np.testing.assert_array_equal(niche_neighbors(other, 6), niche_neighbors(grid, 6))
+    np.testing.assert_array_equal(niche_neighbors(other, 3), niche_neighbors(grid, 3))  # cuts through the ring
+    np.testing.assert_array_equal(region_neighbors(other, 400.0, 6), region_neighbors(grid, 400.0, 6))
+
+
 def test_region_neighbours_cover_the_radius_sparsely(rng):
     xy = rng.uniform(0, 500, (300, 2))
     pool = region_neighbors(xy, 150.0, 10)

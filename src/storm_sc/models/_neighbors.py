@@ -14,13 +14,18 @@ _THIN_ABOVE = 8
 # Observations probed to estimate how many a region typically holds, and the seed of the thinning.
 _PROBES = 1000
 _THIN_SEED = 20_240_917
+# Distances and positions are compared at this many decimals of a micron: neighbours equidistant on a spot grid
+# must tie whatever the rounding of their float positions (a reader that scales pixels to microns in another order
+# moves them by ~1e-12 um, which decided the order among tied neighbours, hence the embedding).
+_TIE_DECIMALS = 4
 
 
 def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
     """Find the ``k`` nearest neighbours of each observation, nearest first.
 
     Neighbours at the same distance (common on a grid of spots) are taken in order of their position (x, then y),
-    never of their row: an observation's neighbours do not change when the table is reordered.
+    never of their row: an observation's neighbours do not change when the table is reordered. Distances and
+    positions are compared at 1e-4 um, so float rounding of the positions cannot break a tie either.
 
     Parameters
     ----------
@@ -39,6 +44,7 @@ def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
     [[1, 2], [0, 2], [1, 0]]
     """
     centers = np.asarray(centers_um, dtype=np.float64)
+    tie_x, tie_y = np.round(centers, _TIE_DECIMALS).T
     n = len(centers)
     out = np.full((n, k), -1, dtype=np.int64)
     k_eff = min(k, n - 1)
@@ -53,7 +59,8 @@ def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
         own = np.arange(start, stop)[:, None]
         dist = np.where(idx == own, np.inf, dist)  # the observation itself goes last, then is cut
         rows = np.broadcast_to(np.arange(stop - start)[:, None], idx.shape)
-        order = np.lexsort((centers[idx, 1].ravel(), centers[idx, 0].ravel(), dist.ravel(), rows.ravel()))
+        dist = np.round(dist, _TIE_DECIMALS)
+        order = np.lexsort((tie_y[idx].ravel(), tie_x[idx].ravel(), dist.ravel(), rows.ravel()))
         ranked = idx.ravel()[order].reshape(idx.shape)
         out[start:stop, :k_eff] = ranked[:, :k_eff]
     return out
@@ -89,6 +96,7 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
     [[1, -1, -1], [0, -1, -1], [-1, -1, -1]]
     """
     centers = np.asarray(centers_um, dtype=np.float64)
+    tie_x, tie_y = np.round(centers, _TIE_DECIMALS).T
     n = len(centers)
     out = np.full((n, pool), -1, dtype=np.int64)
     if n < 2:
@@ -96,7 +104,8 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
     tree = cKDTree(centers)
     candidates = np.arange(n)
     probes = centers[np.linspace(0, n - 1, min(n, _PROBES)).round().astype(np.int64)]
-    typical = float(np.median(tree.query_ball_point(probes, r=radius_um, return_length=True))) - 1.0
+    reach = radius_um + 10.0**-_TIE_DECIMALS  # see the cut at the rounded radius below
+    typical = float(np.median(tree.query_ball_point(probes, r=reach, return_length=True))) - 1.0
     if typical > _THIN_ABOVE * pool:
         keep = np.random.default_rng(_THIN_SEED).random(n) < _THIN_ABOVE * pool / typical
         candidates = np.flatnonzero(keep)
@@ -106,15 +115,19 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
         )
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        found = tree.query_ball_point(centers[start:stop], r=radius_um)
+        # a little beyond the radius, then cut at the rounded radius: observations exactly at the radius (a grid's
+        # ring) are in or out together, whatever the rounding of their positions
+        found = tree.query_ball_point(centers[start:stop], r=reach)
         for i, cols in zip(range(start, stop), found, strict=True):
             cols = candidates[np.asarray(cols, dtype=np.int64)]
             cols = cols[cols != i]
+            dist = np.round(np.linalg.norm(centers[cols] - centers[i], axis=1), _TIE_DECIMALS)
+            inside = dist <= round(radius_um, _TIE_DECIMALS)
+            cols, dist = cols[inside], dist[inside]
             if not len(cols):
                 continue
-            dist = np.linalg.norm(centers[cols] - centers[i], axis=1)
             # ties by position, not row, as in niche_neighbors: the pool does not depend on the table's order
-            cols = cols[np.lexsort((centers[cols, 1], centers[cols, 0], dist))]
+            cols = cols[np.lexsort((tie_y[cols], tie_x[cols], dist))]
             if len(cols) > pool:
                 cols = cols[np.linspace(0, len(cols) - 1, pool).round().astype(np.int64)]
             out[i, : len(cols)] = cols
