@@ -123,6 +123,56 @@ def test_scanpy_concatenated_anndata_is_analysed_per_library():
     assert list(predicted.obs_names) == list(both.obs_names) and predicted.n_vars == 2
 
 
+def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(caplog):
+    import anndata as ad
+
+    from tests.io.test_split_slides import _scanpy_concat
+
+    _, parts = _scanpy_concat()
+    parts = {name: part.copy() for name, part in parts.items()}
+    stacked = ad.concat(parts, label="library_id", index_unique="-")  # uns_merge=None: .uns["spatial"] is gone
+    assert "spatial" not in stacked.uns
+    model = st.models.StormModel("storm-tiny", stacked.var_names, seed=0)
+    mpp = {name: st.io.resolve(p).mpp for name, p in parts.items()}
+    assert mpp["s1"] == pytest.approx(mpp["s2"])
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        as_one = st.tl.storm_embed(stacked, model, mpp=mpp["s1"], copy=True, verbose=False)
+    assert "library_key='library_id'" in caplog.text  # the two sections overlap in one coordinate space
+    before = stacked.copy()
+    with pytest.raises(KeyError, match="not a column"):
+        st.tl.storm_embed(stacked, model, mpp=mpp["s1"], library_key="sample", verbose=False)
+    assert "X_storm" not in stacked.obsm and stacked.obs.equals(before.obs)
+
+    st.tl.storm_embed(stacked, model, mpp=mpp["s1"], library_key="library_id", verbose=False)
+    for part in parts.values():  # each alone as it is in the stack: positions in pixels, no image
+        del part.uns["spatial"]
+        st.tl.storm_embed(part, model, mpp=mpp["s1"], verbose=False)
+    alone = [part.obsm["X_storm"] for part in parts.values()]
+    np.testing.assert_allclose(stacked.obsm["X_storm"], np.vstack(alone), atol=1e-5)
+    assert not np.allclose(as_one.obsm["X_storm"], stacked.obsm["X_storm"], atol=1e-3)
+    assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
+    # with the images kept (uns_merge="unique"), naming the column gives what finding it does
+    both, _ = _scanpy_concat()
+    genes = list(both.var_names[:2])
+    named = st.tl.predict_expression(both, model, genes=genes, library_key="library_id", verbose=False)
+    found = st.tl.predict_expression(both, model, genes=genes, key_added="found", verbose=False)
+    assert list(named.obs_names) == list(both.obs_names)
+    np.testing.assert_allclose(named.X, found.X)
+    with pytest.raises(ValueError, match="SpatialData's slides"):
+        st.tl.storm_embed(st.datasets.toy(n_obs=30, n_genes=5, seed=0), model, library_key="library_id")
+
+
+def test_the_same_object_twice_and_embeddings_of_other_widths_are_refused(toy_sdata_factory):
+    first, second = toy_sdata_factory(1, n_obs=60), toy_sdata_factory(2, n_obs=60)
+    with pytest.raises(ValueError, match="same object twice"):
+        st.tl.storm_domains([first, first], n_domains=2, mpp=TOY_MPP)
+    first["table"].obsm["X_storm"] = np.ones((60, 96), dtype=np.float32)
+    second["table"].obsm["X_storm"] = np.ones((60, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="same model"):
+        st.tl.storm_domains([first, second], n_domains=2, mpp=TOY_MPP)
+    assert "storm_domain" not in first["table"].obs
+
+
 def test_results_go_back_by_position_when_obs_names_repeat(toy_sdata_factory):
     alone = _slides(toy_sdata_factory)
     for s in alone.values():

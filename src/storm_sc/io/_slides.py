@@ -227,11 +227,14 @@ def library_column(adata: AnnData) -> str | None:
 def library_of(adata: AnnData, column: str, library: str) -> AnnData:
     """One library of a scanpy-style AnnData holding several, as an AnnData of its own.
 
-    Rows and ``.uns`` are copied; ``.uns["spatial"]`` holds that library only, its images shared, not copied.
+    Rows and ``.uns`` are copied; ``.uns["spatial"]`` holds that library only (its images shared, not copied), or
+    is left out when it does not describe that library.
     """
     rows = np.flatnonzero(adata.obs[column].astype(str).to_numpy() == library)
-    libs = adata.uns["spatial"]
+    libs = adata.uns.get("spatial")
     rest = {k: v for k, v in adata.uns.items() if k != "spatial"}
+    if not isinstance(libs, Mapping) or library not in libs:
+        libs = None
     view = adata[rows]
     return AnnData(
         X=view.X.copy() if view.X is not None else None,
@@ -239,13 +242,17 @@ def library_of(adata: AnnData, column: str, library: str) -> AnnData:
         var=view.var.copy(),
         obsm={k: v.copy() for k, v in view.obsm.items()},
         layers={k: v.copy() for k, v in view.layers.items()},
-        uns={**copy.deepcopy(rest), "spatial": {library: libs[library]}},
+        uns={**copy.deepcopy(rest), **({} if libs is None else {"spatial": {library: libs[library]}})},
     )
 
 
-def anndata_slides(adata: AnnData) -> list[tuple[str, np.ndarray, AnnData]] | None:
-    """The libraries of a scanpy-style AnnData holding several: ``(name, row indices, AnnData)``; else ``None``."""
-    column = library_column(adata)
+def anndata_slides(adata: AnnData, column: str | None = None) -> list[tuple[str, np.ndarray, AnnData]] | None:
+    """The libraries of an AnnData holding several: ``(name, row indices, AnnData)``; else ``None``.
+
+    ``column`` names each row's library; by default the one found by :func:`library_column` (scanpy-style
+    ``.uns["spatial"]`` with several libraries).
+    """
+    column = library_column(adata) if column is None else column
     if column is None:
         return None
     values = adata.obs[column].astype(str).to_numpy()

@@ -335,7 +335,8 @@ def storm_domains(
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)
     outputs = [copy_for_output(s) for s in slides] if copy else slides
-    fanout = SlideFanout(outputs, table_key)  # the slides of a SpatialData holding several, as a list
+    # the slides of a SpatialData holding several, as a list (stacked sections: see library_key)
+    fanout = SlideFanout(outputs, table_key, hint_stacked=library_key is None)
     targets = fanout.slides
 
     resolved: list[SpatialInput] = []
@@ -359,6 +360,12 @@ def storm_domains(
         check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
         check_params_slot(table, f"{slide.library_id}: ")
         resolved.append(slide)
+    widths = [np.shape(s.table.obsm[use_rep])[1] for s in resolved]
+    if len(set(widths)) > 1:
+        raise ValueError(
+            f".obsm[{use_rep!r}] has {widths} columns on the slides: embeddings clustered together must come from "
+            "the same model and settings (level=); embed every slide with the same call of st.tl.storm_embed."
+        )
     n_total = sum(s.n_obs for s in resolved)
     if n_domains is not None and n_domains > n_total:
         raise ValueError(f"`n_domains`={n_domains} exceeds the number of observations ({n_total}).")

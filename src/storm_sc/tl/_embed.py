@@ -101,6 +101,7 @@ def storm_embed(
     table_key: str | None = None,
     image_key: str | None = None,
     mpp: float | None = None,
+    library_key: str | None = None,
     modalities: Modalities = "auto",
     layer: str | None = None,
     gene_symbols: str | None = None,
@@ -148,6 +149,13 @@ def storm_embed(
     table_key, image_key, mpp
         Which table and image to use and the image's microns per pixel, when they cannot be found unambiguously
         (see :func:`storm_sc.io.resolve`).
+    library_key
+        Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
+        Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is then analysed on its
+        own, with its own neighbours, and the results written back into the AnnData's rows. Sections stacked in one
+        table share one coordinate space, so without it they would be each other's neighbours (a warning says so
+        when ``.obs["library_id"]`` names several). Not for a SpatialData, whose slides are found by their
+        coordinate systems.
     modalities
         ``"auto"``: H&E, expression and spatial context when present, degrading gracefully when one is missing;
         ``"image"``: H&E (and context) only; ``"expression"``: expression (and context) only; ``"both"``: require
@@ -223,7 +231,8 @@ def storm_embed(
     check_client(client)
     slides, single = as_slide_list(data)
     outputs = [copy_for_output(s) for s in slides] if copy else slides
-    fanout = SlideFanout(outputs, table_key)  # a SpatialData of several slides is embedded slide by slide
+    # a SpatialData of several slides (or an AnnData of several libraries) is embedded slide by slide
+    fanout = SlideFanout(outputs, table_key, library_key=library_key)
     targets = fanout.slides
 
     # Everything that can fail on the user's input is checked before any result is written (and, but for H&E-only
@@ -312,6 +321,7 @@ def storm_embed(
                 "adapt_epochs": adapt_epochs,
                 "random_state": random_state,
                 "table_key": slide.table_key,
+                "library_key": library_key,
                 "image_key": slide.image_key if "image" in used else None,
                 "mpp": slide.mpp if "image" in used else None,
             },

@@ -46,6 +46,7 @@ def predict_expression(
     table_key: str | None = None,
     image_key: str | None = None,
     mpp: float | None = None,
+    library_key: str | None = None,
     key_added: str = TABLE_PREDICTED,
     device: str = "auto",
     batch_size: int = 256,
@@ -89,6 +90,10 @@ def predict_expression(
         three held-out Visium FFPE sections, its readout 0.03-0.06; ``docs/model_card.md``).
     table_key, image_key, mpp
         Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
+    library_key
+        Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
+        Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is predicted on its own,
+        from its own neighbours, into one result table; see :func:`storm_embed`. Not for a SpatialData.
     key_added
         Key of the result in ``sdata.tables`` (SpatialData input).
     device
@@ -143,7 +148,8 @@ def predict_expression(
     for item in given:
         if isinstance(item, SpatialData):
             check_table_key_free(item, key_added, overwrite=overwrite)
-    fanout = SlideFanout(given, table_key)  # a SpatialData of several slides is predicted slide by slide
+    # a SpatialData of several slides (or an AnnData of several libraries) is predicted slide by slide
+    fanout = SlideFanout(given, table_key, library_key=library_key)
     items = fanout.slides
     net = get_model(model, verbose=verbose)
     slides, tiles = [], []
@@ -202,6 +208,7 @@ def predict_expression(
         "model": model_name(net, model),
         "architecture": net.config.name,
         "source": source,
+        "library_key": library_key,
     }
     results = [
         _prediction_table(item, slide, prediction, params, outside, net.vocabulary)

@@ -29,6 +29,14 @@ def as_slide_list(data: Any, name: str = "data") -> tuple[list[SpatialData | Ann
         bad = [type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)]
         if bad:
             raise TypeError(f"`{name}` must hold SpatialData or AnnData objects; got {sorted(set(bad))}.")
+        seen: dict[int, int] = {}
+        for i, d in enumerate(data):
+            if id(d) in seen:
+                # its results would be written twice into the same table, and it would count as two slides
+                raise ValueError(
+                    f"`{name}` holds the same object twice (items {seen[id(d)]} and {i}); pass each slide once."
+                )
+            seen[id(d)] = i
         return list(data), False
     raise TypeError(
         f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them; got {type(data).__name__}."
@@ -175,6 +183,36 @@ class _Origin:
     name: str | None = None
 
 
+def check_library_key(targets: list[SpatialData | AnnData], library_key: str) -> None:
+    """Refuse a ``library_key`` of ``storm_embed`` / ``predict_expression`` that cannot split the given objects."""
+    for target in targets:
+        if isinstance(target, SpatialData):
+            raise ValueError(
+                "`library_key` splits an AnnData holding several sections (e.g. made by anndata.concat); a "
+                "SpatialData's slides are told apart by their coordinate systems (see st.io.split_slides). Drop it, "
+                "or pass the slides as a list."
+            )
+        if library_key not in target.obs:
+            raise KeyError(
+                f"`library_key` {library_key!r} is not a column of .obs (columns: {list(target.obs.columns)})."
+            )
+        if target.obs[library_key].isna().any():
+            raise ValueError(f".obs[{library_key!r}] has missing values: every row needs its library.")
+
+
+def _hint_library_key(adata: AnnData) -> None:
+    """Warn when an AnnData taken as one slide names several libraries in ``.obs["library_id"]``."""
+    values = adata.obs.get("library_id")
+    if values is None or values.nunique() < 2:
+        return
+    logger.warning(
+        "The AnnData is analysed as one slide, but .obs['library_id'] names %d libraries: sections stacked in one "
+        "table (anndata.concat) share one coordinate space, so their spots would be each other's neighbours. Pass "
+        "library_key='library_id' to analyse each on its own.",
+        values.nunique(),
+    )
+
+
 class SlideFanout:
     """The slides a tool runs on (one per slide of each object given) and the way their results go back.
 
@@ -193,13 +231,24 @@ class SlideFanout:
     True
     """
 
-    def __init__(self, targets: list[SpatialData | AnnData], table_key: str | None) -> None:
+    def __init__(
+        self,
+        targets: list[SpatialData | AnnData],
+        table_key: str | None,
+        *,
+        library_key: str | None = None,
+        hint_stacked: bool = True,
+    ) -> None:
         self.targets = targets
         self.slides: list[SpatialData | AnnData] = []
         self.origins: list[_Origin] = []
+        if library_key is not None:
+            check_library_key(targets, library_key)
         for i, target in enumerate(targets):
             if isinstance(target, AnnData):
-                libraries = anndata_slides(target)
+                libraries = anndata_slides(target, library_key)
+                if libraries is None and hint_stacked:
+                    _hint_library_key(target)
                 if libraries is not None:
                     logger.info("%d libraries found in one AnnData: %s", len(libraries), [n for n, _, _ in libraries])
                     for name, rows, piece in libraries:
