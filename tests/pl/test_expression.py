@@ -178,3 +178,15 @@ def test_measured_table_found_beside_several_prediction_tables(sdata):
     assert [a.get_title() for a in fig.axes if a.get_title()][:1] == ["gene_0002: measured"]
     st.pl.domains(several)
     assert st.pl.gene_correlations(several, predicted_key="p2").index.tolist()
+
+
+def test_genes_are_found_without_a_multi_genome_prefix():
+    from storm_sc.pl._slides import pick_genes
+
+    available = pd.Index(["GRCh38__SFTPC", "GRCh38__ACTB", "mm10___Actb", "Gapdh"])
+    assert pick_genes(["sftpc", "GAPDH"], available, what="t", hint="") == ["GRCh38__SFTPC", "Gapdh"]
+    assert pick_genes("GRCh38__ACTB", available, what="t", hint="") == ["GRCh38__ACTB"]
+    with pytest.raises(KeyError, match="ambiguous.*GRCh38__ACTB.*mm10___Actb"):
+        pick_genes("ACTB", available, what="t", hint="")
+    with pytest.raises(KeyError, match=r"\['EPCAM'\] not in t"):
+        pick_genes(["SFTPC", "EPCAM"], available, what="t", hint="")

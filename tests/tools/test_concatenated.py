@@ -66,6 +66,10 @@ def test_concatenated_slides_get_the_results_of_the_list(toy_sdata_factory, trai
     fig = st.pl.domains(both, mpp=TOY_MPP)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["toy_spots-a", "toy_spots-b"]
     plt.close(fig)
+    # ... but a comparison with the measurement is per slide: it names the slides instead of pooling them
+    with pytest.raises(ValueError, match=r"holds 2: \['toy_spots-a', 'toy_spots-b'\].*split_slides"):
+        st.pl.gene_correlations(both)
+    assert len(st.pl.gene_correlations(part)) == 2
 
 
 def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_factory, trained_model):
@@ -121,6 +125,9 @@ def test_scanpy_concatenated_anndata_is_analysed_per_library():
     assert both.obs["storm_domain"].notna().all()
     assert both.uns["storm"]["X_storm"]["slides"] == ["s1", "s2"]
     assert list(predicted.obs_names) == list(both.obs_names) and predicted.n_vars == 2
+    fig = st.pl.domains(both)  # one panel per library, as for a SpatialData of several slides
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
+    plt.close(fig)
 
 
 def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(caplog):

@@ -179,7 +179,9 @@ def expression(
                 continue
             spots = draw_spots(ax, slide.centers_um, diameter, values=values, cmap=colormap, vmin=vmin, vmax=vmax)
             if label == "predicted" and measured is not None:
-                ax.set_title(f"{gene}: predicted (r = {_pearson(measured, pred):.2f})")
+                r = _pearson(measured, pred)
+                # a gene measured (or predicted) the same everywhere has no correlation to show
+                ax.set_title(f"{gene}: predicted " + (f"(r = {r:.2f})" if np.isfinite(r) else "(no r: constant)"))
             else:
                 ax.set_title(f"{gene}: {label}")
             if label != "measured" or not share_scale:

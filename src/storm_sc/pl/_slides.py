@@ -13,7 +13,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import is_prediction
-from storm_sc.io._slides import find_slides, slide_of
+from storm_sc.io._slides import anndata_slides, find_slides, slide_of
 
 Data = SpatialData | AnnData
 
@@ -25,7 +25,16 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
     one panel per slide, as a list of them would.
     """
     if isinstance(data, SpatialData | AnnData):
-        return _panels(data) if many else [data]
+        if many:
+            return _panels(data)
+        names = _slide_names(data)
+        if len(names) > 1:
+            # measured-vs-predicted comparisons are per slide: pooling slides would mix their batch effects
+            raise ValueError(
+                f"`{caller}` reads one slide, and this {type(data).__name__} holds {len(names)}: {names}. Pass one, "
+                f"e.g. st.io.split_slides(data)[{names[0]!r}]."
+            )
+        return [data]
     if many and isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
         bad = sorted({type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)})
         if bad:
@@ -37,9 +46,21 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
 
 
 def _panels(item: Data) -> list[Data]:
-    """The slides of one object: itself, or each slide of a SpatialData holding several."""
-    parts = find_slides(item) if isinstance(item, SpatialData) else None
+    """The slides of one object: itself, or each slide of a SpatialData (or AnnData) holding several."""
+    if isinstance(item, AnnData):
+        libraries = anndata_slides(item)
+        return [item] if libraries is None else [piece for _, _, piece in libraries]
+    parts = find_slides(item)
     return [item] if parts is None else [slide_of(item, part) for part in parts]
+
+
+def _slide_names(item: Data) -> list[str]:
+    """Names of the slides an object holds when it holds several (else one entry)."""
+    if isinstance(item, AnnData):
+        libraries = anndata_slides(item)
+        return ["the AnnData"] if libraries is None else [name for name, _, _ in libraries]
+    parts = find_slides(item)
+    return ["the SpatialData"] if parts is None else [part.name for part in parts]
 
 
 def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key: str | None) -> str | None:
@@ -183,19 +204,36 @@ def predicted_table(data: Data, measured: AnnData, *, predicted_key: str, predic
 
 
 def pick_genes(genes: str | Sequence[str], available: pd.Index, *, what: str, hint: str) -> list[str]:
-    """Return the requested genes as named in ``available`` (case-insensitive); unknown ones are an error."""
+    """Return the requested genes as named in ``available``; unknown ones are an error.
+
+    Names match case-insensitively, and a name also matches without the genome prefix that multi-genome references
+    put on every gene (``"SFTPC"`` finds ``"GRCh38__SFTPC"``) when that is unambiguous.
+    """
     if isinstance(genes, str):
         genes = [genes]
     if not isinstance(genes, Sequence) or len(genes) == 0 or not all(isinstance(g, str) for g in genes):
         raise ValueError(f"`genes` must be a gene name or a non-empty list of gene names, got {genes!r}.")
     lookup: dict[str, str] = {}
-    for name in available:
-        lookup.setdefault(str(name).casefold(), str(name))
-    unknown = [g for g in genes if g.casefold() not in lookup]
+    unprefixed: dict[str, list[str]] = {}
+    for name in map(str, available):
+        lookup.setdefault(name.casefold(), name)
+        if "__" in name:
+            unprefixed.setdefault(name.split("__", 1)[1].lstrip("_").casefold(), []).append(name)
+    picked, unknown = [], []
+    for gene in genes:
+        key = gene.casefold()
+        if key in lookup:
+            picked.append(lookup[key])
+        elif len(unprefixed.get(key, ())) == 1:
+            picked.append(unprefixed[key][0])
+        elif key in unprefixed:
+            raise KeyError(f"Gene {gene!r} is ambiguous in {what}: {unprefixed[key]}; pass one of these names.")
+        else:
+            unknown.append(gene)
     if unknown:
         shown = list(available[:10])
         raise KeyError(f"Gene(s) {unknown} not in {what} ({len(available)} genes, e.g. {shown}). {hint}")
-    return list(dict.fromkeys(lookup[g.casefold()] for g in genes))
+    return list(dict.fromkeys(picked))
 
 
 def pick_predicted_genes(genes: str | Sequence[str] | None, predicted: AnnData) -> list[str]:
