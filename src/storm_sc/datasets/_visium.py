@@ -35,6 +35,8 @@ def _read_visium(root: str, dataset_id: str) -> SpatialData:
     with warnings.catch_warnings():
         # the 10x h5 reader warns about duplicated gene symbols; the reader makes them unique
         warnings.filterwarnings("ignore", message="Variable names are not unique")
+        # spatialdata_io builds its table with a string region column, which spatialdata converts (and says so)
+        warnings.filterwarnings("ignore", message="Converting `region_key: region` to categorical")
         return spatialdata_io.visium(path, dataset_id=dataset_id)
 
 
