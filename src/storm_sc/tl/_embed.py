@@ -182,10 +182,10 @@ def storm_embed(
     n_draws
         Draws of random gene tokens averaged into each observation's expression token (panels larger than the
         model's ``max_genes`` only). With one draw the embedding depends on which genes happened to be drawn: on
-        DLPFC 151675 a spot's embedding lies a median 8.5% (of its norm) from the 8-draw average with one draw, 3.3%
-        with 4, the default. Domain scores on the benchmark slides move within their noise either way
+        DLPFC 151675 a spot's embedding lies a median 9.0% (of its norm) from the mean of 32 draws with one draw,
+        4.3% with 4, the default. Domain scores on the benchmark slides move within their noise either way
         (``benchmarks/README.md``); what 4 draws buy is an embedding that depends less on the random numbers.
-        4 draws cost about 1.2 times the CPU time of 1; ``n_draws=1`` is the cheapest.
+        4 draws cost 1.2-1.4 times the CPU time of 1; ``n_draws=1`` is the cheapest.
     adapt_epochs
         Epochs of self-supervised adaptation to ``data`` before embedding (0: none).
     random_state
