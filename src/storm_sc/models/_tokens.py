@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import sparse
 
@@ -109,7 +111,7 @@ def gene_tokens(
         Tokens per observation.
     rng
         Random draws (training); ``None`` draws from a stream seeded by each row's content (inference; see
-        :func:`content_seed`), so an observation's tokens do not depend on the batch or the order of the rows.
+        :func:`content_seeds`), so an observation's tokens do not depend on the batch or the order of the rows.
     weights
         ``(n_panel,)`` probabilities of the random draws (:func:`draw_weights`), or ``None`` for uniform.
     draw
@@ -154,18 +156,13 @@ def gene_tokens(
     rest_cols = _weighted_draws(stream, top_cols, n_top, n_rest, n_panel, weights)
     rest_vals = _lookup(block, rest_cols)
 
-    n_half = top_cols.shape[1]
+    # each row's top genes, then its drawn ones: n_top + n_rest = max_genes slots
     slot = np.arange(max_genes)[None, :]
     is_top = slot < n_top[:, None]
-    # row-major: a row's top genes, then its drawn ones (each row fills all max_genes slots)
-    rest_slot = np.clip(slot - n_top[:, None], 0, max_genes - 1)
-    cols = np.where(is_top, np.take_along_axis(top_cols, np.minimum(slot, n_half - 1), 1), 0)
-    cols = np.where(is_top, cols, np.take_along_axis(rest_cols, rest_slot, 1))
-    vals = np.where(
-        is_top,
-        np.take_along_axis(top_vals, np.minimum(slot, n_half - 1), 1),
-        np.take_along_axis(rest_vals, rest_slot, 1),
-    )
+    top_slot = np.minimum(slot, top_cols.shape[1] - 1)
+    rest_slot = np.maximum(slot - n_top[:, None], 0)
+    cols = np.where(is_top, np.take_along_axis(top_cols, top_slot, 1), np.take_along_axis(rest_cols, rest_slot, 1))
+    vals = np.where(is_top, np.take_along_axis(top_vals, top_slot, 1), np.take_along_axis(rest_vals, rest_slot, 1))
     ids[present] = gene_index[cols]
     values[present] = vals
     valid[present] = True
@@ -212,7 +209,12 @@ def _top_genes(block: sparse.csr_matrix, n_max: int) -> tuple[np.ndarray, np.nda
 
 
 def _weighted_draws(
-    stream, top_cols: np.ndarray, n_top: np.ndarray, n_rest: np.ndarray, n_panel: int, weights: np.ndarray | None
+    stream: Callable[[np.ndarray, int, int], np.ndarray],
+    top_cols: np.ndarray,
+    n_top: np.ndarray,
+    n_rest: np.ndarray,
+    n_panel: int,
+    weights: np.ndarray | None,
 ) -> np.ndarray:
     """``(n_rows, max(n_rest))`` panel columns drawn without replacement, none among a row's top genes.
 
