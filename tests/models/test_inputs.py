@@ -168,3 +168,19 @@ def test_inference_draws_are_the_same_in_any_batch_and_differ_between_draws(rng)
     second = gene_tokens(x, np.arange(n_panel), rows, budget, weights=weights, draw=1)
     np.testing.assert_array_equal(second[0][:, : budget // 2], whole[0][:, : budget // 2])  # the top genes stay
     assert (second[0][:, budget // 2 :] != whole[0][:, budget // 2 :]).any(axis=1).mean() > 0.9
+
+
+@pytest.mark.parametrize("budget", [1, 3, 600])
+def test_token_budgets_from_one_to_most_of_the_panel(budget):
+    # a budget of one has no top half; a budget near the panel size needs more candidates than the default
+    # minimum (most of the panel must be drawn), which the per-row candidate limit scales up for
+    n_panel = 700
+    x = sparse.random(40, n_panel, density=0.05, format="csr", random_state=4, dtype=np.float32)
+    x = sparse.csr_matrix(sparse.diags(np.r_[0.0, np.ones(39)]).astype(np.float32) @ x)  # row 0 empty: all drawn
+    x.eliminate_zeros()
+    assert x[0].nnz == 0
+    weights = draw_weights(x)
+    for rng in (None, np.random.default_rng(0)):
+        ids, values, valid = gene_tokens(x, np.arange(n_panel), np.arange(40), budget, weights=weights, rng=rng)
+        assert valid.all() and all(len(set(row)) == budget for row in ids.tolist())
+        np.testing.assert_array_equal(values, np.take_along_axis(x.toarray(), ids, 1))

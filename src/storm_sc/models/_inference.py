@@ -21,8 +21,8 @@ from ._readout import LEVELS_INPUT, NICHE_STAIN_INPUT, READOUT_LEVELS, STAIN_INP
 
 LEVELS = ("joint", "levels", "observation", "niche", "region")
 # Draws of random gene tokens averaged into each observation's expression token when embedding (see fused_tokens):
-# with one, a spot's embedding follows which genes happened to be drawn. Four give most of the steadiness of eight;
-# with tokens built per batch they cost storm_embed ~15% more CPU than one (benchmarks/README.md, "Spatial domains").
+# with one, a spot's embedding follows which genes happened to be drawn. Four halve that spread; with tokens built
+# per batch they cost storm_embed 1.1-1.4 times the CPU of one (benchmarks/README.md, "Spatial domains").
 INFERENCE_DRAWS = 4
 T = TypeVar("T")
 

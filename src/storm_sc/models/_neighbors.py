@@ -25,7 +25,7 @@ def niche_neighbors(centers_um: np.ndarray, k: int) -> np.ndarray:
 
     Neighbours at the same distance (common on a grid of spots) are taken in order of their position (x, then y),
     never of their row: an observation's neighbours do not change when the table is reordered. Distances and
-    positions are compared at 1e-4 um, so float rounding of the positions cannot break a tie either.
+    positions are compared at 1e-4 um, so float rounding of the positions practically never breaks a tie either.
 
     Parameters
     ----------

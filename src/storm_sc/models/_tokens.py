@@ -15,10 +15,15 @@ from storm_sc.pp._expression import gene_moments
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
 DRAW_FLOOR = 0.1
-# Random tokens are drawn in rounds of this many candidates per row (with replacement, repeats and top genes
-# skipped), until each row has its share; past _MAX_ROUNDS the few rows still short are finished exactly.
-_ROUND = 96
-_MAX_ROUNDS = 8
+# Random tokens are drawn in rounds of candidates (with replacement; repeats and top genes skipped) until each row
+# has its share. A row that has not found its share among this many candidates per token it needs (at least
+# _MIN_CANDIDATES) is finished exactly instead: its weight sits nearly all on its own top genes. The limit depends
+# on the row alone, so its tokens do not depend on the batch.
+_CANDIDATES_PER_TOKEN = 8
+_MIN_CANDIDATES = 768
+# Entries of the (rows x longest row) arrays that rank each row's top genes: a batch is ranked in groups of rows of
+# similar length within this budget, so one very long row does not pad every other one.
+_RANK_BUDGET = 1 << 21
 # The golden-ratio increment of SplitMix64: successive counters of one seed land far apart before mixing.
 _GOLDEN = 0x9E3779B97F4A7C15
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -96,13 +101,14 @@ def gene_tokens(
     With a panel of at most ``max_genes`` genes every measured gene is a token. Otherwise half the budget goes to
     each observation's most expressed genes (ties by column) and the rest to measured genes drawn at random
     without replacement (with probabilities ``weights``, see :func:`draw_weights`; uniform without), which are
-    mostly zeros: "measured but absent" is information a panel-agnostic model must see. The whole batch is built
-    with array operations (no Python loop over observations), so that several inference draws are cheap.
+    mostly zeros: "measured but absent" is information a panel-agnostic model must see. The batch is built with
+    array operations (Python loops only over groups of rows and over the rare rows whose draw weight sits nearly all
+    on their own top genes), so that several inference draws are cheap.
 
     Parameters
     ----------
     expression
-        ``(n_obs, n_panel)`` CSR log1p expression of one slide (canonical: sorted column indices, no repeats).
+        ``(n_obs, n_panel)`` CSR log1p expression of one slide (no repeated column within a row).
     gene_index
         ``(n_panel,)`` vocabulary index of each column.
     rows
@@ -139,7 +145,9 @@ def gene_tokens(
     present = np.flatnonzero(rows >= 0)
     if not len(present) or not n_panel:
         return ids, values, valid
-    block = expression[rows[present]]
+    block = expression[rows[present]]  # a copy: sorting its indices leaves the slide's matrix alone
+    if not block.has_sorted_indices:
+        block.sort_indices()  # values are looked up by binary search within each row
     if n_panel <= max_genes:
         ids[present, :n_panel] = gene_index
         values[present, :n_panel] = block.toarray()
@@ -172,40 +180,60 @@ def gene_tokens(
 def _top_genes(block: sparse.csr_matrix, n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's most expressed genes, at most ``n_max`` and only as many as it has nonzero values.
 
-    Returns ``(cols, vals, counts)``: ``(n_rows, n_max)`` columns and values, highest value first and, among equal
-    values, lowest column first; entries past a row's ``counts`` are padding.
+    Returns ``(cols, vals, counts)``: ``(n_rows, max(n_max, 1))`` columns and values, highest value first and, among
+    equal values, lowest column first; entries past a row's ``counts`` are padding.
     """
     n_rows = block.shape[0]
     lengths = np.diff(block.indptr)
-    row_of = np.repeat(np.arange(n_rows), lengths)
     data = np.asarray(block.data, dtype=np.float32)
-    counts = np.minimum(np.bincount(row_of[data != 0], minlength=n_rows), n_max)
-    cols = np.zeros((n_rows, n_max), dtype=np.int64)
-    vals = np.zeros((n_rows, n_max), dtype=np.float32)
-    width = int(lengths.max()) if n_rows else 0
-    if not width:
+    nonzero = np.repeat(np.arange(n_rows), lengths)[data != 0]
+    counts = np.minimum(np.bincount(nonzero, minlength=n_rows), n_max)
+    cols = np.zeros((n_rows, max(n_max, 1)), dtype=np.int64)  # at least one (padding) column to index
+    vals = np.zeros((n_rows, max(n_max, 1)), dtype=np.float32)
+    if not n_max or not len(data):
         return cols, vals, counts
     # One sortable key per entry: the value's order-preserving bit pattern above the column, complemented so that
     # the largest key is the highest value and, among equal values, the lowest column. Padding (0) sorts below.
     bits = data.view(np.uint32).astype(np.uint64)
     ordered = np.where(bits >> np.uint64(31), ~bits & _LOW32, bits | np.uint64(1 << 31))
     keys = (ordered << np.uint64(32)) | (_LOW32 - block.indices.astype(np.uint64))
-    slot = np.arange(len(data)) - np.repeat(block.indptr[:-1], lengths)
-    padded = np.zeros((n_rows, width), dtype=np.uint64)
-    padded[row_of, slot] = keys
-    entry = np.zeros((n_rows, width), dtype=np.int64)
-    entry[row_of, slot] = np.arange(len(data))
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length]
+    start = 0
+    while start < n_rows:
+        # rows sorted by length: a group's last row is its longest, and its size times that length is the budget
+        area = np.arange(1, n_rows - start + 1) * sorted_lengths[start:]
+        stop = start + max(int(np.searchsorted(area, _RANK_BUDGET, side="right")), 1)
+        rows = by_length[start:stop]
+        entries = _ranked_entries(block.indptr, keys, rows, n_max)
+        keep = np.arange(entries.shape[1])[None, :] < counts[rows, None]
+        cols[rows, : entries.shape[1]] = np.where(keep, block.indices[entries], 0)
+        vals[rows, : entries.shape[1]] = np.where(keep, data[entries], 0.0)
+        start = stop
+    return cols, vals, counts
+
+
+def _ranked_entries(indptr: np.ndarray, keys: np.ndarray, rows: np.ndarray, n_max: int) -> np.ndarray:
+    """``(len(rows), <= n_max)`` entry indices of each row's ``n_max`` largest ``keys``, largest first.
+
+    A row with fewer entries is padded with entries of higher rank than its own, which the caller masks by count.
+    """
+    lengths = indptr[rows + 1] - indptr[rows]
+    width = max(int(lengths.max()), 1)
+    # the entries of each row laid out in a (rows x width) array; empty slots hold key 0 and entry 0
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    flat = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    entry = np.zeros((len(rows), width), dtype=np.int64)
+    entry[row_of, flat] = np.repeat(indptr[rows], lengths) + flat
+    padded = np.zeros((len(rows), width), dtype=np.uint64)
+    padded[row_of, flat] = keys[entry[row_of, flat]]
     take = min(n_max, width)
     if take < width:
         best = np.argpartition(padded, width - take, axis=1)[:, width - take :]
     else:
-        best = np.broadcast_to(np.arange(width), (n_rows, width))
+        best = np.broadcast_to(np.arange(width), (len(rows), width))
     order = np.argsort(np.take_along_axis(padded, best, 1), axis=1)[:, ::-1]
-    chosen = np.take_along_axis(np.take_along_axis(entry, best, 1), order, 1)
-    keep = np.arange(take)[None, :] < counts[:, None]
-    cols[:, :take] = np.where(keep, block.indices[chosen], 0)
-    vals[:, :take] = np.where(keep, data[chosen], 0.0)
-    return cols, vals, counts
+    return np.take_along_axis(np.take_along_axis(entry, best, 1), order, 1)
 
 
 def _weighted_draws(
@@ -228,15 +256,16 @@ def _weighted_draws(
     width = int(n_rest.max())
     out = np.zeros((n_rows, width), dtype=np.int64)
     have = np.zeros(n_rows, dtype=np.int64)
+    limit = np.maximum(_CANDIDATES_PER_TOKEN * n_rest, _MIN_CANDIDATES)  # candidates a row may use
     cdf = None if weights is None else np.cumsum(weights, dtype=np.float64)
     # every (row, column) pair already taken, as row * n_panel + column, kept sorted for searchsorted
     top_mask = np.arange(top_cols.shape[1])[None, :] < n_top[:, None]
     taken = np.sort((np.arange(n_rows)[:, None] * n_panel + top_cols)[top_mask])
-    pending = np.flatnonzero(have < n_rest)
-    for round_ in range(_MAX_ROUNDS):
-        if not len(pending):
-            return out
-        u = stream(pending, round_ * _ROUND, _ROUND)
+    pending = np.arange(n_rows)
+    used = 0  # candidates drawn so far by every pending row (the same number for all)
+    count = max(_MIN_CANDIDATES // 8, 2 * width)
+    while len(pending):
+        u = stream(pending, used, count)
         if cdf is None:
             cand = np.minimum((u * n_panel).astype(np.int64), n_panel - 1)
         else:
@@ -247,19 +276,26 @@ def _weighted_draws(
         first[np.unique(flat, return_index=True)[1]] = True  # the first time a row meets a gene in this round
         pos = np.searchsorted(taken, flat)
         seen = taken[np.minimum(pos, len(taken) - 1)] == flat if len(taken) else np.zeros(flat.shape, dtype=bool)
-        accept = (first & ~seen).reshape(keys.shape)
+        within = (used + np.arange(count))[None, :] < limit[pending, None]
+        accept = (first & ~seen).reshape(keys.shape) & within
         rank = have[pending, None] + np.cumsum(accept, axis=1) - 1
         use = accept & (rank < n_rest[pending, None])
         r, c = np.nonzero(use)
         out[pending[r], rank[r, c]] = cand[r, c]
         have[pending] += use.sum(axis=1)
-        taken = np.union1d(taken, keys[use])
-        pending = pending[have[pending] < n_rest[pending]]
-    for row in pending:  # nearly all the weight on a row's top genes: finish the few such rows exactly
-        mine = taken[(taken >= row * n_panel) & (taken < (row + 1) * n_panel)] - row * n_panel
-        out[row, have[row] : n_rest[row]] = _ordered_sample(
-            stream(np.array([row]), _MAX_ROUNDS * _ROUND, n_panel)[0], weights, mine, n_rest[row] - have[row]
-        )
+        taken = np.sort(np.concatenate([taken, keys[use]]))  # new pairs: none was taken before
+        used += count
+        short = have[pending] < n_rest[pending]
+        exhausted = short & (used >= limit[pending])
+        for row in pending[exhausted]:  # nearly all the weight on a row's top genes: finish the row exactly
+            lo, hi = np.searchsorted(taken, [row * n_panel, (row + 1) * n_panel])
+            out[row, have[row] : n_rest[row]] = _ordered_sample(
+                stream(np.array([row]), int(limit[row]), n_panel)[0],
+                weights,
+                taken[lo:hi] - row * n_panel,
+                int(n_rest[row] - have[row]),
+            )
+        pending = pending[short & ~exhausted]
     return out
 
 
