@@ -130,3 +130,16 @@ def test_viewer_of_a_pyramid_and_without_domains(viewer_of):
     assert points.name == "observations"
     shot = _screenshot(viewer)
     assert shot[..., :3].std() > 10
+
+
+def test_a_large_prediction_adds_no_gene_layers_unless_named(sdata, viewer_of, monkeypatch, caplog):
+    # a whole-vocabulary prediction would add thousands of layers (minutes to build): none by default, with a word
+    monkeypatch.setattr("storm_sc.pl._napari.MAX_DEFAULT_GENE_LAYERS", len(PREDICTED_GENES) - 1)
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        viewer = viewer_of(sdata)
+    assert not [layer.name for layer in viewer.layers if layer.name.startswith("predicted ")]
+    assert "genes=[...]" in caplog.text
+    named = viewer_of(sdata, genes=PREDICTED_GENES[:2])
+    assert [layer.name for layer in named.layers if layer.name.startswith("predicted ")] == [
+        f"predicted {gene}" for gene in PREDICTED_GENES[:2]
+    ]

@@ -160,6 +160,9 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
     # with the images kept (uns_merge="unique"), naming the column gives what finding it does
     both, _ = _scanpy_concat()
+    both.obs["sample"] = both.obs["library_id"].map({"s1": "a", "s2": "b"}).astype(str)
+    with pytest.raises(ValueError, match=r"describes the libraries \['s1', 's2'\].*\['a', 'b'\]"):
+        st.tl.storm_embed(both, model, library_key="sample")  # each section would lose its image and scale
     genes = list(both.var_names[:2])
     named = st.tl.predict_expression(both, model, genes=genes, library_key="library_id", verbose=False)
     found = st.tl.predict_expression(both, model, genes=genes, key_added="found", verbose=False)

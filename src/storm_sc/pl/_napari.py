@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 _MULTISCALE_MIN_SIDE = 4096
 _UNITS = ("um", "um")
 _AXIS_LABELS = ("y", "x")
+# Gene layers added when no genes are named: all of a chosen panel's, none of a whole vocabulary's.
+MAX_DEFAULT_GENE_LAYERS = 50
 
 
 def _import_napari() -> Any:
@@ -111,7 +113,8 @@ def napari(
         A SpatialData (or an AnnData with ``.obsm["spatial"]`` and images in ``.uns["spatial"]``).
     genes
         Predicted genes to add as layers (case-insensitive); default every gene of ``tables[predicted_key]``
-        when that table exists, else none.
+        when that table exists and holds at most 50 (else none, with a warning: a layer per gene of a
+        whole-vocabulary prediction would take minutes to build).
     key
         Categorical ``.obs`` column colouring the observations; ``None`` for plain white spots.
     table_key
@@ -159,6 +162,15 @@ def napari(
     if genes is not None or has_prediction:
         pred = predicted_table(one, slide.table, predicted_key=predicted_key, predicted=predicted)
         chosen = pick_predicted_genes(genes, pred)
+        if genes is None and len(chosen) > MAX_DEFAULT_GENE_LAYERS:
+            # a layer costs ~0.2 s and its memory: a whole-vocabulary prediction would take half an hour
+            logger.warning(
+                "The prediction holds %d genes: none added as layers (at most %d are by default). Pass "
+                "`genes=[...]` to add those you want to see.",
+                len(chosen),
+                MAX_DEFAULT_GENE_LAYERS,
+            )
+            chosen = []
 
     viewer = nap.Viewer(title=f"storm_sc: {slide.library_id}", show=show, axis_labels=_AXIS_LABELS)
     if image and slide.has_image:

@@ -13,7 +13,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import is_prediction
-from storm_sc.io._slides import anndata_slides, find_slides, slide_of
+from storm_sc.io._slides import anndata_slides, find_slides, library_column, slide_of
 
 Data = SpatialData | AnnData
 
@@ -57,8 +57,8 @@ def _panels(item: Data) -> list[Data]:
 def _slide_names(item: Data) -> list[str]:
     """Names of the slides an object holds when it holds several (else one entry)."""
     if isinstance(item, AnnData):
-        libraries = anndata_slides(item)
-        return ["the AnnData"] if libraries is None else [name for name, _, _ in libraries]
+        column = library_column(item)
+        return ["the AnnData"] if column is None else list(dict.fromkeys(item.obs[column].astype(str)))
     parts = find_slides(item)
     return ["the SpatialData"] if parts is None else [part.name for part in parts]
 

@@ -198,6 +198,18 @@ def check_library_key(targets: list[SpatialData | AnnData], library_key: str) ->
             )
         if target.obs[library_key].isna().any():
             raise ValueError(f".obs[{library_key!r}] has missing values: every row needs its library.")
+        described = target.uns.get("spatial")
+        if isinstance(described, Mapping) and described:
+            names = sorted({str(v) for v in pd.unique(target.obs[library_key])})
+            lacking = [n for n in names if n not in described]
+            if lacking:
+                # such a section would lose its image and scale factors, and be read at another section's scale
+                raise ValueError(
+                    f".uns['spatial'] describes the libraries {sorted(map(str, described))}, but "
+                    f".obs[{library_key!r}] also names {lacking}. Name the column whose values are those keys, or "
+                    "concatenate with anndata.concat(..., uns_merge='unique') keyed by them, so that every section "
+                    "keeps its image and scale."
+                )
 
 
 def _hint_library_key(adata: AnnData) -> None:
