@@ -28,10 +28,30 @@ def test_demo_on_toy_data_writes_results(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "toy" in printed and str(out_dir.resolve()) in printed
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["n_obs"] > 0 and summary["genes_matched"] > 0
+    assert summary["n_obs"] > 0 and 0 < summary["genes_in_model_vocabulary"] <= summary["n_genes"]
     # The toy slide's genes are unknown to the reference, so the demo trains on the slide itself and says that its
     # correlations are in-sample.
     assert summary["slide_in_model_training"] is not None and "in-sample" in printed
     assert (out_dir / "patches.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="overwrite"):
         main(["demo", "--data", "toy", "--out", str(out_dir)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "toy", "--section", "A1"], "does not apply to --data toy"),
+        (["--data", "toy", "--epochs", "-1"], "--epochs must be at least 1"),
+        (["--data", "her2st", "--section", "Z9"], "cannot read her2st Z9"),
+        (["--section", "Z9"], "cannot read her2st Z9"),  # a section named is never replaced by toy data
+    ],
+)
+def test_demo_refuses_bad_arguments_before_writing(tmp_path, argv, message):
+    out_dir = tmp_path / "demo"
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", *argv, "--out", str(out_dir)])
+    assert not out_dir.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match="is a file"):
+        main(["demo", "--data", "toy", "--out", str(a_file)])

@@ -28,7 +28,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--data", choices=["auto", "her2st", "toy"], default="auto", help="which data to run on (default: auto)"
     )
-    parser.add_argument("--section", default=_DEFAULT_SECTION, help="her2st section (default: %(default)s)")
+    parser.add_argument(
+        "--section",
+        default=None,
+        help=f"her2st section (default: {_DEFAULT_SECTION}); naming one runs on it or fails, never on toy data",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument(
         "--epochs", type=int, default=3, help="epochs for the slide-adapted model when no checkpoint is bundled"
@@ -73,17 +77,35 @@ def _save_montage(patches: np.ndarray, path: Path) -> None:
     Image.fromarray(canvas).save(path)
 
 
+def _check(args: argparse.Namespace) -> str:
+    """Refuse bad arguments before anything is read or written; returns the data choice."""
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"storm-sc demo: --out {out} is a file; name a folder.")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"storm-sc demo: {out} already holds results; pass --overwrite or choose another --out.")
+    if args.epochs < 1:
+        raise SystemExit(f"storm-sc demo: --epochs must be at least 1, got {args.epochs}.")
+    if args.section is None:
+        return args.data
+    if args.data == "toy":
+        raise SystemExit("storm-sc demo: --section names a her2st section; it does not apply to --data toy.")
+    return "her2st"  # a section named explicitly is run on, or the demo fails: never a silent switch to toy data
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
     import storm_sc as st
 
-    out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"storm-sc demo: {out} already holds results; pass --overwrite or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    choice = _check(args)
+    section = args.section or _DEFAULT_SECTION
     start = time.perf_counter()
-
-    sdata, described, source = _load(args.data, args.section)
+    try:
+        sdata, described, source = _load(choice, section)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as err:
+        raise SystemExit(f"storm-sc demo: cannot read her2st {section}: {err}") from err
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     print(f"storm-sc demo: data = {described}")
     slide = st.io.resolve(sdata)
     print(f"storm-sc demo: {slide}")
@@ -101,17 +123,9 @@ def run(args: argparse.Namespace) -> int:
     sample = np.linspace(0, slide.n_obs - 1, num=min(16, slide.n_obs)).astype(int)
     _save_montage(patches.read(sample), out / "patches.png")
 
-    vocabulary = st.pp.GeneVocabulary.from_genes(slide.table.var_names)
-    aligned = st.pp.align_genes(slide, vocabulary)
     graph = st.pp.spatial_graph(slide, n_neighs=6)
     degrees = np.diff(graph.indptr)
-    summary.update(
-        {
-            "patch_um": 112.0,
-            "genes_matched": int(aligned.n_matched),
-            "graph_mean_degree": float(degrees.mean()),
-        }
-    )
+    summary.update({"patch_um": 112.0, "graph_mean_degree": float(degrees.mean())})
     summary.update(_model_steps(sdata, slide, out, epochs=args.epochs, source=source))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -160,6 +174,10 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
 
     model, described = _get_model(slide, epochs)
     print(f"storm-sc demo: model = {described}")
+    try:
+        genes_in_model = st.pp.align_genes(slide, model.vocabulary).n_matched
+    except ValueError:  # no gene in common
+        genes_in_model = 0
     st.tl.storm_embed(sdata, model, table_key=slide.table_key, verbose=False)
     n_domains = 5
     st.tl.storm_domains(sdata, n_domains=n_domains, table_key=slide.table_key)
@@ -183,6 +201,7 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
         )
     return {
         "model": described,
+        "genes_in_model_vocabulary": int(genes_in_model),
         "slide_in_model_training": seen,
         "embedding_dim": int(table.obsm["X_storm"].shape[1]),
         "n_domains": n_domains,
