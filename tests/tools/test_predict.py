@@ -171,6 +171,11 @@ def test_he_only_slide_errors_before_any_work(toy_sdata_factory, trained_model):
     he, key = _he_only(sdata)
     with pytest.raises(ValueError, match="mpp="):
         st.tl.predict_expression(he, trained_model, genes=["gene_0000"], verbose=False)
+    for bad in (0, -1.0, float("nan")):  # given, but not a scale: says so, instead of asking for `mpp=`
+        with pytest.raises(ValueError, match="must be a positive number"):
+            st.tl.predict_expression(he, trained_model, genes=["gene_0000"], mpp=bad, verbose=False)
+        with pytest.raises(ValueError, match="must be a positive number"):
+            st.tl.storm_embed(he, trained_model, mpp=bad, verbose=False)
     two = sd.SpatialData(images={key: he.images[key], "other": he.images[key]})
     with pytest.raises(ValueError, match="image_key="):
         st.tl.predict_expression(two, trained_model, genes=["gene_0000"], mpp=1.0, verbose=False)

@@ -126,7 +126,8 @@ def _platform_from_tables(sdata: SpatialData) -> str:
     return "generic"
 
 
-def _check_mpp(mpp: float | None) -> None:
+def check_mpp(mpp: float | None) -> None:
+    """Refuse an `mpp` argument that is not a positive finite number (None: not given)."""
     if mpp is None:
         return
     if isinstance(mpp, bool) or not isinstance(mpp, Real) or not math.isfinite(mpp) or mpp <= 0:
@@ -328,7 +329,7 @@ def resolve(
     >>> si.centers_um.tolist()
     [[10.0, 15.0], [30.0, 35.0]]
     """
-    _check_mpp(mpp)
+    check_mpp(mpp)
     if library_id is not None and not isinstance(library_id, str):
         raise TypeError(f"`library_id` must be a string, got {type(library_id).__name__}.")
     if not use_image and image_key is not None:

@@ -14,6 +14,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._resolve import check_mpp
 from storm_sc.models import StormModel
 from storm_sc.models._inference import INFERENCE_DRAWS, LEVELS, parse_device
 
@@ -225,6 +226,7 @@ def storm_embed(
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     check_integer(batch_size, "batch_size", optional=True)
+    check_mpp(mpp)  # before the H&E-only path, which would ask for the `mpp` it was given
     parse_device(device)
     check_integer(adapt_epochs, "adapt_epochs", minimum=0)
     check_integer(n_draws, "n_draws")

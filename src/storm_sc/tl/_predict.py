@@ -16,6 +16,7 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._resolve import check_mpp
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.pp import GeneVocabulary
@@ -142,6 +143,7 @@ def predict_expression(
     if source not in ("auto", "readout", "head"):
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
     check_integer(batch_size, "batch_size")
+    check_mpp(mpp)  # before the H&E-only path, which would ask for the `mpp` it was given
     parse_device(device)
     check_genes(genes)
     given, single = as_slide_list(data)
