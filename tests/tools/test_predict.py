@@ -322,3 +322,18 @@ def test_the_species_of_a_table_is_read_from_its_ids_or_the_case_of_its_symbols(
     assert table_species(table(["gene_0000", "gene_0001"]), None) is None  # nothing to tell by
     ids = np.array(["ENSMUSG00000045394", None, "ENSMUSG00000053093"], dtype=object)
     assert table_species(table(["A", "B", "C"]), ids) == "MUS"
+
+
+def test_he_only_images_that_are_not_rgb_uint8_are_named_as_such(trained_model):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    tissue = np.random.default_rng(0).random((3, 300, 300))
+    floats = sd.SpatialData(images={"he": Image2DModel.parse(tissue.astype(np.float32), dims=("c", "y", "x"))})
+    with pytest.raises(ValueError, match="is float32; H&E patches are read from uint8"):
+        st.tl.storm_embed(floats, trained_model, image_key="he", mpp=1.0, verbose=False)
+    grey = (tissue[:1] * 255).astype(np.uint8)
+    single = sd.SpatialData(images={"he": Image2DModel.parse(grey, dims=("c", "y", "x"))})
+    with pytest.raises(ValueError, match="one channel"):
+        st.tl.predict_expression(single, trained_model, genes=["gene_0000"], image_key="he", mpp=1.0, verbose=False)
+    assert not floats.tables and not single.tables

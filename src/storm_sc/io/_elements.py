@@ -311,3 +311,22 @@ def check_inside(centers_px: np.ndarray, image: DataArray | DataTree, image_key:
             "Choose another `image_key=`, or fix the elements' transformations."
         )
     logger.warning("%s; their patches will be padded.", msg)
+
+
+def check_rgb_pixels(pixels: Any, image_key: str | None) -> None:
+    """Refuse an image H&E cannot be read from: not 1, 3 or 4 channels first, or not uint8.
+
+    ``pixels`` is any ``(c, y, x)`` array (numpy, dask) of the image's full resolution.
+    """
+    n_channels = pixels.shape[0]
+    if n_channels not in (1, 3, 4):
+        raise ValueError(
+            f"Image {image_key!r} has {n_channels} channels; H&E patches need an RGB image (3 channels). This looks "
+            "like an immunofluorescence or morphology image: pass the H&E image with `image_key=`, or use the slide "
+            "expression-only."
+        )
+    if pixels.dtype != np.uint8:
+        raise ValueError(
+            f"Image {image_key!r} is {pixels.dtype}; H&E patches are read from uint8 RGB images. Convert it first, "
+            "e.g. rescale to 0-255 and cast with `.astype('uint8')`."
+        )

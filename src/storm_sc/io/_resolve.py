@@ -239,9 +239,15 @@ def _coordinate_system(slide: Slide, image: DataArray | DataTree | None, image_k
 
 def _require_table(sdata: SpatialData) -> None:
     if not sdata.tables:
+        hint = (
+            " For an H&E image alone, run st.tl.storm_embed or st.tl.predict_expression first: they tile the "
+            "tissue into a table of their own."
+            if sdata.images
+            else ""
+        )
         raise ValueError(
             "This SpatialData has no table (observations x genes). Add one linked to the spots/cells with "
-            "`spatialdata.models.TableModel.parse(..., region=...)`."
+            f"`spatialdata.models.TableModel.parse(..., region=...)`.{hint}"
         )
 
 

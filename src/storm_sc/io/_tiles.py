@@ -16,7 +16,7 @@ from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES
 
-from ._elements import describe_images, image_size, is_brightfield, levels
+from ._elements import check_rgb_pixels, describe_images, image_size, is_brightfield, levels
 
 # Side of the thumbnail the tissue is detected on: fine enough for tiles of ~100 um on any slide here.
 _THUMBNAIL_SIDE = 2048
@@ -55,8 +55,9 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
     rgb = [key for key, element in sdata.images.items() if is_brightfield(element)]
     if image_key is None:
         if len(rgb) != 1:
+            found = "several images could be the H&E" if rgb else "no image looks like an RGB H&E image"
             raise ValueError(
-                f"This SpatialData has no table, so expression is predicted on tiles of its H&E image; pass "
+                f"This SpatialData has no table, so the tools work on tiles of its H&E image, and {found}: pass "
                 f"`image_key=` naming it (images: {describe_images(sdata)})."
             )
         image_key = rgb[0]
@@ -70,6 +71,12 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
             "`mpp=` (microns per pixel of its full resolution, from the scanner metadata)."
         )
     element = sdata.images[image_key]
+    pixels = levels(element)[0].data
+    check_rgb_pixels(pixels, image_key)  # before its thumbnail is cast to uint8 and searched
+    if pixels.shape[0] < 3:
+        raise ValueError(
+            f"Image {image_key!r} has one channel; the tissue is found by its colour, so tiles need an RGB H&E image."
+        )
     width, height = image_size(element)
     step = tile_um / mpp
     thumbnail, factor = _thumbnail(element)

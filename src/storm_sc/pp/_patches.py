@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from storm_sc._constants import DEFAULT_PATCH_PX, DEFAULT_PATCH_UM
 from storm_sc._settings import logger, settings
+from storm_sc.io._elements import check_rgb_pixels
 from storm_sc.io._spatial_input import SpatialInput
 
 from ._input import as_spatial_input
@@ -99,7 +100,7 @@ class PatchDataset(Dataset):
                 f"Slide {si.library_id!r}: some observation centres are NaN or infinite; drop those rows first."
             )
         levels = image_levels(si.image, name=si.image_key or "image")
-        _check_rgb(levels[0], si.image_key)
+        check_rgb_pixels(levels[0].data, si.image_key)
 
         self.patch_um = float(patch_um)
         self.patch_px = int(patch_px)
@@ -310,21 +311,6 @@ def _check_patch_size(patch_um: Any, patch_px: Any) -> None:
         raise ValueError(f"`patch_um` must be a positive number of microns; got {patch_um!r}.")
     if isinstance(patch_px, bool) or not isinstance(patch_px, int | np.integer) or patch_px < 1:
         raise ValueError(f"`patch_px` must be a positive integer; got {patch_px!r}.")
-
-
-def _check_rgb(level: ImageLevel, image_key: str | None) -> None:
-    n_channels = level.data.shape[0]
-    if n_channels not in (1, 3, 4):
-        raise ValueError(
-            f"Image {image_key!r} has {n_channels} channels; H&E patches need an RGB image (3 channels). This looks "
-            "like an immunofluorescence or morphology image: pass the H&E image with `image_key=`, or use the slide "
-            "expression-only."
-        )
-    if level.data.dtype != np.uint8:
-        raise ValueError(
-            f"Image {image_key!r} is {level.data.dtype}; H&E patches are read from uint8 RGB images. Convert it first, "
-            "e.g. rescale to 0-255 and cast with `.astype('uint8')`."
-        )
 
 
 def _resize(window: np.ndarray, crop: tuple[float, float, float, float], size: int) -> np.ndarray:
