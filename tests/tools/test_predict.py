@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +150,11 @@ def test_prediction_on_an_he_only_slide_tiles_its_tissue(toy_sdata_factory, trai
     assert table.obsm["X_storm"].shape[0] == table.n_obs == again.n_obs
     assert table.obs["storm_domain"].nunique() == 3
     np.testing.assert_allclose(again.X[:, 0], pred[:, "gene_0000"].X.ravel(), rtol=1e-5, atol=1e-6)
+    # nothing is measured on tiles: the plot shows the prediction and its s.d., without empty "measured" panels
+    fig = st.pl.expression(he, ["gene_0000", "gene_0001"], show=False)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["gene_0000: predicted", "gene_0001: predicted"]
+    plt.close(fig)
 
 
 def test_embedding_an_he_only_slide_adds_its_tiles(toy_sdata_factory, trained_model):

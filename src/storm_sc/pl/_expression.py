@@ -144,7 +144,9 @@ def expression(
             "predict with st.tl.predict_expression, or pass uncertainty=False."
         )
     slide = cast(SpatialInput, paired.slide)  # resolved: positions=True
-    n_cols = 3 if uncertainty else 2
+    # nothing measured (an H&E-only slide's tiles): no column of empty "not measured" panels
+    with_measured = any(paired.measured[gene] is not None for gene in paired.genes)
+    n_cols = (3 if uncertainty else 2) - (not with_measured)
     fig, axes = panel_axes(len(paired.genes) * n_cols, None, ncols=n_cols, panel_size=(panel_size * 1.15, panel_size))
     diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
     bounds = spot_bounds(slide.centers_um, diameter)
@@ -156,7 +158,7 @@ def expression(
         columns: list[tuple[np.ndarray | None, str, str, tuple[float, float]]] = [
             (measured, "measured", cmap, shared if share_scale or measured is None else _limits(measured)),
             (pred, "predicted", cmap, shared if share_scale else _limits(pred)),
-        ]
+        ][not with_measured :]
         if uncertainty:
             std = paired.predicted_values(gene, LAYER_PREDICTED_STD)
             finite = std[np.isfinite(std)]

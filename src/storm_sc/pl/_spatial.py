@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -18,6 +19,9 @@ from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, rg
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
 from ._slides import as_slides, require_obs, resolve_slide, slide_names
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
+
+# Legend entries per column: about a panel's height of small-font rows.
+_LEGEND_ROWS = 16
 
 
 def _legend_handles(categories: Sequence[str], colors: dict[str, str], with_na: bool) -> list[Line2D]:
@@ -152,12 +156,14 @@ def domains(
         panel.set_title(panel_title)
     if legend:
         with_na = any(pd.isna(lab).any() for lab in labels)
+        handles = _legend_handles(categories, colors, with_na)
         axes[-1].legend(
-            handles=_legend_handles(categories, colors, with_na),
+            handles=handles,
             title=key,
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
             frameon=False,
             fontsize="small",
+            ncol=math.ceil(len(handles) / _LEGEND_ROWS),  # many domains (Leiden on cells) would run off the figure
         )
     return finish(fig, save_path, show)
