@@ -272,6 +272,8 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
+            # Lightning's own use of an API torch deprecated: nothing a user of storm_sc can act on
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             _fit_interruptible(trainer, module, train_loader, val_loader)
 
     best.restore(model.network)
