@@ -169,6 +169,16 @@ def test_embedding_an_he_only_slide_adds_its_tiles(toy_sdata_factory, trained_mo
         st.tl.storm_embed(_he_only(sdata)[0], trained_model, mpp=1.0, modalities="expression", verbose=False)
 
 
+def test_copy_of_an_he_only_slide_leaves_its_attrs_alone(toy_sdata_factory, trained_model):
+    # the copy records the scale it was given; the user's object must not learn an mpp it was never given
+    sdata = toy_sdata_factory(seed=8)
+    he, _ = _he_only(sdata)
+    he.attrs["storm_sc"] = {"note": "mine"}
+    out = st.tl.storm_embed(he, trained_model, mpp=sdata.attrs["storm_sc"]["mpp"], copy=True, verbose=False)
+    assert he.attrs == {"storm_sc": {"note": "mine"}} and not he.tables and "storm_tiles" in out.tables
+    assert out.attrs["storm_sc"]["mpp"] == sdata.attrs["storm_sc"]["mpp"]
+
+
 def test_he_only_slide_errors_before_any_work(toy_sdata_factory, trained_model):
     import spatialdata as sd
     from spatialdata.models import Image2DModel

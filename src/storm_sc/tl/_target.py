@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
     """A copy whose tables can be written without touching ``data``.
 
     Images, shapes, labels and points are shared (tools never write into them, and copying a whole-slide image
-    would cost its size in memory); tables are deep-copied.
+    would cost its size in memory); tables and ``attrs`` are deep-copied (tools record a slide's scale there).
     """
     if isinstance(data, AnnData):
         return data.copy()
@@ -58,7 +59,7 @@ def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
         shapes=dict(data.shapes),
         tables={k: t.copy() for k, t in data.tables.items()},
     )
-    copied.attrs.update(data.attrs)
+    copied.attrs.update(copy.deepcopy(data.attrs))
     return copied
 
 
