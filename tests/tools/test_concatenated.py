@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import spatialdata as sd
 
@@ -195,3 +196,36 @@ def test_results_go_back_by_position_when_obs_names_repeat(toy_sdata_factory):
     st.tl.storm_domains(both, n_domains=3, mpp=TOY_MPP)
     expected = np.concatenate([s["table"].obs["storm_domain"].astype(str) for s in alone.values()])
     assert (table.obs["storm_domain"].astype(str).to_numpy() == expected).all()
+
+
+def test_slides_stacked_in_one_coordinate_system_are_warned_about(toy_sdata_factory, caplog):
+    # Each read into "global" (spatialdata-io's Xenium and CosMx readers do that) and concatenated: one coordinate
+    # system, two overlapping tissues that cannot be told apart by it. Analysed as one slide, but not silently.
+    slides = {name: toy_sdata_factory(seed, n_obs=120) for name, seed in (("a", 1), ("b", 2))}
+    both = sd.concatenate(slides, concatenate_tables=True, merge_coordinate_systems_on_name=True)
+    both.tables["table"].obsm["X_storm"] = both.tables["table"].X.toarray()
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        st.tl.storm_domains(both, n_domains=3, mpp=TOY_MPP)
+    assert "'toy_spots-a' and 'toy_spots-b', which overlap in coordinate system 'global'" in caplog.text
+    assert "rename_coordinate_systems" in caplog.text
+    # the regions of one slide that tile it (fields of view side by side) are not stacked slides
+    one = toy_sdata_factory(3, n_obs=120)
+    table = one.tables["table"]
+    spots = one.shapes["toy_spots"]
+    left = (spots.geometry.x < spots.geometry.x.median()).to_numpy()
+    assert st.io._slides.overlapping_regions(both) == ("toy_spots-a", "toy_spots-b", "global")
+    tiled = sd.SpatialData(
+        images=dict(one.images),
+        shapes={"fov_1": spots[left], "fov_2": spots[~left]},
+        tables={"table": _relinked(table, left)},
+    )
+    assert st.io._slides.overlapping_regions(tiled) is None
+
+
+def _relinked(table, left):
+    from spatialdata.models import TableModel
+
+    table = table.copy()
+    del table.uns[TableModel.ATTRS_KEY]
+    table.obs["region"] = pd.Categorical(np.where(left, "fov_1", "fov_2"))
+    return TableModel.parse(table, region=["fov_1", "fov_2"], region_key="region", instance_key="instance_id")

@@ -5,7 +5,8 @@ of slides suffixes the names with their keys: "global-a", "global-b"), so the el
 observations fall into groups that share no coordinate system: one group per slide.
 That is the rule used here. Elements of one slide that share a coordinate system stay together (CosMx's fields of
 view, which all sit in the slide's ``global``); slides that were concatenated into one coordinate system
-(``merge_coordinate_systems_on_name=True``) cannot be told apart by it and are not split.
+(``merge_coordinate_systems_on_name=True``, or each read into ``"global"``) cannot be told apart by it and are not
+split; the tools warn when such slides overlap (:func:`overlapping_regions`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import TableModel, get_table_keys
+from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM, UNS_STORM
 
@@ -118,6 +120,54 @@ def find_slides(sdata: SpatialData, *, table_key: str | None = None) -> list[Sli
     if len(set(names)) < len(names):  # unlikely: fall back to the element names, which are unique
         parts = [SlidePart("+".join(p.regions), p.table_key, p.regions) for p in parts]
     return parts
+
+
+# Two regions of one table overlapping by more than this share of the smaller one's bounding box are two slides
+# stacked in one coordinate system: one slide's parts (CosMx's fields of view) tile it, touching at their edges.
+_STACKED_OVERLAP = 0.5
+
+
+def overlapping_regions(sdata: SpatialData, *, table_key: str | None = None) -> tuple[str, str, str] | None:
+    """Two regions of one table that lie on top of each other in a shared coordinate system, or ``None``.
+
+    Slides concatenated into one coordinate system (each read into ``"global"``, as spatialdata-io's Xenium and
+    CosMx readers leave them) cannot be told apart by :func:`find_slides`; their elements then overlap, which the
+    parts of one slide do not. Returns ``(region_a, region_b, coordinate_system)`` for the first such pair.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> overlapping_regions(st.datasets.toy(n_obs=50, n_genes=10, seed=0)) is None  # one region
+    True
+    """
+    from spatialdata import get_extent
+
+    keys = [table_key] if table_key in sdata.tables else [k for k, t in sdata.tables.items() if not is_prediction(t)]
+    for key in keys:
+        found = _annotated(sdata.tables[key])
+        if found is None or len(found[0]) < 2:
+            continue
+        elements = {r: find_element(sdata, r) for r in found[0]}
+        if any(e is None for e in elements.values()):
+            continue
+        shared = set.intersection(*(coordinate_systems(e) for e in elements.values()))
+        for cs in sorted(shared):
+            boxes = []
+            for region, element in elements.items():
+                try:
+                    # bounds of the transformed bounding box: exact is only an option for vector elements
+                    exact = {} if isinstance(element, DataArray | DataTree) else {"exact": False}
+                    extent = get_extent(element, coordinate_system=cs, **exact)
+                except (ValueError, KeyError, TypeError):  # one spatialdata cannot bound (empty): no comparison
+                    continue
+                boxes.append((region, np.array([extent["x"], extent["y"]], dtype=float)))
+            for i, (a, box_a) in enumerate(boxes):
+                for b, box_b in boxes[i + 1 :]:
+                    sides = np.minimum(box_a[:, 1], box_b[:, 1]) - np.maximum(box_a[:, 0], box_b[:, 0])
+                    smaller = min(np.prod(np.diff(box_a)), np.prod(np.diff(box_b)))
+                    if smaller > 0 and np.prod(np.clip(sides, 0, None)) > _STACKED_OVERLAP * smaller:
+                        return a, b, cs
+    return None
 
 
 def _slide_name(sdata: SpatialData, regions: list[str]) -> str:

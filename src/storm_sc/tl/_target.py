@@ -18,7 +18,7 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._slides import anndata_slides, find_slides, is_prediction, part_rows, slide_of
+from storm_sc.io._slides import anndata_slides, find_slides, is_prediction, overlapping_regions, part_rows, slide_of
 from storm_sc.io._tiles import tile_observations
 
 
@@ -226,6 +226,24 @@ def _hint_library_key(adata: AnnData) -> None:
     )
 
 
+def _hint_stacked_regions(sdata: SpatialData, table_key: str | None) -> None:
+    """Warn when a SpatialData taken as one slide holds regions lying on top of each other (stacked slides)."""
+    found = overlapping_regions(sdata, table_key=table_key)
+    if found is None:
+        return
+    a, b, cs = found
+    logger.warning(
+        "The SpatialData is analysed as one slide, but its table annotates %r and %r, which overlap in coordinate "
+        "system %r: slides concatenated into one coordinate system, whose observations would be each other's "
+        "neighbours. Give each slide its own coordinate system before spatialdata.concatenate "
+        "(sdata.rename_coordinate_systems({%r: '<slide name>'})), or pass the slides as a list.",
+        a,
+        b,
+        cs,
+        cs,
+    )
+
+
 class SlideFanout:
     """The slides a tool runs on (one per slide of each object given) and the way their results go back.
 
@@ -270,6 +288,8 @@ class SlideFanout:
                     continue
             parts = find_slides(target, table_key=table_key) if isinstance(target, SpatialData) else None
             if parts is None:
+                if isinstance(target, SpatialData) and hint_stacked:
+                    _hint_stacked_regions(target, table_key)
                 self.slides.append(target)
                 self.origins.append(_Origin(i))
                 continue
