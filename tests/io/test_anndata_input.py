@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -205,3 +206,25 @@ def test_positions_only_anndata_needs_mpp_and_has_no_image():
     si = st.io.resolve(adata, mpp=0.5)
     assert not si.has_image
     np.testing.assert_allclose(si.centers_um, [[0, 0], [5, 0], [0, 10]])
+
+
+def test_a_blank_image_is_not_taken_for_the_h_and_e():
+    # scanpy's Visium fixture keeps a black RGBA float hires image beside its real lowres one
+    adata = _visium_adata()
+    adata.uns["spatial"]["lib1"]["images"]["hires"] = np.zeros((400, 400, 4), np.float32)
+    assert st.io.resolve(adata).image_key == "lowres"
+    with pytest.raises(ValueError, match="'hires' of .* shows nothing.*image_key="):
+        st.io.resolve(adata, image_key="hires")
+    adata.uns["spatial"]["lib1"]["images"]["lowres"] = np.full((100, 100, 3), 200, np.uint8)
+    with pytest.raises(ValueError, match=r"\['hires', 'lowres'\] .* show nothing.*pass `mpp=`"):
+        st.io.resolve(adata)
+
+
+def test_scanpy_visium_fixture_uses_its_real_image():
+    import scanpy as sc
+
+    path = real_data("visium_heart_fixture")  # skips without the data folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scanpy's deprecation of read_visium
+        adata = sc.read_visium(path)
+    assert st.io.resolve(adata).image_key == "lowres"  # its hires is a black placeholder

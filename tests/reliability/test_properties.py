@@ -86,7 +86,7 @@ def test_scanpy_layout_anndata_scales_through_the_image(xy, scalef, mpp):
     adata = ad.AnnData(np.ones((len(xy), 2), dtype=np.float32), obsm={"spatial": xy.copy()})
     adata.uns["spatial"] = {
         "lib": {
-            "images": {"hires": np.zeros((side, side, 3), np.uint8)},
+            "images": {"hires": np.eye(side, dtype=np.uint8)[..., None].repeat(3, 2)},
             "scalefactors": {"tissue_hires_scalef": scalef},
         }
     }

@@ -18,7 +18,7 @@ from storm_sc._constants import VISIUM_SPOT_DIAMETER_UM
 from storm_sc._settings import logger
 
 from ._adapter import MAX_SCALE_RATIO
-from ._elements import check_inside, check_table
+from ._elements import check_inside, check_table, is_blank_array
 from ._spatial_input import SpatialInput
 from ._visium import VISIUM_FULLRES_SPOT_UM, VISIUM_SPOT_PITCH_UM, lattice_scale
 
@@ -85,13 +85,30 @@ def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -
     images = lib.get("images") or {}
     scalefs = {k: sf.get(f"tissue_{k}_scalef") for k in images}
     usable = {k: float(v) for k, v in scalefs.items() if v is not None and float(v) > 0}
+    # A blank placeholder (scanpy's Visium fixture ships a black hires image) would pass for a tissue-free H&E.
+    blank = sorted(k for k in usable if is_blank_array(images[k]))
     if image_key is None:
+        if usable and len(blank) == len(usable):
+            raise ValueError(
+                f"The image(s) {blank} of `.uns['spatial'][{library_id!r}]` show nothing (one colour, or fully "
+                "transparent): there is no H&E to read. Put the slide's H&E image there, or delete "
+                "`.uns['spatial']` and pass `mpp=` (microns per unit of `.obsm['spatial']`) to use expression and "
+                "positions alone."
+            )
+        if blank:
+            logger.info("Library %r: image(s) %s show nothing and are not used.", library_id, blank)
+        usable = {k: v for k, v in usable.items() if k not in blank}
         if not usable:
             raise ValueError(
                 f"`.uns['spatial'][{library_id!r}]` has no image with a scalefactor (images: {list(images)}, "
                 f"scalefactors: {list(sf)}); an H&E image with its `tissue_<key>_scalef` is needed."
             )
         image_key = max(usable, key=lambda k: (usable[k], k))
+    elif image_key in blank:
+        raise ValueError(
+            f"Image {image_key!r} of `.uns['spatial'][{library_id!r}]` shows nothing (one colour, or fully "
+            f"transparent); choose another (`image_key=`, images with a scalefactor: {sorted(usable)})."
+        )
     elif image_key not in usable:
         raise ValueError(
             f"No usable image {image_key!r} in `.uns['spatial'][{library_id!r}]['images']`; images with a "
@@ -218,7 +235,7 @@ def resolve_anndata(
     >>> import numpy as np, anndata as ad
     >>> import storm_sc as st
     >>> adata = ad.AnnData(np.ones((1, 2), dtype=np.float32), obsm={"spatial": np.array([[500.0, 400.0]])})
-    >>> adata.uns["spatial"] = {"s1": {"images": {"hires": np.zeros((100, 100, 3), np.uint8)},
+    >>> adata.uns["spatial"] = {"s1": {"images": {"hires": np.eye(100, dtype=np.uint8)[..., None].repeat(3, 2)},
     ...     "scalefactors": {"tissue_hires_scalef": 0.1, "spot_diameter_fullres": 100.0}}}
     >>> si = st.io.resolve(adata)
     >>> si.centers_px.tolist(), round(si.mpp, 2)

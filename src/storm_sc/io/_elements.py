@@ -76,6 +76,21 @@ def is_blank(element: DataArray | DataTree) -> bool:
     return _blank(_pixel_sample(element))
 
 
+def is_blank_array(image: np.ndarray) -> bool:
+    """:func:`is_blank` for a ``(y, x, c)`` array, as scanpy keeps images in ``.uns["spatial"]``.
+
+    Examples
+    --------
+    >>> is_blank_array(np.zeros((8, 8, 4), np.float32)), is_blank_array(np.eye(8)[..., None].repeat(3, axis=2))
+    (True, False)
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    step_y, step_x = max(1, arr.shape[0] // _CHECK_SIDE), max(1, arr.shape[1] // _CHECK_SIDE)
+    return _blank(np.moveaxis(arr[::step_y, ::step_x], -1, 0))
+
+
 def is_brightfield(element: DataArray | DataTree) -> bool:
     """Whether a raster element looks like a bright-field (H&E) image: 8-bit RGB, or RGBA that is not blank.
 
