@@ -81,6 +81,8 @@ def test_umap_errors(sdata, slides):
     bare["table"].obsm["X_storm"] = np.ones((60, 4))  # a throwaway slide, not a fixture
     with pytest.raises(ValueError, match="Nothing to colour by"):
         st.pl.embedding_umap(bare)
+    with pytest.raises(KeyError, match="nope"):  # the missing embedding is named before the missing domains
+        st.pl.embedding_umap(bare, use_rep="nope")
     with pytest.raises(KeyError, match="no_such_column"):
         st.pl.embedding_umap(sdata, color="no_such_column")
     narrow = sdata["table"].copy()

@@ -106,6 +106,10 @@ def test_expression_errors(sdata):
         st.pl.expression(sdata, ["gene_0002", "NOT_A_GENE"])
     with pytest.raises(ValueError, match="gene name"):
         st.pl.expression(sdata, [])
+    asked_outside = sdata.tables["storm_predicted"].copy()
+    asked_outside.uns["storm"]["genes_not_in_model"] = ["NOT_A_GENE"]  # as predict_expression records it
+    with pytest.raises(KeyError, match=r"\['NOT_A_GENE'\] were requested .* not in the model's vocabulary"):
+        st.pl.expression(_copy_with_tables(sdata, table=sdata["table"], storm_predicted=asked_outside), "NOT_A_GENE")
     with pytest.raises(ValueError, match="colormap"):
         st.pl.expression(sdata, "gene_0002", cmap="no_such_map")
     no_prediction = _copy_with_tables(sdata, table=sdata["table"])

@@ -46,8 +46,12 @@ def test_prediction_follows_morphology(toy_sdata_factory, trained_model):
 
 def test_prediction_errors(toy_sdata_factory, trained_model):
     no_image = toy_sdata_factory(seed=8, image=False)
-    with pytest.raises(ValueError, match="no H&E image"):
+    with pytest.raises(ValueError, match="no H&E image.*holds no image: add the slide's H&E"):
         st.tl.predict_expression(no_image, trained_model)
+    positions_only = no_image["table"].copy()
+    positions_only.obsm["spatial"] = np.asarray(st.io.resolve(no_image).centers_um)
+    with pytest.raises(ValueError, match=r"no H&E image.*\.uns\['spatial'\]"):
+        st.tl.predict_expression(positions_only, trained_model, mpp=1.0)
     sdata = toy_sdata_factory(seed=8)
     with pytest.raises(ValueError, match="vocabulary"):
         st.tl.predict_expression(sdata, trained_model, genes=["NOPE"])

@@ -121,6 +121,8 @@ def embedding_umap(
     found = [table_and_name(d, table_key=table_key, predicted_key=TABLE_PREDICTED) for d in slides_data]
     tables = [table for table, _ in found]
     names = unique_names([name for _, name in found])
+    for table, name in zip(tables, names, strict=True):
+        require_obsm(table, use_rep, f"Slide {name!r}")
     if color is None:
         color = [OBS_DOMAIN] if all(OBS_DOMAIN in t.obs for t in tables) else []
         if len(tables) > 1:
@@ -135,7 +137,6 @@ def embedding_umap(
         raise ValueError(f"`color` must be a column name or a list of them, got {color!r}.")
     dims = set()
     for table, name in zip(tables, names, strict=True):
-        require_obsm(table, use_rep, f"Slide {name!r}")
         rep = np.asarray(table.obsm[use_rep])
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise ValueError(f"Slide {name!r}: .obsm[{use_rep!r}] must be a finite 2-D array.")

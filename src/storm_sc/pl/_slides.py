@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING
+from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import is_prediction
@@ -240,9 +240,17 @@ def pick_predicted_genes(genes: str | Sequence[str] | None, predicted: AnnData) 
     """Return ``genes`` as named in the predicted table (every predicted gene for None); unknown ones are an error."""
     if genes is None:
         return [str(g) for g in predicted.var_names]
+    requested = [genes] if isinstance(genes, str) else list(genes) if pd.api.types.is_list_like(genes) else []
+    outside = set(predicted.uns.get(UNS_STORM, {}).get("genes_not_in_model", ())) & {str(g) for g in requested}
+    if outside:
+        raise KeyError(
+            f"Gene(s) {sorted(outside)} were requested from st.tl.predict_expression but are not in "
+            "the model's vocabulary, so they cannot be predicted by this model (see `model.vocabulary`)."
+        )
     return pick_genes(
         genes,
         predicted.var_names,
         what="the predicted table",
-        hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]).",
+        hint="Predict them first with st.tl.predict_expression(sdata, model, genes=[...]); only genes of the "
+        "model's vocabulary can be predicted.",
     )

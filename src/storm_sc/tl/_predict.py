@@ -38,6 +38,21 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
+def _no_image_hint(item: SpatialData | AnnData) -> str:
+    """What to do about a slide resolved without an H&E image, depending on what it holds."""
+    if isinstance(item, AnnData):
+        return (
+            "An AnnData carries its image in .uns['spatial'][library_id]['images'] (scanpy's Visium layout); read "
+            "the slide with its image (scanpy.read_visium, spatialdata_io.visium) or pass a SpatialData holding it."
+        )
+    if not item.images:
+        return (
+            "The SpatialData holds no image: add the slide's H&E to it (for Xenium, "
+            "spatialdata_io.xenium_aligned_image reads the post-Xenium H&E with its alignment), then run again."
+        )
+    return f"Pass `image_key=` naming the H&E image among {sorted(item.images)} (and `mpp=` if its scale is unknown)."
+
+
 def predict_expression(
     data: SpatialData | AnnData | list[SpatialData | AnnData],
     model: StormModel | str | Path | None = None,
@@ -164,7 +179,7 @@ def predict_expression(
         if not slide.has_image:
             raise ValueError(
                 f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
-                "Pass `image_key=` naming the H&E image (and `mpp=` if its scale is unknown)."
+                + _no_image_hint(item)
             )
         slides.append(slide)
     inside, outside = split_genes(genes, net.vocabulary)
