@@ -18,6 +18,8 @@ if not logger.handlers:
     logger.propagate = False
 
 DATA_DIR_ENV = "STORM_SC_DATA_DIR"
+# scanpy's verbosity 0-4 (errors, warnings, info, hints, debug) as logging levels: scverse users set it that way.
+_SCANPY_LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG)
 
 
 @contextlib.contextmanager
@@ -44,7 +46,9 @@ class _Settings:
     Attributes
     ----------
     verbosity
-        A :mod:`logging` level name or number for the ``storm_sc`` logger.
+        Level of the ``storm_sc`` logger: scanpy's scale (0 errors, 1 warnings, 2 info, 3 hints, 4 debug, as
+        ``sc.settings.verbosity``), a :mod:`logging` level name (``"INFO"``) or a :mod:`logging` number (10 and
+        above). Reads back as the :mod:`logging` number.
     data_dir
         Where datasets and checkpoints are cached. Defaults to ``$STORM_SC_DATA_DIR`` or the
         platform cache folder (``~/.cache/storm_sc`` on Linux).
@@ -62,7 +66,17 @@ class _Settings:
 
     @verbosity.setter
     def verbosity(self, level: int | str) -> None:
-        logger.setLevel(level.upper() if isinstance(level, str) else level)
+        if isinstance(level, str):
+            level = level.upper()
+        elif isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"`verbosity` must be 0-4 (scanpy's scale), a logging level name or number; got {level!r}.")
+        elif 0 <= level < len(_SCANPY_LEVELS):
+            level = _SCANPY_LEVELS[level]
+        elif level < logging.DEBUG:
+            raise ValueError(
+                f"`verbosity` must be 0-4 (scanpy's scale) or a logging level (10 and above); got {level}."
+            )
+        logger.setLevel(level)
 
     @property
     def data_dir(self) -> Path:
