@@ -423,5 +423,7 @@ def resolve(
         library_id=str(lib),
         extra=extra,
     )
-    logger.info("Resolved %r (scale from %s).", si, source)
+    # "no image" in the line below would otherwise read as if a slide's image had been lost
+    unused = "" if use_image else "; images are not read for this step"
+    logger.info("Resolved %r (scale from %s%s).", si, source, unused)
     return si
