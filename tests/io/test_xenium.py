@@ -134,12 +134,12 @@ def test_wrong_mpp_for_xenium_is_refused():
 
 
 def test_slide_read_from_zarr_is_named_after_its_file(tmp_path):
-    # The Xenium and CosMx readers record no dataset name: in memory the slide is named after its table, once saved
+    # The Xenium and CosMx readers record no dataset name: in memory the slide is named after its reader, once saved
     # and read back after its file (logs, plot titles, several slides in one call).
     import spatialdata as sd
 
     sdata, _ = xenium_sdata(he=0)
-    assert st.io.resolve(sdata).library_id == "table"
+    assert st.io.resolve(sdata).library_id == "xenium"
     sdata.write(tmp_path / "lung_run3.zarr")
     assert st.io.resolve(sd.read_zarr(tmp_path / "lung_run3.zarr")).library_id == "lung_run3"
     assert st.io.resolve(sd.read_zarr(tmp_path / "lung_run3.zarr"), library_id="mine").library_id == "mine"

@@ -50,7 +50,9 @@ def xenium_toy(*, verbose: bool | None = None) -> SpatialData:
 
     _fetch_folder(_XENIUM_TOY, verbose=verbose)
     logger.info("xenium_toy: the morphology images were downsampled upstream and do not align with the cells")
-    return spatialdata_io.xenium(settings.data_dir / _XENIUM_TOY, cells_labels=False, nucleus_labels=False)
+    sdata = spatialdata_io.xenium(settings.data_dir / _XENIUM_TOY, cells_labels=False, nucleus_labels=False)
+    sdata.attrs.setdefault(ATTRS_STORM, {})["library_id"] = "xenium_toy"  # the reader records no dataset name
+    return sdata
 
 
 def cosmx_lung12(*, verbose: bool | None = None) -> SpatialData:
@@ -75,7 +77,9 @@ def cosmx_lung12(*, verbose: bool | None = None) -> SpatialData:
 
     _fetch_folder(_COSMX, verbose=verbose)
     # the reader converts the transcript CSV to parquet in a temporary folder, not in the data directory
-    return spatialdata_io.cosmx(settings.data_dir / _COSMX, dataset_id="Lung12")
+    sdata = spatialdata_io.cosmx(settings.data_dir / _COSMX, dataset_id="Lung12")
+    sdata.attrs.setdefault(ATTRS_STORM, {})["library_id"] = "Lung12"  # the reader records no dataset name
+    return sdata
 
 
 def xenium_lung_he(*, mpp: float | None = None, verbose: bool | None = None) -> SpatialData:

@@ -268,9 +268,12 @@ def _linked_table(sdata: SpatialData, table_key: str | None) -> tuple[str, Platf
 
 
 def _slide_name(sdata: SpatialData, adapter: PlatformAdapter, slide: Slide) -> str:
-    # Readers record no dataset name for Xenium or CosMx; a slide saved to and read from zarr is named by its file.
+    # Readers record no dataset name for Xenium or CosMx; a slide saved to and read from zarr is named by its file,
+    # one just read by spatialdata-io after its reader ("xenium" says more in a log or a plot title than "table").
     stored = Path(str(sdata.path)).name.removesuffix(".zarr") if getattr(sdata, "path", None) else None
-    return str(adapter.library_id(slide) or stored or slide.table_key)
+    reader = sdata.attrs.get(_READER_ATTR)
+    reader = reader.rsplit(".", 1)[-1] if isinstance(reader, str) and reader else None
+    return str(adapter.library_id(slide) or stored or reader or slide.table_key)
 
 
 def slide_name(sdata: SpatialData, *, table_key: str | None = None) -> str:
