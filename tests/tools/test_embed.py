@@ -93,6 +93,24 @@ def test_embed_several_slides(toy_sdata_factory, trained_model):
     assert len(dims) == 1
 
 
+def test_one_mpp_per_slide_of_a_list(toy_sdata_factory, trained_model):
+    # a slide that knows its scale beside a table of positions in another unit: one call, one mpp each
+    sdata = toy_sdata_factory(seed=1)
+    cells = sdata["table"].copy()
+    cells.obsm["spatial"] = st.io.resolve(sdata).centers_um / 0.5  # half-micron units
+    alone = st.tl.storm_embed(cells, trained_model, mpp=0.5, copy=True, verbose=False).obsm["X_storm"]
+    st.tl.storm_embed([sdata, cells], trained_model, mpp=[None, 0.5], verbose=False)
+    np.testing.assert_allclose(cells.obsm["X_storm"], alone, atol=1e-5)
+    assert sdata["table"].uns["storm"]["X_storm"]["modalities"][0] == "image"
+    st.tl.storm_domains([sdata, cells], n_domains=3, mpp=[None, 0.5])
+    assert cells.obs["storm_domain"].nunique() == 3
+    with pytest.raises(ValueError, match="holds 3 values for 2 object"):
+        st.tl.storm_embed([sdata, cells], trained_model, mpp=[None, 0.5, 1.0], key_added="x")
+    with pytest.raises(ValueError, match="`mpp` must be a positive number"):
+        st.tl.predict_expression([sdata, cells], trained_model, mpp=[None, -1.0])
+    assert "x" not in cells.obsm and "storm_predicted" not in sdata.tables
+
+
 def test_embed_reads_a_counts_layer_and_a_symbols_column(toy_sdata_factory, trained_model):
     # The scanpy habit: .X normalised and scaled for PCA, counts kept in a layer, var_names as Ensembl-like ids.
     plain = toy_sdata_factory(seed=3)

@@ -170,7 +170,8 @@ def _check_scale(
             raise ValueError(
                 f"`mpp={user_mpp:g}` is {off} than the scale of this {platform} slide found from {found.source} "
                 f"(mpp = {native:.4g}){what}. `mpp` is microns per full-resolution pixel of the chosen image; "
-                "check its units, or leave `mpp=None` to use the data's own scale."
+                "check its units, or leave `mpp=None` to use the data's own scale (the tools take one `mpp` per "
+                "slide of a list: e.g. mpp=[None, 0.5])."
             )
         return
     if size_um is None:

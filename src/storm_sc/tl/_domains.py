@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ from ._target import (
     check_key_free,
     check_params_slot,
     copy_for_output,
+    mpp_per_object,
     record_params,
 )
 
@@ -233,7 +235,7 @@ def storm_domains(
     library_key: str | None = None,
     random_state: int = 0,
     table_key: str | None = None,
-    mpp: float | None = None,
+    mpp: float | Sequence[float | None] | None = None,
     smooth_steps: int = 2,
     smooth_weight: float = 0.5,
     center: Literal["slide", "all"] = "slide",
@@ -286,7 +288,8 @@ def storm_domains(
         Which table, when the SpatialData holds several.
     mpp
         Microns per coordinate unit, for slides that do not record their scale (e.g. an AnnData with positions
-        only; as given to :func:`storm_sc.tl.storm_embed`).
+        only; as given to :func:`storm_sc.tl.storm_embed`): one number, or a list with one value (or ``None``) per
+        object of ``data``.
     smooth_steps, smooth_weight
         Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing). Tissue
         whose layers are about one spot thick (the olfactory bulb on legacy ST) keeps them better with one step.
@@ -334,15 +337,16 @@ def storm_domains(
     if center not in ("slide", "all"):
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)
+    mpps = mpp_per_object(mpp, len(slides))
     outputs = [copy_for_output(s) for s in slides] if copy else slides
     # the slides of a SpatialData holding several, as a list (stacked sections: see library_key)
     fanout = SlideFanout(outputs, table_key, hint_stacked=library_key is None)
     targets = fanout.slides
 
     resolved: list[SpatialInput] = []
-    for t in targets:
+    for t, origin in zip(targets, fanout.origins, strict=True):
         # Domains need positions and the embedding, not the image: do not let a missing or misplaced image stop them.
-        slide = resolve(t, table_key=table_key, mpp=mpp, use_image=False)
+        slide = resolve(t, table_key=table_key, mpp=mpps[origin.owner], use_image=False)
         table = slide.table
         if use_rep not in table.obsm:
             raise KeyError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -14,7 +15,6 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
-from storm_sc.io._resolve import check_mpp
 from storm_sc.models import StormModel
 from storm_sc.models._inference import INFERENCE_DRAWS, LEVELS, parse_device
 
@@ -29,6 +29,7 @@ from ._target import (
     check_params_slot,
     copy_for_output,
     is_he_only,
+    mpp_per_object,
     record_params,
     resolve_or_tile,
 )
@@ -101,7 +102,7 @@ def storm_embed(
     *,
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | None = None,
+    mpp: float | Sequence[float | None] | None = None,
     library_key: str | None = None,
     modalities: Modalities = "auto",
     layer: str | None = None,
@@ -149,7 +150,8 @@ def storm_embed(
         reference checkpoint bundled with storm_sc.
     table_key, image_key, mpp
         Which table and image to use and the image's microns per pixel, when they cannot be found unambiguously
-        (see :func:`storm_sc.io.resolve`).
+        (see :func:`storm_sc.io.resolve`). For a list of slides scanned at different resolutions, ``mpp`` may be a
+        list with one value (or ``None``: the slide's own scale) per object of ``data``.
     library_key
         Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
         Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is then analysed on its
@@ -226,12 +228,12 @@ def storm_embed(
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     check_integer(batch_size, "batch_size", optional=True)
-    check_mpp(mpp)  # before the H&E-only path, which would ask for the `mpp` it was given
     parse_device(device)
     check_integer(adapt_epochs, "adapt_epochs", minimum=0)
     check_integer(n_draws, "n_draws")
     check_client(client)
     slides, single = as_slide_list(data)
+    mpps = mpp_per_object(mpp, len(slides))  # before the H&E-only path, which would ask for the `mpp` it was given
     outputs = [copy_for_output(s) for s in slides] if copy else slides
     # a SpatialData of several slides (or an AnnData of several libraries) is embedded slide by slide
     fanout = SlideFanout(outputs, table_key, library_key=library_key)
@@ -242,9 +244,9 @@ def storm_embed(
     net = get_model(model, verbose=verbose) if any(is_he_only(t, table_key) for t in targets) else None
     patch_um = None if net is None else net.config.patch_um
     resolved, tiles = [], []
-    for target in targets:
+    for target, origin in zip(targets, fanout.origins, strict=True):
         slide, tiled = resolve_or_tile(
-            target, patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
+            target, patch_um, table_key=table_key, image_key=image_key, mpp=mpps[origin.owner], overwrite=overwrite
         )
         resolved.append(slide)
         tiles.append(tiled)

@@ -16,7 +16,6 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
-from storm_sc.io._resolve import check_mpp
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.pp import GeneVocabulary
@@ -30,6 +29,7 @@ from ._target import (
     as_slide_list,
     check_integer,
     check_table_key_free,
+    mpp_per_object,
     record_params,
     resolve_or_tile,
 )
@@ -61,7 +61,7 @@ def predict_expression(
     source: str = "auto",
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | None = None,
+    mpp: float | Sequence[float | None] | None = None,
     library_key: str | None = None,
     key_added: str = TABLE_PREDICTED,
     device: str = "auto",
@@ -105,7 +105,8 @@ def predict_expression(
         which predicted each gene. The reference's head is at chance on sections it never saw (mean r 0.000 on
         three held-out Visium FFPE sections, its readout 0.03-0.06; ``docs/model_card.md``).
     table_key, image_key, mpp
-        Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`).
+        Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`); ``mpp``
+        may be a list with one value (or ``None``) per object of ``data``.
     library_key
         Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
         Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is predicted on its own,
@@ -158,10 +159,10 @@ def predict_expression(
     if source not in ("auto", "readout", "head"):
         raise ValueError(f"`source` must be 'auto', 'readout' or 'head'; got {source!r}.")
     check_integer(batch_size, "batch_size")
-    check_mpp(mpp)  # before the H&E-only path, which would ask for the `mpp` it was given
     parse_device(device)
     check_genes(genes)
     given, single = as_slide_list(data)
+    mpps = mpp_per_object(mpp, len(given))  # before the H&E-only path, which would ask for the `mpp` it was given
     for item in given:
         if isinstance(item, SpatialData):
             check_table_key_free(item, key_added, overwrite=overwrite)
@@ -170,10 +171,15 @@ def predict_expression(
     items = fanout.slides
     net = get_model(model, verbose=verbose)
     slides, tiles = [], []
-    for item in items:
+    for item, origin in zip(items, fanout.origins, strict=True):
         # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
         slide, tiled = resolve_or_tile(
-            item, net.config.patch_um, table_key=table_key, image_key=image_key, mpp=mpp, overwrite=overwrite
+            item,
+            net.config.patch_um,
+            table_key=table_key,
+            image_key=image_key,
+            mpp=mpps[origin.owner],
+            overwrite=overwrite,
         )
         tiles.append(tiled)
         if not slide.has_image:
