@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -104,6 +105,10 @@ def test_one_mpp_per_slide_of_a_list(toy_sdata_factory, trained_model):
     assert sdata["table"].uns["storm"]["X_storm"]["modalities"][0] == "image"
     st.tl.storm_domains([sdata, cells], n_domains=3, mpp=[None, 0.5])
     assert cells.obs["storm_domain"].nunique() == 3
+    fig = st.pl.domains([sdata, cells], mpp=[None, 0.5])  # drawn in microns: the same extent for both
+    widths = [np.ptp(ax.get_xlim()) for ax in fig.axes[:2]]
+    assert widths[1] == pytest.approx(widths[0], rel=0.05)  # the same tissue, in microns
+    plt.close(fig)
     with pytest.raises(ValueError, match="holds 3 values for 2 object"):
         st.tl.storm_embed([sdata, cells], trained_model, mpp=[None, 0.5, 1.0], key_added="x")
     with pytest.raises(ValueError, match="`mpp` must be a positive number"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from numbers import Real
 from pathlib import Path
@@ -135,6 +136,32 @@ def check_mpp(mpp: float | None) -> None:
             f"`mpp` must be a positive number of microns per full-resolution pixel of the image (per coordinate "
             f"unit when there is no image); got {mpp!r}."
         )
+
+
+def mpp_per_object(mpp: float | Sequence[float | None] | None, n_objects: int) -> list[float | None]:
+    """``mpp`` as one value per object given to a tool: the same for all, or a list with one per object.
+
+    Slides of different scanners (or an AnnData of positions beside a SpatialData that knows its scale) need
+    different values in one call, which analyses them together. Each value is checked by
+    :func:`check_mpp`.
+
+    Examples
+    --------
+    >>> mpp_per_object(0.5, 2), mpp_per_object([None, 0.25], 2)
+    ([0.5, 0.5], [None, 0.25])
+    """
+    if isinstance(mpp, list | tuple):
+        if len(mpp) != n_objects:
+            raise ValueError(
+                f"`mpp` holds {len(mpp)} values for {n_objects} object(s) given; pass one value (or None) per object, "
+                "in the order of `data`, or a single number for all."
+            )
+        values = list(mpp)
+    else:
+        values = [mpp] * n_objects
+    for value in values:
+        check_mpp(value)
+    return values
 
 
 def _no_scale_message(platform: str, image_key: str | None) -> str:

@@ -12,7 +12,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._resolve import is_prediction
+from storm_sc.io._resolve import is_prediction, mpp_per_object
 from storm_sc.io._slides import anndata_slides, find_slides, library_column, slide_of
 
 Data = SpatialData | AnnData
@@ -24,9 +24,7 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
     Where several are drawn (``many``), a SpatialData holding several slides (``spatialdata.concatenate``) gives
     one panel per slide, as a list of them would.
     """
-    if isinstance(data, SpatialData | AnnData):
-        if many:
-            return _panels(data)
+    if isinstance(data, SpatialData | AnnData) and not many:
         names = _slide_names(data)
         if len(names) > 1:
             # measured-vs-predicted comparisons are per slide: pooling slides would mix their batch effects
@@ -35,11 +33,26 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
                 f"e.g. st.io.split_slides(data)[{names[0]!r}]."
             )
         return [data]
+    return [slide for item in _objects(data, caller=caller, many=many) for slide in _panels(item)]
+
+
+def as_slides_with_mpp(data: Any, mpp: Any, *, caller: str) -> tuple[list[Data], list[float | None]]:
+    """:func:`as_slides` (``many``) and the ``mpp`` of each slide: one for all, or one per object of a list."""
+    objects = _objects(data, caller=caller, many=True)
+    mpps = mpp_per_object(mpp, len(objects))
+    pairs = [(slide, value) for item, value in zip(objects, mpps, strict=True) for slide in _panels(item)]
+    return [slide for slide, _ in pairs], [value for _, value in pairs]
+
+
+def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
+    """The objects given: ``data`` itself, or the items of a non-empty list of them (``many``)."""
+    if isinstance(data, SpatialData | AnnData):
+        return [data]
     if many and isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
         bad = sorted({type(d).__name__ for d in data if not isinstance(d, SpatialData | AnnData)})
         if bad:
             raise TypeError(f"`{caller}`: `data` must hold SpatialData or AnnData objects; got {bad}.")
-        return [slide for item in data for slide in _panels(item)]
+        return list(data)
     expected = "a SpatialData, an AnnData or a non-empty list of them" if many else "a SpatialData or an AnnData"
     hint = "" if many or not isinstance(data, Sequence) else "; plot one slide per call"
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")

@@ -17,7 +17,7 @@ from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
 
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
-from ._slides import as_slides, require_obs, resolve_slide, slide_names
+from ._slides import as_slides_with_mpp, require_obs, resolve_slide, slide_names
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
 
 # Legend entries per column: about a panel's height of small-font rows.
@@ -51,7 +51,7 @@ def domains(
     key: str = OBS_DOMAIN,
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | None = None,
+    mpp: float | Sequence[float | None] | None = None,
     image: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
     spot_size: float | None = None,
@@ -82,7 +82,8 @@ def domains(
         The measured table, when the SpatialData holds several besides ``tables["storm_predicted"]``.
     image_key, mpp
         The H&E image, when several could be used, and its microns per pixel (per unit of ``.obsm["spatial"]`` for
-        an AnnData without image), when the data do not state it (see :func:`storm_sc.io.resolve`).
+        an AnnData without image), when the data do not state it (see :func:`storm_sc.io.resolve`); ``mpp`` may be
+        a list with one value (or ``None``) per object of ``data``, as for :func:`storm_sc.tl.storm_embed`.
     image
         Draw the H&E image under the observations (when the slide has one).
     ax
@@ -118,7 +119,7 @@ def domains(
     >>> len(fig.axes)
     1
     """
-    slides_data = as_slides(data, caller="domains", many=True)
+    slides_data, mpps = as_slides_with_mpp(data, mpp, caller="domains")
     check_flag(image, "image")
     check_flag(legend, "legend")
     check_flag(show, "show")
@@ -129,8 +130,8 @@ def domains(
     if not isinstance(key, str):
         raise TypeError(f"`key` must be the name of a column of .obs, got {key!r}.")
     slides = [
-        resolve_slide(d, table_key=table_key, predicted_key=TABLE_PREDICTED, image_key=image_key, mpp=mpp)
-        for d in slides_data
+        resolve_slide(d, table_key=table_key, predicted_key=TABLE_PREDICTED, image_key=image_key, mpp=m)
+        for d, m in zip(slides_data, mpps, strict=True)
     ]
     names = slide_names(slides)
     labels = []

@@ -15,6 +15,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._resolve import mpp_per_object
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._components import shared_genes
 from storm_sc.pp._graph import grid_pitch, library_codes
@@ -27,7 +28,6 @@ from ._target import (
     check_key_free,
     check_params_slot,
     copy_for_output,
-    mpp_per_object,
     record_params,
 )
 

@@ -15,6 +15,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._resolve import mpp_per_object
 from storm_sc.models import StormModel
 from storm_sc.models._inference import INFERENCE_DRAWS, LEVELS, parse_device
 
@@ -29,7 +30,6 @@ from ._target import (
     check_params_slot,
     copy_for_output,
     is_he_only,
-    mpp_per_object,
     record_params,
     resolve_or_tile,
 )

@@ -16,6 +16,7 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._resolve import mpp_per_object
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.pp import GeneVocabulary
@@ -29,7 +30,6 @@ from ._target import (
     as_slide_list,
     check_integer,
     check_table_key_free,
-    mpp_per_object,
     record_params,
     resolve_or_tile,
 )

@@ -18,7 +18,6 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._resolve import check_mpp
 from storm_sc.io._slides import anndata_slides, find_slides, is_prediction, overlapping_regions, part_rows, slide_of
 from storm_sc.io._tiles import tile_observations
 
@@ -43,32 +42,6 @@ def as_slide_list(data: Any, name: str = "data") -> tuple[list[SpatialData | Ann
     raise TypeError(
         f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them; got {type(data).__name__}."
     )
-
-
-def mpp_per_object(mpp: Any, n_objects: int) -> list[float | None]:
-    """``mpp`` as one value per object given to a tool: the same for all, or a list with one per object.
-
-    Slides of different scanners (or an AnnData of positions beside a SpatialData that knows its scale) need
-    different values in one call, which analyses them together. Each value is checked as
-    :func:`storm_sc.io._resolve.check_mpp` checks one.
-
-    Examples
-    --------
-    >>> mpp_per_object(0.5, 2), mpp_per_object([None, 0.25], 2)
-    ([0.5, 0.5], [None, 0.25])
-    """
-    if isinstance(mpp, list | tuple):
-        if len(mpp) != n_objects:
-            raise ValueError(
-                f"`mpp` holds {len(mpp)} values for {n_objects} object(s) given; pass one value (or None) per object, "
-                "in the order of `data`, or a single number for all."
-            )
-        values = list(mpp)
-    else:
-        values = [mpp] * n_objects
-    for value in values:
-        check_mpp(value)
-    return values
 
 
 def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
