@@ -315,7 +315,8 @@ def check_compatible(path: Path, metadata: dict[str, str]) -> None:
             f"{path} uses checkpoint format {version}, written by storm_sc {written_by}; this storm_sc ({__version__}) "
             f"reads format {FORMAT_VERSION} and older. Upgrade storm_sc."
         )
-    if _release(written_by) > _release(__version__):
+    # a source tree run without installing has no version to compare (0.0.0+unknown): its code is whatever it is
+    if not __version__.endswith("+unknown") and _release(written_by) > _release(__version__):
         raise IncompatibleCheckpointError(
             f"{path} was written by storm_sc {written_by}, newer than the installed {__version__}; its architecture "
             "may rely on code this version lacks. Upgrade storm_sc."
