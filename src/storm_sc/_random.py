@@ -1,11 +1,19 @@
-"""Seeded blocks of torch code that leave the caller's global random state as it was."""
+"""Seeded blocks of code that leave the caller's global random state as it was."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import os
+import random
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
+import numpy as np
 import torch
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -35,3 +43,61 @@ def seeded_torch(seed: int | None) -> Iterator[None]:
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+# Environment variables through which Lightning's seed_everything hands its seed to worker processes.
+_LIGHTNING_SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextlib.contextmanager
+def global_random_state_kept() -> Iterator[None]:
+    """Run a block that seeds Python's, NumPy's and torch's global generators, then give the caller's back.
+
+    Training seeds them all (Lightning's ``seed_everything``) so that a run is reproducible; a user who seeded
+    their own analysis must not find it reset by ``model.fit`` or ``storm_embed(adapt_epochs=...)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> _ = np.random.seed(5)
+    >>> with global_random_state_kept():
+    ...     np.random.seed(0)
+    >>> float(np.random.rand()) == float(np.random.RandomState(5).rand())
+    True
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    env = {key: os.environ.get(key) for key in _LIGHTNING_SEED_ENV}
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def keeps_global_random_state(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a function that seeds the global generators so that it runs inside :func:`global_random_state_kept`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> @keeps_global_random_state
+    ... def reseeds():
+    ...     np.random.seed(0)
+    >>> _ = np.random.seed(5); reseeds()
+    >>> float(np.random.rand()) == float(np.random.RandomState(5).rand())
+    True
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with global_random_state_kept():
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -57,6 +57,21 @@ def test_same_seed_same_weights_and_other_seed_differs(small_toy):
     assert c.weights_digest() != a.weights_digest()
 
 
+def test_training_gives_the_callers_global_random_state_back(small_toy):
+    import os
+    import random
+
+    import torch
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    seed_env = os.environ.get("PL_GLOBAL_SEED")
+    pretrain(small_toy, model="storm-tiny", max_epochs=1, batch_size=32, seed=0, verbose=False)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert os.environ.get("PL_GLOBAL_SEED") == seed_env
+
+
 def test_output_dir_holds_checkpoint_logs_and_manifest(toy_pair, tmp_path):
     slides = [
         TrainingSlide(toy_pair["a"], name="a", group="P1", source={"loader": "toy", "args": {"seed": 1}}),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from storm_sc._random import keeps_global_random_state
 from storm_sc._settings import logger, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
 from storm_sc.models._inference import native_bf16
@@ -109,6 +110,7 @@ def _lightning_messages(show: bool) -> Iterator[None]:
         yield
 
 
+@keeps_global_random_state
 def fit(
     model: StormModel,
     data: Any,
@@ -130,7 +132,8 @@ def fit(
     expression-only contextual embeddings), reconstruction of masked gene tokens from the joint view, and
     prediction of measured expression from H&E and positions only; modality dropout teaches the model to embed
     observations with either modality missing. Validation holds out whole slide groups (patients),
-    and training stops early when the validation loss stops improving; the best weights are kept.
+    and training stops early when the validation loss stops improving; the best weights are kept. Python's, NumPy's
+    and torch's global generators are seeded for the run (``seed``) and given back as they were afterwards.
 
     Parameters
     ----------
