@@ -136,3 +136,12 @@ def test_embed_reads_a_counts_layer_and_a_symbols_column(toy_sdata_factory, trai
     st.tl.storm_embed(sdata, trained_model, layer="counts", gene_symbols="symbol", verbose=False)
     np.testing.assert_allclose(table.obsm["X_storm"], expected, rtol=1e-5, atol=1e-6)
     assert table.uns["storm"]["X_storm"]["layer"] == "counts"
+
+
+def test_the_recorded_model_names_a_pretrained_release_passed_as_an_object():
+    from storm_sc.tl._model_arg import model_name
+
+    reference = st.models.StormModel.from_pretrained()
+    assert model_name(reference, reference).startswith(f"{reference.pretrained_name} (in-memory")
+    untrained = st.models.StormModel("storm-tiny", ["A", "B"], seed=0)
+    assert model_name(untrained, untrained) == "storm-tiny (in-memory)"

@@ -27,4 +27,6 @@ def model_name(model: StormModel, given: Any) -> str:
         return f"{reference_name()} (bundled reference)"
     if isinstance(given, str | Path):
         return str(given)
+    if model.pretrained_name:  # from_pretrained, not trained since: the release it is
+        return f"{model.pretrained_name} (in-memory, from_pretrained)"
     return f"{model.config.name} (in-memory)"
