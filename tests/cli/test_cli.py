@@ -42,8 +42,9 @@ def test_demo_on_toy_data_writes_results(tmp_path, capsys):
     [
         (["--data", "toy", "--section", "A1"], "does not apply to --data toy"),
         (["--data", "toy", "--epochs", "-1"], "--epochs must be at least 1"),
-        (["--data", "her2st", "--section", "Z9"], "cannot read her2st Z9"),
-        (["--section", "Z9"], "cannot read her2st Z9"),  # a section named is never replaced by toy data
+        (["--data", "her2st", "--section", "Z9"], "unknown her2st section 'Z9'"),
+        (["--section", "Z9"], "unknown her2st section 'Z9'"),  # a section named is never replaced by toy data
+        (["--section", "A1"], "her2st A1 has no H&E image.*choose a section with one"),  # patient C's only
     ],
 )
 def test_demo_refuses_bad_arguments_before_writing(tmp_path, argv, message):
@@ -55,3 +56,8 @@ def test_demo_refuses_bad_arguments_before_writing(tmp_path, argv, message):
     a_file.write_text("")
     with pytest.raises(SystemExit, match="is a file"):
         main(["demo", "--data", "toy", "--out", str(a_file)])
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().err

@@ -53,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # a script calling storm-sc without a command must see that it did nothing
+        parser.print_help(sys.stderr)
+        return 2
     if args.quiet:
         from storm_sc import settings
 

@@ -90,6 +90,17 @@ def _check(args: argparse.Namespace) -> str:
         return args.data
     if args.data == "toy":
         raise SystemExit("storm-sc demo: --section names a her2st section; it does not apply to --data toy.")
+    from storm_sc.datasets._her2st import her2st_image_path, her2st_local_image, her2st_sections
+
+    sections = her2st_sections()
+    if args.section not in sections:
+        raise SystemExit(f"storm-sc demo: unknown her2st section {args.section!r}; choose one of {sections}.")
+    if her2st_image_path(args.section) is None and her2st_local_image(args.section) is None:
+        with_images = [s for s in sections if her2st_image_path(s) is not None or her2st_local_image(s) is not None]
+        raise SystemExit(
+            f"storm-sc demo: her2st {args.section} has no H&E image, registered or in the data directory, and the "
+            f"demo predicts expression from H&E; choose a section with one: {with_images}."
+        )
     return "her2st"  # a section named explicitly is run on, or the demo fails: never a silent switch to toy data
 
 
