@@ -127,8 +127,11 @@ print("same embedding after loading:", same)
 #
 # Fine-tuning is `fit` on a trained model: the weights (and the expression decoders' gene statistics) are kept
 # and training continues on the new slides. The vocabulary stays the model's; genes of the new slides outside it
-# are ignored and vocabulary genes they do not measure are masked. Here the new slide is a Visium FFPE mouse brain
-# section, another platform (55 um spots) and another tissue.
+# are ignored and vocabulary genes they do not measure are masked. The expression readout is refitted on the new
+# slides, since the features it reads change with the weights: it then covers the genes they measure, and a
+# warning names how many genes the previous readout covered that the new one does not (keep the original model to
+# predict those). Here the new slide is a Visium FFPE mouse brain section, another platform (55 um spots) and
+# another tissue.
 
 # %%
 brain = st.datasets.visium_ffpe("V10F24-078_A1")
@@ -162,8 +165,8 @@ print("embedding changed by fine-tuning:", not np.allclose(before, after))
 # torchrun --nproc_per_node=8 -m storm_sc.cli pretrain --config recipe.yaml  # 8 GPUs with DDP
 # ```
 #
-# `configs/` in the repository holds the recipes of the named models (`storm-small.yaml` for the reference CPU
-# checkpoint, `storm-base.yaml` for GPUs).
+# `configs/` in the repository holds the recipes of the named models (`storm-tiny.yaml` for the shipped reference
+# checkpoint, `storm-small.yaml` for a larger CPU model, `storm-base.yaml` for GPUs).
 
 # %%
 recipe_text = f"""

@@ -127,6 +127,24 @@ def test_fit_continues_an_existing_model_and_checks_arguments(small_toy):
         fit("storm-tiny", small_toy)
 
 
+def test_fine_tuning_says_which_genes_the_refitted_readout_no_longer_covers(small_toy, caplog):
+    import spatialdata as sd
+
+    model = StormModel("storm-tiny", small_toy["table"].var_names, seed=1)
+    fit(model, small_toy, max_steps=2, batch_size=16, val_fraction=0.0, verbose=False)
+    assert model.readout.n_genes == 30
+    half = sd.SpatialData(
+        images=dict(small_toy.images),
+        shapes=dict(small_toy.shapes),
+        tables={"table": small_toy["table"][:, :15].copy()},
+        attrs=dict(small_toy.attrs),
+    )
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        fit(model, half, max_steps=2, batch_size=16, val_fraction=0.0, verbose=False)
+    assert model.readout.n_genes == 15
+    assert "covers 15 genes, the model's previous readout (1 slides) covered 30, 15 of them no longer" in caplog.text
+
+
 def test_worker_processes_do_not_change_the_result(small_toy):
     kw = {"model": "storm-tiny", "max_epochs": 2, "batch_size": 32, "seed": 2, "verbose": False}
     in_process = pretrain(small_toy, num_workers=0, **kw)

@@ -159,7 +159,7 @@ def visium_ffpe(section: str = "V10F24-078_A1", *, verbose: bool | None = None) 
 
     Returns
     -------
-    The SpatialData of ``spatialdata_io.visium`` (hires H&E at ~3.4 um/px, spots, table of integer counts). For
+    The SpatialData of ``spatialdata_io.visium`` (hires H&E at ~4.2 um/px, spots, table of integer counts). For
     organoid sections ``.obs["organoid"]`` holds the published organoid id (NaN outside the selected organoids).
 
     Examples

@@ -129,8 +129,8 @@ def resolve_pretrained(name: str | None, *, verbose: bool | None = None) -> Path
 
     Examples
     --------
-    >>> resolve_pretrained("storm-small")  # doctest: +SKIP
-    PosixPath('.../storm_sc/models/weights/storm-small.safetensors')
+    >>> resolve_pretrained("storm-tiny-public-v5")  # doctest: +SKIP
+    PosixPath('.../storm_sc/models/weights/storm-tiny-public-v5.safetensors')
     """
     import pooch
 

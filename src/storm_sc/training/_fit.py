@@ -326,9 +326,25 @@ def _fit_readout(
     both = {p.name: p.inputs for p in prepared if p.inputs.has_image and p.inputs.expression is not None}
     if not opts.expression_readout or not both:
         return None
+    before = model.readout
     # Every process fits the same readout from the same weights, so the returned models stay identical.
     model.fit_expression_readout(both, device=device, verbose=verbose)
-    return model.readout
+    after = model.readout
+    if before is not None and after is not None:
+        lost = len(set(before.gene_ids) - set(after.gene_ids))
+        if lost:
+            # the old readout reads features the new weights no longer make, so it cannot be kept; say what it cost
+            logger.warning(
+                "The expression readout was refitted on the %d training slide(s): it covers %d genes, the model's "
+                "previous readout (%d slides) covered %d, %d of them no longer. predict_expression predicts those "
+                "with the network head; keep the original model for them, or fine-tune on more slides.",
+                len(after.slides),
+                after.n_genes,
+                len(before.slides),
+                before.n_genes,
+                lost,
+            )
+    return after
 
 
 def _fit_interruptible(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any) -> None:
