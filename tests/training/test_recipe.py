@@ -77,6 +77,14 @@ def test_missing_files_are_refused(tmp_path):
         load_recipe(_write(tmp_path, datasets=[{"path": str(tmp_path / "gone.zarr")}], output_dir="x"))
 
 
+def test_a_recipe_continues_training_a_registered_pretrained_model(tmp_path):
+    name = st.models.list_pretrained()[0]
+    recipe = load_recipe(_write(tmp_path, model={"checkpoint": name}, datasets=[TOY], output_dir=str(tmp_path / "o")))
+    assert recipe.checkpoint.is_file() and recipe.model == StormModel.from_pretrained(name).config
+    with pytest.raises(FileNotFoundError, match=f"no pretrained model of that name.*{name}"):
+        load_recipe(_write(tmp_path, model={"checkpoint": "no-such-model"}, datasets=[TOY], output_dir="x"))
+
+
 def test_cli_dry_run_and_a_real_run_from_a_zarr_path(tmp_path, capsys):
     sdata = st.datasets.toy(n_obs=120, n_genes=24, n_domains=3, seed=0)
     sdata.write(tmp_path / "slide.zarr")

@@ -123,6 +123,19 @@ def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> None:
         raise ValueError(f"Unknown key(s) {extra} in {where}; valid keys: {sorted(valid)}.")
 
 
+def _pretrained_names() -> list[str]:
+    from storm_sc.models._pretrained import list_pretrained
+
+    return list_pretrained()
+
+
+def _registered_checkpoint(name: str) -> Path | None:
+    """The file of a registered pretrained model (the bundled reference, or downloaded once), for ``checkpoint``."""
+    from storm_sc.models._pretrained import resolve_pretrained
+
+    return resolve_pretrained(name) if name in _pretrained_names() else None
+
+
 def _model_config(raw: dict[str, Any]) -> tuple[StormConfig, Path | None]:
     spec = raw.get("model", "storm-small")
     overrides: dict[str, Any] = {}
@@ -142,9 +155,14 @@ def _model_config(raw: dict[str, Any]) -> tuple[StormConfig, Path | None]:
         overrides["patch_um"] = float(raw["patch_um"])
     if "patch_px" in raw:
         overrides["image_size"] = int(raw["patch_px"])
+    if checkpoint is not None and not checkpoint.is_file():
+        checkpoint = _registered_checkpoint(str(spec["checkpoint"])) or checkpoint
     if checkpoint is not None:
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"`model.checkpoint`: no file at {checkpoint}.")
+            raise FileNotFoundError(
+                f"`model.checkpoint`: no file at {checkpoint}, and no pretrained model of that name (registered: "
+                f"{_pretrained_names()})."
+            )
         if overrides:
             raise ValueError("A checkpoint's architecture is fixed: drop `model.overrides` / patch_um / patch_px.")
         return StormConfig.from_dict(StormModel.inspect(checkpoint)["config"]), checkpoint
@@ -199,7 +217,7 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
     ----------
     path
         The YAML file. Top-level keys: ``model`` (a config name, or ``{name, overrides}``, or ``{checkpoint}``
-        to continue training), ``datasets`` (list of ``{loader, args}`` or ``{path}`` with optional ``name``,
+        to continue training: a file, or a registered pretrained name such as the bundled reference's), ``datasets`` (list of ``{loader, args}`` or ``{path}`` with optional ``name``,
         ``group``, ``table_key``, ``image_key``, ``mpp``, ...), ``training`` / ``split`` / ``trainer`` (fields of
         :class:`TrainingConfig`), ``output_dir``, ``vocabulary`` (a JSON file, or ``{min_slides, max_genes}``
         filters of the datasets' union), ``patch_um`` / ``patch_px``, ``seed``. Relative paths are relative to the working directory.
