@@ -54,6 +54,18 @@ def test_detects_normalized(counts):
     assert st.pp.detect_counts(sparse.csr_matrix(counts / lib * 1e4)) == "normalized"
 
 
+@pytest.mark.parametrize("base", [2, 10])
+def test_log1p_in_another_base_is_refused_not_misread(counts, base):
+    lib = np.maximum(counts.sum(1, keepdims=True), 1)
+    logged = (np.log1p(counts / lib * 1e4) / np.log(base)).astype(np.float32)
+    with pytest.raises(ValueError, match=rf"log{base}\(1 \+ x\).*np.log1p\({base} \*\* X - 1\)"):
+        st.pp.detect_counts(sparse.csr_matrix(logged))
+    with pytest.raises(ValueError, match=f"log{base}"):
+        st.pp.normalize_expression(logged)
+    # converted as the message says, it is read as log1p
+    assert st.pp.detect_counts(np.log1p(base ** logged.astype(np.float64) - 1)) == "log1p"
+
+
 def test_detect_uses_the_layer(counts):
     adata = ad.AnnData(_scanpy_log1p(counts, 1e4), layers={"counts": counts})
     assert st.pp.detect_counts(adata) == "log1p"

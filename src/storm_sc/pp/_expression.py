@@ -171,7 +171,8 @@ def detect_counts(adata_or_matrix: AnnData | Matrix, *, layer: str | None = None
     - ``"counts"``: every value a non-negative integer.
     - ``"log1p"``: non-integer, at most ~20, and ``expm1`` of each row is a scaled set of integers (what
       ``sc.pp.normalize_total`` or any size-factor normalisation followed by ``sc.pp.log1p`` gives).
-    - ``"normalized"``: any other non-negative data (CPM, library-size fractions, ...).
+    - ``"normalized"``: any other non-negative data (CPM, library-size fractions, ...). Values that are
+      ``log(1 + x)`` in base 2 or 10 (e.g. ``sc.pp.log1p(adata, base=2)``) are refused rather than read as such.
 
     Parameters
     ----------
@@ -217,7 +218,24 @@ def _detect(x: Matrix) -> ExpressionKind:
             _LOG1P_MAX,
         )
         return "log1p"
-    return "log1p" if as_log >= 0.9 else "normalized"
+    if as_log >= 0.9:
+        return "log1p"
+    _refuse_other_log_bases(x)
+    return "normalized"
+
+
+def _refuse_other_log_bases(x: Matrix) -> None:
+    """Refuse log(1 + x) in base 2 or 10, which would otherwise be read as normalised (not logged) values."""
+    rows = [r.astype(np.float64) for r in _probe_rows(x)]
+    if (_rescaled_integers(rows) or 0.0) >= 0.9:
+        return  # linear normalised values (fractions of the library): nearly linear in any log base when small
+    for base, how in ((2, "sc.pp.log1p(adata, base=2)"), (10, "log10(1 + x)")):
+        if (_rescaled_integers([np.power(base, r) - 1 for r in rows]) or 0.0) >= 0.9:
+            raise ValueError(
+                f"The expression values look like log{base}(1 + x) of normalised counts ({how}); storm_sc reads "
+                "counts, normalised values or natural-log log1p values. Pass the raw counts with `layer=`, or "
+                f"convert: np.log1p({base} ** X - 1)."
+            )
 
 
 def validated_kind(x: Matrix, kind: ExpressionKind | None) -> ExpressionKind:
