@@ -159,6 +159,15 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     np.testing.assert_allclose(stacked.obsm["X_storm"], np.vstack(alone), atol=1e-5)
     assert not np.allclose(as_one.obsm["X_storm"], stacked.obsm["X_storm"], atol=1e-3)
     assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
+    st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp=mpp["s1"])
+    fig = st.pl.domains(stacked, library_key="library_id", mpp=mpp["s1"])  # one panel per section, not overlaid
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
+    plt.close(fig)
+    fig = st.pl.embedding_umap(stacked, library_key="library_id")  # the sections as slides to colour by
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["s1", "s2"]
+    plt.close(fig)
+    with pytest.raises(KeyError, match="`domains`: `library_key` 'sample'"):
+        st.pl.domains(stacked, library_key="sample", mpp=mpp["s1"])
     # with the images kept (uns_merge="unique"), naming the column gives what finding it does
     both, _ = _scanpy_concat()
     both.obs["sample"] = both.obs["library_id"].map({"s1": "a", "s2": "b"}).astype(str)

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity
@@ -177,7 +178,7 @@ def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_i
         platform="generic",
         coordinate_system=_OBSM_KEY,
         centers_um=xy * float(mpp),
-        library_id=library_id or "slide",
+        library_id=library_id or named_library(adata),
         extra={"mpp_source": "given (microns per coordinate unit)"},
     )
     logger.info("Resolved %r (positions only: no image).", si)
@@ -197,7 +198,22 @@ def anndata_slide_name(adata: AnnData) -> str:
     _require_positions(adata)
     libs = adata.uns.get(_UNS_KEY)
     # with no libraries, resolve reads the positions alone; with several, _library says how to pick one
-    return _library(adata, None)[0] if isinstance(libs, dict) and libs else "slide"
+    return _library(adata, None)[0] if isinstance(libs, dict) and libs else named_library(adata)
+
+
+def named_library(adata: AnnData) -> str:
+    """A positions-only AnnData's name: its one ``.obs["library_id"]`` (one section of a stack), else "slide".
+
+    Examples
+    --------
+    >>> import anndata as ad, pandas as pd
+    >>> named_library(ad.AnnData(obs=pd.DataFrame({"library_id": ["s1", "s1"]}, index=["a", "b"])))
+    's1'
+    """
+    column = adata.obs.get("library_id")
+    if column is not None and len(names := pd.unique(column.astype(str))) == 1:
+        return str(names[0])
+    return "slide"
 
 
 def resolve_anndata(

@@ -21,7 +21,7 @@ from storm_sc.tl._domains import centre_each_slide
 
 from ._colors import categorical_column, category_colors
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
-from ._slides import as_slides, require_obs, require_obsm, table_and_name, unique_names
+from ._slides import require_obs, require_obsm, slides_to_draw, table_and_name, unique_names
 
 #: Default name of the column telling slides apart in the UMAP (only in the throwaway AnnData).
 SLIDE_KEY = "slide"
@@ -33,6 +33,7 @@ def embedding_umap(
     use_rep: str = OBSM_EMBEDDING,
     color: str | Sequence[str] | None = None,
     slide_key: str = SLIDE_KEY,
+    library_key: str | None = None,
     table_key: str | None = None,
     n_neighbors: int = 15,
     min_dist: float = 0.5,
@@ -64,6 +65,9 @@ def embedding_umap(
     slide_key
         Name under which the slide of each observation (its library id) can be coloured; an ``.obs`` column of
         that name in the tables is used instead when present.
+    library_key
+        Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat``): each
+        section is then a slide (of ``slide_key``), as given to the tools.
     table_key
         The measured table, when a SpatialData holds several besides ``tables["storm_predicted"]``.
     n_neighbors
@@ -104,7 +108,7 @@ def embedding_umap(
     """
     import scanpy as sc
 
-    slides_data = as_slides(data, caller="embedding_umap", many=True)
+    slides_data, _ = slides_to_draw(data, caller="embedding_umap", library_key=library_key)
     check_flag(show, "show")
     check_positive(point_size, "point_size")
     check_positive(panel_size, "panel_size", allow_none=False)

@@ -12,6 +12,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._anndata import named_library
 from storm_sc.io._resolve import is_prediction, mpp_per_object
 from storm_sc.io._slides import anndata_slides, find_slides, library_column, slide_of
 
@@ -36,12 +37,32 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
     return [slide for item in _objects(data, caller=caller, many=many) for slide in _panels(item)]
 
 
-def as_slides_with_mpp(data: Any, mpp: Any, *, caller: str) -> tuple[list[Data], list[float | None]]:
-    """:func:`as_slides` (``many``) and the ``mpp`` of each slide: one for all, or one per object of a list."""
+def slides_to_draw(
+    data: Any, *, caller: str, mpp: Any = None, library_key: str | None = None
+) -> tuple[list[Data], list[float | None]]:
+    """:func:`as_slides` (``many``) and the ``mpp`` of each slide: one for all, or one per object of a list.
+
+    ``library_key``: the ``.obs`` column telling apart sections stacked in one AnnData (``anndata.concat``), each
+    then a slide of its own, as ``library_key`` of the tools makes them.
+    """
     objects = _objects(data, caller=caller, many=True)
     mpps = mpp_per_object(mpp, len(objects))
-    pairs = [(slide, value) for item, value in zip(objects, mpps, strict=True) for slide in _panels(item)]
+    if library_key is not None:
+        _check_library_key(objects, library_key, caller)
+    pairs = [(slide, value) for item, value in zip(objects, mpps, strict=True) for slide in _panels(item, library_key)]
     return [slide for slide, _ in pairs], [value for _, value in pairs]
+
+
+def _check_library_key(objects: list[Data], library_key: str, caller: str) -> None:
+    for item in objects:
+        if isinstance(item, SpatialData):
+            raise ValueError(
+                f"`{caller}`: `library_key` splits an AnnData holding several sections (anndata.concat); a "
+                "SpatialData's slides are told apart by their coordinate systems. Drop it, or pass the slides as a "
+                "list."
+            )
+        if library_key not in item.obs:
+            raise KeyError(f"`{caller}`: `library_key` {library_key!r} is not a column of .obs.")
 
 
 def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
@@ -58,10 +79,10 @@ def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
 
 
-def _panels(item: Data) -> list[Data]:
+def _panels(item: Data, library_key: str | None = None) -> list[Data]:
     """The slides of one object: itself, or each slide of a SpatialData (or AnnData) holding several."""
     if isinstance(item, AnnData):
-        libraries = anndata_slides(item)
+        libraries = anndata_slides(item, library_key)
         return [item] if libraries is None else [piece for _, _, piece in libraries]
     parts = find_slides(item)
     return [item] if parts is None else [slide_of(item, part) for part in parts]
@@ -136,7 +157,7 @@ def table_and_name(data: Data, *, table_key: str | None, predicted_key: str | No
         return slide.table, slide.library_id
     table = measured_table(data, table_key=table_key, predicted_key=predicted_key)
     libraries = table.uns.get("spatial")
-    name = next(iter(libraries)) if isinstance(libraries, dict) and len(libraries) == 1 else "slide"
+    name = next(iter(libraries)) if isinstance(libraries, dict) and len(libraries) == 1 else named_library(table)
     return table, str(name)
 
 

@@ -17,7 +17,7 @@ from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
 
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
-from ._slides import as_slides_with_mpp, require_obs, resolve_slide, slide_names
+from ._slides import require_obs, resolve_slide, slide_names, slides_to_draw
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
 
 # Legend entries per column: about a panel's height of small-font rows.
@@ -52,6 +52,7 @@ def domains(
     table_key: str | None = None,
     image_key: str | None = None,
     mpp: float | Sequence[float | None] | None = None,
+    library_key: str | None = None,
     image: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
     spot_size: float | None = None,
@@ -84,6 +85,9 @@ def domains(
         The H&E image, when several could be used, and its microns per pixel (per unit of ``.obsm["spatial"]`` for
         an AnnData without image), when the data do not state it (see :func:`storm_sc.io.resolve`); ``mpp`` may be
         a list with one value (or ``None``) per object of ``data``, as for :func:`storm_sc.tl.storm_embed`.
+    library_key
+        Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat``): one
+        panel per section, as given to the tools.
     image
         Draw the H&E image under the observations (when the slide has one).
     ax
@@ -119,7 +123,7 @@ def domains(
     >>> len(fig.axes)
     1
     """
-    slides_data, mpps = as_slides_with_mpp(data, mpp, caller="domains")
+    slides_data, mpps = slides_to_draw(data, caller="domains", mpp=mpp, library_key=library_key)
     check_flag(image, "image")
     check_flag(legend, "legend")
     check_flag(show, "show")
