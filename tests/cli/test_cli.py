@@ -61,3 +61,11 @@ def test_demo_refuses_bad_arguments_before_writing(tmp_path, argv, message):
 def test_no_command_is_a_usage_error(capsys):
     assert main([]) == 2
     assert "demo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["-q", "demo"], ["demo", "-q"], ["demo", "--quiet"]])
+def test_quiet_before_or_after_the_command(argv):
+    from storm_sc.cli import _build_parser
+
+    assert _build_parser().parse_args(argv).quiet is True
+    assert _build_parser().parse_args(["demo"]).quiet is False

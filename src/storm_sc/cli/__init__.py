@@ -31,6 +31,11 @@ def _build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as err:  # a command whose module is not part of this build
             if err.name != module:
                 raise
+    for command in subparsers.choices.values():
+        # `storm-sc demo -q` as well as `storm-sc -q demo`; SUPPRESS keeps a -q given before the command
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only print warnings and errors"
+        )
     return parser
 
 
