@@ -208,16 +208,24 @@ def test_positions_only_anndata_needs_mpp_and_has_no_image():
     np.testing.assert_allclose(si.centers_um, [[0, 0], [5, 0], [0, 10]])
 
 
-def test_a_blank_image_is_not_taken_for_the_h_and_e():
+def test_a_blank_image_is_not_taken_for_the_h_and_e(storm_log):
     # scanpy's Visium fixture keeps a black RGBA float hires image beside its real lowres one
     adata = _visium_adata()
     adata.uns["spatial"]["lib1"]["images"]["hires"] = np.zeros((400, 400, 4), np.float32)
     assert st.io.resolve(adata).image_key == "lowres"
     with pytest.raises(ValueError, match="'hires' of .* shows nothing.*image_key="):
         st.io.resolve(adata, image_key="hires")
+    # with blank images only, no H&E is read: the spots are still placed by the scale the data record
+    placed = st.io.resolve(adata).centers_um
     adata.uns["spatial"]["lib1"]["images"]["lowres"] = np.full((100, 100, 3), 200, np.uint8)
-    with pytest.raises(ValueError, match=r"\['hires', 'lowres'\] .* show nothing.*pass `mpp=`"):
-        st.io.resolve(adata)
+    adata.uns["spatial"]["lib1"]["images"]["broken"] = None
+    si = st.io.resolve(adata)
+    assert "show nothing (one colour, or fully transparent): no H&E is read" in storm_log.text
+    assert not si.has_image and si.platform == "visium"
+    np.testing.assert_allclose(si.centers_um, placed)
+    storm_log.clear()
+    assert not st.io.resolve(adata, use_image=False).has_image  # a step that needs no pixels: no warning either
+    assert "show nothing" not in storm_log.text
 
 
 def test_scanpy_visium_fixture_uses_its_real_image():

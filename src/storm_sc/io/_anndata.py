@@ -80,8 +80,12 @@ def _to_uint8_rgb(img: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -> tuple[str, float]:
-    """Choose the image (highest resolution by default); return it with its scalefactor from full-res pixels."""
+def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -> tuple[str, float, bool]:
+    """The chosen image (highest resolution by default), its scalefactor from full-res pixels, and whether it shows.
+
+    When every image is blank, the highest-resolution one is still returned (its scalefactor places the spots), with
+    ``False``: the slide then has no H&E to read.
+    """
     sf = lib["scalefactors"]
     images = lib.get("images") or {}
     scalefs = {k: sf.get(f"tissue_{k}_scalef") for k in images}
@@ -89,22 +93,15 @@ def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -
     # A blank placeholder (scanpy's Visium fixture ships a black hires image) would pass for a tissue-free H&E.
     blank = sorted(k for k in usable if is_blank_array(images[k]))
     if image_key is None:
-        if usable and len(blank) == len(usable):
-            raise ValueError(
-                f"The image(s) {blank} of `.uns['spatial'][{library_id!r}]` show nothing (one colour, or fully "
-                "transparent): there is no H&E to read. Put the slide's H&E image there, or delete "
-                "`.uns['spatial']` and pass `mpp=` (microns per unit of `.obsm['spatial']`) to use expression and "
-                "positions alone."
-            )
-        if blank:
-            logger.info("Library %r: image(s) %s show nothing and are not used.", library_id, blank)
-        usable = {k: v for k, v in usable.items() if k not in blank}
         if not usable:
             raise ValueError(
                 f"`.uns['spatial'][{library_id!r}]` has no image with a scalefactor (images: {list(images)}, "
                 f"scalefactors: {list(sf)}); an H&E image with its `tissue_<key>_scalef` is needed."
             )
-        image_key = max(usable, key=lambda k: (usable[k], k))
+        shown = {k: v for k, v in usable.items() if k not in blank} or usable
+        image_key = max(shown, key=lambda k: (shown[k], k))
+        if blank and image_key not in blank:
+            logger.info("Library %r: image(s) %s show nothing and are not used.", library_id, blank)
     elif image_key in blank:
         raise ValueError(
             f"Image {image_key!r} of `.uns['spatial'][{library_id!r}]` shows nothing (one colour, or fully "
@@ -115,7 +112,7 @@ def _choose_image(lib: dict[str, Any], library_id: str, image_key: str | None) -
             f"No usable image {image_key!r} in `.uns['spatial'][{library_id!r}]['images']`; images with a "
             f"scalefactor: {sorted(usable)}."
         )
-    return image_key, usable[image_key]
+    return image_key, usable[image_key], image_key not in blank
 
 
 def _image_mpp(
@@ -222,6 +219,7 @@ def resolve_anndata(
     image_key: str | None = None,
     mpp: float | None = None,
     library_id: str | None = None,
+    use_image: bool = True,
 ) -> SpatialInput:
     """Resolve a scanpy-style Visium AnnData; called by :func:`storm_sc.io.resolve`.
 
@@ -237,6 +235,9 @@ def resolve_anndata(
         ``.obs["array_col"]``), else from ``spot_diameter_fullres`` (Space Ranger's theoretical 65 um spot).
     library_id
         Library in ``.uns["spatial"]``; required when there are several.
+    use_image
+        Read the image (``False``: positions in microns only, for steps that need no pixels). Blank images (one
+        colour, or fully transparent) are never read: with only such images, the slide is resolved without one.
 
     Without ``.uns["spatial"]``, the positions alone are used (expression-only), and ``mpp`` is then required:
     microns per unit of ``.obsm["spatial"]``.
@@ -268,8 +269,34 @@ def resolve_anndata(
     if not adata.uns.get(_UNS_KEY) and image_key is None:
         return _positions_only(adata, xy, mpp, library_id)
     library_id, lib = _library(adata, library_id)
-    image_key, scalef = _choose_image(lib, library_id, image_key)
+    image_key, scalef, shows = _choose_image(lib, library_id, image_key)
     image_mpp, source = _image_mpp(adata, xy, lib, library_id, image_key, scalef, mpp)
+    extra = {
+        "mpp_source": source,
+        "scalefactor": scalef,
+        "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
+        "spot_pitch_um": VISIUM_SPOT_PITCH_UM,
+    }
+    if not shows or not use_image:
+        if not shows and use_image:
+            logger.warning(
+                "The image(s) of `.uns['spatial'][%r]` show nothing (one colour, or fully transparent): no H&E is "
+                "read, only expression and positions. Put the slide's H&E image there to use it.",
+                library_id,
+            )
+        # the spots are placed in microns by the scale the data record, whether or not an image is read
+        si = SpatialInput(
+            table=adata,
+            table_key=None,
+            regions=(),
+            platform="visium",
+            coordinate_system=_OBSM_KEY,
+            centers_um=xy * scalef * image_mpp,
+            library_id=library_id,
+            extra=extra,
+        )
+        logger.info("Resolved %r (scale from %s).", si, source)
+        return si
 
     rgb = _to_uint8_rgb(lib["images"][image_key])
     image = Image2DModel.parse(
@@ -289,12 +316,7 @@ def resolve_anndata(
         centers_px=centers_px,
         mpp=image_mpp,
         library_id=library_id,
-        extra={
-            "mpp_source": source,
-            "scalefactor": scalef,
-            "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
-            "spot_pitch_um": VISIUM_SPOT_PITCH_UM,
-        },
+        extra=extra,
     )
     logger.info("Resolved %r (scale from %s).", si, source)
     return si

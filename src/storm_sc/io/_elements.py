@@ -84,9 +84,13 @@ def is_blank_array(image: np.ndarray) -> bool:
     >>> is_blank_array(np.zeros((8, 8, 4), np.float32)), is_blank_array(np.eye(8)[..., None].repeat(3, axis=2))
     (True, False)
     """
+    if image is None:
+        return True
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
+    if arr.ndim != 3 or arr.size == 0:
+        return True  # not an image at all: nothing to show either
     step_y, step_x = max(1, arr.shape[0] // _CHECK_SIDE), max(1, arr.shape[1] // _CHECK_SIDE)
     return _blank(np.moveaxis(arr[::step_y, ::step_x], -1, 0))
 

@@ -374,7 +374,7 @@ def resolve(
     if isinstance(data, AnnData):
         if table_key is not None:
             raise ValueError("`table_key` applies to a SpatialData; an AnnData is itself the table. Drop it.")
-        si = resolve_anndata(data, image_key=image_key, mpp=mpp, library_id=library_id)
+        si = resolve_anndata(data, image_key=image_key, mpp=mpp, library_id=library_id, use_image=use_image)
         return si if use_image else replace(si, image_key=None, image=None, centers_px=None, mpp=None)
     if not isinstance(data, SpatialData):
         raise TypeError(f"`data` must be a SpatialData or an AnnData, got {type(data).__name__}.")
