@@ -145,3 +145,12 @@ def test_the_recorded_model_names_a_pretrained_release_passed_as_an_object():
     assert model_name(reference, reference).startswith(f"{reference.pretrained_name} (in-memory")
     untrained = st.models.StormModel("storm-tiny", ["A", "B"], seed=0)
     assert model_name(untrained, untrained) == "storm-tiny (in-memory)"
+
+
+def test_a_refitted_readout_is_no_longer_the_release(toy_sdata_factory, trained_model):
+    import copy
+
+    model = copy.deepcopy(trained_model)
+    model.pretrained_name = "some-release"  # as from_pretrained sets it
+    model.fit_expression_readout(toy_sdata_factory(seed=1))
+    assert model.pretrained_name is None

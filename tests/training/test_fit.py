@@ -143,6 +143,10 @@ def test_fine_tuning_says_which_genes_the_refitted_readout_no_longer_covers(smal
         fit(model, half, max_steps=2, batch_size=16, val_fraction=0.0, verbose=False)
     assert model.readout.n_genes == 15
     assert "covers 15 genes, the model's previous readout (1 slides) covered 30, 15 of them no longer" in caplog.text
+    # trained again without refitting it, the readout would read features the weights no longer make: dropped
+    fit(model, half, max_steps=1, batch_size=16, val_fraction=0.0, expression_readout=False, verbose=False)
+    assert model.readout is None and "readout" not in model.manifest
+    assert "expression readout (15 genes) is dropped" in caplog.text
 
 
 def test_worker_processes_do_not_change_the_result(small_toy):

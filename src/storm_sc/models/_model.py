@@ -605,6 +605,7 @@ class StormModel:
             inputs=inputs_read,
             penalty_strata=penalty_strata,
         )
+        self.pretrained_name = None  # its predictions are no longer the release's
         return self
 
     # -- training -------------------------------------------------------------------------------------------

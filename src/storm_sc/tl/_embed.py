@@ -286,7 +286,8 @@ def storm_embed(
         from storm_sc.training import TrainingSlide
 
         adapt_on = [TrainingSlide(slide, layer=layer, gene_symbols=gene_symbols) for slide in resolved]
-        # the adapted copy only embeds: refitting its expression readout would cost time and warn for nothing
+        # the adapted copy only embeds: its expression readout is neither refitted (time) nor kept (stale)
+        net.readout = None
         net.fit(adapt_on, max_epochs=adapt_epochs, seed=random_state, expression_readout=False, verbose=verbose)
 
     results = map_slides(

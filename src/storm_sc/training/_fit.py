@@ -325,6 +325,17 @@ def _fit_readout(
     """
     both = {p.name: p.inputs for p in prepared if p.inputs.has_image and p.inputs.expression is not None}
     if not opts.expression_readout or not both:
+        if model.readout is not None:
+            # it reads features the new weights no longer make: kept, it would predict from the wrong features
+            logger.warning(
+                "The model's expression readout (%d genes) is dropped: the weights changed and it was not refitted "
+                "(%s). predict_expression uses the network head until model.fit_expression_readout(...) is run.",
+                model.readout.n_genes,
+                "expression_readout=False"
+                if not opts.expression_readout
+                else "no training slide has H&E and expression",
+            )
+            model.readout = None
         return None
     before = model.readout
     # Every process fits the same readout from the same weights, so the returned models stay identical.
