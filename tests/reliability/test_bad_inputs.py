@@ -332,7 +332,7 @@ CASES: dict[str, Any] = {
         "embed", two_slides(uns_storm_not_a_dict), {}, TypeError, r"\.uns\['storm'\] is a str, not a dict"
     ),
     # ---- st.tl.predict_expression
-    "predict/missing_image": Case("predict", no_image, {}, ValueError, r"no H&E image.*Pass `image_key=`"),
+    "predict/missing_image": Case("predict", no_image, {}, ValueError, r"no H&E image.*holds no image: add the slide's H&E"),
     "predict/image_in_other_coordinate_system": Case(
         "predict", image_in_other_cs, {}, ValueError, r"No H&E image .* shares a coordinate system"
     ),
