@@ -168,6 +168,11 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     plt.close(fig)
     with pytest.raises(KeyError, match="`domains`: `library_key` 'sample'"):
         st.pl.domains(stacked, library_key="sample", mpp=mpp["s1"])
+    by_batch = stacked.copy()
+    by_batch.obs = by_batch.obs.rename(columns={"library_id": "batch"})  # any column name, not only scanpy's
+    fig = st.pl.domains(by_batch, library_key="batch", mpp=mpp["s1"])
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
+    plt.close(fig)
     # with the images kept (uns_merge="unique"), naming the column gives what finding it does
     both, _ = _scanpy_concat()
     both.obs["sample"] = both.obs["library_id"].map({"s1": "a", "s2": "b"}).astype(str)

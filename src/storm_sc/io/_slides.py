@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from geopandas import GeoDataFrame
 from spatialdata import SpatialData
 from spatialdata.models import TableModel, get_table_keys
 from xarray import DataArray, DataTree
@@ -25,7 +26,7 @@ from xarray import DataArray, DataTree
 from storm_sc._constants import ATTRS_STORM, UNS_STORM
 
 from ._anndata import anndata_slide_name
-from ._elements import coordinate_systems, element_of, find_element
+from ._elements import affine_xy, apply_affine, coordinate_systems, element_of, find_element, image_size
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def overlapping_regions(sdata: SpatialData, *, table_key: str | None = None) -> 
 
     Slides concatenated into one coordinate system (each read into ``"global"``, as spatialdata-io's Xenium and
     CosMx readers leave them) cannot be told apart by :func:`find_slides`; their elements then overlap, which the
-    parts of one slide do not. Returns ``(region_a, region_b, coordinate_system)`` for the first such pair.
+    parts of one slide do not. Returns ``(region_a, region_b, coordinate_system)`` for the first such pair. Runs on
+    every tool call: the regions' bounding boxes come from their sizes and transformations, without reading data.
 
     Examples
     --------
@@ -140,8 +142,6 @@ def overlapping_regions(sdata: SpatialData, *, table_key: str | None = None) -> 
     >>> overlapping_regions(st.datasets.toy(n_obs=50, n_genes=10, seed=0)) is None  # one region
     True
     """
-    from spatialdata import get_extent
-
     keys = [table_key] if table_key in sdata.tables else [k for k, t in sdata.tables.items() if not is_prediction(t)]
     for key in keys:
         found = _annotated(sdata.tables[key])
@@ -151,23 +151,38 @@ def overlapping_regions(sdata: SpatialData, *, table_key: str | None = None) -> 
         if any(e is None for e in elements.values()):
             continue
         shared = set.intersection(*(coordinate_systems(e) for e in elements.values()))
-        for cs in sorted(shared):
-            boxes = []
-            for region, element in elements.items():
-                try:
-                    # bounds of the transformed bounding box: exact is only an option for vector elements
-                    exact = {} if isinstance(element, DataArray | DataTree) else {"exact": False}
-                    extent = get_extent(element, coordinate_system=cs, **exact)
-                except (ValueError, KeyError, TypeError):  # one spatialdata cannot bound (empty): no comparison
-                    continue
-                boxes.append((region, np.array([extent["x"], extent["y"]], dtype=float)))
-            for i, (a, box_a) in enumerate(boxes):
-                for b, box_b in boxes[i + 1 :]:
-                    sides = np.minimum(box_a[:, 1], box_b[:, 1]) - np.maximum(box_a[:, 0], box_b[:, 0])
-                    smaller = min(np.prod(np.diff(box_a)), np.prod(np.diff(box_b)))
-                    if smaller > 0 and np.prod(np.clip(sides, 0, None)) > _STACKED_OVERLAP * smaller:
-                        return a, b, cs
+        if not shared:
+            continue
+        cs = "global" if "global" in shared else sorted(shared)[0]
+        named = [(r, box) for r, e in elements.items() if (box := _bounding_box(e, cs)) is not None]
+        if len(named) < 2:
+            continue
+        boxes = np.array([box for _, box in named])  # (n, 4): x0, y0, x1, y1
+        sides = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:]) - np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+        overlap = np.prod(np.clip(sides, 0, None), axis=-1)
+        area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=-1)
+        smaller = np.minimum(area[:, None], area[None, :])
+        stacked = np.triu((smaller > 0) & (overlap > _STACKED_OVERLAP * smaller), k=1)
+        if stacked.any():
+            i, j = np.argwhere(stacked)[0]
+            return named[i][0], named[j][0], cs
     return None
+
+
+def _bounding_box(element: object, cs: str) -> np.ndarray | None:
+    """``(x0, y0, x1, y1)`` of an element in ``cs``: a raster's pixel frame or shapes' bounds, transformed."""
+    if isinstance(element, DataArray | DataTree):
+        width, height = image_size(element)
+        corners = np.array([[0.0, 0.0], [width, 0.0], [0.0, height], [width, height]])
+    elif isinstance(element, GeoDataFrame):
+        if element.empty:
+            return None
+        x0, y0, x1, y1 = element.total_bounds
+        corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64)
+    else:  # points: not what tables annotate; nothing cheap to compare
+        return None
+    placed = apply_affine(affine_xy(element, cs), corners)
+    return np.concatenate([placed.min(axis=0), placed.max(axis=0)])
 
 
 def _slide_name(sdata: SpatialData, regions: list[str]) -> str:
@@ -286,9 +301,12 @@ def library_of(adata: AnnData, column: str, library: str) -> AnnData:
     if not isinstance(libs, Mapping) or library not in libs:
         libs = None
     view = adata[rows]
+    obs = view.obs.copy()
+    if "library_id" not in obs:  # named like a scanpy library wherever it is resolved alone (logs, plot titles)
+        obs["library_id"] = pd.Categorical([library] * len(obs))
     return AnnData(
         X=view.X.copy() if view.X is not None else None,
-        obs=view.obs.copy(),
+        obs=obs,
         var=view.var.copy(),
         obsm={k: v.copy() for k, v in view.obsm.items()},
         layers={k: v.copy() for k, v in view.layers.items()},
