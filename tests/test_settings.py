@@ -35,3 +35,14 @@ def test_bad_verbosity_is_refused_and_the_level_kept(restore_level, bad):
     with pytest.raises((TypeError, ValueError)):
         st.settings.verbosity = bad
     assert logger.level == before
+
+
+def test_verbosity_reads_back_as_it_is_set(restore_level):
+    import numpy as np
+
+    st.settings.verbosity = np.int64(1)  # numpy integers are integers
+    assert st.settings.verbosity == logging.WARNING
+    logger.setLevel(logging.NOTSET)  # as an application may leave it: saving and restoring must not mean "errors"
+    saved = st.settings.verbosity
+    st.settings.verbosity = saved
+    assert logger.getEffectiveLevel() == saved != logging.ERROR

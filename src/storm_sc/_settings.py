@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 logger = logging.getLogger("storm_sc")
 if not logger.handlers:
     _handler = logging.StreamHandler()
@@ -62,21 +64,22 @@ class _Settings:
 
     @property
     def verbosity(self) -> int:
-        return logger.level
+        # the effective level: a logger left at NOTSET (0) by an application would read back as scanpy's "errors"
+        return logger.getEffectiveLevel()
 
     @verbosity.setter
     def verbosity(self, level: int | str) -> None:
         if isinstance(level, str):
             level = level.upper()
-        elif isinstance(level, bool) or not isinstance(level, int):
+        elif isinstance(level, bool) or not isinstance(level, int | np.integer):
             raise TypeError(f"`verbosity` must be 0-4 (scanpy's scale), a logging level name or number; got {level!r}.")
         elif 0 <= level < len(_SCANPY_LEVELS):
-            level = _SCANPY_LEVELS[level]
+            level = _SCANPY_LEVELS[int(level)]
         elif level < logging.DEBUG:
             raise ValueError(
                 f"`verbosity` must be 0-4 (scanpy's scale) or a logging level (10 and above); got {level}."
             )
-        logger.setLevel(level)
+        logger.setLevel(level if isinstance(level, str) else int(level))
 
     @property
     def data_dir(self) -> Path:

@@ -187,3 +187,17 @@ def test_concatenated_slides_are_named_as_such():
         with pytest.raises(ValueError, match=r"annotates 2 regions that share no coordinate system.*split_slides"):
             st.io.resolve(both, **kwargs)
     assert fingerprint(both) == before
+
+
+def test_one_mpp_per_object_from_lists_arrays_and_series():
+    import numpy as np
+    import pandas as pd
+
+    from storm_sc.io._resolve import mpp_per_object
+
+    assert mpp_per_object(np.array([0.5, np.nan]), 2) == [0.5, None]
+    assert mpp_per_object(pd.Series([None, 0.25]), 2) == [None, 0.25]
+    with pytest.raises(ValueError, match="pass them as a list to give each its own"):
+        mpp_per_object([0.5, 0.25], 1)
+    with pytest.raises(ValueError, match="positive number"):
+        mpp_per_object([float("nan"), 0.25], 2)  # in a list, None says "its own scale"

@@ -10,6 +10,7 @@ from numbers import Real
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import TableModel
@@ -150,13 +151,22 @@ def mpp_per_object(mpp: float | Sequence[float | None] | None, n_objects: int) -
     >>> mpp_per_object(0.5, 2), mpp_per_object([None, 0.25], 2)
     ([0.5, 0.5], [None, 0.25])
     """
-    if isinstance(mpp, list | tuple):
+    if isinstance(mpp, list | tuple | np.ndarray | pd.Series):
         if len(mpp) != n_objects:
+            one = (
+                " (the slides of one concatenated object share one `mpp`: pass them as a list to give each its own)"
+                if n_objects == 1
+                else ""
+            )
             raise ValueError(
                 f"`mpp` holds {len(mpp)} values for {n_objects} object(s) given; pass one value (or None) per object, "
-                "in the order of `data`, or a single number for all."
+                f"in the order of `data`, or a single number for all{one}."
             )
-        values = list(mpp)
+        # in an array or Series, NaN is how "this slide's own scale" (None in a list) can be written
+        missing = isinstance(mpp, np.ndarray | pd.Series)
+        values = [
+            None if v is None or (missing and pd.isna(v)) else float(v) if isinstance(v, np.number) else v for v in mpp
+        ]
     else:
         values = [mpp] * n_objects
     for value in values:

@@ -172,7 +172,8 @@ def detect_counts(adata_or_matrix: AnnData | Matrix, *, layer: str | None = None
     - ``"log1p"``: non-integer, at most ~20, and ``expm1`` of each row is a scaled set of integers (what
       ``sc.pp.normalize_total`` or any size-factor normalisation followed by ``sc.pp.log1p`` gives).
     - ``"normalized"``: any other non-negative data (CPM, library-size fractions, ...). Values that are
-      ``log(1 + x)`` in base 2 or 10 (e.g. ``sc.pp.log1p(adata, base=2)``) are refused rather than read as such.
+      ``log(1 + x)`` in base 2 or 10 (e.g. ``sc.pp.log1p(adata, base=2)``), when recognised as such (as for
+      counts normalised to a library size of 10,000), are refused rather than read as linear values.
 
     Parameters
     ----------
