@@ -30,11 +30,18 @@ def test_prediction_never_reads_measured_expression(toy_sdata_factory, trained_m
     np.testing.assert_allclose(pa.X, pb.X)
 
 
-def test_prediction_follows_morphology(toy_sdata_factory, trained_model):
+def test_prediction_follows_morphology(toy_sdata_factory, trained_model, caplog):
     # Each toy seed draws its own domain appearance and markers, so the morphology -> expression mapping is only
     # defined on the training seed: the model sees its pixels, never its measured expression, at prediction time.
     sdata = toy_sdata_factory(seed=11)
-    pred = st.tl.predict_expression(sdata, trained_model, verbose=False)
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        pred = st.tl.predict_expression(sdata, trained_model, verbose=False)
+    # the slide the model was trained on: said to be in-sample, and recorded
+    assert "match the model's training slide(s)" in caplog.text
+    assert pred.uns["storm"]["predict_expression"]["in_training"] is not None
+    another = toy_sdata_factory(seed=8, n_obs=100)  # named "toy" too, but not the same observations
+    other = st.tl.predict_expression(another, trained_model, genes=["gene_0000"], verbose=False)
+    assert other.uns["storm"]["predict_expression"]["in_training"] is None
     table = sdata["table"]
     markers = table.var_names[table.var["marker_of"].astype(str) != ""]
     measured = np.log1p(

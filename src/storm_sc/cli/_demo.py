@@ -202,7 +202,7 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
     correlations = st.pl.gene_correlations(sdata, table_key=slide.table_key)
     correlations.to_csv(out / "gene_correlations.csv")
     st.pl.expression(sdata, list(correlations.index[:3]), table_key=slide.table_key, save=out / "expression.png")
-    from storm_sc.training._slides import training_slide_matching
+    from storm_sc.models._manifest import training_slide_matching
 
     seen = training_slide_matching(model.manifest, slide.centers_um, source=source)
     if seen is not None:

@@ -19,6 +19,7 @@ from storm_sc.io import SpatialInput
 from storm_sc.io._resolve import mpp_per_object
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
+from storm_sc.models._manifest import training_slide_matching
 from storm_sc.pp import GeneVocabulary
 
 from ._distributed import check_client, map_slides
@@ -142,7 +143,10 @@ def predict_expression(
     95%), ``var["measured_in_table"]`` whether the table measures the gene (matched by Ensembl id, then symbol, as
     :func:`storm_sc.pp.align_genes` matches), ``var["gene_ids"]`` its Ensembl id (the table's where it has one,
     else the model's id of the table's species, told by the table's ids or the case of its symbols; empty if unsure),
-    ``uns["storm"]`` the parameters. For a SpatialData it is also stored as
+    ``uns["storm"]`` the parameters (``["predict_expression"]["in_training"]`` names the model's training slide this
+    slide matches, by positions or by name and number of observations: a warning then says its predictions are
+    in-sample). For a SpatialData it is also
+    stored as
     ``sdata.tables[key_added]``, annotating the same element(s) as the measured table; tables are stored only once
     every slide has been predicted, so an error leaves all inputs as they were.
 
@@ -213,6 +217,7 @@ def predict_expression(
         )
     # The results of every slide are held until all are predicted (see below): their sum must fit.
     check_prediction_memory(sum(slide.n_obs for slide in slides), len(ids))
+    seen = _training_slides(net, slides)
 
     start = time.perf_counter()
     predictions = map_slides(
@@ -234,8 +239,8 @@ def predict_expression(
         "library_key": library_key,
     }
     results = [
-        _prediction_table(item, slide, prediction, params, outside, net.vocabulary)
-        for item, slide, prediction in zip(items, slides, predictions, strict=True)
+        _prediction_table(item, slide, prediction, {**params, "in_training": seen[k]}, outside, net.vocabulary)
+        for k, (item, slide, prediction) in enumerate(zip(items, slides, predictions, strict=True))
     ]
     for item, tiled in zip(items, tiles, strict=True):
         if tiled is not None:
@@ -254,6 +259,24 @@ def predict_expression(
         f"; added sdata.tables[{key_added!r}]" if any(isinstance(i, SpatialData) for i in given) else "",
     )
     return results[0] if single else results
+
+
+def _training_slides(net: StormModel, slides: list[SpatialInput]) -> list[str | None]:
+    """Per slide, the model's training slide it matches (its predictions are then in-sample), warned about; or None."""
+    seen = [
+        training_slide_matching(net.manifest, slide.centers_um, library_id=slide.library_id) if net.manifest else None
+        for slide in slides
+    ]
+    named = {slide.library_id: name for slide, name in zip(slides, seen, strict=True) if name is not None}
+    if named:
+        logger.warning(
+            "Slide(s) %s match the model's training slide(s) %s (same positions, or same name and number of "
+            "observations): if they are those slides, the model learned from their measured expression and "
+            "predictions there are in-sample, not a measure of accuracy on new tissue.",
+            list(named),
+            list(named.values()),
+        )
+    return seen
 
 
 def _prediction_table(

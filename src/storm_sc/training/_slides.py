@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from anndata import AnnData
 
 from storm_sc._settings import logger
 from storm_sc.models import StormInputs
+from storm_sc.models._manifest import array_digest
 
 if TYPE_CHECKING:
     from storm_sc.models import StormModel
@@ -426,48 +426,17 @@ def split(
     return {"strategy": strategy, "val_groups": chosen, "groups": groups}
 
 
-def _sha256(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}|{a.shape}|".encode())
-        h.update(memoryview(a.reshape(-1)).cast("B"))
-    return h.hexdigest()
-
-
-def training_slide_matching(
-    manifest: dict[str, Any], centers_um: np.ndarray, *, source: dict[str, Any] | None = None
-) -> str | None:
-    """Name of the slide of a model's training manifest read from ``source`` or with exactly these positions.
-
-    Tells whether a score on a slide is in-sample. ``source`` is the provenance the manifest records (e.g.
-    ``{"loader": "her2st", "args": {"section": "C2", "image": True}}``): the same loader and arguments are the same
-    slide. Without a matching source, the positions' sha256 is compared, which a change of the last float bit
-    defeats (the reference's C2 and C4 positions hash differently today, cause not traced).
-    """
-    entries = manifest.get("datasets", [])
-    if source is not None:
-        for entry in entries:
-            if entry.get("source") == source:
-                return str(entry.get("name"))
-    digest = _sha256(np.asarray(centers_um))
-    for entry in entries:
-        if entry.get("sha256", {}).get("centers_um") == digest:
-            return str(entry.get("name"))
-    return None
-
-
 def slide_manifest(p: PreparedSlide) -> dict[str, Any]:
     """Provenance of one prepared slide: source, group, split counts and sha256 of the arrays trained on."""
     inp = p.inputs
-    digests = {"centers_um": _sha256(inp.centers_um)}
+    digests = {"centers_um": array_digest(inp.centers_um)}
     if inp.patches is not None:
-        digests["patches"] = _sha256(inp.patches)
+        digests["patches"] = array_digest(inp.patches)
     if inp.features is not None:
-        digests["features"] = _sha256(inp.features)
+        digests["features"] = array_digest(inp.features)
     if inp.expression is not None:
         x = inp.expression
-        digests["expression"] = _sha256(x.indptr, x.indices, x.data, inp.gene_index)
+        digests["expression"] = array_digest(x.indptr, x.indices, x.data, inp.gene_index)
     return {
         "name": p.name,
         "group": p.slide.group,
