@@ -210,13 +210,13 @@ def test_sampler_shards_processes_and_carries_the_epoch(monkeypatch):
 
 
 def test_training_slide_matching_by_source_then_positions():
-    from storm_sc.training._slides import _sha256, training_slide_matching
+    from storm_sc.models._manifest import array_digest, training_slide_matching
 
     xy = np.arange(12.0).reshape(6, 2)
     manifest = {
         "datasets": [
             {"name": "C2", "source": {"loader": "her2st", "args": {"section": "C2"}}, "sha256": {"centers_um": "x"}},
-            {"name": "other", "source": {"object": "SpatialData"}, "sha256": {"centers_um": _sha256(xy)}},
+            {"name": "other", "source": {"object": "SpatialData"}, "sha256": {"centers_um": array_digest(xy)}},
         ]
     }
     # The loader's own record wins even when the positions' last bits differ.
