@@ -9,8 +9,8 @@ from scipy import sparse
 
 from storm_sc.pp._expression import gene_moments
 
-# Seed of the draws at inference time, with each observation's own expression (see content_seed): its tokens depend
-# only on what it measured and its slide's draw weights, so embeddings are reproducible and independent of
+# Seed of the draws at inference time, with the set of genes each observation detects (see content_seeds): its
+# tokens depend only on what it measured and its slide's draw weights, so embeddings are reproducible and independent of
 # batching, of the order of the table's rows and of which other rows it holds.
 INFERENCE_SEED = 20_240_403
 # Every measured gene keeps at least this share of the mean draw weight, however constant it is on the slide.
@@ -64,24 +64,25 @@ def draw_weights(expression: sparse.csr_matrix) -> np.ndarray:
 
 
 def content_seeds(block: sparse.csr_matrix) -> np.ndarray:
-    """One 64-bit seed per row of a CSR block, from the row's nonzero genes and values alone.
+    """One 64-bit seed per row of a CSR block, from the set of genes the row detects (its nonzero columns) alone.
 
     Seeding inference draws by the row's position instead made a spot's embedding change when the table was sorted,
-    subset or concatenated. Each nonzero entry is hashed on its own and the hashes are summed over the row, so the
-    seed does not depend on how the row is stored (dtypes, explicit zeros).
+    subset or concatenated. The values are left out on purpose: counts normalised here and the same counts passed
+    as log1p differ in their last bits, and hashing those bits gave the two inputs different draws (embeddings a
+    median 6.5% apart at 4 draws). Each detected column is hashed on its own and the hashes are summed over the
+    row, so the seed does not depend on how the row is stored (dtypes, explicit zeros, column order).
 
     Examples
     --------
     >>> x = sparse.csr_matrix(np.array([[0.0, 0.5, 0.0, 2.0], [0.0, 0.5, 0.0, 0.0]], dtype=np.float32))
-    >>> same = sparse.csr_matrix(x.astype(np.float64))
-    >>> a, b = content_seeds(x), content_seeds(same)
+    >>> rescaled = sparse.csr_matrix(np.log1p(x.toarray()).astype(np.float64))
+    >>> a, b = content_seeds(x), content_seeds(rescaled)
     >>> bool(a[0] == b[0]), bool(a[0] == a[1])
     (True, False)
     """
-    data = np.asarray(block.data, dtype=np.float32)
-    entry = (block.indices.astype(np.uint64) << np.uint64(32)) | data.view(np.uint32)
-    hashed = np.where(data != 0, _splitmix64(entry ^ np.uint64(INFERENCE_SEED)), np.uint64(0))
-    # per-row sums as differences of one running sum (uint64 arithmetic wraps): a hash of the row's set of entries
+    detected = np.asarray(block.data) != 0
+    hashed = np.where(detected, _splitmix64(block.indices.astype(np.uint64) ^ np.uint64(INFERENCE_SEED)), np.uint64(0))
+    # per-row sums as differences of one running sum (uint64 arithmetic wraps): a hash of the row's set of columns
     running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(hashed, dtype=np.uint64)])
     return _splitmix64(running[block.indptr[1:]] - running[block.indptr[:-1]])
 
