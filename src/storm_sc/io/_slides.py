@@ -328,6 +328,39 @@ def anndata_slides(adata: AnnData, column: str | None = None) -> list[tuple[str,
     return [(name, np.flatnonzero(values == name), library_of(adata, column, name)) for name in names]
 
 
+def check_library_key(objects: list[SpatialData | AnnData], library_key: str, caller: str | None = None) -> None:
+    """Refuse a ``library_key`` that cannot split the given objects into sections (before any work is done).
+
+    ``caller`` names the function in the messages (plots name themselves; the tools' messages need no prefix).
+    """
+    where = f"`{caller}`: " if caller else ""
+    for item in objects:
+        if isinstance(item, SpatialData):
+            raise ValueError(
+                f"{where}`library_key` splits an AnnData holding several sections (e.g. made by anndata.concat); a "
+                "SpatialData's slides are told apart by their coordinate systems (see st.io.split_slides). Drop it, "
+                "or pass the slides as a list."
+            )
+        if library_key not in item.obs:
+            raise KeyError(
+                f"{where}`library_key` {library_key!r} is not a column of .obs (columns: {list(item.obs.columns)})."
+            )
+        if item.obs[library_key].isna().any():
+            raise ValueError(f"{where}.obs[{library_key!r}] has missing values: every row needs its library.")
+        described = item.uns.get("spatial")
+        if isinstance(described, Mapping) and described:
+            names = sorted({str(v) for v in pd.unique(item.obs[library_key])})
+            lacking = [n for n in names if n not in described]
+            if lacking:
+                # such a section would lose its image and scale factors, and be read at another section's scale
+                raise ValueError(
+                    f"{where}.uns['spatial'] describes the libraries {sorted(map(str, described))}, but "
+                    f".obs[{library_key!r}] also names {lacking}. Name the column whose values are those keys, or "
+                    "concatenate with anndata.concat(..., uns_merge='unique') keyed by them, so that every section "
+                    "keeps its image and scale."
+                )
+
+
 def split_slides(
     sdata: SpatialData | AnnData, *, table_key: str | None = None
 ) -> dict[str, SpatialData] | dict[str, AnnData]:

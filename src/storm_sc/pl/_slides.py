@@ -14,7 +14,7 @@ from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._anndata import named_library
 from storm_sc.io._resolve import is_prediction, mpp_per_object
-from storm_sc.io._slides import anndata_slides, find_slides, library_column, slide_of
+from storm_sc.io._slides import anndata_slides, check_library_key, find_slides, library_column, slide_of
 
 Data = SpatialData | AnnData
 
@@ -48,21 +48,9 @@ def slides_to_draw(
     objects = _objects(data, caller=caller, many=True)
     mpps = mpp_per_object(mpp, len(objects))
     if library_key is not None:
-        _check_library_key(objects, library_key, caller)
+        check_library_key(objects, library_key, caller)
     pairs = [(slide, value) for item, value in zip(objects, mpps, strict=True) for slide in _panels(item, library_key)]
     return [slide for slide, _ in pairs], [value for _, value in pairs]
-
-
-def _check_library_key(objects: list[Data], library_key: str, caller: str) -> None:
-    for item in objects:
-        if isinstance(item, SpatialData):
-            raise ValueError(
-                f"`{caller}`: `library_key` splits an AnnData holding several sections (anndata.concat); a "
-                "SpatialData's slides are told apart by their coordinate systems. Drop it, or pass the slides as a "
-                "list."
-            )
-        if library_key not in item.obs:
-            raise KeyError(f"`{caller}`: `library_key` {library_key!r} is not a column of .obs.")
 
 
 def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:

@@ -18,7 +18,15 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._slides import anndata_slides, find_slides, is_prediction, overlapping_regions, part_rows, slide_of
+from storm_sc.io._slides import (
+    anndata_slides,
+    check_library_key,
+    find_slides,
+    is_prediction,
+    overlapping_regions,
+    part_rows,
+    slide_of,
+)
 from storm_sc.io._tiles import tile_observations
 
 
@@ -182,35 +190,6 @@ class _Origin:
     table_key: str | None = None
     rows: np.ndarray | None = None
     name: str | None = None
-
-
-def check_library_key(targets: list[SpatialData | AnnData], library_key: str) -> None:
-    """Refuse a ``library_key`` of ``storm_embed`` / ``predict_expression`` that cannot split the given objects."""
-    for target in targets:
-        if isinstance(target, SpatialData):
-            raise ValueError(
-                "`library_key` splits an AnnData holding several sections (e.g. made by anndata.concat); a "
-                "SpatialData's slides are told apart by their coordinate systems (see st.io.split_slides). Drop it, "
-                "or pass the slides as a list."
-            )
-        if library_key not in target.obs:
-            raise KeyError(
-                f"`library_key` {library_key!r} is not a column of .obs (columns: {list(target.obs.columns)})."
-            )
-        if target.obs[library_key].isna().any():
-            raise ValueError(f".obs[{library_key!r}] has missing values: every row needs its library.")
-        described = target.uns.get("spatial")
-        if isinstance(described, Mapping) and described:
-            names = sorted({str(v) for v in pd.unique(target.obs[library_key])})
-            lacking = [n for n in names if n not in described]
-            if lacking:
-                # such a section would lose its image and scale factors, and be read at another section's scale
-                raise ValueError(
-                    f".uns['spatial'] describes the libraries {sorted(map(str, described))}, but "
-                    f".obs[{library_key!r}] also names {lacking}. Name the column whose values are those keys, or "
-                    "concatenate with anndata.concat(..., uns_merge='unique') keyed by them, so that every section "
-                    "keeps its image and scale."
-                )
 
 
 def _hint_library_key(adata: AnnData) -> None:
