@@ -161,6 +161,22 @@ def _image_mpp(
     return image_mpp, source
 
 
+def _without_image(
+    adata: AnnData, centers_um: np.ndarray, *, platform: str, library_id: str | None, extra: dict[str, Any]
+) -> SpatialInput:
+    """A slide read from the table's ``.obsm['spatial']`` alone: positions in microns, no image."""
+    return SpatialInput(
+        table=adata,
+        table_key=None,
+        regions=(),
+        platform=platform,
+        coordinate_system=_OBSM_KEY,
+        centers_um=centers_um,
+        library_id=library_id,
+        extra=extra,
+    )
+
+
 def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_id: str | None) -> SpatialInput:
     """A table with positions and no image (e.g. cell centroids): expression and spatial context only."""
     if mpp is None or not math.isfinite(mpp) or mpp <= 0:
@@ -168,13 +184,10 @@ def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_i
             "This AnnData has `.obsm['spatial']` but no image in `.uns['spatial']`, so the unit of its positions is "
             f"unknown; pass `mpp=` (microns per coordinate unit, e.g. 1.0 for positions in microns), got {mpp!r}."
         )
-    si = SpatialInput(
-        table=adata,
-        table_key=None,
-        regions=(),
+    si = _without_image(
+        adata,
+        xy * float(mpp),
         platform="generic",
-        coordinate_system=_OBSM_KEY,
-        centers_um=xy * float(mpp),
         library_id=library_id or named_library(adata),
         extra={"mpp_source": "given (microns per coordinate unit)"},
     )
@@ -285,16 +298,7 @@ def resolve_anndata(
                 library_id,
             )
         # the spots are placed in microns by the scale the data record, whether or not an image is read
-        si = SpatialInput(
-            table=adata,
-            table_key=None,
-            regions=(),
-            platform="visium",
-            coordinate_system=_OBSM_KEY,
-            centers_um=xy * scalef * image_mpp,
-            library_id=library_id,
-            extra=extra,
-        )
+        si = _without_image(adata, xy * scalef * image_mpp, platform="visium", library_id=library_id, extra=extra)
         logger.info("Resolved %r (scale from %s).", si, source)
         return si
 
