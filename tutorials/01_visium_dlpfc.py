@@ -171,7 +171,7 @@ fig = st.pl.domains(sdata, key="pca_domain", ax=axes[2], title="PCA baseline dom
 # The embedding itself, as a UMAP coloured by domain and by layer:
 
 # %%
-fig = st.pl.embedding_umap(sdata, color=["storm_domain", "layer"], random_state=SEED)
+st.pl.embedding_umap(sdata, color=["storm_domain", "layer"], random_state=SEED)
 
 # %% [markdown]
 # ## What was recorded

@@ -148,13 +148,13 @@ corr.head(10).round(3)
 # ## Plots
 
 # %%
-fig = st.pl.gene_correlation(held_out, top=30)
+st.pl.gene_correlation(held_out, top=30)
 
 # %% [markdown]
 # Measured and predicted expression of the three best-predicted genes, with the predicted uncertainty:
 
 # %%
-fig = st.pl.expression(held_out, list(corr.index[:3]), uncertainty=True)
+st.pl.expression(held_out, list(corr.index[:3]), uncertainty=True)
 
 # %% [markdown]
 # The predicted uncertainty is a standard deviation per spot and gene. For the genes of the readout it is the

@@ -143,10 +143,10 @@ pd.crosstab(cosmx_obs["fov"], cosmx_obs["storm_domain"])
 # One UMAP of all cells, coloured by dataset and by domain:
 
 # %%
-fig = st.pl.embedding_umap(slides_list, color=["slide", "storm_domain"], random_state=SEED)
+st.pl.embedding_umap(slides_list, color=["slide", "storm_domain"], random_state=SEED)
 
 # %% [markdown]
 # And the domains in space, in microns, over the H&E where there is one:
 
 # %%
-fig = st.pl.domains(slides_list, title=list(data))
+st.pl.domains(slides_list, title=list(data))

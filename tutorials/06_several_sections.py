@@ -76,7 +76,7 @@ joint = pd.concat(
 pd.crosstab(joint["section"], joint["storm_domain"])
 
 # %%
-st.pl.domains(slides, show=True)
+st.pl.domains(slides)
 
 # %% [markdown]
 # ## Against the manual layers, and against one centre for all sections
@@ -123,11 +123,11 @@ pd.crosstab(one_centre["section"], one_centre["domain_one_centre"])
 # sits apart from the two with H&E, while the domains (coloured) are shared.
 
 # %%
-st.pl.embedding_umap(slides, color=["storm_domain", "slide"], show=True)
+st.pl.embedding_umap(slides, color=["storm_domain", "slide"])
 
 # %% [markdown]
 # With `center="slide"` the UMAP removes each section's mean embedding first, as `storm_domains` did: the three
 # sections then overlap.
 
 # %%
-st.pl.embedding_umap(slides, color=["storm_domain", "slide"], center="slide", show=True)
+st.pl.embedding_umap(slides, color=["storm_domain", "slide"], center="slide")

@@ -17,7 +17,7 @@ def _points(ax) -> PathCollection:
 def test_umap_of_one_slide_coloured_by_domain(sdata, tmp_path):
     before = snapshot(sdata)
     table = sdata["table"]
-    fig = st.pl.embedding_umap(sdata, save=tmp_path / "umap.png")
+    fig = st.pl.embedding_umap(sdata, save=tmp_path / "umap.png", show=False)
     assert (tmp_path / "umap.png").stat().st_size > 5_000
     (ax,) = fig.axes
     assert ax.get_title() == "storm_domain"
@@ -27,13 +27,13 @@ def test_umap_of_one_slide_coloured_by_domain(sdata, tmp_path):
     assert {tuple(c[:3]) for c in points.get_facecolor()} <= colors
     assert_unchanged(before, sdata)  # no X_umap, no neighbours written
     # reproducible for a seed
-    again = st.pl.embedding_umap(sdata, random_state=0)
+    again = st.pl.embedding_umap(sdata, random_state=0, show=False)
     coords = np.sort(_points(again.axes[0]).get_offsets().data, axis=0)
     np.testing.assert_allclose(coords, np.sort(points.get_offsets().data, axis=0))
 
 
 def test_umap_of_several_slides(slides):
-    fig = st.pl.embedding_umap(slides, n_neighbors=10)
+    fig = st.pl.embedding_umap(slides, n_neighbors=10, show=False)
     axes = [a for a in fig.axes if a.get_visible() and a.get_title()]
     assert [a.get_title() for a in axes] == ["storm_domain", "slide"]
     assert len(_points(axes[0]).get_offsets()) == sum(s["table"].n_obs for s in slides)
@@ -53,8 +53,8 @@ def test_umap_centred_per_slide_mixes_shifted_slides(slides):
         _, nearest = cKDTree(xy).query(xy, k=6)
         return float((slide[nearest[:, 1:]] == slide[:, None]).mean())
 
-    apart = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain"))
-    mixed = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain", center="slide"))
+    apart = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain", show=False))
+    mixed = slide_of_neighbours(st.pl.embedding_umap(tables, color="true_domain", center="slide", show=False))
     assert apart > 0.99 and mixed < 0.8
     with pytest.raises(ValueError, match="center"):
         st.pl.embedding_umap(tables, color="true_domain", center="each")
@@ -65,7 +65,7 @@ def test_umap_of_tables_with_numeric_colour(slides):
     tables = [s["table"].copy() for s in slides]
     for i, t in enumerate(tables):
         t.obs["depth"] = np.linspace(0, 1, t.n_obs) + i
-    fig = st.pl.embedding_umap(tables, color=["true_domain", "depth", "slide"])
+    fig = st.pl.embedding_umap(tables, color=["true_domain", "depth", "slide"], show=False)
     axes = [a for a in fig.axes if a.get_title()]
     assert [a.get_title() for a in axes] == ["true_domain", "depth", "slide"]
     np.testing.assert_allclose(

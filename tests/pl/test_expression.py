@@ -32,7 +32,7 @@ def test_expression_measured_predicted_uncertainty(sdata, tmp_path):
     before = snapshot(sdata)
     pred = sdata.tables["storm_predicted"]
     genes = ["gene_0002", "GENE_0003"]  # case-insensitive
-    fig = st.pl.expression(sdata, genes, uncertainty=True, save=tmp_path / "expr.pdf")
+    fig = st.pl.expression(sdata, genes, uncertainty=True, save=tmp_path / "expr.pdf", show=False)
     assert (tmp_path / "expr.pdf").stat().st_size > 0
     panels = [a for a in fig.axes if a.get_title()]  # colour bars have no title
     assert len(panels) == 6
@@ -80,7 +80,7 @@ def test_expression_on_anndata_with_predicted(sdata):
     before = snapshot(adata)
     with pytest.raises(ValueError, match="pass `predicted=`"):
         st.pl.expression(adata, "gene_0002")
-    fig = st.pl.expression(adata, "gene_0002", predicted=pred)
+    fig = st.pl.expression(adata, "gene_0002", predicted=pred, show=False)
     measured_ax = fig.axes[0]
     (coll,) = [c for c in measured_ax.collections if isinstance(c, EllipseCollection)]
     np.testing.assert_allclose(coll.get_offsets(), slide.centers_um)
@@ -96,7 +96,7 @@ def test_expression_rows_follow_the_measured_table(sdata):
     pred = sdata.tables["storm_predicted"]
     shuffled = pred[np.random.default_rng(0).permutation(pred.n_obs)].copy()
     other = _copy_with_tables(sdata, table=sdata["table"], storm_predicted=shuffled)
-    fig = st.pl.expression(other, "gene_0010", image=False, share_scale=False)
+    fig = st.pl.expression(other, "gene_0010", image=False, share_scale=False, show=False)
     predicted_ax = [a for a in fig.axes if a.get_title().startswith("gene_0010: predicted")][0]
     np.testing.assert_allclose(_values(predicted_ax), np.asarray(pred[:, "gene_0010"].X).ravel(), rtol=1e-6)
 
@@ -162,13 +162,13 @@ def test_gene_correlations_leave_out_unmeasured_genes(sdata):
 
 def test_gene_correlation_plot(sdata, tmp_path):
     table = st.pl.gene_correlations(sdata)
-    fig = st.pl.gene_correlation(sdata, top=3, save=tmp_path / "corr.svg")
+    fig = st.pl.gene_correlation(sdata, top=3, save=tmp_path / "corr.svg", show=False)
     assert (tmp_path / "corr.svg").read_text().startswith("<?xml")
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == table.index[:3].tolist()
     np.testing.assert_allclose(ax.collections[-1].get_offsets()[:, 0], table["pearson_r"].iloc[:3])
     assert "top 3 of 4 genes" in ax.get_title()
-    fig = st.pl.gene_correlation(sdata, top=None, genes=["gene_0010", "gene_0002"])
+    fig = st.pl.gene_correlation(sdata, top=None, genes=["gene_0010", "gene_0002"], show=False)
     assert len(fig.axes[0].get_yticklabels()) == 2
     with pytest.raises(ValueError, match="`top`"):
         st.pl.gene_correlation(sdata, top=0)
@@ -178,7 +178,7 @@ def test_measured_table_found_beside_several_prediction_tables(sdata):
     # Predictions stored under other key_added values annotate the same spots: still not the measured table.
     pred = sdata.tables["storm_predicted"]
     several = _copy_with_tables(sdata, table=sdata["table"], p1=pred.copy(), p2=pred.copy())
-    fig = st.pl.expression(several, "gene_0002", predicted_key="p1")
+    fig = st.pl.expression(several, "gene_0002", predicted_key="p1", show=False)
     assert [a.get_title() for a in fig.axes if a.get_title()][:1] == ["gene_0002: measured"]
     st.pl.domains(several)
     assert st.pl.gene_correlations(several, predicted_key="p2").index.tolist()

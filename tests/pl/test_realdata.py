@@ -49,7 +49,7 @@ def ffpe(shared_data_dir):
 def test_domains_on_real_visium(ffpe, tmp_path):
     before = snapshot(ffpe)
     table = ffpe["table"]
-    fig = st.pl.domains(ffpe, save=tmp_path / "domains.png")
+    fig = st.pl.domains(ffpe, save=tmp_path / "domains.png", show=False)
     (ax,) = fig.axes
     (spots,) = [c for c in ax.collections if isinstance(c, EllipseCollection)]
     slide = st.io.resolve(ffpe, table_key="table")
@@ -66,11 +66,11 @@ def test_domains_on_real_visium(ffpe, tmp_path):
     assert bottom >= slide.centers_um[:, 1].max()
     # the low-resolution image lies at the same place
     lowres = [k for k in ffpe.images if k.endswith("lowres_image")][0]
-    low = st.pl.domains(ffpe, image_key=lowres)
+    low = st.pl.domains(ffpe, image_key=lowres, show=False)
     (low_image,) = [a for a in low.axes[0].get_children() if isinstance(a, AxesImage)]
     np.testing.assert_allclose(low_image.get_extent(), image.get_extent(), atol=4 * slide.mpp * 4)
     # the published organoid annotation (NaN outside the selected organoids)
-    fig = st.pl.domains(ffpe, key="organoid")
+    fig = st.pl.domains(ffpe, key="organoid", show=False)
     assert "NA" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert (tmp_path / "domains.png").exists()
     assert_unchanged(before, ffpe)
@@ -80,14 +80,14 @@ def test_expression_and_correlation_on_real_visium(ffpe):
     before = snapshot(ffpe)
     pred = ffpe.tables["storm_predicted"]
     genes = list(pred.var_names)
-    fig = st.pl.expression(ffpe, genes[:2], uncertainty=True)
+    fig = st.pl.expression(ffpe, genes[:2], uncertainty=True, show=False)
     assert len([a for a in fig.axes if a.get_title()]) == 6
     table = st.pl.gene_correlations(ffpe)
     assert sorted(table.index) == sorted(genes)
     assert np.isfinite(table["pearson_r"]).all()
-    fig = st.pl.gene_correlation(ffpe)
+    fig = st.pl.gene_correlation(ffpe, show=False)
     assert len(fig.axes[0].get_yticklabels()) == 3
-    fig = st.pl.embedding_umap(ffpe, color=["storm_domain", "organoid"])
+    fig = st.pl.embedding_umap(ffpe, color=["storm_domain", "organoid"], show=False)
     assert len([a for a in fig.axes if a.get_title()]) == 2
     assert_unchanged(before, ffpe)
 
@@ -95,7 +95,7 @@ def test_expression_and_correlation_on_real_visium(ffpe):
 def test_domains_on_dlpfc_layers(shared_data_dir):
     real_data("dlpfc_151675")
     sdata = st.datasets.dlpfc("151675")
-    fig = st.pl.domains(sdata, key="layer")
+    fig = st.pl.domains(sdata, key="layer", show=False)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["L1", "L2", "L3", "L4", "L5", "L6", "WM", "NA"]
     assert "layer_colors" not in sdata["table"].uns

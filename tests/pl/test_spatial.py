@@ -36,7 +36,7 @@ def _with_image_transform(base: SpatialData, transform) -> SpatialData:
 def test_domains_draws_spots_in_microns_with_stored_colours(sdata, tmp_path):
     before = snapshot(sdata)
     table = sdata["table"]
-    fig = st.pl.domains(sdata, alpha=0.6, save=tmp_path / "domains.png")
+    fig = st.pl.domains(sdata, alpha=0.6, save=tmp_path / "domains.png", show=False)
     assert (tmp_path / "domains.png").stat().st_size > 10_000
     (ax,) = fig.axes
     slide = st.io.resolve(sdata, table_key="table")
@@ -60,7 +60,7 @@ def test_domains_draws_spots_in_microns_with_stored_colours(sdata, tmp_path):
 
 def test_domains_several_slides_share_colours(slides):
     befores = [snapshot(s) for s in slides]
-    fig = st.pl.domains(slides, image=False)
+    fig = st.pl.domains(slides, image=False, show=False)
     axes = [a for a in fig.axes if a.get_visible()]
     assert len(axes) == 2
     assert [a.get_title() for a in axes] == ["toy (1)", "toy (2)"]
@@ -84,7 +84,7 @@ def test_domains_any_categorical_column_with_missing_values(sdata):
     table.obs["annotation"] = pd.Categorical(labels)
     other = SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": table})
     other.attrs.update(sdata.attrs)
-    fig = st.pl.domains(other, key="annotation", spot_size=30.0)
+    fig = st.pl.domains(other, key="annotation", spot_size=30.0, show=False)
     (ax,) = fig.axes
     spots = _spots(ax)
     np.testing.assert_allclose(spots.get_widths(), 30.0)
@@ -97,10 +97,26 @@ def test_domains_into_given_axes(sdata):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    out = st.pl.domains(sdata, ax=ax, legend=False, title="mine")
+    out = st.pl.domains(sdata, ax=ax, legend=False, title="mine")  # drawn into the caller's axes: not shown
     assert out is fig
     assert ax.get_title() == "mine"
     assert ax.get_legend() is None
+
+
+def test_a_figure_is_shown_or_returned_not_both(sdata, monkeypatch):
+    # As scanpy: a shown figure is not returned, or Jupyter draws it twice (once shown, once as the cell's value).
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    assert st.pl.domains(sdata) is None
+    assert len(shown) == 1
+    assert st.pl.domains(sdata, show=True) is None
+    assert len(shown) == 2
+    assert st.pl.domains(sdata, show=False) is not None
+    assert len(shown) == 2
+    with pytest.raises(TypeError, match="`show` must be True or False or None"):
+        st.pl.domains(sdata, show="yes")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +139,7 @@ def test_image_lines_up_with_spots_whatever_its_transformation(sdata, transform)
     )
     fx, fy = np.floor(slide.centers_px[inside]).astype(int).T
     np.testing.assert_array_equal(tissue.pixels[col_row[inside, 1], col_row[inside, 0]], full[:, fy, fx].T)
-    fig = st.pl.domains(moved, key="true_domain")
+    fig = st.pl.domains(moved, key="true_domain", show=False)
     (image,) = [a for a in fig.axes[0].get_children() if isinstance(a, AxesImage)]
     assert image.get_array().shape[:2] == tissue.pixels.shape[:2]
     # the image is placed by its own transformation: a full-resolution pixel measures mpp microns
@@ -162,7 +178,7 @@ def test_large_image_is_read_from_a_coarse_level_and_placed_exactly():
     px = um / slide.mpp
     np.testing.assert_allclose(tissue.pixels[..., 0].ravel(), px[0] / 32 - 0.5, atol=1.0)
     np.testing.assert_allclose(tissue.pixels[..., 1].ravel(), px[1] / 32 - 0.5, atol=1.0)
-    fig = st.pl.domains(sdata, key="region")
+    fig = st.pl.domains(sdata, key="region", show=False)
     (image,) = [a for a in fig.axes[0].get_children() if isinstance(a, AxesImage)]
     assert max(image.get_array().shape[:2]) <= 1800
 

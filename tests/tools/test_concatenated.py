@@ -64,7 +64,7 @@ def test_concatenated_slides_get_the_results_of_the_list(toy_sdata_factory, trai
     part = st.io.split_slides(both)["toy_spots-b"]
     assert part.tables["storm_predicted"].n_obs == 120
     # st.pl draws one panel per slide, as for the list
-    fig = st.pl.domains(both, mpp=TOY_MPP)
+    fig = st.pl.domains(both, mpp=TOY_MPP, show=False)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["toy_spots-a", "toy_spots-b"]
     plt.close(fig)
     # ... but a comparison with the measurement is per slide: it names the slides instead of pooling them
@@ -126,7 +126,7 @@ def test_scanpy_concatenated_anndata_is_analysed_per_library():
     assert both.obs["storm_domain"].notna().all()
     assert both.uns["storm"]["X_storm"]["slides"] == ["s1", "s2"]
     assert list(predicted.obs_names) == list(both.obs_names) and predicted.n_vars == 2
-    fig = st.pl.domains(both)  # one panel per library, as for a SpatialData of several slides
+    fig = st.pl.domains(both, show=False)  # one panel per library, as for a SpatialData of several slides
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
     plt.close(fig)
 
@@ -160,17 +160,19 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     assert not np.allclose(as_one.obsm["X_storm"], stacked.obsm["X_storm"], atol=1e-3)
     assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
     st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp=mpp["s1"])
-    fig = st.pl.domains(stacked, library_key="library_id", mpp=mpp["s1"])  # one panel per section, not overlaid
+    fig = st.pl.domains(
+        stacked, library_key="library_id", mpp=mpp["s1"], show=False
+    )  # one panel per section, not overlaid
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
     plt.close(fig)
-    fig = st.pl.embedding_umap(stacked, library_key="library_id")  # the sections as slides to colour by
+    fig = st.pl.embedding_umap(stacked, library_key="library_id", show=False)  # the sections as slides to colour by
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["s1", "s2"]
     plt.close(fig)
     with pytest.raises(KeyError, match="`domains`: `library_key` 'sample'"):
         st.pl.domains(stacked, library_key="sample", mpp=mpp["s1"])
     by_batch = stacked.copy()
     by_batch.obs = by_batch.obs.rename(columns={"library_id": "batch"})  # any column name, not only scanpy's
-    fig = st.pl.domains(by_batch, library_key="batch", mpp=mpp["s1"])
+    fig = st.pl.domains(by_batch, library_key="batch", mpp=mpp["s1"], show=False)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s1", "s2"]
     plt.close(fig)
     # with the images kept (uns_merge="unique"), naming the column gives what finding it does

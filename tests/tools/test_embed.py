@@ -105,7 +105,7 @@ def test_one_mpp_per_slide_of_a_list(toy_sdata_factory, trained_model):
     assert sdata["table"].uns["storm"]["X_storm"]["modalities"][0] == "image"
     st.tl.storm_domains([sdata, cells], n_domains=3, mpp=[None, 0.5])
     assert cells.obs["storm_domain"].nunique() == 3
-    fig = st.pl.domains([sdata, cells], mpp=[None, 0.5])  # drawn in microns: the same extent for both
+    fig = st.pl.domains([sdata, cells], mpp=[None, 0.5], show=False)  # drawn in microns: the same extent for both
     widths = [np.ptp(ax.get_xlim()) for ax in fig.axes[:2]]
     assert widths[1] == pytest.approx(widths[0], rel=0.05)  # the same tissue, in microns
     plt.close(fig)

@@ -181,6 +181,8 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     import storm_sc as st
 
     model, described = _get_model(slide, epochs)
@@ -192,7 +194,7 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
     st.tl.storm_embed(sdata, model, table_key=slide.table_key, verbose=False)
     n_domains = 5
     st.tl.storm_domains(sdata, n_domains=n_domains, table_key=slide.table_key)
-    st.pl.domains(sdata, table_key=slide.table_key, save=out / "domains.png")
+    plt.close(st.pl.domains(sdata, table_key=slide.table_key, save=out / "domains.png", show=False))
 
     table = slide.table
     counts = np.asarray(table.X.sum(axis=0)).ravel()
@@ -201,7 +203,8 @@ def _model_steps(sdata: Any, slide: Any, out: Path, *, epochs: int, source: dict
     predicted = st.tl.predict_expression(sdata, model, genes=top, table_key=slide.table_key, verbose=False)
     correlations = st.pl.gene_correlations(sdata, table_key=slide.table_key)
     correlations.to_csv(out / "gene_correlations.csv")
-    st.pl.expression(sdata, list(correlations.index[:3]), table_key=slide.table_key, save=out / "expression.png")
+    top_three = list(correlations.index[:3])
+    plt.close(st.pl.expression(sdata, top_three, table_key=slide.table_key, save=out / "expression.png", show=False))
     from storm_sc.models._manifest import training_slide_matching
 
     seen = training_slide_matching(model.manifest, slide.centers_um, source=source)

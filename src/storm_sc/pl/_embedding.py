@@ -44,8 +44,8 @@ def embedding_umap(
     ncols: int = 3,
     panel_size: float = 4.5,
     save: str | os.PathLike | None = None,
-    show: bool = False,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """UMAP of the STORM embedding, coloured by domain, slide or any ``.obs`` column.
 
     The neighbour graph and UMAP (scanpy) are computed on a throwaway AnnData holding only the embedding (of all
@@ -91,25 +91,27 @@ def embedding_umap(
     save
         File to write the figure to (suffix gives the format); ``None`` writes nothing.
     show
-        Call ``matplotlib.pyplot.show()``.
+        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do. Default: show a
+        figure the plot makes itself, not one drawn into ``ax``. ``False`` returns the Figure instead.
 
     Returns
     -------
-    The matplotlib Figure, one panel per colour.
+    The matplotlib Figure, one panel per colour, when it is not shown (``show=False``, or drawn into ``ax``);
+    else ``None``.
 
     Examples
     --------
     >>> import storm_sc as st
     >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
     >>> sdata["table"].obsm["X_storm"] = sdata["table"].X.toarray()  # any embedding works
-    >>> fig = st.pl.embedding_umap(sdata, color="true_domain")
+    >>> fig = st.pl.embedding_umap(sdata, color="true_domain", show=False)
     >>> fig.axes[0].get_title()
     'true_domain'
     """
     import scanpy as sc
 
     slides_data, _ = slides_to_draw(data, caller="embedding_umap", library_key=library_key)
-    check_flag(show, "show")
+    check_flag(show, "show", allow_none=True)
     check_positive(point_size, "point_size")
     check_positive(panel_size, "panel_size", allow_none=False)
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2:
@@ -193,4 +195,4 @@ def embedding_umap(
     sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
     for panel, c in zip(axes, colors, strict=True):
         sc.pl.embedding(tmp, basis="umap", color=c, ax=panel, show=False, size=point_size, frameon=False, title=c)
-    return finish(fig, save_path, show)
+    return finish(fig, save_path, show, own_figure=ax is None)

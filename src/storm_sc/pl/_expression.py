@@ -57,8 +57,8 @@ def expression(
     uncertainty_cmap: str = "magma",
     panel_size: float = 3.5,
     save: str | os.PathLike | None = None,
-    show: bool = False,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Measured and predicted expression of chosen genes side by side over the tissue.
 
     One row per gene; columns: the measurement, the prediction from H&E (:func:`storm_sc.tl.predict_expression`)
@@ -101,11 +101,13 @@ def expression(
     save
         File to write the figure to (suffix gives the format); ``None`` writes nothing.
     show
-        Call ``matplotlib.pyplot.show()``.
+        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do. Default: show a
+        figure the plot makes itself, not one drawn into ``ax``. ``False`` returns the Figure instead.
 
     Returns
     -------
-    The matplotlib Figure, with ``len(genes)`` rows of 2 (or 3) panels.
+    The matplotlib Figure, with ``len(genes)`` rows of 2 (or 3) panels, when it is not shown (``show=False``, or
+    drawn into ``ax``); else ``None``.
 
     Examples
     --------
@@ -113,12 +115,13 @@ def expression(
     >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
     >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
     >>> _ = st.tl.predict_expression(sdata, model, genes=["gene_0000", "gene_0001"], verbose=False)
-    >>> fig = st.pl.expression(sdata, ["gene_0000", "gene_0001"])
+    >>> fig = st.pl.expression(sdata, ["gene_0000", "gene_0001"], show=False)
     >>> len(fig.axes) >= 4
     True
     """
-    for flag, name in ((uncertainty, "uncertainty"), (image, "image"), (share_scale, "share_scale"), (show, "show")):
+    for flag, name in ((uncertainty, "uncertainty"), (image, "image"), (share_scale, "share_scale")):
         check_flag(flag, name)
+    check_flag(show, "show", allow_none=True)
     check_positive(spot_size, "spot_size")
     check_positive(panel_size, "panel_size", allow_none=False)
     _check_cmap(cmap, "cmap")
@@ -192,7 +195,7 @@ def expression(
                 else:
                     unit = "log1p, both panels" if share_scale and measured is not None else "log1p"
                 fig.colorbar(spots, ax=ax, shrink=0.8, label=unit)
-    return finish(fig, save_path, show)
+    return finish(fig, save_path, show, own_figure=ax is None)
 
 
 def gene_correlation(
@@ -206,8 +209,8 @@ def gene_correlation(
     layer: str | None = None,
     ax: Axes | None = None,
     save: str | os.PathLike | None = None,
-    show: bool = False,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """How well each gene is predicted from H&E: per-gene Pearson r between measured and predicted expression.
 
     The genes are sorted by correlation and the best ``top`` are drawn as a dot plot, with the median over all
@@ -237,11 +240,12 @@ def gene_correlation(
     save
         File to write the figure to (suffix gives the format); ``None`` writes nothing.
     show
-        Call ``matplotlib.pyplot.show()``.
+        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do. Default: show a
+        figure the plot makes itself, not one drawn into ``ax``. ``False`` returns the Figure instead.
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure when not shown (``show=False``, or drawn into ``ax``), else ``None``.
 
     Examples
     --------
@@ -249,11 +253,11 @@ def gene_correlation(
     >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
     >>> model = st.models.StormModel("storm-tiny", sdata["table"].var_names, seed=0)
     >>> _ = st.tl.predict_expression(sdata, model, verbose=False)
-    >>> fig = st.pl.gene_correlation(sdata, top=10)
+    >>> fig = st.pl.gene_correlation(sdata, top=10, show=False)
     >>> st.pl.gene_correlations(sdata).shape[0]
     40
     """
-    check_flag(show, "show")
+    check_flag(show, "show", allow_none=True)
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"`top` must be a positive integer or None, got {top!r}.")
     if ax is not None and not isinstance(ax, Axes):
@@ -290,4 +294,4 @@ def gene_correlation(
     n_nan = int(table["pearson_r"].isna().sum())
     constant = f"\n({n_nan} constant gene(s) without r)" if n_nan else ""
     axis.set_title(f"{what} {len(finite)} genes{constant}", fontsize="medium")
-    return finish(fig, save_path, show)
+    return finish(fig, save_path, show, own_figure=ax is None)

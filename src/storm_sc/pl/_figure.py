@@ -33,10 +33,12 @@ def check_save(save: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def check_flag(value: object, name: str) -> None:
+def check_flag(value: object, name: str, *, allow_none: bool = False) -> None:
     """Refuse a non-boolean where a switch is expected (``image="no"`` would otherwise count as True)."""
+    if value is None and allow_none:
+        return
     if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+        raise TypeError(f"`{name}` must be True or False{' or None' if allow_none else ''}, got {value!r}.")
 
 
 def check_fraction(value: object, name: str) -> None:
@@ -81,15 +83,22 @@ def panel_axes(
     return fig, flat[:n]
 
 
-def finish(fig: Figure, save: Path | None, show: bool) -> Figure:
-    """Save (replacing an existing file, with a log line) and show the figure; return it."""
+def finish(fig: Figure, save: Path | None, show: bool | None, *, own_figure: bool) -> Figure | None:
+    """Save (replacing an existing file, with a log line) and show the figure; return it unless it was shown.
+
+    As scanpy's plots: ``show=None`` shows a figure the plot made itself (``own_figure``), not one drawn into the
+    caller's axes, and a shown figure is not returned: Jupyter would draw a returned Figure a second time.
+    """
     if save is not None:
         if save.exists():
             logger.warning("Replacing the existing file %s with the new figure.", save)
         fig.savefig(save, dpi=150, bbox_inches="tight")
         logger.info("saved figure to %s", save)
-    if show:
-        import matplotlib.pyplot as plt
+    if show is None:
+        show = own_figure
+    if not show:
+        return fig
+    import matplotlib.pyplot as plt
 
-        plt.show()
-    return fig
+    plt.show()
+    return None

@@ -62,8 +62,8 @@ def domains(
     ncols: int = 3,
     panel_size: float = 5.0,
     save: str | os.PathLike | None = None,
-    show: bool = False,
-) -> Figure:
+    show: bool | None = None,
+) -> Figure | None:
     """Tissue domains (or any categorical annotation) over the H&E image, in true physical scale.
 
     Each observation is drawn as a circle of its real diameter at its position in microns, over the H&E image
@@ -109,24 +109,26 @@ def domains(
         File to write the figure to (the suffix gives the format: ``.png``, ``.pdf``, ``.svg`` ...); ``None``
         writes nothing.
     show
-        Call ``matplotlib.pyplot.show()``.
+        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do. Default: show a
+        figure the plot makes itself, not one drawn into ``ax``. ``False`` returns the Figure instead.
 
     Returns
     -------
-    The matplotlib Figure; axes in microns (y pointing down, as in the image), with a scale bar.
+    The matplotlib Figure when it is not shown (``show=False``, or drawn into ``ax``), else ``None``; axes in
+    microns (y pointing down, as in the image), with a scale bar.
 
     Examples
     --------
     >>> import storm_sc as st
     >>> sdata = st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0)
-    >>> fig = st.pl.domains(sdata, key="true_domain")
+    >>> fig = st.pl.domains(sdata, key="true_domain", show=False)
     >>> len(fig.axes)
     1
     """
     slides_data, mpps = slides_to_draw(data, caller="domains", mpp=mpp, library_key=library_key)
     check_flag(image, "image")
     check_flag(legend, "legend")
-    check_flag(show, "show")
+    check_flag(show, "show", allow_none=True)
     check_positive(spot_size, "spot_size")
     check_positive(panel_size, "panel_size", allow_none=False)
     check_fraction(alpha, "alpha")
@@ -171,4 +173,4 @@ def domains(
             fontsize="small",
             ncol=math.ceil(len(handles) / _LEGEND_ROWS),  # many domains (Leiden on cells) would run off the figure
         )
-    return finish(fig, save_path, show)
+    return finish(fig, save_path, show, own_figure=ax is None)
