@@ -58,6 +58,26 @@ def test_only_genes_every_slide_measures_are_used():
     np.testing.assert_allclose(st.pp.expression_components([shuffled, b], n_components=3)[0], sa, rtol=1e-5, atol=1e-5)
 
 
+def test_genes_are_matched_by_ensembl_id_or_symbol_across_slides():
+    # DLPFC names genes by Ensembl id, the Visium FFPE sections by symbol (ids in var["gene_ids"]), another in lower
+    # case: the same genes, as storm_embed matches them; compared by name they shared none and storm_domains dropped
+    # the components with a warning.
+    a, b = _counts(seed=2), _counts(seed=3)
+    ids = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    expected = st.pp.expression_components([a, b], n_components=3)
+    by_id = a.copy()
+    by_id.var_names = ids
+    by_symbol = b.copy()
+    by_symbol.var["gene_ids"] = [f"{g}.7" for g in ids]  # versioned ids
+    by_symbol.var_names = [f"SYM{i}" for i in range(b.n_vars)]
+    for pair in ([by_id, by_symbol], [a, b.copy()]):
+        if pair[1].var_names[0] == "g0":
+            pair[1].var_names = [n.upper() for n in pair[1].var_names]  # symbols in another case
+        got = st.pp.expression_components(pair, n_components=3)
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
 def test_a_layer_and_log1p_input_give_the_same_components():
     adata = _counts(seed=4)
     logged = adata.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -148,10 +149,15 @@ def symbol_column(adata: AnnData, gene_symbols: str | None = None) -> tuple[np.n
     return (None, "none") if column is None else (adata.var[column].to_numpy(), f"var[{column!r}]")
 
 
-def _data_genes(adata: AnnData, gene_symbols: str | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Case-folded symbols and version-less Ensembl ids per data column (``None`` where unknown)."""
+def _data_genes(
+    adata: AnnData, gene_symbols: str | None, *, unique: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Case-folded symbols and version-less Ensembl ids per data column (``None`` where unknown).
+
+    ``unique``: refuse duplicated gene names (matching to a model's vocabulary must not pick one silently).
+    """
     names = adata.var_names
-    if not names.is_unique:
+    if unique and not names.is_unique:
         dup = names[names.duplicated()].unique()[:5].tolist()
         raise ValueError(
             f"The data has duplicated gene names (e.g. {dup}); make them unique first with "
@@ -173,6 +179,56 @@ def _data_genes(adata: AnnData, gene_symbols: str | None) -> tuple[np.ndarray | 
     symbols = None if symbol_source is None else _clean(symbol_source, ensembl=False, genomes=genomes)
     ensembl = None if ensembl_source is None else _clean(ensembl_source, ensembl=True, genomes=genomes)
     return symbols, ensembl, f"symbols: {symbols_from}, Ensembl ids: {ensembl_from}"
+
+
+def shared_columns(tables: Sequence[AnnData]) -> list[np.ndarray]:
+    """Columns of the genes that every table measures, one index array per table, in the first table's order.
+
+    Genes are matched as :func:`align_genes` matches them to a vocabulary: Ensembl ids where both tables have them
+    (version suffixes ignored), else case-insensitive symbols, prefixes of a ``.var["genome"]`` column dropped. So a
+    table named by Ensembl ids (DLPFC) and one named by symbols (Visium FFPE) share their genes. A gene that occurs
+    twice in a table is read from its first column.
+
+    Examples
+    --------
+    >>> genome = pd.DataFrame({"genome": "GRCh38"}, index=["GRCh38__VIM", "GRCh38__CD3E", "GRCh38__KRT8"])
+    >>> a = AnnData(np.zeros((1, 3)), var=genome)
+    >>> b = AnnData(np.zeros((1, 2)), var=pd.DataFrame(index=["Krt8", "VIM"]))
+    >>> [c.tolist() for c in shared_columns([a, b])]
+    [[0, 2], [1, 0]]
+    """
+    keys = [_data_genes(table, None, unique=False)[:2] for table in tables]
+
+    def first_columns(values: np.ndarray | None) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for column, key in enumerate([] if values is None else values):
+            if key is not None:
+                found.setdefault(key, column)
+        return found
+
+    lookups = [(first_columns(symbols), first_columns(ensembl)) for symbols, ensembl in keys[1:]]
+    first_symbols, first_ensembl = keys[0]
+    n_first = tables[0].n_vars
+    columns: list[list[int]] = [[] for _ in tables]
+    taken: list[set[int]] = [set() for _ in tables]
+    for c in range(n_first):
+        symbol = None if first_symbols is None else first_symbols[c]
+        gene_id = None if first_ensembl is None else first_ensembl[c]
+        if c in taken[0] or (symbol is None and gene_id is None):
+            continue
+        matched = [c]
+        for t, (by_symbol, by_id) in enumerate(lookups, start=1):
+            found = by_id.get(gene_id) if gene_id is not None and by_id else None
+            if found is None and symbol is not None:
+                found = by_symbol.get(symbol)
+            if found is None or found in taken[t]:
+                break
+            matched.append(found)
+        else:
+            for t, found in enumerate(matched):
+                columns[t].append(found)
+                taken[t].add(found)
+    return [np.asarray(cols, dtype=np.int64) for cols in columns]
 
 
 def _match(

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
+from ._alignment import shared_columns
 from ._expression import Z_CLIP, _matrix_of, gene_moments, normalized, validated_kind
 from ._input import table_of
 
@@ -38,7 +39,8 @@ def expression_components(
     standardised within each slide (zero mean, unit variance, clipped at +-10, as ``sc.pp.scale(max_value=10)``
     does), and one PCA is fitted on the observations of all slides together. Standardising per slide removes each
     slide's depth and offsets, so the components (and the domains clustered on them) mean the same on every slide.
-    Where a gene name occurs twice in a table, its first column is used.
+    Genes are matched between slides as :func:`align_genes` matches them (Ensembl ids, else case-insensitive
+    symbols); where a gene occurs twice in a table, its first column is used.
 
     Parameters
     ----------
@@ -78,11 +80,11 @@ def expression_components(
             raise ValueError(f"Slide {i} has no genes in its table; expression components need expression.")
         if layer is not None and layer not in t.layers:
             raise KeyError(f"Slide {i}: layer {layer!r} not found (layers: {sorted(t.layers)}).")
-    common = shared_genes(tables)
-    if len(common) < 2:
-        raise ValueError(f"The slides share {len(common)} gene(s); expression components need at least 2 in common.")
+    common = shared_columns(tables)
+    if len(common[0]) < 2:
+        raise ValueError(f"The slides share {len(common[0])} gene(s); expression components need at least 2 in common.")
 
-    matrices = [_log1p_csr(t, common, layer) for t in tables]
+    matrices = [_log1p_csr(t, columns, layer) for t, columns in zip(tables, common, strict=True)]
     moments = [gene_moments(m) for m in matrices]
     variance = np.stack([v for _, v in moments])
     varying = np.flatnonzero((variance > _MIN_VARIANCE).any(axis=0))
@@ -109,23 +111,9 @@ def expression_components(
     return scores[0] if single else scores
 
 
-def shared_genes(tables: Sequence[AnnData]) -> np.ndarray:
-    """Names of the genes of the first table that every table has, in the first table's order (each once)."""
-    names = tables[0].var_names.drop_duplicates()
-    keep = np.ones(len(names), dtype=bool)
-    for t in tables[1:]:
-        keep &= names.isin(t.var_names)
-    return names[keep].to_numpy()
-
-
-def _log1p_csr(table: AnnData, genes: np.ndarray, layer: str | None) -> sparse.csr_matrix:
-    """log1p (library size 1e4, counted over all of the table's genes) of ``genes``, as CSR.
-
-    A gene name that occurs twice in the table is read from its first column.
-    """
+def _log1p_csr(table: AnnData, columns: np.ndarray, layer: str | None) -> sparse.csr_matrix:
+    """log1p (library size 1e4, counted over all of the table's genes) of the table's ``columns``, as CSR."""
     x = _matrix_of(table, layer)
-    first = ~table.var_names.duplicated()
-    columns = np.flatnonzero(first)[table.var_names[first].get_indexer(genes)]
     # Only the shared genes are normalised (library sizes still count every gene): one copy of the panel, not two.
     return sparse.csr_matrix(normalized(x, validated_kind(x, None), columns=columns))
 

@@ -17,7 +17,7 @@ from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import mpp_per_object
 from storm_sc.pp import expression_components, spatial_graph
-from storm_sc.pp._components import shared_genes
+from storm_sc.pp._alignment import shared_columns
 from storm_sc.pp._graph import grid_pitch, library_codes
 from storm_sc.pp._representation_graph import representation_neighbors
 
@@ -128,7 +128,7 @@ def _expression_pcs(slides: list[SpatialInput], requested: int) -> int:
     if not requested:
         return 0
     without = [s for s in slides if s.table.n_vars < 2]
-    if without or len(shared_genes([s.table for s in slides])) < 2:
+    if without or len(shared_columns([s.table for s in slides])[0]) < 2:
         names = [s.library_id for s in without]
         reason = f"slide(s) {names} have no expression table" if without else "the slides share < 2 genes"
         # Tiles of H&E-only slides have no expression by construction: nothing to warn about there.
