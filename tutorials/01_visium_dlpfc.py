@@ -148,11 +148,11 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # layers are thin bands, and some (L2, L4) have few spots, so 7 clusters rarely match them one to one.
 #
 # - With the bundled reference, which never saw brain cortex, and no training here, `storm_domains` gives ARI
-#   0.44 (NMI 0.54). The embedding alone gives 0.33 (NMI 0.40) and the PCA baseline 0.37 (NMI 0.46): the
+#   0.435 (NMI 0.53). The embedding alone gives 0.33 (NMI 0.40) and the PCA baseline 0.37 (NMI 0.46): the
 #   section's own standardised expression components carry most of the layer structure, and the STORM embedding
 #   (H&E, the corpus's co-expression axes, spatial context) adds to them (the benchmarks page measures the
 #   components alone: 0.40). One epoch of adaptation (fast mode, about a minute on a 2-core CPU) gives 0.38 (NMI
-#   0.51). White matter is one domain of its own (642 of 652 spots), L1 is mostly another, which it shares with
+#   0.51). White matter is one domain of its own (641 of 652 spots), L1 is mostly another, which it shares with
 #   part of L6, and L2-L6 spread over the remaining domains in order of depth; the
 #   cross-tabulation above shows it.
 #

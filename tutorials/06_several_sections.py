@@ -109,8 +109,8 @@ pd.crosstab(one_centre["section"], one_centre["domain_one_centre"])
 # %% [markdown]
 # **What to expect.** With storm_sc 0.1.0.dev0 and the bundled reference, on a 2-core CPU: the joint call shares
 # its five domains across the three sections (each domain holds spots of every section), the maps show the bulb's
-# concentric layers on all three, and the labelled section scores ARI 0.569 against its layers in the joint call
-# and 0.516 alone. With one centre for all sections the two replicates with H&E sit apart from the section without
+# concentric layers on all three, and the labelled section scores ARI 0.562 against its layers in the joint call
+# and 0.524 alone. With one centre for all sections the two replicates with H&E sit apart from the section without
 # an image: domains split by section (see the table above) and the ARI drops to 0.309. `benchmarks/domains_pooled.py`
 # measures this over seeds and next to the usual multi-sample PCA recipe (see the benchmarks page).
 #
