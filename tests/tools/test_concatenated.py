@@ -131,6 +131,23 @@ def test_scanpy_concatenated_anndata_is_analysed_per_library():
     plt.close(fig)
 
 
+def test_one_library_taken_out_of_a_scanpy_concat_is_that_library():
+    # adata[adata.obs.library_id == "s2"] keeps every library in .uns['spatial']: its rows name the one to read.
+    from tests.io.test_split_slides import _scanpy_concat
+
+    both, parts = _scanpy_concat()
+    model = st.models.StormModel("storm-tiny", both.var_names, seed=0)
+    one = both[both.obs["library_id"] == "s2"].copy()
+    assert len(one.uns["spatial"]) == 2
+    st.tl.storm_embed([one, parts["s2"]], model, verbose=False)
+    np.testing.assert_allclose(one.obsm["X_storm"], parts["s2"].obsm["X_storm"], atol=1e-5)
+    st.tl.storm_domains(one, n_domains=2)
+    assert st.io.resolve(one).library_id == "s2"
+    fig = st.pl.domains(one, show=False)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["s2"]
+    plt.close(fig)
+
+
 def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(caplog):
     import anndata as ad
 

@@ -36,6 +36,23 @@ def _table_of_spatialdata_hint(adata: AnnData) -> str:
     )
 
 
+def _rows_library(adata: AnnData, libs: dict[str, Any]) -> str | None:
+    """The library every row belongs to, when ``.uns['spatial']`` describes several (else ``None``).
+
+    Rows of one library taken out of a ``scanpy.concat`` keep every library's entry in ``.uns['spatial']``; the
+    ``.obs`` column whose values are those keys (``library_id`` first) then names a single one.
+    """
+    names = {str(k) for k in libs}
+    for column in sorted(adata.obs.columns, key=lambda c: c != "library_id"):
+        values = adata.obs[column]
+        if values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
+            found = {str(v) for v in pd.unique(values)}
+            if len(found) == 1 and found <= names:
+                (library,) = found
+                return next(k for k in libs if str(k) == library)
+    return None
+
+
 def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any]]:
     libs = adata.uns.get(_UNS_KEY)
     if not isinstance(libs, dict) or not libs:
@@ -43,6 +60,8 @@ def _library(adata: AnnData, library_id: str | None) -> tuple[str, dict[str, Any
             "This AnnData has no `.uns['spatial'][library_id]` with images and scalefactors (scanpy's Visium layout). "
             "Read Visium data with `spatialdata_io.visium(...)`, or build a SpatialData with `st.io.from_arrays(...)`."
         )
+    if library_id is None and len(libs) > 1:
+        library_id = _rows_library(adata, libs)
     if library_id is None:
         if len(libs) > 1:
             raise ValueError(
