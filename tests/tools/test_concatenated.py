@@ -187,6 +187,10 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     plt.close(fig)
     with pytest.raises(KeyError, match="`domains`: `library_key` 'sample'"):
         st.pl.domains(stacked, library_key="sample", mpp=mpp["s1"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="storm_sc"):  # drawn overlaid without library_key: said so, as the tools do
+        plt.close(st.pl.domains(stacked, mpp=mpp["s1"], show=False))
+    assert "`domains`: The AnnData is taken as one slide" in caplog.text
     by_batch = stacked.copy()
     by_batch.obs = by_batch.obs.rename(columns={"library_id": "batch"})  # any column name, not only scanpy's
     fig = st.pl.domains(by_batch, library_key="batch", mpp=mpp["s1"], show=False)

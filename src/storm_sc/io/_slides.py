@@ -24,6 +24,7 @@ from spatialdata.models import TableModel, get_table_keys
 from xarray import DataArray, DataTree
 
 from storm_sc._constants import ATTRS_STORM, UNS_STORM
+from storm_sc._settings import logger
 
 from ._anndata import anndata_slide_name
 from ._elements import affine_xy, apply_affine, coordinate_systems, element_of, find_element, image_size
@@ -359,6 +360,20 @@ def check_library_key(objects: list[SpatialData | AnnData], library_key: str, ca
                     "concatenate with anndata.concat(..., uns_merge='unique') keyed by them, so that every section "
                     "keeps its image and scale."
                 )
+
+
+def hint_library_key(adata: AnnData, caller: str | None = None) -> None:
+    """Warn when an AnnData taken as one slide names several libraries in ``.obs["library_id"]``."""
+    values = adata.obs.get("library_id")
+    if values is None or values.nunique() < 2:
+        return
+    logger.warning(
+        "%sThe AnnData is taken as one slide, but .obs['library_id'] names %d libraries: sections stacked in one "
+        "table (anndata.concat) share one coordinate space, so their spots would be each other's neighbours. Pass "
+        "library_key='library_id' to analyse each on its own.",
+        f"`{caller}`: " if caller else "",
+        values.nunique(),
+    )
 
 
 def split_slides(

@@ -14,7 +14,14 @@ from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._anndata import named_library
 from storm_sc.io._resolve import is_prediction, mpp_per_object
-from storm_sc.io._slides import anndata_slides, check_library_key, find_slides, library_column, slide_of
+from storm_sc.io._slides import (
+    anndata_slides,
+    check_library_key,
+    find_slides,
+    hint_library_key,
+    library_column,
+    slide_of,
+)
 
 Data = SpatialData | AnnData
 
@@ -33,8 +40,10 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
                 f"`{caller}` reads one slide, and this {type(data).__name__} holds {len(names)}: {names}. Pass one, "
                 f"e.g. st.io.split_slides(data)[{names[0]!r}]."
             )
+        if isinstance(data, AnnData):
+            hint_library_key(data, caller)
         return [data]
-    return [slide for item in _objects(data, caller=caller, many=many) for slide in _panels(item)]
+    return [slide for item in _objects(data, caller=caller, many=many) for slide in _panels(item, caller=caller)]
 
 
 def slides_to_draw(
@@ -49,7 +58,11 @@ def slides_to_draw(
     mpps = mpp_per_object(mpp, len(objects))
     if library_key is not None:
         check_library_key(objects, library_key, caller)
-    pairs = [(slide, value) for item, value in zip(objects, mpps, strict=True) for slide in _panels(item, library_key)]
+    pairs = [
+        (slide, value)
+        for item, value in zip(objects, mpps, strict=True)
+        for slide in _panels(item, library_key, caller)
+    ]
     return [slide for slide, _ in pairs], [value for _, value in pairs]
 
 
@@ -67,11 +80,14 @@ def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
 
 
-def _panels(item: Data, library_key: str | None = None) -> list[Data]:
+def _panels(item: Data, library_key: str | None = None, caller: str | None = None) -> list[Data]:
     """The slides of one object: itself, or each slide of a SpatialData (or AnnData) holding several."""
     if isinstance(item, AnnData):
         libraries = anndata_slides(item, library_key)
-        return [item] if libraries is None else [piece for _, _, piece in libraries]
+        if libraries is None:
+            hint_library_key(item, caller)
+            return [item]
+        return [piece for _, _, piece in libraries]
     parts = find_slides(item)
     return [item] if parts is None else [slide_of(item, part) for part in parts]
 

@@ -22,6 +22,7 @@ from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
     find_slides,
+    hint_library_key,
     is_prediction,
     overlapping_regions,
     part_rows,
@@ -192,19 +193,6 @@ class _Origin:
     name: str | None = None
 
 
-def _hint_library_key(adata: AnnData) -> None:
-    """Warn when an AnnData taken as one slide names several libraries in ``.obs["library_id"]``."""
-    values = adata.obs.get("library_id")
-    if values is None or values.nunique() < 2:
-        return
-    logger.warning(
-        "The AnnData is analysed as one slide, but .obs['library_id'] names %d libraries: sections stacked in one "
-        "table (anndata.concat) share one coordinate space, so their spots would be each other's neighbours. Pass "
-        "library_key='library_id' to analyse each on its own.",
-        values.nunique(),
-    )
-
-
 def _hint_stacked_regions(sdata: SpatialData, table_key: str | None) -> None:
     """Warn when a SpatialData taken as one slide holds regions lying on top of each other (stacked slides)."""
     found = overlapping_regions(sdata, table_key=table_key)
@@ -258,7 +246,7 @@ class SlideFanout:
             if isinstance(target, AnnData):
                 libraries = anndata_slides(target, library_key)
                 if libraries is None and hint_stacked:
-                    _hint_library_key(target)
+                    hint_library_key(target)
                 if libraries is not None:
                     logger.info("%d libraries found in one AnnData: %s", len(libraries), [n for n, _, _ in libraries])
                     for name, rows, piece in libraries:
