@@ -76,6 +76,21 @@ def test_domains_several_slides_share_colours(slides):
         assert_unchanged(before, sdata)
 
 
+def test_a_domain_dropped_from_one_slide_keeps_its_place_in_the_legends(slides):
+    # Subsetting a slide after clustering drops the categories it no longer holds (anndata): the legend still reads
+    # 0, 1, 2 (it read 0, 2, 1 with the union taken in first-seen order), in its stored colour.
+    table = slides[0]["table"]
+    subset = table[table.obs["storm_domain"] != "1"].copy()
+    assert list(subset.obs["storm_domain"].cat.categories) == ["0", "2"]
+    lone = SpatialData(images=dict(slides[0].images), shapes=dict(slides[0].shapes), tables={"table": subset})
+    lone.attrs.update(slides[0].attrs)
+    fig = st.pl.domains([lone, slides[1]], image=False, show=False)
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert labels == ["0", "1", "2"]
+    fig = st.pl.embedding_umap([lone, slides[1]], color="storm_domain", show=False)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["0", "1", "2"]
+
+
 def test_domains_any_categorical_column_with_missing_values(sdata):
     # a copy of the table with an annotation that leaves some spots unlabelled
     table = sdata["table"].copy()

@@ -59,6 +59,37 @@ def stored_colors(table: AnnData, key: str, categories: Sequence[str]) -> dict[s
     return {str(cat): to_hex(c, keep_alpha=True) for cat, c in zip(categories, colors, strict=False)}
 
 
+def merged_categories(orders: Sequence[Sequence[object]]) -> list[str]:
+    """The union of several category orders, each category placed where its own order puts it.
+
+    Slides subset after clustering lose the domains they no longer hold; taking the union in first-seen order then
+    moved a domain to the end of the legend (``0, 1, 3, 4, 2``). A category missing so far goes after the nearest
+    earlier category of its own order already placed (else before the nearest later one; else at the end).
+
+    Examples
+    --------
+    >>> merged_categories([["0", "1", "3", "4"], ["0", "1", "2", "3", "4"]])
+    ['0', '1', '2', '3', '4']
+    >>> merged_categories([["b", "c"], ["a", "b"]])
+    ['a', 'b', 'c']
+    """
+    out: list[str] = []
+    for order in orders:
+        names = [str(c) for c in order]
+        for i, name in enumerate(names):
+            if name in out:
+                continue
+            before = next((n for n in reversed(names[:i]) if n in out), None)
+            after = next((n for n in names[i + 1 :] if n in out), None)
+            if before is not None:
+                out.insert(out.index(before) + 1, name)
+            elif after is not None:
+                out.insert(out.index(after), name)
+            else:
+                out.append(name)
+    return out
+
+
 def category_colors(tables: Sequence[AnnData], key: str, categories: Sequence[str]) -> dict[str, str]:
     """One colour per category of ``categories`` (their union over ``tables``), never modifying the tables.
 

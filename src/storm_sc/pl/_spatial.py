@@ -15,7 +15,7 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
 
-from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, rgba_of
+from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
 from ._slides import require_obs, resolve_slide, slide_names, slides_to_draw
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
@@ -151,7 +151,7 @@ def domains(
         if len(titles) != len(slides):
             raise ValueError(f"`title` must give one title per slide ({len(slides)}), got {len(titles)}.")
 
-    categories = list(dict.fromkeys(str(c) for lab in labels for c in lab.categories))
+    categories = merged_categories([lab.categories for lab in labels])
     colors = category_colors([s.table for s in slides], key, categories)
     fig, axes = panel_axes(len(slides), ax, ncols=ncols, panel_size=(panel_size, panel_size))
     for panel, slide, lab, panel_title in zip(axes, slides, labels, titles, strict=True):
