@@ -14,6 +14,7 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Affine, Scale, Sequence, Translation
 
 import storm_sc as st
+from storm_sc.pl._colors import NA_COLOR
 from storm_sc.pl._tissue import image_to_um, read_tissue_image, spot_bounds
 
 from ._snapshot import assert_unchanged, snapshot
@@ -89,6 +90,24 @@ def test_a_domain_dropped_from_one_slide_keeps_its_place_in_the_legends(slides):
     assert labels == ["0", "1", "2"]
     fig = st.pl.embedding_umap([lone, slides[1]], color="storm_domain", show=False)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["0", "1", "2"]
+
+
+def test_a_column_only_one_slide_has_is_missing_on_the_others(slides):
+    # One labelled section beside unlabelled replicates (tutorial 6): colour by the labels, the others drawn as NA.
+    labelled, other = slides
+    labelled["table"].obs["layer"] = pd.Categorical(np.where(np.arange(labelled["table"].n_obs) % 2, "L1", "L2"))
+    try:
+        fig = st.pl.domains(slides, key="layer", image=False, show=False)
+        spots = [_spots(ax) for ax in fig.axes if ax.get_visible()]
+        np.testing.assert_allclose(
+            spots[1].get_facecolor(), np.tile(to_rgba(NA_COLOR, 0.75), (other["table"].n_obs, 1))
+        )
+        fig = st.pl.embedding_umap(slides, color=["layer", "storm_domain"], show=False)
+        assert "NA" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        with pytest.raises(KeyError, match=r"None of the 2 slides: .obs\['nope'\] not found"):
+            st.pl.domains(slides, key="nope")
+    finally:
+        del labelled["table"].obs["layer"]
 
 
 def test_domains_any_categorical_column_with_missing_values(sdata):

@@ -98,6 +98,8 @@ def category_colors(tables: Sequence[AnnData], key: str, categories: Sequence[st
     """
     out: dict[str, str] = {}
     for table in tables:
+        if key not in table.obs:  # a column only some slides have
+            continue
         column = table.obs[key]
         cats = [str(c) for c in column.cat.categories] if isinstance(column.dtype, pd.CategoricalDtype) else None
         if cats is None:

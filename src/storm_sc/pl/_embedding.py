@@ -21,7 +21,7 @@ from storm_sc.tl._domains import centre_each_slide
 
 from ._colors import categorical_column, category_colors, merged_categories
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
-from ._slides import require_obs, require_obsm, slides_to_draw, table_and_name, unique_names
+from ._slides import require_obs_in_any, require_obsm, slides_to_draw, table_and_name, unique_names
 
 #: Default name of the column telling slides apart in the UMAP (only in the throwaway AnnData).
 SLIDE_KEY = "slide"
@@ -147,9 +147,9 @@ def embedding_umap(
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise ValueError(f"Slide {name!r}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         dims.add(rep.shape[1])
-        for c in colors:
-            if c != slide_key or c in table.obs:
-                require_obs(table, c, f"Slide {name!r}")
+    for c in colors:
+        if c != slide_key:
+            require_obs_in_any(tables, c, names)
     if len(dims) > 1:
         raise ValueError(
             f".obsm[{use_rep!r}] has different widths across slides {sorted(dims)}; embed all slides with the same "
@@ -170,14 +170,19 @@ def embedding_umap(
                 column = table.obs[c]
                 values = column.to_numpy()
                 obs[c] = values.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else values
-            else:
+            elif c == slide_key:
                 obs[c] = name
+            else:  # a column this slide lacks (e.g. labels of another section): missing here
+                obs[c] = np.nan
         parts.append(AnnData(np.zeros((table.n_obs, 0), dtype=np.float32), obs=obs,
                              obsm={"rep": rep.astype(np.float32)}))  # fmt: skip
     tmp = ad.concat(parts, merge=None)
     for c in colors:
-        numeric = all(c in t.obs and pd.api.types.is_numeric_dtype(t.obs[c]) for t in tables) and not all(
-            pd.api.types.is_bool_dtype(t.obs[c]) for t in tables
+        having = [t for t in tables if c in t.obs]
+        numeric = (
+            bool(having)
+            and all(pd.api.types.is_numeric_dtype(t.obs[c]) for t in having)
+            and not all(pd.api.types.is_bool_dtype(t.obs[c]) for t in having)
         )
         if numeric:
             tmp.obs[c] = pd.to_numeric(tmp.obs[c])

@@ -194,6 +194,17 @@ def require_obs(table: AnnData, key: str, where: str) -> None:
     )
 
 
+def require_obs_in_any(tables: Sequence[AnnData], key: str, names: Sequence[str]) -> None:
+    """Refuse ``key`` unless some table has it.
+
+    A column only some slides have (the labels of one section) is drawn as missing on the others.
+    """
+    if any(key in t.obs for t in tables):
+        return
+    where = f"Slide {names[0]!r}" if len(tables) == 1 else f"None of the {len(tables)} slides"
+    require_obs(tables[0], key, where)
+
+
 def require_obsm(table: AnnData, key: str, where: str) -> None:
     """Raise a clear error when ``.obsm[key]`` is missing."""
     if key in table.obsm:

@@ -17,7 +17,7 @@ from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
 
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
-from ._slides import require_obs, resolve_slide, slide_names, slides_to_draw
+from ._slides import require_obs_in_any, resolve_slide, slide_names, slides_to_draw
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
 
 # Legend entries per column: about a panel's height of small-font rows.
@@ -140,10 +140,13 @@ def domains(
         for d, m in zip(slides_data, mpps, strict=True)
     ]
     names = slide_names(slides)
+    require_obs_in_any([s.table for s in slides], key, names)
     labels = []
     for slide, name in zip(slides, names, strict=True):
-        require_obs(slide.table, key, f"Slide {name!r}")
-        labels.append(categorical_column(slide.table, key, f"Slide {name!r}"))
+        if key in slide.table.obs:
+            labels.append(categorical_column(slide.table, key, f"Slide {name!r}"))
+        else:  # a column only some slides have (labels of one section): this one's spots are drawn as missing
+            labels.append(pd.Categorical([None] * slide.table.n_obs, categories=[]))
     if title is None:
         titles = names
     else:
