@@ -135,3 +135,22 @@ def test_survival_result_km_plot_and_reproducibility(generated_cohort):
     np.testing.assert_allclose(att, 1.0 / len(att))
     c = fit_outcome(cohort, feats, aggregator="mean", **{**kw, "random_state": 4})
     assert not np.array_equal(c.predictions["fold"], a.predictions["fold"])
+
+
+def test_a_baseline_constant_in_a_training_fold_gives_that_fold_a_constant_score(generated_cohort, caplog):
+    from storm_sc.clinical import patient_folds, validate_cohort
+
+    cohort, feats = generated_cohort
+    c = validate_cohort(cohort, feats, task="survival", folds=3)
+    fold = patient_folds(c.strata, 3, 0)
+    # A mutation carried only by fold 0's patients: the training patients of fold 0 are all wild-type.
+    carriers = c.patients.index[fold == 0]
+    mutated = cohort.assign(mutation=cohort["patient_id"].isin(carriers).astype(int))
+    res = fit_outcome(mutated, feats, task="survival", folds=3, epochs=2, baseline="mutation", n_bootstrap=20,
+                      verbose=False)  # fmt: skip
+    scores = res.predictions["baseline_score"]
+    assert scores[res.predictions["fold"] == 0].nunique() == 1
+    assert scores[res.predictions["fold"] != 0].nunique() == 2  # the other folds learnt from the carriers
+    assert "single value among the training patients of fold 0" in caplog.text
+    with pytest.raises(ValueError, match="Baseline column 'TMB' has the same value .* for all 12 patients"):
+        fit_outcome(cohort.assign(TMB=3.0), feats, task="survival", folds=3, baseline="TMB", verbose=False)

@@ -219,6 +219,13 @@ def validate_cohort(
         )
     patient_table = table.groupby("patient_id", sort=True)[per_patient].first()
     _check_counts(patient_table, task, folds, response_key, event_key)
+    for col in baseline_cols:
+        values = patient_table[f"baseline:{col}"]
+        if values.nunique() == 1:
+            raise ValueError(
+                f"Baseline column {col!r} has the same value ({values.iloc[0]:g}) for all {len(values)} patients: it "
+                "cannot predict the outcome. Leave it out of `baseline`."
+            )
 
     feats = features_table(features)
     merged = table[["slide_id", "patient_id"]].merge(feats, on="slide_id", how="left")

@@ -185,15 +185,42 @@ def hazard_ratio_per_sd(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -
 
 # -- clinical baseline -----------------------------------------------------------------------------------------------
 def baseline_scores(cohort: Cohort, folds: np.ndarray) -> np.ndarray:
-    """Out-of-fold scores of the clinical baseline, fitted on each training fold (logistic or Cox regression)."""
+    """Out-of-fold scores of the clinical baseline, fitted on each training fold (logistic or Cox regression).
+
+    A baseline column that takes a single value among a fold's training patients carries no information there: its
+    coefficient is undetermined, and lifelines' Cox fit diverges on it. The fold is fitted on the columns that do
+    vary, and where none does its held-out patients all get the same score (0): the honest prediction of a model
+    that has learnt nothing, which ranks them at chance, as the logistic fit does for a response.
+
+    Parameters
+    ----------
+    cohort
+        The validated cohort (``cohort.baseline`` names the columns).
+    folds
+        ``(n_patients,)`` fold of each patient.
+
+    Returns
+    -------
+    ``(n_patients,)`` out-of-fold baseline scores (response logit or Cox log partial hazard).
+    """
     cols = [f"baseline:{c}" for c in cohort.baseline]
     x = cohort.patients[cols].to_numpy(dtype=np.float64)
     out = np.zeros(len(x))
     for k in range(folds.max() + 1):
         train, test = folds != k, folds == k
         mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
-        sd = np.where(sd > 0, sd, 1.0)
-        xt, xs = (x[train] - mu) / sd, (x[test] - mu) / sd
+        varying = sd > 0
+        if not varying.all():
+            logger.warning(
+                "Baseline column(s) %s take a single value among the training patients of fold %d and are left out "
+                "of its baseline fit%s.", [c for c, v in zip(cohort.baseline, varying, strict=True) if not v], k,
+                "" if varying.any() else "; its held-out patients all get the same baseline score",
+            )  # fmt: skip
+        if not varying.any():
+            continue
+        names = [c for c, v in zip(cols, varying, strict=True) if v]
+        xt = (x[train][:, varying] - mu[varying]) / sd[varying]
+        xs = (x[test][:, varying] - mu[varying]) / sd[varying]
         if cohort.task == "response":
             from sklearn.linear_model import LogisticRegression
 
@@ -202,14 +229,14 @@ def baseline_scores(cohort: Cohort, folds: np.ndarray) -> np.ndarray:
         else:
             from lifelines import CoxPHFitter
 
-            df = pd.DataFrame(xt, columns=cols)
+            df = pd.DataFrame(xt, columns=names)
             df["time"] = cohort.patients["time"].to_numpy()[train]
             df["event"] = cohort.patients["event"].to_numpy()[train]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # A small ridge keeps the fit finite when a baseline separates the events perfectly in a fold.
                 cph = CoxPHFitter(penalizer=0.01).fit(df, duration_col="time", event_col="event")
-            out[test] = cph.predict_log_partial_hazard(pd.DataFrame(xs, columns=cols)).to_numpy()
+            out[test] = cph.predict_log_partial_hazard(pd.DataFrame(xs, columns=names)).to_numpy()
     return out
 
 
