@@ -54,6 +54,14 @@ def generated_cohort(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="session")
+def generated_features_without_genes(generated_cohort, tiny_model, tmp_path_factory):
+    """The generated cohort's slide features computed with ``genes=[]``: embeddings only."""
+    cohort, _ = generated_cohort
+    return slide_features(cohort[["slide_id", "path"]], tiny_model, out_dir=tmp_path_factory.mktemp("no_genes"),
+                          genes=[], device="cpu", verbose=False)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def semi_synthetic(tmp_path_factory, tiny_model):
     """The semi-synthetic cohort from real H&E crops (tests/clinical/_synthetic.py) and its slide features."""
     if not (DATA_DIR / "her2st").exists() or not (DATA_DIR / "visium_ffpe_villacampa2021").exists():

@@ -161,3 +161,12 @@ def test_a_slide_without_tissue_is_left_out_when_its_patient_has_others(cohort, 
     assert "no tissue tiles and are left out" in caplog.text
     with pytest.raises(ValueError, match=rf"no tissue tiles and are their patient's only slides: \['{alone}'\]"):
         validate_cohort(cohort, blank(alone), task="response", folds=3)
+
+
+def test_features_without_predicted_genes_are_refused_for_expression(cohort, generated_features_without_genes):
+    feats = generated_features_without_genes
+    with pytest.raises(ValueError, match=r"features_key='expression' has no features.*genes=\[\]"):
+        _fit(cohort, feats, features_key="expression")
+    # The embedding (also with the empty expression appended) is still there to train on.
+    c = validate_cohort(cohort, feats, task="response", folds=3, features_key="embedding+expression")
+    assert len(c.slides) == 16

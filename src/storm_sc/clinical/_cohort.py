@@ -11,7 +11,7 @@ import pandas as pd
 
 from storm_sc._settings import logger
 
-from ._features import A_COMPLETE, A_FINGERPRINT, H5_COORDS_UM, SUFFIX
+from ._features import A_COMPLETE, A_FINGERPRINT, FEATURE_DATASETS, FEATURE_KEYS, H5_COORDS_UM, SUFFIX
 from ._mil import TASKS
 
 # A test fold needs at least this many patients for its out-of-fold predictions to mean anything.
@@ -134,6 +134,7 @@ def validate_cohort(
     time_key: str = "time",
     event_key: str = "event",
     baseline: str | list[str] | None = None,
+    features_key: str | None = None,
 ) -> Cohort:
     """Check a cohort table and its slide features; every problem is reported before any work starts.
 
@@ -152,6 +153,9 @@ def validate_cohort(
         Column names in ``cohort``.
     baseline
         Clinical baseline column(s), numeric.
+    features_key
+        The tile features the outcome model will read (see :func:`storm_sc.tl.fit_outcome`): the files must hold at
+        least one such feature. ``None`` skips that check.
 
     Returns
     -------
@@ -163,6 +167,8 @@ def validate_cohort(
     """
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {TASKS}; got {task!r}.")
+    if features_key is not None and features_key not in FEATURE_KEYS:
+        raise ValueError(f"`features_key` must be one of {FEATURE_KEYS}; got {features_key!r}.")
     if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
         raise ValueError(f"`folds` must be an integer >= 2; got {folds!r}.")
     if not isinstance(cohort, pd.DataFrame):
@@ -234,7 +240,7 @@ def validate_cohort(
         raise ValueError(
             f"{len(missing)} cohort slide(s) have no features: {missing[:10]}. Run st.tl.slide_features on them first."
         )
-    merged["n_tiles"] = _check_feature_files(merged)
+    merged["n_tiles"] = _check_feature_files(merged, features_key)
     merged = _without_empty_slides(merged)
     return Cohort(task=task, slides=merged, patients=patient_table, baseline=baseline_cols)
 
@@ -296,10 +302,10 @@ def _check_counts(patients: pd.DataFrame, task: str, folds: int, response_key: s
             )
 
 
-def _check_feature_files(slides: pd.DataFrame) -> list[int]:
+def _check_feature_files(slides: pd.DataFrame, features_key: str | None) -> list[int]:
     import h5py
 
-    problems, n_tiles, models = [], [], {}
+    problems, n_tiles, models, featureless = [], [], {}, []
     for slide_id, path in zip(slides["slide_id"], slides["feature_file"], strict=True):
         if not Path(path).is_file():
             problems.append(f"{slide_id}: file {path} does not exist")
@@ -310,6 +316,10 @@ def _check_feature_files(slides: pd.DataFrame) -> list[int]:
                 complete = bool(f.attrs.get(A_COMPLETE, False))
                 n = int(f[H5_COORDS_UM].shape[0]) if H5_COORDS_UM in f else 0
                 fingerprint = str(f.attrs.get(A_FINGERPRINT, ""))
+                if features_key is not None:
+                    width = sum(f[d].shape[1] for d in FEATURE_DATASETS[features_key] if d in f)
+                    if width == 0:
+                        featureless.append(slide_id)
         except OSError as err:
             problems.append(f"{slide_id}: {path} cannot be read ({err})")
             n_tiles.append(0)
@@ -320,6 +330,13 @@ def _check_feature_files(slides: pd.DataFrame) -> list[int]:
         models.setdefault(_model_of(fingerprint), []).append(slide_id)
     if problems:
         raise ValueError(f"{len(problems)} slide feature file(s) cannot be used: " + "; ".join(problems[:10]) + ".")
+    if featureless:
+        # Only the predicted expression can be empty: slide_features(genes=[]) stores none.
+        raise ValueError(
+            f"features_key={features_key!r} has no features to train on: the feature files of {len(featureless)} "
+            f"slide(s) hold no predicted genes ({featureless[:5]}; computed with `genes=[]`). Recompute them with "
+            "st.tl.slide_features(..., genes=[...]) or use another `features_key` (e.g. 'embedding')."
+        )
     if len(models) > 1:
         groups = {k[:40]: v[:3] for k, v in models.items()}
         raise ValueError(

@@ -54,7 +54,14 @@ A_COMPLETE = "complete"
 A_FINGERPRINT = "fingerprint"
 A_N_ENCODED = "n_encoded"
 A_N_CONTEXT = "n_context"
-FEATURE_KEYS = ("embedding", "expression", "embedding+expression", "tokens")
+# The datasets each ``features_key`` reads, concatenated in this order.
+FEATURE_DATASETS = {
+    "embedding": (H5_EMBEDDING,),
+    "expression": (H5_EXPRESSION,),
+    "embedding+expression": (H5_EMBEDDING, H5_EXPRESSION),
+    "tokens": (H5_TOKENS,),
+}
+FEATURE_KEYS = tuple(FEATURE_DATASETS)
 # Display thumbnails stored in the file are at most this long.
 THUMBNAIL_MAX_SIDE = 1024
 # Bytes hashed at each end of a slide file to recognise it again without reading it whole.
@@ -404,13 +411,7 @@ def read_slide_features(path: str | os.PathLike, *, key: str = "embedding", thum
     with h5py.File(path, "r") as f:
         if not bool(f.attrs.get(A_COMPLETE, False)):
             raise ValueError(f"{path} is not a complete slide feature file; rerun st.tl.slide_features.")
-        parts = []
-        if key in ("embedding", "embedding+expression"):
-            parts.append(f[H5_EMBEDDING][:].astype(np.float32))
-        if key in ("expression", "embedding+expression"):
-            parts.append(f[H5_EXPRESSION][:].astype(np.float32))
-        if key == "tokens":
-            parts.append(f[H5_TOKENS][:].astype(np.float32))
+        parts = [f[name][:].astype(np.float32) for name in FEATURE_DATASETS[key]]
         feats = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         genes = [g.decode() if isinstance(g, bytes) else str(g) for g in f[H5_GENES][:]]
         attrs = {k: _plain(v) for k, v in f.attrs.items()}

@@ -17,7 +17,6 @@ from storm_sc._constants import DEFAULT_PATCH_UM
 from storm_sc._settings import logger
 from storm_sc.clinical import OutcomeResult, validate_cohort
 from storm_sc.clinical._evaluation import STORM, cross_validate, evaluate, risk_groups
-from storm_sc.clinical._features import FEATURE_KEYS
 from storm_sc.clinical._mil import AGGREGATORS, MILSettings
 from storm_sc.clinical._slides import SlidesArg, compute_slide_features, parse_slides, resolve_genes
 from storm_sc.models import StormModel, resolve_device
@@ -220,8 +219,6 @@ def fit_outcome(
     """
     if aggregator not in AGGREGATORS:
         raise ValueError(f"`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.")
-    if features_key not in FEATURE_KEYS:
-        raise ValueError(f"`features_key` must be one of {FEATURE_KEYS}; got {features_key!r}.")
     for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size),
                         ("n_bootstrap", n_bootstrap)):  # fmt: skip
         check_integer(value, name)
@@ -239,6 +236,7 @@ def fit_outcome(
     c = validate_cohort(
         cohort, features, task=task, folds=int(folds), slide_key=slide_key, patient_key=patient_key,
         response_key=response_key, time_key=time_key, event_key=event_key, baseline=baseline_list,
+        features_key=features_key,
     )  # fmt: skip
     dev = resolve_device(device)
     mil = MILSettings(aggregator=aggregator, hidden_dim=hidden_dim, dropout=float(dropout), epochs=epochs,
