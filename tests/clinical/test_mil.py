@@ -85,6 +85,15 @@ def test_cox_loss_ties_and_no_events():
     assert float(cox_loss(r, t, torch.zeros(3, dtype=torch.bool))) == 0.0
 
 
+def test_cox_loss_reads_integer_events_as_bool():
+    r, t = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])
+    expected = cox_loss(r, t, torch.tensor([True, False]))
+    for event in (torch.tensor([1, 0]), torch.tensor([1.0, 0.0])):
+        torch.testing.assert_close(cox_loss(r, t, event), expected)
+    with pytest.raises(ValueError, match=r"`event` must be bool or 0/1.*found \[2\]"):
+        cox_loss(r, t, torch.tensor([2, 0]))
+
+
 def test_c_index_matches_a_brute_force_count():
     rng = np.random.default_rng(1)
     t = rng.exponential(size=25)

@@ -132,7 +132,7 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     time
         ``(n,)`` follow-up times.
     event
-        ``(n,)`` bool, True where the event was observed.
+        ``(n,)`` True (or 1) where the event was observed, False (or 0) where censored.
 
     Returns
     -------
@@ -145,6 +145,12 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     >>> bool(cox_loss(torch.tensor([2.0, 1.0, 0.0]), t, e) < cox_loss(torch.tensor([0.0, 1.0, 2.0]), t, e))
     True
     """
+    if event.dtype != torch.bool:
+        # An integer tensor would index rows (0 and 1) instead of selecting the events.
+        if not bool(((event == 0) | (event == 1)).all()):
+            found = torch.unique(event[(event != 0) & (event != 1)])[:5].tolist()
+            raise ValueError(f"`event` must be bool or 0/1 (1 = event observed); found {found}.")
+        event = event == 1
     if not bool(event.any()):
         return risk.sum() * 0.0
     order = torch.argsort(time, descending=True, stable=True)
