@@ -120,8 +120,10 @@ def test_too_few_patients(cohort, feats):
     rare = cohort.assign(event=cohort["patient_id"].isin(["G02"]).astype(int))
     with pytest.raises(ValueError, match=r"Only 1 event\(s\)"):
         _fit(rare, feats, task="survival")
-    with pytest.raises(ValueError, match="`folds`"):
-        _fit(cohort, feats, folds=1)
+    for folds in (1, 2.7, "2", True, np.float64(3)):
+        with pytest.raises(ValueError, match="`folds` must be an integer >= 2"):
+            _fit(cohort, feats, folds=folds)
+    assert validate_cohort(cohort, feats, task="response", folds=np.int64(3)).task == "response"
 
 
 def test_option_checks(cohort, feats):

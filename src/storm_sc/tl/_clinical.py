@@ -222,6 +222,7 @@ def fit_outcome(
     for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size),
                         ("n_bootstrap", n_bootstrap)):  # fmt: skip
         check_integer(value, name)
+    check_integer(folds, "folds", minimum=2)
     if max_tiles is not None:
         check_integer(max_tiles, "max_tiles")
     for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
@@ -234,7 +235,7 @@ def fit_outcome(
     baseline_list = None if baseline is None else [baseline] if isinstance(baseline, str) else list(baseline)
     # Every check on the cohort and its files runs before any feature is loaded or any model trained.
     c = validate_cohort(
-        cohort, features, task=task, folds=int(folds), slide_key=slide_key, patient_key=patient_key,
+        cohort, features, task=task, folds=folds, slide_key=slide_key, patient_key=patient_key,
         response_key=response_key, time_key=time_key, event_key=event_key, baseline=baseline_list,
         features_key=features_key,
     )  # fmt: skip
