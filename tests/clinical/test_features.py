@@ -150,6 +150,21 @@ def test_complete_files_are_reused_and_never_silently_replaced(slide_file, tmp_p
     assert path.stat().st_mtime_ns != stamp
 
 
+def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):
+    out = tmp_path / "f"
+    out.mkdir()
+    path = out / "slide_a.h5"  # e.g. the slide's AnnData, saved under the same name
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.ones((3, 2)))
+    stamp = path.stat().st_mtime_ns
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"not storm_sc feature files: \[.*slide_a.h5'\].*move them"):
+            slide_features([slide_file], tiny_model, out_dir=out, device="cpu", overwrite=overwrite, verbose=False)
+    assert path.stat().st_mtime_ns == stamp
+    with h5py.File(path, "r") as f:
+        assert list(f) == ["X"]
+
+
 def test_a_partial_file_from_another_model_is_discarded_not_trusted(slide_file, tmp_path, tiny_model, caplog):
     out = tmp_path / "f"
     other = st.models.StormModel("storm-tiny", GENES, seed=3)

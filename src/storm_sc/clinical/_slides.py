@@ -134,7 +134,7 @@ def compute_slide_features(
     # The readout is not part of the network's weights digest, yet it makes the predicted expression.
     readout_sha = model.readout.digest() if model.readout is not None and len(gene_ids) else "none"
     plans = []
-    blocked = []
+    blocked, foreign = [], []
     for entry in entries:
         # Opened to check format and pixel size, then closed: a cohort of thousands of slides must not hold
         # thousands of open files.
@@ -155,12 +155,22 @@ def compute_slide_features(
         reuse = False
         if final.exists():
             complete, stored, _ = read_status(final)
-            diff = settings.differences(stored) if stored is not None else ["not a storm_sc feature file"]
-            if complete and not diff:
+            if stored is None:
+                # Not written by slide_features (e.g. an AnnData saved under the slide's name): the user's file,
+                # never ours to replace.
+                foreign.append(str(final))
+            elif complete and not settings.differences(stored):
                 reuse = True
             elif not overwrite:
+                diff = settings.differences(stored)
                 blocked.append(f"{final.name} ({'differs in ' + ', '.join(diff) if complete else 'incomplete'})")
         plans.append((entry, settings, final, reuse))
+    if foreign:
+        raise FileExistsError(
+            f"{len(foreign)} file(s) in {out_dir} have the name of a slide's feature file but are not storm_sc "
+            f"feature files: {foreign[:5]}. They are never replaced, even with `overwrite=True`: move them, or "
+            "choose another `out_dir`."
+        )
     if blocked:
         raise FileExistsError(
             f"{len(blocked)} feature file(s) in {out_dir} were made differently and would be replaced: "
