@@ -150,6 +150,17 @@ def test_complete_files_are_reused_and_never_silently_replaced(slide_file, tmp_p
     assert path.stat().st_mtime_ns != stamp
 
 
+def test_slides_from_a_cohort_column_or_an_array_of_paths(slide_file, tmp_path, tiny_model):
+    out = tmp_path / "f"
+    column = pd.DataFrame({"path": [str(slide_file)]}, index=[7])["path"]
+    table = slide_features(column, tiny_model, out_dir=out, device="cpu", verbose=False)
+    assert table[["slide_id", "status"]].values.tolist() == [["slide_a", "computed"]]
+    again = slide_features(np.array([str(slide_file)]), tiny_model, out_dir=out, device="cpu", verbose=False)
+    assert again[["slide_id", "status"]].values.tolist() == [["slide_a", "reused"]]
+    with pytest.raises(ValueError, match=r"1-D array of paths; got an array of shape \(1, 1\)"):
+        slide_features(np.array([[str(slide_file)]]), tiny_model, out_dir=out, verbose=False)
+
+
 def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):
     out = tmp_path / "f"
     out.mkdir()

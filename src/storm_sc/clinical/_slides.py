@@ -22,7 +22,10 @@ from ._features import ExtractionSettings, extract_slide, feature_paths, read_st
 if TYPE_CHECKING:
     from storm_sc.models import StormModel
 
-SlidesArg = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | pd.DataFrame
+SlidesArg = (
+    str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | pd.Series | Mapping[str, str | os.PathLike]
+    | pd.DataFrame
+)  # fmt: skip
 # Characters that cannot appear in a slide id, which names its feature file.
 _BAD_ID_CHARS = set('/\\:*?"<>|')
 
@@ -39,6 +42,13 @@ class SlideEntry:
 def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> list[SlideEntry]:
     """Parse the slides into ``(slide_id, path, mpp)``; ids default to the file name without its suffix."""
     pairs: list[tuple[str, Any, Any]]
+    if isinstance(slides, pd.Series | pd.Index | np.ndarray):
+        # A column of a cohort table, or an array of paths: its values are the paths (a Series' index is a row
+        # label, not a slide id).
+        values = np.asarray(slides, dtype=object)
+        if values.ndim != 1:
+            raise ValueError(f"`slides` must be a 1-D array of paths; got an array of shape {values.shape}.")
+        slides = values.tolist()
     if isinstance(slides, pd.DataFrame):
         missing = [c for c in ("slide_id", "path") if c not in slides.columns]
         if missing:
@@ -55,8 +65,8 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
         pairs = [(Path(p).stem, p, None) for p in slides]
     else:
         raise TypeError(
-            "`slides` must be a path, a list of paths, a dict of slide id to path, or a DataFrame with 'slide_id' and "
-            f"'path' columns; got {type(slides).__name__}."
+            "`slides` must be a path, a list (array, Series) of paths, a dict of slide id to path, or a DataFrame with "
+            f"'slide_id' and 'path' columns; got {type(slides).__name__}."
         )
     if not pairs:
         raise ValueError("`slides` is empty.")

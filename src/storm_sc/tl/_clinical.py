@@ -60,8 +60,8 @@ def slide_features(
     Parameters
     ----------
     slides
-        A slide path, a list of paths (ids = file names without suffix), a dict of slide id to path, or a
-        DataFrame with ``slide_id`` and ``path`` (and optionally ``mpp``) columns.
+        A slide path, a list, array or Series of paths (ids = file names without suffix), a dict of slide id to
+        path, or a DataFrame with ``slide_id`` and ``path`` (and optionally ``mpp``) columns.
     model
         A :class:`~storm_sc.models.StormModel` reading H&E pixels, a checkpoint path or registered name, or
         ``None`` for the reference checkpoint bundled with storm_sc.
