@@ -172,3 +172,15 @@ def test_features_without_predicted_genes_are_refused_for_expression(cohort, gen
     # The embedding (also with the empty expression appended) is still there to train on.
     c = validate_cohort(cohort, feats, task="response", folds=3, features_key="embedding+expression")
     assert len(c.slides) == 16
+
+
+def test_mixed_feature_settings_name_what_differs(cohort, feats, generated_features_without_genes):
+    # Half of the slides from a run with 12 predicted genes, half from one with none.
+    odd = cohort["slide_id"].isin(["G00_0", "G01_0", "G02_0", "G03_0"])
+    without = generated_features_without_genes.set_index("slide_id")["feature_file"]
+    mixed = feats.assign(feature_file=np.where(odd, feats["slide_id"].map(without), feats["feature_file"]))
+    with pytest.raises(ValueError, match=r"genes differ: 0 genes \(G00_0, G01_0, G02_0, \.\.\.\) vs 12 genes \(G00_1"):
+        validate_cohort(cohort, mixed, task="response", folds=3, features_key="embedding+expression")
+    # The embedding does not depend on the genes predicted next to it.
+    c = validate_cohort(cohort, mixed, task="response", folds=3, features_key="embedding")
+    assert len(c.slides) == 16

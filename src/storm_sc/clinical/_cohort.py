@@ -11,7 +11,16 @@ import pandas as pd
 
 from storm_sc._settings import logger
 
-from ._features import A_COMPLETE, A_FINGERPRINT, FEATURE_DATASETS, FEATURE_KEYS, H5_COORDS_UM, SUFFIX
+from ._features import (
+    A_COMPLETE,
+    A_FINGERPRINT,
+    FEATURE_DATASETS,
+    FEATURE_KEYS,
+    H5_COORDS_UM,
+    H5_EXPRESSION,
+    H5_GENES,
+    SUFFIX,
+)
 from ._mil import TASKS
 
 # A test fold needs at least this many patients for its out-of-fold predictions to mean anything.
@@ -305,7 +314,7 @@ def _check_counts(patients: pd.DataFrame, task: str, folds: int, response_key: s
 def _check_feature_files(slides: pd.DataFrame, features_key: str | None) -> list[int]:
     import h5py
 
-    problems, n_tiles, models, featureless = [], [], {}, []
+    problems, n_tiles, featureless, settings = [], [], [], []
     for slide_id, path in zip(slides["slide_id"], slides["feature_file"], strict=True):
         if not Path(path).is_file():
             problems.append(f"{slide_id}: file {path} does not exist")
@@ -316,6 +325,7 @@ def _check_feature_files(slides: pd.DataFrame, features_key: str | None) -> list
                 complete = bool(f.attrs.get(A_COMPLETE, False))
                 n = int(f[H5_COORDS_UM].shape[0]) if H5_COORDS_UM in f else 0
                 fingerprint = str(f.attrs.get(A_FINGERPRINT, ""))
+                n_genes = int(f[H5_GENES].shape[0]) if H5_GENES in f else 0
                 if features_key is not None:
                     width = sum(f[d].shape[1] for d in FEATURE_DATASETS[features_key] if d in f)
                     if width == 0:
@@ -327,7 +337,7 @@ def _check_feature_files(slides: pd.DataFrame, features_key: str | None) -> list
         if not complete:
             problems.append(f"{slide_id}: {path} is incomplete (rerun st.tl.slide_features)")
         n_tiles.append(n)
-        models.setdefault(_model_of(fingerprint), []).append(slide_id)
+        settings.append((slide_id, _cohort_settings(fingerprint, n_genes)))
     if problems:
         raise ValueError(f"{len(problems)} slide feature file(s) cannot be used: " + "; ".join(problems[:10]) + ".")
     if featureless:
@@ -337,21 +347,53 @@ def _check_feature_files(slides: pd.DataFrame, features_key: str | None) -> list
             f"slide(s) hold no predicted genes ({featureless[:5]}; computed with `genes=[]`). Recompute them with "
             "st.tl.slide_features(..., genes=[...]) or use another `features_key` (e.g. 'embedding')."
         )
-    if len(models) > 1:
-        groups = {k[:40]: v[:3] for k, v in models.items()}
+    # The gene panel only matters to features that read the predicted expression.
+    uses_genes = features_key is None or H5_EXPRESSION in FEATURE_DATASETS[features_key]
+    compared = [name for name in _COHORT_SETTINGS if name != "genes" or uses_genes]
+    differences = [d for d in (_difference(name, settings) for name in compared) if d]
+    if differences:
         raise ValueError(
-            f"The slides' features come from different models or settings ({groups}); features of one cohort must be "
-            "made with one model and the same patch size."
+            f"The slides' features were made with different settings: {'; '.join(differences)}. Features of one "
+            f"cohort must be made with one model and the same patch size{' and genes' if uses_genes else ''}: "
+            "recompute the odd ones with st.tl.slide_features."
         )
     return n_tiles
 
 
-def _model_of(fingerprint: str) -> str:
-    """Return the part of a fingerprint that must agree across a cohort: model, tile size and genes."""
+# Settings of the feature files that must agree across a cohort.
+_COHORT_SETTINGS = ("model", "patch_um", "tile_px", "genes")
+
+
+def _cohort_settings(fingerprint: str, n_genes: int) -> dict[str, tuple[object, str]]:
+    """``setting -> (value, how to print it)`` of a feature file, for :data:`_COHORT_SETTINGS`."""
     import json
 
     try:
         fp = json.loads(fingerprint)
     except ValueError:
-        return fingerprint
-    return json.dumps({k: fp.get(k) for k in ("model_digest", "patch_um", "tile_px", "genes_sha")}, sort_keys=True)
+        fp = {}
+    if not isinstance(fp, dict):
+        fp = {}
+    digest = str(fp.get("model_digest"))
+    return {
+        "model": (fp.get("model_digest"), f"{fp.get('model_config')} (weights {digest[:8]})"),
+        "patch_um": (fp.get("patch_um"), f"{fp.get('patch_um')} um"),
+        "tile_px": (fp.get("tile_px"), f"{fp.get('tile_px')} px"),
+        "genes": (fp.get("genes_sha"), f"{n_genes} genes"),
+    }
+
+
+def _difference(name: str, settings: list[tuple[str, dict[str, tuple[object, str]]]]) -> str | None:
+    """``"<name> differ(s): A (slides) vs B (slides)"`` when the slides disagree on a setting, else ``None``."""
+    groups: dict[object, tuple[str, list[str]]] = {}
+    for slide_id, values in settings:
+        value, label = values[name]
+        groups.setdefault(value, (label, []))[1].append(slide_id)
+    if len(groups) < 2:
+        return None
+    labels = [label for label, _ in groups.values()]
+    if len(set(labels)) < len(labels):  # e.g. two panels of as many genes: tell them apart by their hash
+        labels = [f"{label} [{str(value)[:8]}]" for label, value in zip(labels, groups, strict=True)]
+    parts = [f"{label} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+             for label, (_, ids) in zip(labels, groups.values(), strict=True)]  # fmt: skip
+    return f"{name} {'differ' if name == 'genes' else 'differs'}: {' vs '.join(parts)}"
