@@ -161,6 +161,21 @@ def test_slides_from_a_cohort_column_or_an_array_of_paths(slide_file, tmp_path, 
         slide_features(np.array([[str(slide_file)]]), tiny_model, out_dir=out, verbose=False)
 
 
+def test_a_wrong_mpp_is_warned_about_once_per_slide(slide_file, tmp_path, tiny_model, caplog):
+    # The file records 1.75 um/px; 17.5 (a misplaced decimal point) makes 112 um tiles 6.4 px for a 32 px model.
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        slide_features([slide_file], tiny_model, out_dir=tmp_path / "f", mpp=17.5, device="cpu", verbose=False)
+    upsampled = [r.getMessage() for r in caplog.records if "upsampled" in r.getMessage()]
+    assert len(upsampled) == 1
+    assert "slide_a: 112 um tiles are 6.4 px at mpp=17.5 um/px (given)" in upsampled[0]
+    assert "upsampled 5.0x. Is the mpp right" in upsampled[0]
+    assert f"{slide_file}: using mpp=17.5 um/px as given, but the file records 1.75 um/px" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        slide_features([slide_file], tiny_model, out_dir=tmp_path / "g", device="cpu", verbose=False)
+    assert not caplog.records
+
+
 def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):
     out = tmp_path / "f"
     out.mkdir()

@@ -26,6 +26,8 @@ SlidesArg = (
     str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | pd.Series | Mapping[str, str | os.PathLike]
     | pd.DataFrame
 )  # fmt: skip
+# Tiles this much smaller than the model's patch (in pixels) count as upsampled; below it is float noise in mpp.
+_UPSAMPLING_TOLERANCE = 1.01
 # Characters that cannot appear in a slide id, which names its feature file.
 _BAD_ID_CHARS = set('/\\:*?"<>|')
 
@@ -120,6 +122,20 @@ def resolve_genes(model: StormModel, genes: Sequence[str] | None) -> np.ndarray:
         raise ValueError(f"`genes` holds genes outside the model's vocabulary: {err.args[0]}") from err
 
 
+def _warn_if_upsampled(slide_id: str, mpp: float, mpp_source: str, patch_um: float, out_px: int) -> None:
+    """Warn when a tile holds fewer level-0 pixels than the model's patch, which upsamples it.
+
+    Most often ``mpp`` is wrong: 7.8 for a 0.78 um/px scan makes the tiles 10x too small in pixels.
+    """
+    tile_px = patch_um / mpp
+    if tile_px * _UPSAMPLING_TOLERANCE < out_px:
+        logger.warning(
+            "%s: %g um tiles are %.1f px at mpp=%.4g um/px (%s), fewer than the model's %d px patch: they are "
+            "upsampled %.1fx. Is the mpp right (about 0.25 um/px for a 40x scan, 0.5 for 20x)?", slide_id, patch_um,
+            tile_px, mpp, "given" if mpp_source == "given" else "from the file", out_px, out_px / tile_px,
+        )  # fmt: skip
+
+
 def compute_slide_features(
     entries: list[SlideEntry],
     model: StormModel,
@@ -149,7 +165,8 @@ def compute_slide_features(
         # Opened to check format and pixel size, then closed: a cohort of thousands of slides must not hold
         # thousands of open files.
         with open_slide(entry.path, mpp=entry.mpp) as slide:
-            mpp = slide.mpp
+            mpp, mpp_source = slide.mpp, slide.mpp_source
+        _warn_if_upsampled(entry.slide_id, mpp, mpp_source, patch_um, model.config.image_size)
         settings = ExtractionSettings(
             model_digest=digest,
             model_config=model.config.name,

@@ -18,6 +18,8 @@ PAD_VALUE = 255
 # A pixel size outside this range (microns) is not a microscope scan: TIFF/JPEG writers put 72 or 96 dpi (350 um/px)
 # in files that carry no physical size at all, and trusting that would tile the slide 100x too coarsely.
 PLAUSIBLE_MPP = (0.02, 30.0)
+# A given mpp further than this from the one the file records (when that is plausible) is most likely a mistake.
+MPP_MISMATCH = 0.10
 # A level within this factor of the target resolution counts as "not coarser" (float noise in mpp).
 _LEVEL_TOLERANCE = 1.01
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".bif", ".scn", ".qptiff")
@@ -397,11 +399,16 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None) -> WholeSli
             f"{list(TIFF_SUFFIXES)} and plain images {list(IMAGE_SUFFIXES)}; convert others to a pyramidal TIFF."
         )
     found = backend.metadata_mpp()
+    lo, hi = PLAUSIBLE_MPP
     if given is not None:
-        if found is not None and abs(found - given) > 0.05 * given:
+        if found is not None and lo <= found <= hi and abs(found - given) > MPP_MISMATCH * given:
+            # A scanner's own pixel size rarely is wrong; a typed one (7.8 for 0.78) often is, and silently tiles
+            # the slide at the wrong scale.
+            logger.warning("%s: using mpp=%.4g um/px as given, but the file records %.4g um/px; check `mpp`.", path,
+                           given, found)  # fmt: skip
+        elif found is not None and abs(found - given) > 0.05 * given:
             logger.info("%s: using mpp=%.4g as given (the file records %.4g).", path.name, given, found)
         return WholeSlide(path, backend, given, "given")
-    lo, hi = PLAUSIBLE_MPP
     if found is None or not lo <= found <= hi:
         backend.close()
         recorded = "records none" if found is None else f"records {found:.4g} um/px, not a microscope scan"
