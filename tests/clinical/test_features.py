@@ -176,6 +176,21 @@ def test_a_wrong_mpp_is_warned_about_once_per_slide(slide_file, tmp_path, tiny_m
     assert not caplog.records
 
 
+def test_errors_of_one_slide_name_the_slide_and_its_path(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    section = tmp_path / "V1_A1" / "tissue_hires_image.png"  # every Visium section's image has this name
+    section.parent.mkdir()
+    Image.fromarray(textured_slide(0.5, rng)).save(section)
+    with pytest.raises(ValueError, match=rf"Slide 'V1_A1': {section}: the microns per pixel are unknown"):
+        slide_features({"V1_A1": section}, tiny_model, out_dir=tmp_path / "f", verbose=False)
+    truncated = tmp_path / "cut.png"
+    data = section.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=rf"Slide 'V1_B1' \({truncated}\): computing its features failed: .*truncated"):
+        slide_features({"V1_B1": truncated}, tiny_model, out_dir=tmp_path / "f", mpp=3.5, device="cpu",
+                       verbose=False)  # fmt: skip
+
+
 def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):
     out = tmp_path / "f"
     out.mkdir()

@@ -164,8 +164,12 @@ def compute_slide_features(
     for entry in entries:
         # Opened to check format and pixel size, then closed: a cohort of thousands of slides must not hold
         # thousands of open files.
-        with open_slide(entry.path, mpp=entry.mpp) as slide:
-            mpp, mpp_source = slide.mpp, slide.mpp_source
+        try:
+            with open_slide(entry.path, mpp=entry.mpp) as slide:
+                mpp, mpp_source = slide.mpp, slide.mpp_source
+        except ValueError as err:
+            # Many slides share a file name (every Visium section's is tissue_hires_image.png): name the slide.
+            raise ValueError(f"Slide {entry.slide_id!r}: {err}") from err
         _warn_if_upsampled(entry.slide_id, mpp, mpp_source, patch_um, model.config.image_size)
         settings = ExtractionSettings(
             model_digest=digest,
@@ -215,13 +219,18 @@ def compute_slide_features(
                     logger.warning("%s: replacing %s (overwrite=True).", entry.slide_id, final)
                     final.unlink()
                 start = time.perf_counter()
-                grid = tile_grid(slide, patch_um=patch_um, tissue_threshold=tissue_threshold)
-                if grid.n_tiles == 0:
-                    logger.warning("%s: no tissue tiles found (tissue_threshold=%g); the file records 0 tiles.",
-                                   entry.slide_id, tissue_threshold)  # fmt: skip
-                _, resumed = extract_slide(slide, entry.slide_id, model, settings, out_dir, grid=grid,
-                                           gene_ids=gene_ids, batch_size=batch_size, device=device,
-                                           verbose=verbose)  # fmt: skip
+                try:
+                    grid = tile_grid(slide, patch_um=patch_um, tissue_threshold=tissue_threshold)
+                    if grid.n_tiles == 0:
+                        logger.warning("%s: no tissue tiles found (tissue_threshold=%g); the file records 0 tiles.",
+                                       entry.slide_id, tissue_threshold)  # fmt: skip
+                    _, resumed = extract_slide(slide, entry.slide_id, model, settings, out_dir, grid=grid,
+                                               gene_ids=gene_ids, batch_size=batch_size, device=device,
+                                               verbose=verbose)  # fmt: skip
+                except OSError as err:
+                    # Pixels are only decoded here (a truncated image opens fine): say which of the slides failed.
+                    failed = f"Slide {entry.slide_id!r} ({entry.path}): computing its features failed: {err}"
+                    raise OSError(failed) from err
                 status = "resumed" if resumed else "computed"
                 logger.info("%s: %d tiles in %.1f s -> %s", entry.slide_id, grid.n_tiles,
                             time.perf_counter() - start, final)  # fmt: skip

@@ -413,7 +413,7 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None) -> WholeSli
         backend.close()
         recorded = "records none" if found is None else f"records {found:.4g} um/px, not a microscope scan"
         raise ValueError(
-            f"{path.name}: the microns per pixel are unknown (the file {recorded}). Pass `mpp=` (e.g. 0.25 for a "
+            f"{path}: the microns per pixel are unknown (the file {recorded}). Pass `mpp=` (e.g. 0.25 for a "
             "40x scan, 0.5 for 20x)."
         )
     return WholeSlide(path, backend, found, "metadata")
