@@ -98,6 +98,12 @@ def test_outcome_problems(cohort, feats):
         _fit(cohort.assign(response=cohort["response"] * 2), feats, task="response")
     with pytest.raises(ValueError, match="missing values"):
         _fit(cohort.assign(response=cohort["response"].where(cohort.index != 3)), feats, task="response")
+    labelled = cohort.set_index("slide_id", drop=False)
+    with pytest.raises(ValueError, match=r"'response' has missing values \(rows \['G02_0'\] of the cohort\)"):
+        _fit(labelled.assign(response=labelled["response"].where(labelled["slide_id"] != "G02_0")), feats)
+    for task, column in (("response", "response"), ("survival", "time"), ("survival", "event")):
+        with pytest.raises(ValueError, match=rf"`baseline` \['{column}'\] names the outcome"):
+            _fit(cohort, feats, task=task, baseline=["TMB", column])
     with pytest.raises(ValueError, match="positive, finite follow-up"):
         _fit(cohort.assign(time=-cohort["time"]), feats, task="survival")
     with pytest.raises(ValueError, match="no response column 'responder'.*`response_key=`"):

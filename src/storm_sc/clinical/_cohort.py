@@ -118,7 +118,9 @@ def _binary(values: pd.Series, name: str) -> pd.Series:
     """0/1 integers from bool or 0/1 numbers; anything else is an error naming the offending values."""
     if values.isna().any():
         bad = values.index[values.isna()].tolist()[:5]
-        raise ValueError(f"Column {name!r} has missing values (rows {bad}); drop those patients or fill them.")
+        raise ValueError(
+            f"Column {name!r} has missing values (rows {bad} of the cohort); drop those patients or fill them."
+        )
     if values.dtype == bool:
         return values.astype(np.int64)
     numeric = pd.to_numeric(values, errors="coerce")
@@ -198,7 +200,15 @@ def validate_cohort(
         )
 
     outcome_cols = {"response": response_key} if task == "response" else {"time": time_key, "event": event_key}
-    table = pd.DataFrame({"slide_id": slides.to_numpy(), "patient_id": patients.to_numpy()})
+    not_covariates = [*outcome_cols.values(), slide_key, patient_key]
+    clash = [c for c in baseline_cols if c in not_covariates]
+    if clash:
+        raise ValueError(
+            f"`baseline` {clash} names the outcome or id column(s) {not_covariates} of this {task} task: a baseline is "
+            "a clinical covariate known before the outcome (e.g. 'TMB'). Pass other columns, or none."
+        )
+    # The cohort's own row labels, so that a problem row is named as the user knows it.
+    table = pd.DataFrame({"slide_id": slides.to_numpy(), "patient_id": patients.to_numpy()}, index=cohort.index)
     for name, key in outcome_cols.items():
         table[name] = _column(cohort, key, name).to_numpy()
     for col in baseline_cols:
