@@ -121,3 +121,18 @@ def test_hazard_ratio_per_sd_direction():
     assert hr["hr_ci_low"] > 1
     assert hr["hr_p"] < 1e-4
     assert np.isnan(hazard_ratio_per_sd(time, np.ones(200, bool), np.zeros(200))["hr_per_sd"])
+
+
+def test_survival_metrics_accept_lists_and_series():
+    rng = np.random.default_rng(3)
+    risk = rng.normal(size=50)
+    time = rng.exponential(np.exp(-risk))
+    event = rng.random(50) < 0.7
+    as_arrays = (c_index(time, event, risk), hazard_ratio_per_sd(time, event, risk))
+    as_lists = (c_index(time.tolist(), event.astype(int).tolist(), risk.tolist()),
+                hazard_ratio_per_sd(pd.Series(time), pd.Series(event.astype(int)), list(risk)))  # fmt: skip
+    assert as_lists == as_arrays
+    with pytest.raises(ValueError, match="one length"):
+        c_index(time, event, risk[:-1])
+    with pytest.raises(ValueError, match=r"`event` must be bool or 0/1.*\[0, 1, 2\]"):
+        c_index(time, np.r_[event[:-1].astype(int), 2], risk)

@@ -77,15 +77,28 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
 
 
+def _survival_arrays(time: Any, event: Any, risk: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(time, event, risk)`` as float, bool and float arrays of one length (lists and Series accepted)."""
+    time, event, risk = (np.asarray(v) for v in (time, event, risk))
+    if not (time.ndim == event.ndim == risk.ndim == 1 and len(time) == len(event) == len(risk)):
+        raise ValueError(
+            f"`time`, `event` and `risk` must be 1-D and of one length; got shapes {time.shape}, {event.shape}, "
+            f"{risk.shape}."
+        )
+    if event.dtype != bool and not np.isin(event, (0, 1)).all():
+        raise ValueError(f"`event` must be bool or 0/1 (1 = event observed); found {np.unique(event)[:5].tolist()}.")
+    return time.astype(np.float64), event.astype(bool), risk.astype(np.float64)
+
+
 def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's concordance of a risk score (higher = shorter survival); NaN without comparable pairs.
 
     Parameters
     ----------
     time
-        ``(n,)`` follow-up times.
+        ``(n,)`` follow-up times (any array-like).
     event
-        ``(n,)`` bool, True where the event was observed.
+        ``(n,)`` bool or 0/1, True where the event was observed.
     risk
         ``(n,)`` risk scores.
 
@@ -101,6 +114,7 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """
     from lifelines.utils import concordance_index
 
+    time, event, risk = _survival_arrays(time, event, risk)
     if not event.any():
         return float("nan")
     try:
@@ -146,9 +160,9 @@ def hazard_ratio_per_sd(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -
     Parameters
     ----------
     time
-        ``(n,)`` follow-up times.
+        ``(n,)`` follow-up times (any array-like).
     event
-        ``(n,)`` bool, True where the event was observed.
+        ``(n,)`` bool or 0/1, True where the event was observed.
     risk
         ``(n,)`` scores; standardised before the fit.
 
@@ -166,6 +180,7 @@ def hazard_ratio_per_sd(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -
     """
     from lifelines import CoxPHFitter
 
+    time, event, risk = _survival_arrays(time, event, risk)
     nan = {"hr_per_sd": float("nan"), "hr_ci_low": float("nan"), "hr_ci_high": float("nan"), "hr_p": float("nan")}
     sd = float(np.std(risk))
     if not np.isfinite(sd) or sd == 0 or not event.any():
