@@ -43,6 +43,8 @@ def test_bad_input():
         detect_tissue(np.zeros((10, 10, 3), float), mpp=1.0)
     with pytest.raises(ValueError, match="mpp"):
         detect_tissue(np.zeros((10, 10, 3), np.uint8), mpp=0.0)
+    with pytest.raises(TypeError, match=r"`mpp` \(microns per thumbnail pixel\) must be a number .* got NoneType"):
+        detect_tissue(np.zeros((10, 10, 3), np.uint8), mpp=None)
 
 
 @pytest.mark.realdata

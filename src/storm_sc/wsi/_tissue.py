@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ._reader import _check_mpp
 
 # Glass, fiducial dots, dust and out-of-focus background are grey (unsaturated); stained tissue is pink/purple.
 # Otsu never goes below this floor, so a blank slide yields no tissue instead of splitting background noise.
@@ -86,8 +86,7 @@ def detect_tissue(
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"`rgb` must be an (h, w, 3) uint8 image; got {rgb.shape} {rgb.dtype}.")
-    if not (math.isfinite(mpp) and mpp > 0):
-        raise ValueError(f"`mpp` must be a positive number of microns per pixel; got {mpp!r}.")
+    mpp = _check_mpp(mpp, "`mpp` (microns per thumbnail pixel)")
     sat, value = saturation_value(rgb)
     bright = (value >= _MIN_VALUE) & ~_green_dominant(rgb)
     if threshold is None:
