@@ -139,6 +139,9 @@ def test_option_checks(cohort, feats):
         _fit(cohort, feats, features_key="pixels")
     with pytest.raises(ValueError, match="`epochs`"):
         _fit(cohort, feats, epochs=0)
+    # Fewer resamples gave NaN confidence intervals after the whole training.
+    with pytest.raises(ValueError, match="`n_bootstrap` must be an integer >= 10, got 5"):
+        _fit(cohort, feats, n_bootstrap=5)
     with pytest.raises(TypeError, match="DataFrame"):
         _fit(cohort.to_dict(), feats)
     with pytest.raises(ValueError, match="'feature_file'"):

@@ -18,6 +18,8 @@ from ._features import read_slide_features
 from ._mil import MILSettings, Standardiser, cpu_threads, predict_mil, train_mil
 
 STORM = "storm"
+# Fewer resamples than this give no percentile confidence interval (its 2.5% and 97.5% points are not resolved).
+MIN_BOOTSTRAP = 10
 
 
 def patient_folds(strata: np.ndarray, folds: int, random_state: int) -> np.ndarray:
@@ -64,7 +66,7 @@ def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
 
 def _ci(values: list[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if np.isfinite(x)])
-    if len(v) < 10:
+    if len(v) < MIN_BOOTSTRAP:
         return float("nan"), float("nan")
     lo, hi = np.percentile(v, [2.5, 97.5])
     return float(lo), float(hi)

@@ -16,7 +16,7 @@ from storm_sc import __version__
 from storm_sc._constants import DEFAULT_PATCH_UM
 from storm_sc._settings import logger
 from storm_sc.clinical import OutcomeResult, validate_cohort
-from storm_sc.clinical._evaluation import STORM, cross_validate, evaluate, risk_groups
+from storm_sc.clinical._evaluation import MIN_BOOTSTRAP, STORM, cross_validate, evaluate, risk_groups
 from storm_sc.clinical._mil import AGGREGATORS, MILSettings
 from storm_sc.clinical._slides import SlidesArg, compute_slide_features, parse_slides, resolve_genes
 from storm_sc.models import StormModel, resolve_device
@@ -195,7 +195,7 @@ def fit_outcome(
     max_tiles
         Tiles drawn per patient and training step (``None``: all); predictions always use every tile.
     n_bootstrap
-        Bootstrap resamples of patients for the confidence intervals.
+        Bootstrap resamples of patients for the confidence intervals (at least 10).
     device
         Torch device of the aggregator.
     random_state
@@ -219,9 +219,9 @@ def fit_outcome(
     """
     if aggregator not in AGGREGATORS:
         raise ValueError(f"`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.")
-    for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size),
-                        ("n_bootstrap", n_bootstrap)):  # fmt: skip
+    for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size)):
         check_integer(value, name)
+    check_integer(n_bootstrap, "n_bootstrap", minimum=MIN_BOOTSTRAP)
     check_integer(folds, "folds", minimum=2)
     if max_tiles is not None:
         check_integer(max_tiles, "max_tiles")
