@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from storm_sc.clinical import GatedAttentionMIL, MeanPoolMIL, c_index, cox_loss, hazard_ratio_per_sd
+from storm_sc.clinical import GatedAttentionMIL, MeanPoolMIL, MILSettings, c_index, cox_loss, hazard_ratio_per_sd
 
 
 @pytest.mark.parametrize("cls", [GatedAttentionMIL, MeanPoolMIL])
@@ -136,3 +136,8 @@ def test_survival_metrics_accept_lists_and_series():
         c_index(time, event, risk[:-1])
     with pytest.raises(ValueError, match=r"`event` must be bool or 0/1.*\[0, 1, 2\]"):
         c_index(time, np.r_[event[:-1].astype(int), 2], risk)
+
+
+def test_mil_settings_refuse_an_unknown_aggregator():
+    with pytest.raises(ValueError, match=r"`aggregator` must be one of \('abmil', 'mean'\); got 'transformer'"):
+        MILSettings(aggregator="transformer")

@@ -184,14 +184,21 @@ class MILSettings:
     batch_size: int = 16
     max_tiles: int | None = 4096
 
+    def __post_init__(self) -> None:
+        check_aggregator(self.aggregator)
+
+
+def check_aggregator(aggregator: str) -> None:
+    """Refuse an aggregator name that :func:`build_mil` does not know."""
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.")
+
 
 def build_mil(in_dim: int, settings: MILSettings) -> nn.Module:
     """Build the aggregator network named by ``settings.aggregator``."""
     if settings.aggregator == "abmil":
         return GatedAttentionMIL(in_dim, hidden_dim=settings.hidden_dim, dropout=settings.dropout)
-    if settings.aggregator == "mean":
-        return MeanPoolMIL(in_dim, hidden_dim=settings.hidden_dim, dropout=settings.dropout)
-    raise ValueError(f"`aggregator` must be one of {AGGREGATORS}; got {settings.aggregator!r}.")
+    return MeanPoolMIL(in_dim, hidden_dim=settings.hidden_dim, dropout=settings.dropout)
 
 
 def _pad(bags: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

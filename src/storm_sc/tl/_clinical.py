@@ -17,7 +17,7 @@ from storm_sc._constants import DEFAULT_PATCH_UM
 from storm_sc._settings import logger
 from storm_sc.clinical import OutcomeResult, validate_cohort
 from storm_sc.clinical._evaluation import MIN_BOOTSTRAP, STORM, cross_validate, evaluate, risk_groups
-from storm_sc.clinical._mil import AGGREGATORS, MILSettings
+from storm_sc.clinical._mil import MILSettings, check_aggregator
 from storm_sc.clinical._slides import SlidesArg, compute_slide_features, parse_slides, resolve_genes
 from storm_sc.models import StormModel, resolve_device
 from storm_sc.wsi._tiling import check_tiling_args
@@ -217,8 +217,7 @@ def fit_outcome(
     >>> result.metrics[["c_index", "c_index_ci_low", "c_index_ci_high"]]  # doctest: +SKIP
     >>> result.plot_km()  # doctest: +SKIP
     """
-    if aggregator not in AGGREGATORS:
-        raise ValueError(f"`aggregator` must be one of {AGGREGATORS}; got {aggregator!r}.")
+    check_aggregator(aggregator)
     for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size)):
         check_integer(value, name)
     check_integer(n_bootstrap, "n_bootstrap", minimum=MIN_BOOTSTRAP)
