@@ -89,6 +89,34 @@ def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_
     assert fingerprint(both) == after_embed
 
 
+def test_each_concatenated_slide_takes_its_own_scale_by_name(toy_sdata_factory, trained_model):
+    # spatialdata.concatenate drops the scale kept in each slide's attrs: the tools say how to give each its own,
+    # and take a mapping of slide names. Slide b's positions are in units of half a pixel (scale 1.0 um per unit).
+    slides = _slides(toy_sdata_factory)
+    alone = {name: s for name, s in _slides(toy_sdata_factory).items()}
+    st.tl.storm_embed(list(alone.values()), trained_model, verbose=False)
+    both = sd.concatenate(slides, concatenate_tables=True)
+    with pytest.raises(ValueError, match=r"holds several slides \(\['toy_spots-a', 'toy_spots-b'\]\).*mpp=\{'toy_spots-a'"):
+        st.tl.storm_embed(both, trained_model, verbose=False)
+    with pytest.raises(ValueError, match=r"names slides \['toy_spots-c'\]"):
+        st.tl.storm_embed(both, trained_model, mpp={"toy_spots-a": 2.0, "toy_spots-c": 2.0}, verbose=False)
+    with pytest.raises(ValueError, match="must be a positive number"):
+        st.tl.storm_embed(both, trained_model, mpp={"toy_spots-a": 2.0, "toy_spots-b": -1.0}, verbose=False)
+    assert "X_storm" not in both.tables["table"].obsm
+    scales = {"toy_spots-a": TOY_MPP, "toy_spots-b": TOY_MPP}
+    st.tl.storm_embed(both, trained_model, mpp=scales, verbose=False)
+    table = both.tables["table"]
+    for name in ("a", "b"):
+        rows = (table.obs["region"] == f"toy_spots-{name}").to_numpy()
+        np.testing.assert_allclose(table.obsm["X_storm"][rows], alone[name]["table"].obsm["X_storm"], atol=1e-5)
+    st.tl.storm_domains(both, n_domains=3, mpp=scales)
+    fig = st.pl.domains(both, mpp=scales, show=False)
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="holds one slide"):
+        st.tl.storm_embed(alone["a"], trained_model, mpp={"toy_spots-a": 2.0}, overwrite=True, verbose=False)
+
+
 @pytest.mark.realdata
 def test_concatenated_visium_sections_end_to_end(datasets_from_shared_data):
     """Two real Visium sections concatenated by spatialdata, the bundled reference, the three tools."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from numbers import Real
 from pathlib import Path
@@ -139,22 +139,27 @@ def check_mpp(mpp: float | None) -> None:
         )
 
 
-def mpp_per_object(mpp: float | Sequence[float | None] | None, n_objects: int) -> list[float | None]:
+def mpp_per_object(
+    mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None,
+    n_objects: int,
+) -> list[float | Mapping[str, float | None] | None]:
     """``mpp`` as one value per object given to a tool: the same for all, or a list with one per object.
 
     Slides of different scanners (or an AnnData of positions beside a SpatialData that knows its scale) need
-    different values in one call, which analyses them together. Each value is checked by
-    :func:`check_mpp`.
+    different values in one call, which analyses them together. An object holding several slides (e.g.
+    ``spatialdata.concatenate`` of slides whose scale was recorded only in their ``attrs``, which concatenating
+    drops) takes a mapping from each slide's name to its value (see :func:`mpp_of_slide`). Each value is checked
+    by :func:`check_mpp`.
 
     Examples
     --------
-    >>> mpp_per_object(0.5, 2), mpp_per_object([None, 0.25], 2)
-    ([0.5, 0.5], [None, 0.25])
+    >>> mpp_per_object(0.5, 2), mpp_per_object([None, 0.25], 2), mpp_per_object({"a": 1.0, "b": None}, 1)
+    ([0.5, 0.5], [None, 0.25], [{'a': 1.0, 'b': None}])
     """
     if isinstance(mpp, list | tuple | np.ndarray | pd.Series):
         if len(mpp) != n_objects:
             one = (
-                " (the slides of one concatenated object share one `mpp`: pass them as a list to give each its own)"
+                " (the slides of one object holding several take a mapping: mpp={slide name: value, ...})"
                 if n_objects == 1
                 else ""
             )
@@ -170,8 +175,34 @@ def mpp_per_object(mpp: float | Sequence[float | None] | None, n_objects: int) -
     else:
         values = [mpp] * n_objects
     for value in values:
-        check_mpp(value)
+        for one_value in value.values() if isinstance(value, Mapping) else [value]:
+            check_mpp(one_value)
     return values
+
+
+def mpp_of_slide(
+    value: float | Mapping[str, float | None] | None, name: str | None, names: Sequence[str]
+) -> float | None:
+    """One slide's ``mpp`` from its object's entry of :func:`mpp_per_object`: the value, or the slide's in a mapping.
+
+    ``name`` is the slide's name within an object holding several (``None`` for an object that is one slide) and
+    ``names`` those of all the object's slides, for the message when the mapping misses one or names another.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    if name is None:
+        raise ValueError(
+            f"`mpp` is a mapping of slide names ({sorted(map(str, value))}) for an object that holds one slide; pass "
+            "its value as a number."
+        )
+    unknown = sorted(str(k) for k in value if k not in names)
+    if unknown:
+        raise ValueError(f"`mpp` names slides {unknown} that the object does not hold; its slides are {list(names)}.")
+    return value.get(name)
+
+
+class UnknownScaleError(ValueError):
+    """Neither the data nor the caller give a slide's physical scale (microns per pixel)."""
 
 
 def _no_scale_message(platform: str, image_key: str | None) -> str:
@@ -185,7 +216,7 @@ def _no_scale_message(platform: str, image_key: str | None) -> str:
 def _require_scale_source(adapter: PlatformAdapter, slide: Slide, platform: str, image_key: str | None) -> None:
     """Refuse early, before positions are computed, when neither the data nor the user give a scale."""
     if not adapter.may_know_scale(slide):
-        raise ValueError(_no_scale_message(platform, image_key))
+        raise UnknownScaleError(_no_scale_message(platform, image_key))
 
 
 def _check_scale(
@@ -425,7 +456,7 @@ def resolve(
     elif found.um_per_unit is not None:
         um_per_unit, source = float(found.um_per_unit), found.source
     else:
-        raise ValueError(_no_scale_message(platform, image_key))
+        raise UnknownScaleError(_no_scale_message(platform, image_key))
     if not (math.isfinite(um_per_unit) and um_per_unit > 0):
         raise ValueError(f"The scale found ({source}) is not a positive number: {um_per_unit!r}; pass `mpp=`.")
     size_cs = observation_size(sdata, element_keys, cs)

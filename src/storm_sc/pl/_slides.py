@@ -13,7 +13,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._anndata import named_library
-from storm_sc.io._resolve import is_prediction, mpp_per_object
+from storm_sc.io._resolve import is_prediction, mpp_of_slide, mpp_per_object
 from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
@@ -43,13 +43,15 @@ def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
         if isinstance(data, AnnData):
             hint_library_key(data, caller)
         return [data]
-    return [slide for item in _objects(data, caller=caller, many=many) for slide in _panels(item, caller=caller)]
+    return [slide for item in _objects(data, caller=caller, many=many) for _, slide in _panels(item, caller=caller)]
 
 
 def slides_to_draw(
     data: Any, *, caller: str, mpp: Any = None, library_key: str | None = None
 ) -> tuple[list[Data], list[float | None]]:
-    """:func:`as_slides` (``many``) and the ``mpp`` of each slide: one for all, or one per object of a list.
+    """:func:`as_slides` (``many``) and the ``mpp`` of each slide.
+
+    ``mpp``: one for all, one per object of a list, or for an object holding several slides a mapping of their names.
 
     ``library_key``: the ``.obs`` column telling apart sections stacked in one AnnData (``anndata.concat``), each
     then a slide of its own, as ``library_key`` of the tools makes them.
@@ -58,12 +60,14 @@ def slides_to_draw(
     mpps = mpp_per_object(mpp, len(objects))
     if library_key is not None:
         check_library_key(objects, library_key, caller)
-    pairs = [
-        (slide, value)
-        for item, value in zip(objects, mpps, strict=True)
-        for slide in _panels(item, library_key, caller)
-    ]
-    return [slide for slide, _ in pairs], [value for _, value in pairs]
+    slides, values = [], []
+    for item, value in zip(objects, mpps, strict=True):
+        panels = _panels(item, library_key, caller)
+        names = [name for name, _ in panels if name is not None]
+        for name, slide in panels:
+            slides.append(slide)
+            values.append(mpp_of_slide(value, name, names))
+    return slides, values
 
 
 def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
@@ -80,16 +84,16 @@ def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
 
 
-def _panels(item: Data, library_key: str | None = None, caller: str | None = None) -> list[Data]:
-    """The slides of one object: itself, or each slide of a SpatialData (or AnnData) holding several."""
+def _panels(item: Data, library_key: str | None = None, caller: str | None = None) -> list[tuple[str | None, Data]]:
+    """The slides of one object, named: itself (no name), or each slide of a SpatialData (or AnnData) holding several."""
     if isinstance(item, AnnData):
         libraries = anndata_slides(item, library_key)
         if libraries is None:
             hint_library_key(item, caller)
-            return [item]
-        return [piece for _, _, piece in libraries]
+            return [(None, item)]
+        return [(name, piece) for name, _, piece in libraries]
     parts = find_slides(item)
-    return [item] if parts is None else [slide_of(item, part) for part in parts]
+    return [(None, item)] if parts is None else [(part.name, slide_of(item, part)) for part in parts]
 
 
 def _slide_names(item: Data) -> list[str]:

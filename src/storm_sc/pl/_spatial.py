@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 from anndata import AnnData
@@ -51,7 +51,7 @@ def domains(
     key: str = OBS_DOMAIN,
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | Sequence[float | None] | None = None,
+    mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None = None,
     library_key: str | None = None,
     image: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
@@ -84,7 +84,8 @@ def domains(
     image_key, mpp
         The H&E image, when several could be used, and its microns per pixel (per unit of ``.obsm["spatial"]`` for
         an AnnData without image), when the data do not state it (see :func:`storm_sc.io.resolve`); ``mpp`` may be
-        a list with one value (or ``None``) per object of ``data``, as for :func:`storm_sc.tl.storm_embed`.
+        a list with one value (or ``None``) per object of ``data``, or a mapping of slide name to value for an
+        object holding several, as for :func:`storm_sc.tl.storm_embed`.
     library_key
         Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat``): one
         panel per section, as given to the tools.

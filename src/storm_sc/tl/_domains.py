@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -235,7 +235,7 @@ def storm_domains(
     library_key: str | None = None,
     random_state: int = 0,
     table_key: str | None = None,
-    mpp: float | Sequence[float | None] | None = None,
+    mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None = None,
     smooth_steps: int = 2,
     smooth_weight: float = 0.5,
     center: Literal["slide", "all"] = "slide",
@@ -289,7 +289,7 @@ def storm_domains(
     mpp
         Microns per coordinate unit, for slides that do not record their scale (e.g. an AnnData with positions
         only; as given to :func:`storm_sc.tl.storm_embed`): one number, or a list with one value (or ``None``) per
-        object of ``data``.
+        object of ``data``; for an object holding several slides, a mapping of slide name to value.
     smooth_steps, smooth_weight
         Rounds of neighbour mixing and the share of the neighbours' mean in each (0 steps: no smoothing). Tissue
         whose layers are about one spot thick (the olfactory bulb on legacy ST) keeps them better with one step.
@@ -344,9 +344,10 @@ def storm_domains(
     targets = fanout.slides
 
     resolved: list[SpatialInput] = []
-    for t, origin in zip(targets, fanout.origins, strict=True):
+    for k, t in enumerate(targets):
         # Domains need positions and the embedding, not the image: do not let a missing or misplaced image stop them.
-        slide = resolve(t, table_key=table_key, mpp=mpps[origin.owner], use_image=False)
+        with fanout.naming_scales(k):
+            slide = resolve(t, table_key=table_key, mpp=fanout.mpp_of(k, mpps), use_image=False)
         table = slide.table
         if use_rep not in table.obsm:
             raise KeyError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -102,7 +102,7 @@ def storm_embed(
     *,
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | Sequence[float | None] | None = None,
+    mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None = None,
     library_key: str | None = None,
     modalities: Modalities = "auto",
     layer: str | None = None,
@@ -151,7 +151,9 @@ def storm_embed(
     table_key, image_key, mpp
         Which table and image to use and the image's microns per pixel, when they cannot be found unambiguously
         (see :func:`storm_sc.io.resolve`). For a list of slides scanned at different resolutions, ``mpp`` may be a
-        list with one value (or ``None``: the slide's own scale) per object of ``data``.
+        list with one value (or ``None``: the slide's own scale) per object of ``data``. An object holding several
+        slides takes a mapping of slide name to value (``mpp={"MOB-lab": 3.4, "MOB-rep1": 3.4}``): slides whose
+        scale was kept only in their ``attrs`` (legacy ST, HEST) lose it to ``spatialdata.concatenate``.
     library_key
         Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
         Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is then analysed on its
@@ -244,10 +246,16 @@ def storm_embed(
     net = get_model(model, verbose=verbose) if any(is_he_only(t, table_key) for t in targets) else None
     patch_um = None if net is None else net.config.patch_um
     resolved, tiles = [], []
-    for target, origin in zip(targets, fanout.origins, strict=True):
-        slide, tiled = resolve_or_tile(
-            target, patch_um, table_key=table_key, image_key=image_key, mpp=mpps[origin.owner], overwrite=overwrite
-        )
+    for k, target in enumerate(targets):
+        with fanout.naming_scales(k):
+            slide, tiled = resolve_or_tile(
+                target,
+                patch_um,
+                table_key=table_key,
+                image_key=image_key,
+                mpp=fanout.mpp_of(k, mpps),
+                overwrite=overwrite,
+            )
         resolved.append(slide)
         tiles.append(tiled)
     for slide in resolved:

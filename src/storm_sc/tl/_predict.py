@@ -62,7 +62,7 @@ def predict_expression(
     source: str = "auto",
     table_key: str | None = None,
     image_key: str | None = None,
-    mpp: float | Sequence[float | None] | None = None,
+    mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None = None,
     library_key: str | None = None,
     key_added: str = TABLE_PREDICTED,
     device: str = "auto",
@@ -107,7 +107,8 @@ def predict_expression(
         three held-out Visium FFPE sections, its readout 0.03-0.06; ``docs/model_card.md``).
     table_key, image_key, mpp
         Which table and image to use, and the image's microns per pixel (see :func:`storm_sc.io.resolve`); ``mpp``
-        may be a list with one value (or ``None``) per object of ``data``.
+        may be a list with one value (or ``None``) per object of ``data``, and for an object holding several slides
+        a mapping of slide name to value, as for :func:`storm_sc.tl.storm_embed`.
     library_key
         Column of ``.obs`` naming each row's section in an AnnData that stacks several (``anndata.concat`` of
         Visium AnnData, whose ``.uns["spatial"]`` no longer tells them apart): each section is predicted on its own,
@@ -175,16 +176,17 @@ def predict_expression(
     items = fanout.slides
     net = get_model(model, verbose=verbose)
     slides, tiles = [], []
-    for item, origin in zip(items, fanout.origins, strict=True):
+    for k, item in enumerate(items):
         # H&E alone: the tissue's tiles, at the model's patch size, are the observations.
-        slide, tiled = resolve_or_tile(
-            item,
-            net.config.patch_um,
-            table_key=table_key,
-            image_key=image_key,
-            mpp=mpps[origin.owner],
-            overwrite=overwrite,
-        )
+        with fanout.naming_scales(k):
+            slide, tiled = resolve_or_tile(
+                item,
+                net.config.patch_um,
+                table_key=table_key,
+                image_key=image_key,
+                mpp=fanout.mpp_of(k, mpps),
+                overwrite=overwrite,
+            )
         tiles.append(tiled)
         if not slide.has_image:
             raise ValueError(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
+from storm_sc.io._resolve import UnknownScaleError, mpp_of_slide
 from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
@@ -264,6 +266,29 @@ class SlideFanout:
             for part in parts:
                 self.slides.append(slide_of(target, part))
                 self.origins.append(_Origin(i, part.table_key, part_rows(target, part), part.name))
+
+    def mpp_of(self, k: int, mpps: Sequence[Any]) -> float | None:
+        """Slide ``k``'s ``mpp`` from the tool's per-object values (:func:`storm_sc.io._resolve.mpp_per_object`)."""
+        origin = self.origins[k]
+        return mpp_of_slide(mpps[origin.owner], origin.name, self._names_of(origin.owner))
+
+    @contextmanager
+    def naming_scales(self, k: int) -> Iterator[None]:
+        """Say how to give each slide its scale when a slide of an object holding several has none."""
+        origin = self.origins[k]
+        try:
+            yield
+        except UnknownScaleError as err:
+            if origin.name is None:
+                raise
+            names = self._names_of(origin.owner)
+            raise UnknownScaleError(
+                f"Slide {origin.name!r}: {err} The object holds several slides ({names}): give each its own with "
+                f"mpp={{{names[0]!r}: ..., ...}} (spatialdata.concatenate drops the scales kept in each slide's attrs)."
+            ) from err
+
+    def _names_of(self, owner: int) -> list[str]:
+        return [o.name for o in self.origins if o.owner == owner and o.name is not None]
 
     def _groups(self) -> dict[tuple[int, str | None], list[int]]:
         """Slides taken from the same table of the same object."""
