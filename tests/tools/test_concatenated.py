@@ -96,7 +96,9 @@ def test_each_concatenated_slide_takes_its_own_scale_by_name(toy_sdata_factory, 
     alone = {name: s for name, s in _slides(toy_sdata_factory).items()}
     st.tl.storm_embed(list(alone.values()), trained_model, verbose=False)
     both = sd.concatenate(slides, concatenate_tables=True)
-    with pytest.raises(ValueError, match=r"holds several slides \(\['toy_spots-a', 'toy_spots-b'\]\).*mpp=\{'toy_spots-a'"):
+    with pytest.raises(
+        ValueError, match=r"holds several slides \(\['toy_spots-a', 'toy_spots-b'\]\).*mpp=\{'toy_spots-a'"
+    ):
         st.tl.storm_embed(both, trained_model, verbose=False)
     with pytest.raises(ValueError, match=r"names slides \['toy_spots-c'\]"):
         st.tl.storm_embed(both, trained_model, mpp={"toy_spots-a": 2.0, "toy_spots-c": 2.0}, verbose=False)
@@ -205,6 +207,9 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     assert not np.allclose(as_one.obsm["X_storm"], stacked.obsm["X_storm"], atol=1e-3)
     assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
     st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp=mpp["s1"])
+    assert stacked.uns["storm"]["storm_domain"]["n_slides"] == 2  # the sections, not the one AnnData
+    with pytest.raises(ValueError, match="`random_state` must be an integer >= 0"):
+        st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", random_state=np.random.default_rng(0))
     fig = st.pl.domains(
         stacked, library_key="library_id", mpp=mpp["s1"], show=False
     )  # one panel per section, not overlaid

@@ -328,6 +328,7 @@ def storm_domains(
     ['0', '1', '2']
     """
     check_integer(n_domains, "n_domains", optional=True)
+    check_integer(random_state, "random_state", minimum=0)
     if not resolution > 0:
         raise ValueError(f"`resolution` must be positive, got {resolution!r}.")
     check_integer(smooth_steps, "smooth_steps", minimum=0)
@@ -377,8 +378,10 @@ def storm_domains(
 
     start = time.perf_counter()
     reps = [np.asarray(slide.table.obsm[use_rep]) for slide in resolved]
+    sections = _library_groups([s.table for s in resolved], library_key)
+    n_sections = sum(len(groups) for groups in sections)
     if center == "slide":
-        reps = centre_each_slide(reps, _library_groups([s.table for s in resolved], library_key))
+        reps = centre_each_slide(reps, sections)
     n_pcs = _expression_pcs(resolved, expression_pcs)
     if n_pcs:
         try:
@@ -434,7 +437,7 @@ def storm_domains(
                 "center": center,
                 "expression_pcs": n_pcs,
                 "layer": layer if n_pcs else None,
-                "n_slides": len(resolved),
+                "n_slides": n_sections,
             },
         )
     logger.info(
@@ -442,7 +445,7 @@ def storm_domains(
         key_added,
         len(labels.categories),
         n_total,
-        len(resolved),
+        n_sections,
         time.perf_counter() - start,
     )
     fanout.write_back(
