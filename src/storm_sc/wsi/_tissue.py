@@ -15,6 +15,11 @@ _MIN_VALUE = 0.25
 # otherwise lifted it above the tissue's, and the slide lost all its tissue. Stained tissue is mostly below it (99th
 # percentile 0.41-0.89 on the Visium FFPE, her2st and bulb images here), and it still counts as tissue above it.
 _OTSU_MAX_SATURATION = 0.6
+# Otsu splits two populations, glass and tissue. An image that is all tissue (a region exported from a slide, a TMA
+# core cropped tight) has no glass, and Otsu then split pale eosin from haematoxylin: a crop from inside a her2st
+# tumour lost 40% of its tissue. Its lower class is then tissue-coloured itself: median saturation 0.19 there, against
+# 0.02-0.08 for the glass of every Visium FFPE, her2st and bulb image here. Above this, the floor is the threshold.
+_GLASS_MAX_MEDIAN_SATURATION = 0.14
 # Clean-up sizes in microns: gaps bridged between neighbouring tissue pieces, smallest fragment kept, largest hole
 # (fat, lumen, tear) filled.
 CLOSING_UM = 30.0
@@ -53,7 +58,9 @@ def detect_tissue(
     """Tissue mask of an H&E thumbnail.
 
     The saturation threshold is Otsu's over the pixels that are neither dark (labels, black pen, scanner edges) nor
-    green-dominant (green pen) nor as saturated as marker ink, never below ``min_saturation``; the mask is then
+    green-dominant (green pen) nor as saturated as marker ink, never below ``min_saturation``, and
+    ``min_saturation`` itself when the pixels below Otsu's are too saturated to be glass (an image that is all
+    tissue, whose pale eosin Otsu would otherwise cut away); the mask is then
     closed (30 um), stripped of fragments below (150 um)^2 and of holes below (200 um)^2 filled, all converted to
     the thumbnail's pixel size.
 
@@ -94,6 +101,9 @@ def detect_tissue(
         # The lower of the two fits: without the ink-like pixels (ink cannot lift it), and with all (tissue stained
         # as strongly as ink everywhere, which the first fit would not see, is still found).
         otsu = min(_otsu(candidates[candidates < _OTSU_MAX_SATURATION]), _otsu(candidates))
+        below = candidates[candidates <= otsu]
+        if len(below) and float(np.median(below)) > _GLASS_MAX_MEDIAN_SATURATION:
+            otsu = min_saturation  # no glass: the lower class is pale tissue
         threshold = max(otsu, min_saturation)
     mask = bright & (sat > threshold)
     radius = max(1, round(CLOSING_UM / mpp))
