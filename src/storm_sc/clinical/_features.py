@@ -138,10 +138,12 @@ def extract_slide(
     batch_size: int,
     device: torch.device,
     verbose: bool | None,
+    leave: bool = True,
 ) -> tuple[Path, bool]:
     """Write (or resume) the feature file of one slide; returns its final path and whether it was resumed.
 
-    The caller has already checked that no complete file with other settings is in the way.
+    The caller has already checked that no complete file with other settings is in the way. ``leave=False`` clears
+    the slide's progress bars when it is done (a cohort shows one bar over its slides instead).
     """
     final, partial = feature_paths(out_dir, slide_id)
     fingerprint = settings.to_json()
@@ -151,9 +153,9 @@ def extract_slide(
         if f is None:
             f = _create_partial(partial, fingerprint, grid, slide, slide_id, model, gene_ids)
         _encode_tiles(f, slide, grid, model, batch_size=batch_size, device=device, verbose=verbose,
-                      desc=f"encode {slide_id}")  # fmt: skip
+                      desc=f"encode {slide_id}", leave=leave)  # fmt: skip
         _contextualise(f, grid, model, gene_ids, batch_size=batch_size, device=device, verbose=verbose,
-                       desc=f"context {slide_id}")  # fmt: skip
+                       desc=f"context {slide_id}", leave=leave)  # fmt: skip
         f.attrs[A_COMPLETE] = True
         f.flush()
     finally:
@@ -244,7 +246,7 @@ def _display_thumbnail(slide: WholeSlide) -> tuple[np.ndarray, float]:
 
 
 def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormModel, *, batch_size: int,
-                  device: torch.device, verbose: bool | None, desc: str) -> None:  # fmt: skip
+                  device: torch.device, verbose: bool | None, desc: str, leave: bool) -> None:  # fmt: skip
     """Pass 1: H&E tokens of every tile, batch by batch, each batch flushed with its progress counter."""
     import torch
 
@@ -258,7 +260,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
     tokens, stain = f[H5_TOKENS], f[H5_STAIN] if H5_STAIN in f else None
     with torch.no_grad(), evaluating_on(network, device):
         for idx, tiles in iter_tile_batches(slide, grid, out_px=model.config.image_size, batch_size=batch_size,
-                                            start=start, verbose=verbose, desc=desc):  # fmt: skip
+                                            start=start, verbose=verbose, desc=desc, leave=leave):  # fmt: skip
             images = torch.from_numpy(tiles).to(device)
             with autocast(device):
                 stats = network.patch_statistics(images) if stain is not None else None
@@ -274,7 +276,7 @@ def _encode_tiles(f: h5py.File, slide: WholeSlide, grid: TileGrid, model: StormM
 
 
 def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np.ndarray, *, batch_size: int,
-                   device: torch.device, verbose: bool | None, desc: str) -> None:  # fmt: skip
+                   device: torch.device, verbose: bool | None, desc: str, leave: bool) -> None:  # fmt: skip
     """Pass 2: joint embedding over neighbouring tiles and expression predicted from them.
 
     Genes of the model's expression readout are predicted by it (from the H&E-only observation, niche and region
@@ -296,7 +298,8 @@ def _contextualise(f: h5py.File, grid: TileGrid, model: StormModel, gene_ids: np
     # Neighbour lists of every tile in microns; only tokens (n x hidden_dim floats) are held, never pixels.
     inputs = StormInputs.from_arrays(grid.centers_um, config=model.config, library_id=str(f.attrs["slide_id"]))
     plan = ExpressionPlan(network, gene_ids, model.readout, model._readout_columns(gene_ids), device)
-    bar = tqdm(total=n, initial=start, unit="tile", desc=desc, disable=not storm_settings.show_progress(verbose))
+    bar = tqdm(total=n, initial=start, unit="tile", desc=desc, leave=leave,
+               disable=not storm_settings.show_progress(verbose))  # fmt: skip
     with torch.no_grad(), evaluating_on(network, device), bar:
         tokens = torch.from_numpy(f[H5_TOKENS][:]).to(device)
         extras = None

@@ -151,7 +151,9 @@ def compute_slide_features(
 ) -> pd.DataFrame:
     """Extract the features of every slide (see :func:`storm_sc.tl.slide_features`)."""
     import h5py
+    from tqdm.auto import tqdm
 
+    from storm_sc._settings import settings as storm_settings
     from storm_sc.wsi import open_slide, tile_grid
 
     # Everything that can fail on the input is checked first: slide formats, pixel sizes, files in the way.
@@ -209,7 +211,10 @@ def compute_slide_features(
         )
 
     rows = []
-    for entry, settings, final, reuse in plans:
+    cohort_bar = len(plans) > 1 and storm_settings.show_progress(verbose)
+    # One bar over the slides (each slide's own bars are cleared when it is done): a cohort of a thousand slides
+    # otherwise left two thousand bars behind in a notebook.
+    for entry, settings, final, reuse in tqdm(plans, desc="slides", unit="slide", disable=not cohort_bar):
         with open_slide(entry.path, mpp=entry.mpp) as slide:
             status = "reused"
             if reuse:
@@ -226,7 +231,7 @@ def compute_slide_features(
                                        entry.slide_id, tissue_threshold)  # fmt: skip
                     _, resumed = extract_slide(slide, entry.slide_id, model, settings, out_dir, grid=grid,
                                                gene_ids=gene_ids, batch_size=batch_size, device=device,
-                                               verbose=verbose)  # fmt: skip
+                                               verbose=verbose, leave=not cohort_bar)  # fmt: skip
                 except OSError as err:
                     # Pixels are only decoded here (a truncated image opens fine): say which of the slides failed.
                     failed = f"Slide {entry.slide_id!r} ({entry.path}): computing its features failed: {err}"

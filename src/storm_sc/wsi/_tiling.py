@@ -248,6 +248,7 @@ def iter_tile_batches(
     start: int = 0,
     verbose: bool | None = None,
     desc: str | None = None,
+    leave: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream the tiles of a grid in batches: only one batch of pixels is in memory at a time.
 
@@ -270,6 +271,8 @@ def iter_tile_batches(
         Progress bar (default: ``st.settings``).
     desc
         Progress bar label.
+    leave
+        Keep the progress bar once done (``False``: cleared, e.g. under a bar over many slides).
 
     Yields
     ------
@@ -286,7 +289,7 @@ def iter_tile_batches(
         raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
     level = slide.best_level(grid.patch_um / out_px)
     n = grid.n_tiles
-    with tqdm(total=n, initial=start, unit="tile", desc=desc or slide.path.name,
+    with tqdm(total=n, initial=start, unit="tile", desc=desc or slide.path.name, leave=leave,
               disable=not settings.show_progress(verbose)) as bar:  # fmt: skip
         for lo in range(start, n, batch_size):
             idx = np.arange(lo, min(lo + batch_size, n))
