@@ -149,6 +149,11 @@ def test_a_figure_is_shown_or_returned_not_both(sdata, monkeypatch):
     assert len(shown) == 2
     assert st.pl.domains(sdata, show=False) is not None
     assert len(shown) == 2
+    # every plot that makes its own figure: expression has no `ax` (it once read a loop variable of that name)
+    assert st.pl.expression(sdata, "gene_0002") is None
+    assert st.pl.gene_correlation(sdata) is None
+    assert st.pl.embedding_umap(sdata) is None
+    assert len(shown) == 5
     with pytest.raises(TypeError, match="`show` must be True or False or None"):
         st.pl.domains(sdata, show="yes")
 

@@ -101,13 +101,13 @@ def expression(
     save
         File to write the figure to (suffix gives the format); ``None`` writes nothing.
     show
-        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do. Default: show a
-        figure the plot makes itself, not one drawn into ``ax``. ``False`` returns the Figure instead.
+        Show the figure (``matplotlib.pyplot.show()``) and return ``None``, as scanpy's plots do (the default).
+        ``False`` returns the Figure instead.
 
     Returns
     -------
-    The matplotlib Figure, with ``len(genes)`` rows of 2 (or 3) panels, when it is not shown (``show=False``, or
-    drawn into ``ax``); else ``None``.
+    The matplotlib Figure, with ``len(genes)`` rows of 2 (or 3) panels, when it is not shown (``show=False``);
+    else ``None``.
 
     Examples
     --------
@@ -195,7 +195,7 @@ def expression(
                 else:
                     unit = "log1p, both panels" if share_scale and measured is not None else "log1p"
                 fig.colorbar(spots, ax=ax, shrink=0.8, label=unit)
-    return finish(fig, save_path, show, own_figure=ax is None)
+    return finish(fig, save_path, show, own_figure=True)
 
 
 def gene_correlation(
