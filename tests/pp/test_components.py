@@ -1,5 +1,6 @@
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
@@ -78,6 +79,22 @@ def test_genes_are_matched_by_ensembl_id_or_symbol_across_slides():
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
+def test_genes_shared_by_three_slides_do_not_depend_on_their_order():
+    # Ensembl ids only, symbols only, and both: the third ties the first two together wherever it comes.
+    from storm_sc.pp._alignment import shared_columns
+
+    ids = [f"ENSG{i:011d}" for i in range(4)]
+    by_id = ad.AnnData(np.zeros((1, 4)), var=pd.DataFrame(index=ids))
+    by_symbol = ad.AnnData(np.zeros((1, 4)), var=pd.DataFrame(index=["G3", "G2", "G1", "G0"]))
+    both = ad.AnnData(np.zeros((1, 4)), var=pd.DataFrame({"gene_ids": ids}, index=["g0", "g1", "g2", "g3"]))
+    for order in ([by_id, by_symbol, both], [both, by_id, by_symbol], [by_symbol, both, by_id]):
+        columns = shared_columns(order)
+        assert all(len(c) == 4 for c in columns)
+        names = [[str(t.var_names[i]).upper() for i in c] for t, c in zip(order, columns, strict=True)]
+        genes = [[n if n.startswith("ENSG") else f"ENSG{int(n[1:]):011d}" for n in row] for row in names]
+        assert genes[0] == genes[1] == genes[2]
+
+
 def test_a_layer_and_log1p_input_give_the_same_components():
     adata = _counts(seed=4)
     logged = adata.copy()
@@ -97,6 +114,11 @@ def test_a_repeated_gene_name_is_read_once():
     dup.var_names = names
     with_dup = st.pp.expression_components(dup, n_components=3)
     assert with_dup.shape == (adata.n_obs, 3) and np.isfinite(with_dup).all()
+    # ... even on a single slide: its second column is left out
+    from storm_sc.pp._alignment import shared_columns
+
+    (columns,) = shared_columns([dup])
+    assert columns.tolist() == list(range(dup.n_vars - 1))
 
 
 def test_bad_input():

@@ -184,51 +184,51 @@ def _data_genes(
 def shared_columns(tables: Sequence[AnnData]) -> list[np.ndarray]:
     """Columns of the genes that every table measures, one index array per table, in the first table's order.
 
-    Genes are matched as :func:`align_genes` matches them to a vocabulary: Ensembl ids where both tables have them
-    (version suffixes ignored), else case-insensitive symbols, prefixes of a ``.var["genome"]`` column dropped. So a
-    table named by Ensembl ids (DLPFC) and one named by symbols (Visium FFPE) share their genes. A gene that occurs
-    twice in a table is read from its first column.
+    Genes are matched as :func:`align_genes` matches them to a vocabulary: by Ensembl id (version suffixes ignored)
+    or by case-insensitive symbol (prefixes of a ``.var["genome"]`` column dropped). A column that has both ties them
+    together, so a table named by Ensembl ids (DLPFC) and one named by symbols share their genes through any table
+    that has both (Visium FFPE), in whatever order the tables come. A gene that occurs twice in a table (even a single
+    table) is read from its first column.
 
     Examples
     --------
     >>> genome = pd.DataFrame({"genome": "GRCh38"}, index=["GRCh38__VIM", "GRCh38__CD3E", "GRCh38__KRT8"])
     >>> a = AnnData(np.zeros((1, 3)), var=genome)
-    >>> b = AnnData(np.zeros((1, 2)), var=pd.DataFrame(index=["Krt8", "VIM"]))
+    >>> b = AnnData(np.zeros((1, 3)), var=pd.DataFrame(index=["Krt8", "VIM", "vim"]))
     >>> [c.tolist() for c in shared_columns([a, b])]
     [[0, 2], [1, 0]]
     """
     keys = [_data_genes(table, None, unique=False)[:2] for table in tables]
+    # Union-find over identifiers ("id:ENSG...", "sym:vim"): a column naming both makes them one gene.
+    parent: dict[str, str] = {}
 
-    def first_columns(values: np.ndarray | None) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for column, key in enumerate([] if values is None else values):
-            if key is not None:
-                found.setdefault(key, column)
-        return found
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
 
-    lookups = [(first_columns(symbols), first_columns(ensembl)) for symbols, ensembl in keys[1:]]
-    first_symbols, first_ensembl = keys[0]
-    n_first = tables[0].n_vars
-    columns: list[list[int]] = [[] for _ in tables]
-    taken: list[set[int]] = [set() for _ in tables]
-    for c in range(n_first):
-        symbol = None if first_symbols is None else first_symbols[c]
-        gene_id = None if first_ensembl is None else first_ensembl[c]
-        if c in taken[0] or (symbol is None and gene_id is None):
-            continue
-        matched = [c]
-        for t, (by_symbol, by_id) in enumerate(lookups, start=1):
-            found = by_id.get(gene_id) if gene_id is not None and by_id else None
-            if found is None and symbol is not None:
-                found = by_symbol.get(symbol)
-            if found is None or found in taken[t]:
-                break
-            matched.append(found)
-        else:
-            for t, found in enumerate(matched):
-                columns[t].append(found)
-                taken[t].add(found)
-    return [np.asarray(cols, dtype=np.int64) for cols in columns]
+    def identifiers(symbols: np.ndarray | None, ensembl: np.ndarray | None, column: int) -> list[str]:
+        found = [] if ensembl is None or ensembl[column] is None else [f"id:{ensembl[column]}"]
+        return found + ([] if symbols is None or symbols[column] is None else [f"sym:{symbols[column]}"])
+
+    per_table = []
+    for table, (symbols, ensembl) in zip(tables, keys, strict=True):
+        columns = [(c, identifiers(symbols, ensembl, c)) for c in range(table.n_vars)]
+        for _, ids in columns:
+            for other in ids[1:]:
+                parent[root(other)] = root(ids[0])
+        per_table.append(columns)
+    first_column_of_gene = []
+    for columns in per_table:
+        genes: dict[str, int] = {}
+        for c, ids in columns:
+            if ids:
+                genes.setdefault(root(ids[0]), c)
+        first_column_of_gene.append(genes)
+    shared = [gene for gene in first_column_of_gene[0] if all(gene in genes for genes in first_column_of_gene[1:])]
+    return [np.asarray([genes[gene] for gene in shared], dtype=np.int64) for genes in first_column_of_gene]
 
 
 def _match(
