@@ -85,6 +85,28 @@ def test_real_visium_hires_agrees_with_space_ranger_tissue_calls(section):
 
 
 @pytest.mark.realdata
+def test_real_crops_from_inside_the_tissue_and_around_it():
+    # Regions exported from a her2st slide (1/8 of full resolution): from inside the tumour, all tissue (Otsu alone
+    # lost up to 5% there, and 40% of a full-resolution crop); around it, with a fifth of tinted glass, whose pixels
+    # (saturation ~0.07) must stay glass.
+    from PIL import Image
+
+    jpg = real_data("her2st", "data", "ST-imgs", "C", "C3", "5714_HE_BT_D1.jpg")
+    with Image.open(jpg) as im:
+        rgb = np.asarray(im.convert("RGB").reduce(8))
+    mpp = 0.78 * 8
+    whole = detect_tissue(rgb, mpp=mpp)
+    ys, xs = np.nonzero(whole)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    for half in (80, 120):
+        assert detect_tissue(rgb[cy - half : cy + half, cx - half : cx + half], mpp=mpp).mean() > 0.99
+    box = (slice(max(cy - 260, 0), cy + 260), slice(max(cx - 260, 0), cx + 260))
+    crop, reference = detect_tissue(rgb[box], mpp=mpp), whole[box]
+    assert 0.1 < (~reference).mean() < 0.4
+    assert (crop & ~reference).sum() / (~reference).sum() < 0.05
+
+
+@pytest.mark.realdata
 def test_real_her2st_section_tissue_under_the_spots_and_not_in_the_corners():
     jpg = real_data("her2st", "data", "ST-imgs", "C", "C2", "5714_HE_BT_C2.jpg")
     spots = pd.read_csv(real_data("her2st", "data", "ST-spotfiles", "C2_selection.tsv"), sep="\t")

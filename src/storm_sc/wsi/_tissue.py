@@ -17,9 +17,13 @@ _MIN_VALUE = 0.25
 _OTSU_MAX_SATURATION = 0.6
 # Otsu splits two populations, glass and tissue. An image that is all tissue (a region exported from a slide, a TMA
 # core cropped tight) has no glass, and Otsu then split pale eosin from haematoxylin: a crop from inside a her2st
-# tumour lost 40% of its tissue. Its lower class is then tissue-coloured itself: median saturation 0.19 there, against
-# 0.02-0.08 for the glass of every Visium FFPE, her2st and bulb image here. Above this, the floor is the threshold.
-_GLASS_MAX_MEDIAN_SATURATION = 0.14
+# tumour lost 40% of its tissue. There, the pixels below Otsu's threshold are tissue-coloured (median saturation 0.19,
+# against 0.02-0.08 for the lower class of every Visium FFPE, her2st and bulb image here) and almost none is as grey
+# as glass (below 0.08: 0-2% of the pixels of all-tissue her2st crops, 3-6% with 4-5% of glass in the crop, 10-22%
+# with a fifth). Only then is the floor the threshold: a crop holding some glass, or tinted glass, keeps Otsu's.
+_PALE_TISSUE_MEDIAN_SATURATION = 0.14
+_GLASS_SATURATION = 0.08
+_NO_GLASS_SHARE = 0.02
 # Clean-up sizes in microns: gaps bridged between neighbouring tissue pieces, smallest fragment kept, largest hole
 # (fat, lumen, tear) filled.
 CLOSING_UM = 30.0
@@ -58,9 +62,10 @@ def detect_tissue(
     """Tissue mask of an H&E thumbnail.
 
     The saturation threshold is Otsu's over the pixels that are neither dark (labels, black pen, scanner edges) nor
-    green-dominant (green pen) nor as saturated as marker ink, never below ``min_saturation``, and
-    ``min_saturation`` itself when the pixels below Otsu's are too saturated to be glass (an image that is all
-    tissue, whose pale eosin Otsu would otherwise cut away); the mask is then
+    green-dominant (green pen) nor as saturated as marker ink, never below ``min_saturation``; it is
+    ``min_saturation`` itself for an image without glass (the pixels below Otsu's threshold too saturated to be glass,
+    and almost none as grey as glass: a region exported from inside the tissue, whose pale eosin Otsu would cut
+    away). The mask is then
     closed (30 um), stripped of fragments below (150 um)^2 and of holes below (200 um)^2 filled, all converted to
     the thumbnail's pixel size.
 
@@ -102,8 +107,9 @@ def detect_tissue(
         # as strongly as ink everywhere, which the first fit would not see, is still found).
         otsu = min(_otsu(candidates[candidates < _OTSU_MAX_SATURATION]), _otsu(candidates))
         below = candidates[candidates <= otsu]
-        if len(below) and float(np.median(below)) > _GLASS_MAX_MEDIAN_SATURATION:
-            otsu = min_saturation  # no glass: the lower class is pale tissue
+        pale_tissue = len(below) and float(np.median(below)) > _PALE_TISSUE_MEDIAN_SATURATION
+        if pale_tissue and float(np.mean(candidates < _GLASS_SATURATION)) < _NO_GLASS_SHARE:
+            otsu = min_saturation  # no glass to tell apart: the lower class is pale tissue
         threshold = max(otsu, min_saturation)
     mask = bright & (sat > threshold)
     radius = max(1, round(CLOSING_UM / mpp))
