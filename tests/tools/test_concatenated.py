@@ -91,7 +91,7 @@ def test_copy_and_refusals_leave_the_concatenated_slides_as_they_were(toy_sdata_
 
 def test_each_concatenated_slide_takes_its_own_scale_by_name(toy_sdata_factory, trained_model):
     # spatialdata.concatenate drops the scale kept in each slide's attrs: the tools say how to give each its own,
-    # and take a mapping of slide names. Slide b's positions are in units of half a pixel (scale 1.0 um per unit).
+    # and take a mapping of slide names, each value for its own slide.
     slides = _slides(toy_sdata_factory)
     alone = {name: s for name, s in _slides(toy_sdata_factory).items()}
     st.tl.storm_embed(list(alone.values()), trained_model, verbose=False)
@@ -111,6 +111,17 @@ def test_each_concatenated_slide_takes_its_own_scale_by_name(toy_sdata_factory, 
     for name in ("a", "b"):
         rows = (table.obs["region"] == f"toy_spots-{name}").to_numpy()
         np.testing.assert_allclose(table.obsm["X_storm"][rows], alone[name]["table"].obsm["X_storm"], atol=1e-5)
+    other = st.tl.storm_embed(
+        both,
+        trained_model,
+        mpp={"toy_spots-a": TOY_MPP, "toy_spots-b": 2 * TOY_MPP},
+        copy=True,
+        overwrite=True,
+        verbose=False,
+    ).tables["table"]
+    a_rows = (table.obs["region"] == "toy_spots-a").to_numpy()
+    np.testing.assert_allclose(other.obsm["X_storm"][a_rows], table.obsm["X_storm"][a_rows], atol=1e-5)
+    assert not np.allclose(other.obsm["X_storm"][~a_rows], table.obsm["X_storm"][~a_rows], atol=1e-3)
     st.tl.storm_domains(both, n_domains=3, mpp=scales)
     fig = st.pl.domains(both, mpp=scales, show=False)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
@@ -208,6 +219,11 @@ def test_sections_stacked_by_anndata_concat_are_analysed_apart_with_library_key(
     assert stacked.uns["storm"]["X_storm"]["library_key"] == "library_id"
     st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp=mpp["s1"])
     assert stacked.uns["storm"]["storm_domain"]["n_slides"] == 2  # the sections, not the one AnnData
+    by_name = {"s1": mpp["s1"], "s2": mpp["s1"]}  # as storm_embed takes it, one value per section
+    again = st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp=by_name, copy=True, overwrite=True)
+    assert (again.obs["storm_domain"] == stacked.obs["storm_domain"]).all()
+    with pytest.raises(ValueError, match="different scales"):
+        st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", mpp={"s1": 1.0, "s2": 2.0}, copy=True)
     with pytest.raises(ValueError, match="`random_state` must be an integer >= 0"):
         st.tl.storm_domains(stacked, n_domains=2, library_key="library_id", random_state=np.random.default_rng(0))
     fig = st.pl.domains(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -152,6 +152,28 @@ def _slide_components(
     for (t, rows), score in zip(where, scores, strict=True):
         out[t][rows] = score
     return out
+
+
+def _one_scale_per_object(value: Any, item: SpatialData | AnnData, library_key: str) -> float | None:
+    """The one ``mpp`` of an AnnData stacking sections, from a mapping of its sections as ``storm_embed`` takes.
+
+    ``storm_domains`` places a stacked AnnData's positions at one scale (its sections keep their own rows and
+    neighbours): sections of different scales are refused, with what to do.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    names = [] if isinstance(item, SpatialData) or library_key not in item.obs else item.obs[library_key].unique()
+    names = sorted(str(n) for n in names)
+    unknown = sorted(str(k) for k in value if str(k) not in names)
+    if unknown:
+        raise ValueError(f"`mpp` names sections {unknown} that .obs[{library_key!r}] does not hold; it holds {names}.")
+    scales = {value.get(n) for n in names}
+    if len(scales) > 1:
+        raise ValueError(
+            f"`mpp` gives the sections of .obs[{library_key!r}] different scales ({dict(value)}); storm_domains reads a "
+            "stacked AnnData at one scale. Pass the sections as a list of AnnData, each with its own `mpp`."
+        )
+    return scales.pop() if scales else None
 
 
 def _library_groups(tables: list[AnnData], library_key: str | None) -> list[list[np.ndarray]]:
@@ -339,6 +361,8 @@ def storm_domains(
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
     slides, single = as_slide_list(data)
     mpps = mpp_per_object(mpp, len(slides))
+    if library_key is not None:
+        mpps = [_one_scale_per_object(value, item, library_key) for value, item in zip(mpps, slides, strict=True)]
     outputs = [copy_for_output(s) for s in slides] if copy else slides
     # the slides of a SpatialData holding several, as a list (stacked sections: see library_key)
     fanout = SlideFanout(outputs, table_key, hint_stacked=library_key is None)
