@@ -206,6 +206,21 @@ def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_pat
         assert list(f) == ["X"]
 
 
+def test_a_damaged_feature_file_is_replaced_when_asked(slide_file, tmp_path, tiny_model):
+    # A feature file truncated by a copy cannot be read: not mistaken for the user's own file (which would never be
+    # replaced), but refused until overwrite=True, which recomputes it.
+    out = tmp_path / "f"
+    slide_features([slide_file], tiny_model, out_dir=out, device="cpu", verbose=False)
+    path = out / "slide_a.h5"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileExistsError, match=r"slide_a.h5 \(unreadable: damaged\?\).*overwrite=True"):
+        slide_features([slide_file], tiny_model, out_dir=out, device="cpu", verbose=False)
+    table = slide_features([slide_file], tiny_model, out_dir=out, device="cpu", overwrite=True, verbose=False)
+    assert table["status"].tolist() == ["computed"]
+    assert path.read_bytes() != data[: len(data) // 2]
+
+
 def test_a_partial_file_from_another_model_is_discarded_not_trusted(slide_file, tmp_path, tiny_model, caplog):
     out = tmp_path / "f"
     other = st.models.StormModel("storm-tiny", GENES, seed=3)

@@ -113,8 +113,12 @@ def feature_paths(out_dir: Path, slide_id: str) -> tuple[Path, Path]:
     return out_dir / f"{slide_id}{SUFFIX}", out_dir / f"{slide_id}{PARTIAL_SUFFIX}"
 
 
-def read_status(path: Path) -> tuple[bool, str | None, int]:
-    """``(complete, fingerprint, n_tiles)`` of a feature file; ``(False, None, 0)`` when it cannot be read."""
+def read_status(path: Path) -> tuple[bool, str | None, int] | None:
+    """``(complete, fingerprint, n_tiles)`` of a feature file, or ``None`` when it cannot be read as HDF5 at all.
+
+    A fingerprint of ``None`` is an HDF5 file storm_sc did not write; an unreadable file is damaged (e.g. truncated
+    by a copy).
+    """
     import h5py
 
     try:
@@ -123,7 +127,7 @@ def read_status(path: Path) -> tuple[bool, str | None, int]:
             n = int(f[H5_COORDS_UM].shape[0]) if H5_COORDS_UM in f else 0
             return bool(f.attrs.get(A_COMPLETE, False)), (None if fp is None else str(fp)), n
     except (OSError, KeyError):
-        return False, None, 0
+        return None
 
 
 def extract_slide(

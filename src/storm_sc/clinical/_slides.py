@@ -186,8 +186,12 @@ def compute_slide_features(
         )
         final, _ = feature_paths(out_dir, entry.slide_id)
         reuse = False
-        if final.exists():
-            complete, stored, _ = read_status(final)
+        status = read_status(final) if final.exists() else None
+        if final.exists() and status is None:
+            if not overwrite:  # a damaged file (e.g. truncated by a copy) is no one's data: replaced when asked
+                blocked.append(f"{final.name} (unreadable: damaged?)")
+        elif final.exists():
+            complete, stored, _ = status
             if stored is None:
                 # Not written by slide_features (e.g. an AnnData saved under the slide's name): the user's file,
                 # never ours to replace.
