@@ -174,6 +174,10 @@ def test_a_wrong_mpp_is_warned_about_once_per_slide(slide_file, tmp_path, tiny_m
     with caplog.at_level(logging.WARNING, logger="storm_sc"):
         slide_features([slide_file], tiny_model, out_dir=tmp_path / "g", device="cpu", verbose=False)
     assert not caplog.records
+    # a few percent short of the patch (a 20x scan at 0.505 um/px under a 224 px / 112 um patch) is not warned about
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        slide_features([slide_file], tiny_model, out_dir=tmp_path / "h", mpp=3.6, device="cpu", verbose=False)
+    assert not [r for r in caplog.records if "upsampled" in r.getMessage()]
 
 
 def test_errors_of_one_slide_name_the_slide_and_its_path(tmp_path, tiny_model):
