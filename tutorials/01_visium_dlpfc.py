@@ -162,7 +162,7 @@ print(pd.crosstab(table.obs["layer"], table.obs["storm_domain"]))
 # `.uns["storm_domain_colors"]`), next to the annotation and the baseline:
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+fig, axes = plt.subplots(1, 3, figsize=(18, 6), layout="constrained")
 st.pl.domains(sdata, key="layer", ax=axes[0], title="manual layers")
 st.pl.domains(sdata, key="storm_domain", ax=axes[1], title="STORM domains")
 fig = st.pl.domains(sdata, key="pca_domain", ax=axes[2], title="PCA baseline domains")

@@ -175,5 +175,5 @@ print(f"measurements within 1.96 predicted sd: {(error <= 1.96 * sd).mean():.1%}
 
 # %% [markdown]
 # A clearly positive correlation means that the model knows which genes it predicts badly; the coverage says
-# whether its intervals have the right width. In fast mode we measured 0.95 and 94.5%. Before the readout, the head's per-spot sd of this small model
+# whether its intervals have the right width. In fast mode we measured 0.95 and 94.6%. Before the readout, the head's per-spot sd of this small model
 # carried no information about its error (median per-gene Spearman correlation 0.02 with the full settings).

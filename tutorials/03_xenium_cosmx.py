@@ -133,7 +133,7 @@ pd.crosstab(cosmx_obs["fov"], cosmx_obs["storm_domain"])
 # **What to expect.** These three datasets are different tissues measured with different panels, and the
 # domains keep them apart. With the bundled reference (`storm-tiny-public-v5`) no domain was shared between
 # datasets: the 200 HEST lung cells formed one domain, the 120 CosMx cells another (both fields of view, 67 + 53
-# cells), and the remaining four domains split the Xenium mouse brain cells (228, 110, 94 and 94 cells). Beside
+# cells), and the remaining four domains split the Xenium cells (226, 111, 103 and 86 cells). Beside
 # the embedding, `storm_domains` clustered the expression components of the few genes all three panels share,
 # standardised within each dataset. Domains shared across datasets would need tissues that actually match, and a
 # model trained on far more than the reference's 17 slides.
