@@ -123,6 +123,8 @@ def test_each_concatenated_slide_takes_its_own_scale_by_name(toy_sdata_factory, 
     np.testing.assert_allclose(other.obsm["X_storm"][a_rows], table.obsm["X_storm"][a_rows], atol=1e-5)
     assert not np.allclose(other.obsm["X_storm"][~a_rows], table.obsm["X_storm"][~a_rows], atol=1e-3)
     st.tl.storm_domains(both, n_domains=3, mpp=scales)
+    with pytest.raises(ValueError, match=r"holds several slides \(\['toy_spots-a', 'toy_spots-b'\]\).*mpp=\{"):
+        st.pl.domains(both)
     fig = st.pl.domains(both, mpp=scales, show=False)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
     plt.close(fig)

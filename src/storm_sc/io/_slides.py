@@ -369,8 +369,8 @@ def hint_library_key(adata: AnnData, caller: str | None = None) -> None:
         return
     logger.warning(
         "%sThe AnnData is taken as one slide, but .obs['library_id'] names %d libraries: sections stacked in one "
-        "table (anndata.concat) share one coordinate space, so their spots would be each other's neighbours. Pass "
-        "library_key='library_id' to analyse each on its own.",
+        "table (anndata.concat) then share one coordinate space and one centre (their spots are each other's "
+        "neighbours, and maps draw them on top of each other). Pass library_key='library_id' to take each on its own.",
         f"`{caller}`: " if caller else "",
         values.nunique(),
     )

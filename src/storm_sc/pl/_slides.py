@@ -105,6 +105,18 @@ def _slide_names(item: Data) -> list[str]:
     return ["the SpatialData"] if parts is None else [part.name for part in parts]
 
 
+def scale_hint(data: Any) -> str:
+    """How to give each slide its scale, when an object of ``data`` holds several slides (else ``""``)."""
+    objects = list(data) if isinstance(data, list | tuple) else [data]
+    several = [names for item in objects if isinstance(item, SpatialData) and len(names := _slide_names(item)) > 1]
+    if not several:
+        return ""
+    return (
+        f" The SpatialData holds several slides ({several[0]}): give each its own with mpp={{{several[0][0]!r}: ..., "
+        "...}} (spatialdata.concatenate drops the scales kept in each slide's attrs)."
+    )
+
+
 def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key: str | None) -> str | None:
     """Return the measured table: ``table_key``, the only table, or the only one that is not the predicted one."""
     if table_key is not None:

@@ -14,10 +14,11 @@ from matplotlib.lines import Line2D
 from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
+from storm_sc.io._resolve import UnknownScaleError
 
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
-from ._slides import require_obs_in_any, resolve_slide, slide_names, slides_to_draw
+from ._slides import require_obs_in_any, resolve_slide, scale_hint, slide_names, slides_to_draw
 from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
 
 # Legend entries per column: about a panel's height of small-font rows.
@@ -136,10 +137,13 @@ def domains(
     save_path = check_save(save)
     if not isinstance(key, str):
         raise TypeError(f"`key` must be the name of a column of .obs, got {key!r}.")
-    slides = [
-        resolve_slide(d, table_key=table_key, predicted_key=TABLE_PREDICTED, image_key=image_key, mpp=m)
-        for d, m in zip(slides_data, mpps, strict=True)
-    ]
+    try:
+        slides = [
+            resolve_slide(d, table_key=table_key, predicted_key=TABLE_PREDICTED, image_key=image_key, mpp=m)
+            for d, m in zip(slides_data, mpps, strict=True)
+        ]
+    except UnknownScaleError as err:
+        raise UnknownScaleError(f"{err}{scale_hint(data)}") from err
     names = slide_names(slides)
     require_obs_in_any([s.table for s in slides], key, names)
     labels = []
