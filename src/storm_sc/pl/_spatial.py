@@ -19,7 +19,7 @@ from storm_sc.io._resolve import UnknownScaleError
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
 from ._slides import require_obs_in_any, resolve_slide, scale_hint, slide_names, slides_to_draw
-from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um
+from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um, tissue_background
 
 # Legend entries per column: about a panel's height of small-font rows.
 _LEGEND_ROWS = 16
@@ -165,7 +165,7 @@ def domains(
     for panel, slide, lab, panel_title in zip(axes, slides, labels, titles, strict=True):
         diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
         bounds = spot_bounds(slide.centers_um, diameter)
-        draw_background(panel, slide, bounds, image=image)
+        draw_background(panel, tissue_background(slide, bounds, image=image))
         draw_spots(panel, slide.centers_um, diameter, facecolors=rgba_of(lab, colors, alpha=alpha))
         frame_axes(panel, bounds)
         panel.set_title(panel_title)

@@ -217,13 +217,17 @@ def frame_axes(ax: Axes, bounds_um: tuple[float, float, float, float], *, scaleb
         )
 
 
-def draw_background(
-    ax: Axes, slide: SpatialInput, bounds_um: tuple[float, float, float, float], *, image: bool
-) -> bool:
-    """Draw the H&E under the panel when asked and present; whether it was drawn."""
+def tissue_background(
+    slide: SpatialInput, bounds_um: tuple[float, float, float, float], *, image: bool
+) -> TissueImage | None:
+    """The H&E under a panel when asked and present: read once, drawn on every panel of the slide."""
     if not image or not slide.has_image:
-        return False
-    tissue = read_tissue_image(slide, bounds_um)
+        return None
+    return read_tissue_image(slide, bounds_um)
+
+
+def draw_background(ax: Axes, tissue: TissueImage | None) -> bool:
+    """Draw the H&E of :func:`tissue_background` under the panel, if any; whether it was drawn."""
     if tissue is None:
         return False
     draw_tissue_image(ax, tissue)
