@@ -48,6 +48,8 @@ def test_response_signal_is_recovered_by_both_aggregators(response_results, semi
     cmp = res.comparison.iloc[0]
     assert cmp["difference"] == pytest.approx(res.metrics["auroc"].iloc[0] - res.metrics["auroc"].iloc[1])
     assert cmp["ci_low"] < cmp["difference"] < cmp["ci_high"]
+    # a bootstrap of N_BOOT resamples can say p <= 2 / (N_BOOT + 1), never p = 0
+    assert 2 / (N_BOOT + 1) <= cmp["p_bootstrap"] <= 1
     # Out-of-fold scores follow the planted property (fraction of breast-cancer tiles).
     frac = cohort.drop_duplicates("patient_id").set_index("patient_id")["fraction"]
     assert np.corrcoef(frac.loc[res.predictions.index], res.predictions["score"])[0, 1] > 0.5

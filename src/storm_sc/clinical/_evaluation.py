@@ -376,8 +376,11 @@ def evaluate(cohort: Cohort, cv: CrossValidation, *, n_bootstrap: int, random_st
         diffs = [point(a, idx) - point(b, idx) for idx in boots]
         lo, hi = _ci(diffs)
         finite = np.asarray([d for d in diffs if np.isfinite(d)])
-        # Two-sided bootstrap p-value of "no difference": how often the resampled difference crosses zero.
-        p_value = float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean()))) if len(finite) else np.nan
+        # Two-sided bootstrap p-value of "no difference": how often the resampled difference crosses zero, counted
+        # with the observed sample (+1 over n + 1), so that n resamples never claim p = 0, only p <= 2 / (n + 1).
+        n_finite = len(finite)
+        crossing = min((finite <= 0).sum(), (finite >= 0).sum())
+        p_value = float(min(1.0, 2 * (crossing + 1) / (n_finite + 1))) if n_finite else np.nan
         comparison = pd.DataFrame([{"metric": main, "model": names[STORM], "versus": names["baseline"],
                                     "difference": delta, "ci_low": lo, "ci_high": hi, "p_bootstrap": p_value}])  # fmt: skip
     return metrics, comparison
