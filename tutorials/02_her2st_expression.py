@@ -125,7 +125,9 @@ corr.head(10).round(3)
 # fits a ridge regression from the model's H&E-only embeddings (the observation, niche and region levels) and
 # each patch's colour and stain statistics (with their mean over the spot's neighbours) to each gene, on the
 # training sections, in closed form (`model.fit_expression_readout`; `predicted.var["prediction_source"]`
-# says so). The network's own prediction head, trained by gradient steps on a few random genes per spot, does not
+# says so). The readout covers the genes detected on enough training spots (5% by default); the warning above names
+# the few of the panel it leaves out (detected too rarely on the training section), which the network's head
+# predicts instead. The network's own prediction head, trained by gradient steps on a few random genes per spot, does not
 # learn the link at this scale: its predictions hardly vary between spots (`source="head"` shows it).
 #
 # - In fast mode (5 training steps on one section) the embeddings are essentially untrained and the readout has
