@@ -159,7 +159,8 @@ def mpp_per_object(
     if isinstance(mpp, list | tuple | np.ndarray | pd.Series):
         if len(mpp) != n_objects:
             one = (
-                " (the slides of one object holding several take a mapping: mpp={slide name: value, ...})"
+                " (the slides of one object holding several take a mapping, mpp={slide name: value, ...}; or pass"
+                " them as a list to give each its own)"
                 if n_objects == 1
                 else ""
             )
