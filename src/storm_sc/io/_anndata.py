@@ -7,6 +7,7 @@ stored images (``hires``, ``lowres``) are downscaled by ``scalefactors["tissue_<
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,20 +37,29 @@ def _table_of_spatialdata_hint(adata: AnnData) -> str:
     )
 
 
-def _rows_library(adata: AnnData, libs: dict[str, Any]) -> str | None:
-    """The library every row belongs to, when ``.uns['spatial']`` describes several (else ``None``).
+def library_naming_columns(adata: AnnData, names: set[str]) -> Iterator[tuple[str, set[str]]]:
+    """``(column, values)`` of the ``.obs`` columns naming libraries: text or categories, all among ``names``.
 
-    Rows of one library taken out of a ``scanpy.concat`` keep every library's entry in ``.uns['spatial']``; the
-    ``.obs`` column whose values are those keys (``library_id`` first) then names a single one.
+    ``names`` are the keys of ``.uns['spatial']``; ``library_id`` (scanpy's and squidpy's name) comes first.
     """
-    names = {str(k) for k in libs}
     for column in sorted(adata.obs.columns, key=lambda c: c != "library_id"):
         values = adata.obs[column]
         if values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
             found = {str(v) for v in pd.unique(values)}
-            if len(found) == 1 and found <= names:
-                (library,) = found
-                return next(k for k in libs if str(k) == library)
+            if found <= names:
+                yield str(column), found
+
+
+def _rows_library(adata: AnnData, libs: dict[str, Any]) -> str | None:
+    """The library every row belongs to, when ``.uns['spatial']`` describes several (else ``None``).
+
+    Rows of one library taken out of a ``scanpy.concat`` keep every library's entry in ``.uns['spatial']``; the
+    ``.obs`` column whose values are those keys then names a single one.
+    """
+    for _, found in library_naming_columns(adata, {str(k) for k in libs}):
+        if len(found) == 1:
+            (library,) = found
+            return next(k for k in libs if str(k) == library)
     return None
 
 

@@ -202,6 +202,14 @@ def mpp_of_slide(
     return value.get(name)
 
 
+def several_slides_scale_hint(names: Sequence[str]) -> str:
+    """What to pass when a slide of an object holding several (``names``) has no known scale."""
+    return (
+        f"The object holds several slides ({list(names)}): give each its own with mpp={{{names[0]!r}: ..., ...}} "
+        "(spatialdata.concatenate drops the scales kept in each slide's attrs)."
+    )
+
+
 class UnknownScaleError(ValueError):
     """Neither the data nor the caller give a slide's physical scale (microns per pixel)."""
 

@@ -26,7 +26,7 @@ from xarray import DataArray, DataTree
 from storm_sc._constants import ATTRS_STORM, UNS_STORM
 from storm_sc._settings import logger
 
-from ._anndata import anndata_slide_name
+from ._anndata import anndata_slide_name, library_naming_columns
 from ._elements import affine_xy, apply_affine, coordinate_systems, element_of, find_element, image_size
 
 
@@ -279,15 +279,8 @@ def library_column(adata: AnnData) -> str | None:
     libs = adata.uns.get("spatial")
     if not isinstance(libs, Mapping) or len(libs) < 2:
         return None
-    names = {str(k) for k in libs}
-    columns = sorted(adata.obs.columns, key=lambda c: c != "library_id")
-    for column in columns:
-        values = adata.obs[column]
-        if values.dtype.kind in "OSU" or isinstance(values.dtype, pd.CategoricalDtype):
-            found = {str(v) for v in pd.unique(values)}
-            if len(found) >= 2 and found <= names:
-                return str(column)
-    return None
+    found = library_naming_columns(adata, {str(k) for k in libs})
+    return next((column for column, values in found if len(values) >= 2), None)
 
 
 def library_of(adata: AnnData, column: str, library: str) -> AnnData:

@@ -13,7 +13,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._anndata import named_library
-from storm_sc.io._resolve import is_prediction, mpp_of_slide, mpp_per_object
+from storm_sc.io._resolve import is_prediction, mpp_of_slide, mpp_per_object, several_slides_scale_hint
 from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
@@ -111,10 +111,7 @@ def scale_hint(data: Any) -> str:
     several = [names for item in objects if isinstance(item, SpatialData) and len(names := _slide_names(item)) > 1]
     if not several:
         return ""
-    return (
-        f" The SpatialData holds several slides ({several[0]}): give each its own with mpp={{{several[0][0]!r}: ..., "
-        "...}} (spatialdata.concatenate drops the scales kept in each slide's attrs)."
-    )
+    return f" {several_slides_scale_hint(several[0])}"
 
 
 def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key: str | None) -> str | None:

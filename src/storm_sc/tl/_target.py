@@ -19,7 +19,7 @@ from storm_sc import __version__
 from storm_sc._constants import ATTRS_STORM, SHAPES_TILES, TABLE_TILES, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._resolve import UnknownScaleError, mpp_of_slide
+from storm_sc.io._resolve import UnknownScaleError, mpp_of_slide, several_slides_scale_hint
 from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
@@ -282,10 +282,7 @@ class SlideFanout:
             if origin.name is None:
                 raise
             names = self._names_of(origin.owner)
-            raise UnknownScaleError(
-                f"Slide {origin.name!r}: {err} The object holds several slides ({names}): give each its own with "
-                f"mpp={{{names[0]!r}: ..., ...}} (spatialdata.concatenate drops the scales kept in each slide's attrs)."
-            ) from err
+            raise UnknownScaleError(f"Slide {origin.name!r}: {err} {several_slides_scale_hint(names)}") from err
 
     def _names_of(self, owner: int) -> list[str]:
         return [o.name for o in self.origins if o.owner == owner and o.name is not None]
