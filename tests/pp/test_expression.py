@@ -54,6 +54,19 @@ def test_detects_normalized(counts):
     assert st.pp.detect_counts(sparse.csr_matrix(counts / lib * 1e4)) == "normalized"
 
 
+@pytest.mark.parametrize("store", ["float16", "2 decimals"])
+def test_log1p_stored_with_little_precision_is_still_log1p(counts, store):
+    # float16 (3 significant digits) or 2 decimals put expm1 of the values ~1% off integers: read as linear values
+    # before, the expression given to the model was compressed like a log taken twice.
+    logged = _scanpy_log1p(counts, 1e4)
+    stored = logged.astype(np.float16) if store == "float16" else np.round(logged, 2)
+    assert st.pp.detect_counts(stored) == "log1p"
+    assert st.pp.detect_counts(sparse.csr_matrix(stored.astype(np.float32))) == "log1p"
+    np.testing.assert_allclose(st.pp.normalize_expression(stored), logged, atol=0.02)
+    lib = np.maximum(counts.sum(1, keepdims=True), 1)
+    assert st.pp.detect_counts((counts / lib).astype(np.float16)) == "normalized"
+
+
 @pytest.mark.parametrize("base", [2, 10])
 def test_log1p_in_another_base_is_refused_not_misread(counts, base):
     lib = np.maximum(counts.sum(1, keepdims=True), 1)

@@ -33,6 +33,11 @@ _SCAN_CHUNK = 1 << 24
 _INT_TOL = 1e-3
 # Smallest count per row tried when recovering integers (a row's smallest nonzero count is rarely above this).
 _MAX_SMALLEST_COUNT = 4
+# Decimal steps a table may have been rounded to on writing (log1p values kept with 2 decimals): the coarsest step
+# every probed value sits on bounds their rounding error, as the float spacing does for float16 storage.
+_DECIMAL_STEPS = (0.1, 0.01, 0.001)
+# A value is evidence for (or against) integer counts only while its uncertainty, in counts, stays below this.
+_MAX_COUNT_UNCERTAINTY = 0.1
 # Standardised values are clipped like scanpy's ``pp.scale(max_value=10)``: one outlier spot must not dominate.
 Z_CLIP = 10.0
 
@@ -139,30 +144,69 @@ def _probe_rows(x: Matrix) -> list[np.ndarray]:
     return [r[r != 0] for r in dense]
 
 
-def _rescaled_integers(rows: list[np.ndarray]) -> float | None:
+def _rounding_errors(rows: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
+    """Largest error each stored value may carry: half its float spacing, or half the decimal step all sit on.
+
+    Float32 or float64 values carry no error that matters here; float16 storage (about 3 significant digits) and
+    values rounded to a few decimals do, and their ``expm1`` is then far from integers.
+    """
+    pooled = np.concatenate(rows) if rows else np.zeros(0)
+    step = 0.0
+    if pooled.size and np.issubdtype(dtype, np.floating):
+        for candidate in _DECIMAL_STEPS:
+            scaled = pooled.astype(np.float64) / candidate
+            if np.all(np.abs(scaled - np.round(scaled)) <= 1e-3):
+                step = candidate
+                break
+    float_dtype = dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+    if (
+        pooled.size
+        and float_dtype.itemsize > 2
+        and np.array_equal(pooled.astype(np.float16).astype(pooled.dtype), pooled)
+    ):
+        float_dtype = np.dtype(np.float16)  # float16 values widened later (a float16 h5ad read into float32)
+    return [np.maximum(np.spacing(r.astype(float_dtype)).astype(np.float64) / 2, step / 2) for r in rows]
+
+
+def _rescaled_integers(rows: list[np.ndarray], errors: list[np.ndarray] | None = None) -> float | None:
     """Share of informative rows whose values are one number times a set of integers, or None.
 
     Library-size normalisation (by any size factor) multiplies each row by one number, so count data stays
     integer up to that row's factor. The row's smallest value is then a small count (usually 1) times the
     factor; trying the first few small counts recovers the integers. Rows whose values are all equal say
-    nothing and are skipped.
+    nothing and are skipped. ``errors`` (absolute, per value) widen the slack for values stored with little
+    precision; values too uncertain to tell neighbouring counts apart are not used as evidence.
     """
     informative = passed = 0
-    for v in rows:
-        v = v[v > 0].astype(np.float64)
+    for i, v in enumerate(rows):
+        err = np.zeros(len(v)) if errors is None else errors[i]
+        positive = v > 0
+        v, err = v[positive].astype(np.float64), err[positive]
         if v.size < 2:
             continue
         ratio = v / v.min()
-        if ratio.max() < 1.5:
+        # Relative uncertainty of each ratio: its own value's and the smallest value's.
+        relative = err / v + err[np.argmin(v)] / v.min()
+        usable = ratio * relative * _MAX_SMALLEST_COUNT <= _MAX_COUNT_UNCERTAINTY
+        if ratio[usable].max(initial=0.0) < 1.5:
             continue
+        ratio, relative = ratio[usable], relative[usable]
         informative += 1
         for smallest_count in range(1, _MAX_SMALLEST_COUNT + 1):
             q = ratio * smallest_count
-            q = q[q <= 100]  # large multiples are always close to some integer; they carry no evidence
-            if np.all(np.abs(q - np.round(q)) <= _INT_TOL * np.maximum(q, 1.0)):
+            small = q <= 100  # large multiples are always close to some integer; they carry no evidence
+            q, slack = q[small], np.maximum(_INT_TOL * np.maximum(q[small], 1.0), q[small] * relative[small])
+            if np.all(np.abs(q - np.round(q)) <= slack):
                 passed += 1
                 break
     return None if informative == 0 else passed / informative
+
+
+def _as_linear(rows: list[np.ndarray], errors: list[np.ndarray], base: float) -> tuple[list, list]:
+    """``base ** r - 1`` of each row (log(1 + x) in that base, undone), with the error it inherits."""
+    linear = [np.power(base, r.astype(np.float64)) - 1 for r in rows]
+    inherited = [np.log(base) * np.power(base, r.astype(np.float64)) * e for r, e in zip(rows, errors, strict=True)]
+    return linear, inherited
 
 
 def detect_counts(adata_or_matrix: AnnData | Matrix, *, layer: str | None = None) -> ExpressionKind:
@@ -210,28 +254,30 @@ def _detect(x: Matrix) -> ExpressionKind:
         return "counts"
     if vmax > _LOG1P_MAX:
         return "normalized"
-    as_log = _rescaled_integers([np.expm1(r.astype(np.float64)) for r in _probe_rows(x)])
+    rows = _probe_rows(x)
+    errors = _rounding_errors(rows, x.dtype)
+    as_log = _rescaled_integers(*_as_linear(rows, errors, np.e))
     if as_log is None:
-        # No row with two distinct values (tiny panels): only the value range is left to go by.
+        # No row with two distinct values (tiny panels), or none stored precisely enough to recover counts: only
+        # the value range is left to go by.
         logger.warning(
-            "detect_counts: too few distinct values per observation to check the scale; values <= %g are taken as "
-            "log1p. Pass the kind explicitly if this is wrong.",
+            "detect_counts: too few distinct values per observation, stored precisely enough, to check the scale; "
+            "values <= %g are taken as log1p. Pass the kind explicitly if this is wrong.",
             _LOG1P_MAX,
         )
         return "log1p"
     if as_log >= 0.9:
         return "log1p"
-    _refuse_other_log_bases(x)
+    _refuse_other_log_bases(rows, errors)
     return "normalized"
 
 
-def _refuse_other_log_bases(x: Matrix) -> None:
+def _refuse_other_log_bases(rows: list[np.ndarray], errors: list[np.ndarray]) -> None:
     """Refuse log(1 + x) in base 2 or 10, which would otherwise be read as normalised (not logged) values."""
-    rows = [r.astype(np.float64) for r in _probe_rows(x)]
-    if (_rescaled_integers(rows) or 0.0) >= 0.9:
+    if (_rescaled_integers([r.astype(np.float64) for r in rows], errors) or 0.0) >= 0.9:
         return  # linear normalised values (fractions of the library): nearly linear in any log base when small
     for base, how in ((2, "sc.pp.log1p(adata, base=2)"), (10, "log10(1 + x)")):
-        if (_rescaled_integers([np.power(base, r) - 1 for r in rows]) or 0.0) >= 0.9:
+        if (_rescaled_integers(*_as_linear(rows, errors, base)) or 0.0) >= 0.9:
             raise ValueError(
                 f"The expression values look like log{base}(1 + x) of normalised counts ({how}); storm_sc reads "
                 "counts, normalised values or natural-log log1p values. Pass the raw counts with `layer=`, or "
