@@ -195,6 +195,19 @@ def test_errors_of_one_slide_name_the_slide_and_its_path(tmp_path, tiny_model):
                        verbose=False)  # fmt: skip
 
 
+def test_a_failing_slide_keeps_the_class_of_its_error(tmp_path, tiny_model, monkeypatch):
+    # A cohort script catching PermissionError (a slide still being copied) must still catch it once the slide is named.
+    section = tmp_path / "V1_A1.png"
+    Image.fromarray(textured_slide(0.5, np.random.default_rng(0))).save(section)
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("storm_sc.clinical._slides.extract_slide", unreadable)
+    with pytest.raises(PermissionError, match=r"Slide 'V1_A1' .*computing its features failed: .*Permission denied"):
+        slide_features({"V1_A1": section}, tiny_model, out_dir=tmp_path / "f", mpp=3.5, device="cpu", verbose=False)
+
+
 def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):
     out = tmp_path / "f"
     out.mkdir()

@@ -240,7 +240,12 @@ def compute_slide_features(
                 except OSError as err:
                     # Pixels are only decoded here (a truncated image opens fine): say which of the slides failed.
                     failed = f"Slide {entry.slide_id!r} ({entry.path}): computing its features failed: {err}"
-                    raise OSError(failed) from err
+                    # Same class (PermissionError, PIL's UnidentifiedImageError...), so callers' handlers still match.
+                    try:
+                        named = type(err)(failed)
+                    except Exception:  # a subclass whose constructor wants more than a message
+                        named = OSError(failed)
+                    raise named from err
                 status = "resumed" if resumed else "computed"
                 logger.info("%s: %d tiles in %.1f s -> %s", entry.slide_id, grid.n_tiles,
                             time.perf_counter() - start, final)  # fmt: skip
