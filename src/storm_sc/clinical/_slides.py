@@ -243,7 +243,7 @@ def compute_slide_features(
                     # Same class (PermissionError, PIL's UnidentifiedImageError...), so callers' handlers still match.
                     try:
                         named = type(err)(failed)
-                    except Exception:  # a subclass whose constructor wants more than a message
+                    except TypeError:  # a subclass whose constructor wants more than a message
                         named = OSError(failed)
                     raise named from err
                 status = "resumed" if resumed else "computed"
