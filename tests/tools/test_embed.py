@@ -84,6 +84,8 @@ def test_embed_rejects_bad_arguments_before_work(toy_sdata_factory, trained_mode
         st.tl.storm_embed(sdata, trained_model, level="cell")
     with pytest.raises(TypeError, match="SpatialData"):
         st.tl.storm_embed("not data", trained_model)
+    with pytest.raises(TypeError, match=r"got dict \(pass `list\(slides.values\(\)\)`"):
+        st.tl.storm_embed({"patient 1": sdata}, trained_model)
     assert "X_storm" not in sdata["table"].obsm
 
 

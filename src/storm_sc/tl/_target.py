@@ -50,8 +50,11 @@ def as_slide_list(data: Any, name: str = "data") -> tuple[list[SpatialData | Ann
                 )
             seen[id(d)] = i
         return list(data), False
+    hint = ""
+    if isinstance(data, Mapping):
+        hint = " (pass `list(slides.values())`: each slide is named by its own region or library id, not the keys)"
     raise TypeError(
-        f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them; got {type(data).__name__}."
+        f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them; got {type(data).__name__}{hint}."
     )
 
 
