@@ -41,6 +41,7 @@ def patient_folds(strata: np.ndarray, folds: int, random_state: int) -> np.ndarr
     Examples
     --------
     >>> import numpy as np
+    >>> from storm_sc.clinical import patient_folds
     >>> f = patient_folds(np.array([0, 1] * 10), 5, 0)
     >>> sorted(np.bincount(f).tolist())
     [4, 4, 4, 4, 4]
@@ -111,6 +112,7 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     Examples
     --------
     >>> import numpy as np
+    >>> from storm_sc.clinical import c_index
     >>> c_index(np.array([1.0, 2.0, 3.0]), np.array([True, True, False]), np.array([3.0, 2.0, 1.0]))
     1.0
     """
@@ -175,6 +177,7 @@ def hazard_ratio_per_sd(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -
     Examples
     --------
     >>> import numpy as np
+    >>> from storm_sc.clinical import hazard_ratio_per_sd
     >>> rng = np.random.default_rng(0)
     >>> score = rng.normal(size=100)
     >>> hazard_ratio_per_sd(rng.exponential(np.exp(-score)), np.ones(100, bool), score)["hr_per_sd"] > 1

@@ -141,6 +141,7 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     Examples
     --------
     >>> import torch
+    >>> from storm_sc.clinical import cox_loss
     >>> t = torch.tensor([1.0, 2.0, 3.0]); e = torch.tensor([True, True, False])
     >>> bool(cox_loss(torch.tensor([2.0, 1.0, 0.0]), t, e) < cox_loss(torch.tensor([0.0, 1.0, 2.0]), t, e))
     True

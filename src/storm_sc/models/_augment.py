@@ -34,6 +34,8 @@ def stain_jitter(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) 
 
     Examples
     --------
+    >>> import torch
+    >>> from storm_sc.models import stain_jitter
     >>> imgs = torch.full((2, 3, 4, 4), 128, dtype=torch.uint8)
     >>> out = stain_jitter(imgs, torch.ones(2, 3), torch.zeros(2, 3))
     >>> bool(torch.allclose(out, imgs.float(), atol=0.5))

@@ -61,6 +61,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
     Examples
     --------
+    >>> from storm_sc.models import resolve_device
     >>> resolve_device("cpu")
     device(type='cpu')
     """

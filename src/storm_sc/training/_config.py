@@ -204,6 +204,7 @@ class TrainingConfig:
 
         Examples
         --------
+        >>> from storm_sc.training import TrainingConfig
         >>> TrainingConfig().replace(max_epochs=3).max_epochs
         3
         """
@@ -220,6 +221,7 @@ class TrainingConfig:
 
         Examples
         --------
+        >>> from storm_sc.training import TrainingConfig
         >>> TrainingConfig().to_dict()["batch_size"]
         64
         """
