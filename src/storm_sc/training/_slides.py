@@ -15,6 +15,8 @@ from storm_sc.models import StormInputs
 from storm_sc.models._manifest import array_digest
 
 if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
     from storm_sc.models import StormModel
     from storm_sc.pp import GeneVocabulary
 
@@ -193,7 +195,10 @@ def _detection(table: AnnData) -> np.ndarray:
 
 
 def union_vocabulary(
-    slides: Sequence[TrainingSlide], *, min_slides: int = 1, max_genes: int | None = None
+    slides: Sequence[TrainingSlide] | Sequence[SpatialData | AnnData] | Mapping[str, Any],
+    *,
+    min_slides: int = 1,
+    max_genes: int | None = None,
 ) -> GeneVocabulary:
     """Collect the genes of the slides with expression, in order of first appearance (case-insensitive).
 
@@ -205,7 +210,8 @@ def union_vocabulary(
     Parameters
     ----------
     slides
-        The training slides.
+        The training slides, given as :func:`storm_sc.training.fit` takes them: :class:`TrainingSlide` objects, or
+        SpatialData / AnnData objects (a list, or a dict of name to them).
     min_slides
         Keep genes measured in at least this many slides.
     max_genes
@@ -218,7 +224,10 @@ def union_vocabulary(
 
     Examples
     --------
-    >>> vocab = union_vocabulary(as_slides([sdata_a, sdata_b]), max_genes=20000)  # doctest: +SKIP
+    >>> import storm_sc as st
+    >>> slides = [st.datasets.toy(n_obs=50, n_genes=n, seed=i) for i, n in enumerate((20, 30))]
+    >>> len(st.training.union_vocabulary(slides, max_genes=25))
+    25
     """
     from storm_sc.pp import GeneVocabulary
     from storm_sc.pp._vocabulary import ensembl_key, is_ensembl, symbol_key
@@ -234,6 +243,8 @@ def union_vocabulary(
     seen_symbols: dict[str, int] = {}
     seen_ids: set[str] = set()
     n_with_expression = 0
+    if not (isinstance(slides, list | tuple) and all(isinstance(slide, TrainingSlide) for slide in slides)):
+        slides = as_slides(slides)
     with_expression = [slide for slide in slides if slide.use_expression]
     # A table without a symbol column names its genes by Ensembl id only; other slides that carry both give
     # them their symbols, so that the same gene from different slides becomes one vocabulary entry.
