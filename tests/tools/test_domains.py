@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -249,3 +250,21 @@ def test_smoothing_graph_takes_a_grids_first_ring():
     table = _positions_only(both, ["a"] * 64 + ["b"] * 64)
     graph = smoothing_graph(resolve(table, mpp=1.0), library_key="slide")[0].tocoo()
     assert ((graph.row < 64) == (graph.col < 64)).all() and graph.getnnz(axis=1).max() == 4
+
+
+def test_results_never_replace_what_the_table_depends_on(toy_sdata_factory, trained_model):
+    # overwrite=True replaces results; a domain column over the region key would unlink the table from its shapes
+    sdata = toy_sdata_factory(seed=3)
+    table = sdata["table"]
+    attrs = table.uns["spatialdata_attrs"]
+    table.obsm["X_storm"] = np.random.default_rng(0).normal(size=(table.n_obs, 8))
+    table.obs["section"] = "s1"
+    before = table.obs.copy()
+    for key, role in ((attrs["region_key"], "region key"), (attrs["instance_key"], "instance key")):
+        with pytest.raises(ValueError, match=f"holds the table's {role}.*not even with `overwrite=True`"):
+            st.tl.storm_domains(sdata, n_domains=3, key_added=key, overwrite=True)
+    with pytest.raises(ValueError, match="section names"):
+        st.tl.storm_domains(sdata, n_domains=3, key_added="section", library_key="section", overwrite=True)
+    pd.testing.assert_frame_equal(table.obs, before)
+    with pytest.raises(ValueError, match=r"\.obsm\['spatial'\] holds the table's positions"):
+        st.tl.storm_embed(sdata, trained_model, key_added="spatial", overwrite=True, verbose=False)

@@ -29,6 +29,7 @@ from ._target import (
     check_params_slot,
     copy_for_output,
     record_params,
+    structural_keys,
 )
 
 # Expression components clustered beside the embedding: as many as the reference's gene-program axes.
@@ -387,7 +388,10 @@ def storm_domains(
             raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         if expression_pcs and layer is not None and layer not in table.layers:
             raise KeyError(f"{slide.library_id}: layer {layer!r} not found (layers: {sorted(table.layers)}).")
-        check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite)
+        protected = structural_keys(table, "obs")
+        if library_key is not None:
+            protected[library_key] = "section names (`library_key`)"
+        check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite, protected=protected)
         check_params_slot(table, f"{slide.library_id}: ")
         resolved.append(slide)
     widths = [np.shape(s.table.obsm[use_rep])[1] for s in resolved]

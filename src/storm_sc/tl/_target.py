@@ -86,10 +86,37 @@ def check_integer(value: object, name: str, *, minimum: int = 1, optional: bool 
         raise ValueError(f"`{name}` must be {what}{' or None' if optional else ''}, got {value!r}.")
 
 
-def check_key_free(mapping: Mapping[str, Any], key: str, where: str, *, overwrite: bool) -> None:
-    """Refuse to replace an existing result unless asked to."""
+def structural_keys(table: AnnData, slot: str) -> dict[str, str]:
+    """The ``.obs`` or ``.obsm`` entries a table depends on, by name, with what each holds.
+
+    ``overwrite=True`` replaces a result, never these: a domain column written over the region key unlinks the table
+    from its shapes (spatialdata then refuses it), an embedding written over ``.obsm["spatial"]`` loses the positions.
+    """
+    if slot == "obsm":
+        return {"spatial": "positions"}
+    attrs = table.uns.get("spatialdata_attrs")
+    if not isinstance(attrs, Mapping):
+        return {}
+    roles = {"region_key": "region key (which element each row annotates)", "instance_key": "instance key"}
+    return {attrs[k]: role for k, role in roles.items() if isinstance(attrs.get(k), str)}
+
+
+def check_key_free(
+    mapping: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    overwrite: bool,
+    protected: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse to replace an existing result unless asked to, and what the table depends on (``protected``) always."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"`key_added` must be a non-empty string, got {key!r}.")
+    if protected and key in protected:
+        raise ValueError(
+            f"{where}[{key!r}] holds the table's {protected[key]}, which no result may replace (not even with "
+            "`overwrite=True`); pass another `key_added=`."
+        )
     if key in mapping and not overwrite:
         raise ValueError(
             f"{where}[{key!r}] already exists; pass another `key_added=` or `overwrite=True` to replace it."
