@@ -19,6 +19,12 @@ def test_prediction_table(toy_sdata_factory, trained_model):
     from spatialdata.models import get_table_keys
 
     assert get_table_keys(stored)[0] == get_table_keys(sdata["table"])[0]
+    # the prediction is not a measurement: the model is not fed its own output as expression
+    with pytest.raises(ValueError, match="holds expression that storm_sc predicted from the H&E, not measurements"):
+        st.tl.storm_embed(sdata, trained_model, table_key="storm_predicted", verbose=False)
+    assert "X_storm" not in stored.obsm
+    st.tl.storm_embed(sdata, trained_model, table_key="storm_predicted", modalities="image", verbose=False)
+    assert stored.obsm["X_storm"].shape[0] == pred.n_obs
 
 
 def test_prediction_never_reads_measured_expression(toy_sdata_factory, trained_model):

@@ -16,6 +16,7 @@ from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.io._resolve import mpp_per_object
+from storm_sc.io._slides import is_prediction
 from storm_sc.models import StormModel
 from storm_sc.models._inference import INFERENCE_DRAWS, LEVELS, parse_device
 
@@ -32,6 +33,7 @@ from ._target import (
     is_he_only,
     record_params,
     resolve_or_tile,
+    structural_keys,
 )
 
 if TYPE_CHECKING:
@@ -259,8 +261,16 @@ def storm_embed(
         resolved.append(slide)
         tiles.append(tiled)
     for slide in resolved:
-        check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite)
+        check_key_free(slide.table.obsm, key_added, f"{slide.library_id}: .obsm", overwrite=overwrite,
+                       protected=structural_keys(slide.table, "obsm"))  # fmt: skip
         check_params_slot(slide.table, f"{slide.library_id}: ")
+        if want_expression and is_prediction(slide.table):
+            raise ValueError(
+                f"Slide {slide.library_id!r}: table {slide.table_key!r} holds expression that storm_sc predicted from "
+                "the H&E, not measurements; embedding it would give the model its own predictions as measured "
+                "expression. Pass the measured table (`table_key=`), or modalities='image' to embed the H&E and "
+                "positions alone."
+            )
         if strict and want_image and not slide.has_image:
             raise ValueError(
                 f"Slide {slide.library_id!r} has no H&E image but modalities={modalities!r} asks for it; "
