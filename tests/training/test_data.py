@@ -240,3 +240,26 @@ def test_spatial_block_warns_only_where_groups_would_help(toy_pair, small_toy, c
     ]
     # Two slides of one patient: giving groups would help. One slide (adapting to it): nothing to act on.
     assert levels == [("WARNING", True), ("INFO", False)]
+
+
+def test_the_held_out_loss_does_not_depend_on_the_random_state(small_toy):
+    # It picks the best epoch: the neighbours each contrastive view keeps were drawn from torch's global state, and
+    # the same weights on the same batches scored differently on every pass.
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from storm_sc.training import StormLightningModule
+
+    model, prepared = _prepared(small_toy)
+    split(prepared, val_groups=None, val_fraction=0.3, seed=0)  # one slide: a spatial block held out
+    options = TrainingConfig(batch_size=16)
+    val = ContextDataset(prepared, VAL, model.config, options, train=False)
+    loader = DataLoader(val, batch_size=16, collate_fn=collate)
+    module = StormLightningModule(model.network, options)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    scores = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        scores.append(trainer.validate(module, loader, verbose=False)[0]["val/context_contrastive"])
+    assert scores[0] == scores[1]

@@ -292,6 +292,7 @@ class StormNetwork(nn.Module):
         context_grad: bool = False,
         gather: Gather | None = None,
         rank: int = 0,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the four objectives and their weighted sum (``"loss"``) on one training batch.
 
@@ -311,6 +312,10 @@ class StormNetwork(nn.Module):
             negatives; ``None`` uses the local batch only.
         rank
             This process's index among those gathered.
+        generator
+            Draws the neighbours each contrastive view keeps (on the batch's device); ``None`` uses torch's global
+            random state. Validation passes one seeded per batch, so that the held-out loss that picks the best
+            epoch does not change with the draw.
 
         Returns
         -------
@@ -348,7 +353,7 @@ class StormNetwork(nn.Module):
         # the same offsets, the context blocks can match the two views by the geometry of the neighbourhood alone
         # (a fingerprint of positions that says nothing about the tissue, and then dominates the embedding); each
         # view therefore sees its own random half of the neighbours, so only what the neighbours contain can pair.
-        image_view, expression_view = self._neighbour_subset(batch), self._neighbour_subset(batch)
+        image_view, expression_view = self._neighbour_subset(batch, generator), self._neighbour_subset(batch, generator)
 
         # Image-only view: H&E of the centre and its neighbours plus positions, no expression anywhere.
         no_expr = torch.zeros_like(expr_present)
@@ -397,10 +402,11 @@ class StormNetwork(nn.Module):
         }
 
     @staticmethod
-    def _neighbour_subset(batch: StormBatch) -> StormBatch:
+    def _neighbour_subset(batch: StormBatch, generator: torch.Generator | None = None) -> StormBatch:
         """``batch`` with each niche and region neighbour kept with probability ``CONTEXT_VIEW_KEEP``."""
-        keep_niche = torch.rand(batch.niche_valid.shape, device=batch.niche_valid.device) < CONTEXT_VIEW_KEEP
-        keep_region = torch.rand(batch.region_valid.shape, device=batch.region_valid.device) < CONTEXT_VIEW_KEEP
+        device = batch.niche_valid.device
+        keep_niche = torch.rand(batch.niche_valid.shape, generator=generator, device=device) < CONTEXT_VIEW_KEEP
+        keep_region = torch.rand(batch.region_valid.shape, generator=generator, device=device) < CONTEXT_VIEW_KEEP
         return replace(batch, niche_valid=batch.niche_valid & keep_niche, region_valid=batch.region_valid & keep_region)
 
     def _contrastive(
