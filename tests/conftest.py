@@ -34,6 +34,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("STORM_SC_DATA_DIR", str(tmp_path_factory.getbasetemp() / "storm_cache"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    """Each test sees the warnings that are given once per session (storm_sc._settings.warn_once) as new."""
+    from storm_sc._settings import _WARNED
+
+    _WARNED.clear()
+
+
 @pytest.fixture
 def storm_log(caplog):
     """caplog that also sees the ``storm_sc`` logger (which does not propagate to the root logger)."""

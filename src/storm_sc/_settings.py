@@ -19,6 +19,24 @@ if not logger.handlers:
     # scanpy and spatialdata log through the root logger; do not print our lines twice.
     logger.propagate = False
 
+# Warnings about the data itself (an image coarser than the model's patches) already given in this session.
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, *args: object) -> None:
+    """Log a warning the first time this exact text comes up in the session, later ones at debug level.
+
+    Every tool call on a slide would otherwise repeat what is true of the slide (a notebook re-run, embed then
+    predict then fit on one slide), and the repeats drown the warnings that are new.
+    """
+    text = message % args if args else message
+    if text in _WARNED:
+        logger.debug("%s (warned before)", text)
+        return
+    _WARNED.add(text)
+    logger.warning(text)
+
+
 DATA_DIR_ENV = "STORM_SC_DATA_DIR"
 # scanpy's verbosity 0-4 (errors, warnings, info, hints, debug) as logging levels: scverse users set it that way.
 _SCANPY_LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG)

@@ -100,6 +100,12 @@ def test_coarse_image_warns_about_upsampling(storm_logs):
     img = np.full((3, 256, 256), 128, dtype=np.uint8)
     st.pp.patch_dataset(spatial_input(img, [[128.0, 128.0]], mpp=3.5))
     assert any("upsampled" in r.getMessage() for r in storm_logs.records)
+    # once per session: every tool call on the slide (a re-run cell) would repeat what is true of the slide
+    storm_logs.clear()
+    st.pp.patch_dataset(spatial_input(img, [[128.0, 128.0]], mpp=3.5))
+    assert not [r for r in storm_logs.records if r.levelname == "WARNING"]
+    st.pp.patch_dataset(spatial_input(img, [[128.0, 128.0]], mpp=7.0))  # another scale: new
+    assert any("upsampled" in r.getMessage() for r in storm_logs.records)
 
 
 @pytest.mark.parametrize(("mpp", "scale_factors"), [(0.5, None), (0.25, [2, 2]), (0.2, [2, 2]), (2.0, None)])

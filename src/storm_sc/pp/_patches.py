@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from storm_sc._constants import DEFAULT_PATCH_PX, DEFAULT_PATCH_UM
-from storm_sc._settings import logger, settings
+from storm_sc._settings import logger, settings, warn_once
 from storm_sc.io._elements import check_rgb_pixels
 from storm_sc.io._spatial_input import SpatialInput
 
@@ -115,7 +115,7 @@ class PatchDataset(Dataset):
         self.level_mpp = self.mpp * chosen.scale
         self.window_px = self.patch_um / self.level_mpp
         if self.level_mpp > target_mpp * 1.5:
-            logger.warning(
+            warn_once(
                 "Image %r of slide %r is %.3g um/px, coarser than the %.3g um/px of a %g um / %d px patch: patches are "
                 "upsampled %.1fx and carry less detail than the model expects.",
                 si.image_key,
