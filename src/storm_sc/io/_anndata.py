@@ -163,9 +163,7 @@ def _image_mpp(
     elif spot_px is not None:
         um_per_full = VISIUM_FULLRES_SPOT_UM / spot_px
         found = f"spot_diameter_fullres (a theoretical {VISIUM_FULLRES_SPOT_UM:g} um spot)"
-        logger.warning(
-            "No usable array_row/array_col in `.obs`; the scale from spot_diameter_fullres may be ~10%% off."
-        )
+        logger.warning("No usable array_row/array_col in `.obs`; the scale from spot_diameter_fullres may be ~10% off.")
     else:
         um_per_full, found = None, None
     if mpp is not None:
