@@ -141,3 +141,20 @@ def test_survival_metrics_accept_lists_and_series():
 def test_mil_settings_refuse_an_unknown_aggregator():
     with pytest.raises(ValueError, match=r"`aggregator` must be one of \('abmil', 'mean'\); got 'transformer'"):
         MILSettings(aggregator="transformer")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": 0}, "`epochs` must be a positive integer"),
+        ({"batch_size": True}, "`batch_size` must be a positive integer"),
+        ({"max_tiles": 0}, "`max_tiles` must be a positive integer"),
+        ({"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+        ({"learning_rate": 0.0}, "`learning_rate` must be a positive number"),
+        ({"weight_decay": float("nan")}, "`weight_decay` must be a number >= 0"),
+    ],
+)
+def test_mil_settings_refuse_bad_values_before_any_fold_is_trained(changes, message):
+    with pytest.raises(ValueError, match=message):
+        MILSettings(**changes)
+    MILSettings(max_tiles=None, epochs=np.int64(3))  # None (all tiles) and numpy integers are fine

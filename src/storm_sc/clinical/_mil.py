@@ -168,6 +168,24 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
 class MILSettings:
     """Training settings of the MIL aggregator (see :func:`storm_sc.tl.fit_outcome`).
 
+    Parameters
+    ----------
+    aggregator
+        ``"abmil"`` (gated attention over the tiles, Ilse et al. 2018) or ``"mean"`` (mean of the tiles).
+    hidden_dim
+        Width of the aggregator's hidden layer.
+    dropout
+        Dropout rate in ``[0, 1)`` of the hidden layer while training.
+    epochs
+        Passes over the training patients of each fold.
+    learning_rate, weight_decay
+        AdamW's.
+    batch_size
+        Patients per optimiser step.
+    max_tiles
+        At most this many tiles of a slide per step, drawn afresh every epoch (bounds memory on large slides;
+        ``None``: all).
+
     Examples
     --------
     >>> from storm_sc.clinical import MILSettings
@@ -187,6 +205,29 @@ class MILSettings:
 
     def __post_init__(self) -> None:
         check_aggregator(self.aggregator)
+        for name in ("hidden_dim", "epochs", "batch_size", "max_tiles"):
+            value = getattr(self, name)
+            if not (value is None and name == "max_tiles") and not (_is_int(value) and value >= 1):
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        checks = {
+            "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "learning_rate": (lambda v: v > 0, "a positive number"),
+            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+        }
+        for name, (valid, wanted) in checks.items():
+            value = getattr(self, name)
+            if not (_is_real(value) and valid(value)):
+                raise ValueError(f"`{name}` must be {wanted}; got {value!r}.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return (
+        isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
+    )
 
 
 def check_aggregator(aggregator: str) -> None:
