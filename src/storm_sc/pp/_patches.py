@@ -40,6 +40,13 @@ class PatchDataset(Dataset):
     dataset is created. The dataset holds only the lazy image and the centres, so it pickles cheaply and works
     with :class:`torch.utils.data.DataLoader` worker processes.
 
+    Parameters
+    ----------
+    spatial_input
+        The slide, with its H&E image and scale (:func:`storm_sc.io.resolve`).
+    patch_um, patch_px
+        Side of a patch in microns, and in output pixels.
+
     Attributes
     ----------
     patch_um

@@ -38,6 +38,15 @@ class WholeSlide:
     pixel ``j`` covers level-0 pixels ``[j * s, (j + 1) * s)`` where ``s`` is that level's downsample along the axis.
     Nothing but the metadata is read when the slide is opened.
 
+    Parameters
+    ----------
+    path
+        The file.
+    backend
+        The reader of that file format, chosen by :func:`open_slide` (internal).
+    mpp, mpp_source
+        As the attributes below.
+
     Attributes
     ----------
     path
