@@ -395,19 +395,19 @@ def pretrain(
     verbose: bool | None = None,
     **options: Any,
 ) -> StormModel:
-    """Pretrain a STORM model from scratch on spatial slides; see :func:`fit` for the training itself.
+    """Pretrain a STORM model from scratch on spatial slides; :func:`storm_sc.training.fit` does the training itself.
 
     Parameters
     ----------
     data
-        Slides (see :func:`fit`).
+        Slides (see :func:`storm_sc.training.fit`).
     model
-        Architecture name (``"storm-tiny"``, ``"storm-small"``, ``"storm-base"``), a :class:`StormConfig`, or a
-        :class:`StormModel` to continue training.
+        Architecture name (``"storm-tiny"``, ``"storm-small"``, ``"storm-base"``), a
+        :class:`storm_sc.models.StormConfig`, or a :class:`storm_sc.models.StormModel` to continue training.
     vocabulary
         Genes of the model; default the union of the slides' genes.
     config, output_dir, overwrite, callbacks, cache_dir, provenance, verbose, **options
-        As in :func:`fit`.
+        As in :func:`storm_sc.training.fit`.
 
     Returns
     -------
