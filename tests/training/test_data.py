@@ -263,3 +263,16 @@ def test_the_held_out_loss_does_not_depend_on_the_random_state(small_toy):
         torch.manual_seed(state)
         scores.append(trainer.validate(module, loader, verbose=False)[0]["val/context_contrastive"])
     assert scores[0] == scores[1]
+
+
+def test_dense_weights_decay_and_tables_tokens_norms_do_not():
+    from storm_sc.training._module import weight_decay_groups
+
+    network = StormModel("storm-tiny", [f"g{i}" for i in range(30)], seed=0).network
+    names = {id(p): n for n, p in network.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in group} for group in weight_decay_groups(network))
+    assert len(decay) + len(no_decay) == len(names)
+    # a name filter ("pos", "query") once spared these dense layers
+    assert {"context.niche_pos.mlp.0.weight", "prediction_head.gene_query.weight"} <= decay
+    assert {"expression.gene_embedding.weight", "expression.pool.query", "logit_scale"} <= no_decay
+    assert not [n for n in decay if n.endswith("bias") or "norm" in n]

@@ -14,8 +14,10 @@ from storm_sc.models._network import LOSS_NAMES
 
 from ._config import TrainingConfig
 
-# Parameters without weight decay: biases, norms, learned tokens and the gene/bin embedding tables.
-_NO_DECAY_MARKERS = ("bias", "norm", "embedding", "bins", "query", "cls", "pos", "_type", "empty", "logit_scale")
+# Only the weights of these layers decay; biases, norms, embedding tables, learned tokens and the logit scale do not.
+# Decided by layer type, not by name: a name filter ("pos", "query") also spared the dense layers of the neighbour
+# position MLPs and of the heads' gene queries.
+_DECAYED_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
 
 
 class StormLightningModule(L.LightningModule):
@@ -106,11 +108,7 @@ class StormLightningModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with linear warm-up and cosine decay, stepped every optimiser step."""
-        decay, no_decay = [], []
-        for name, p in self.network.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or any(m in name for m in _NO_DECAY_MARKERS) else decay).append(p)
+        decay, no_decay = weight_decay_groups(self.network)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.options.lr,
@@ -216,3 +214,21 @@ class Throughput(L.Callback):
     def patches_per_second(self) -> float:
         """Average over the run."""
         return self.patches / self.seconds if self.seconds else float("nan")
+
+
+def weight_decay_groups(network: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Split the trainable parameters into those that decay and those that do not, each once, in network order.
+
+    Decay: weights of dense and convolution layers and attention's input projection; everything else does not.
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in network.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            dense = (isinstance(module, _DECAYED_LAYERS) and name == "weight") or (
+                isinstance(module, torch.nn.MultiheadAttention) and name == "in_proj_weight"
+            )
+            (decay if dense else no_decay).append(p)
+    return decay, no_decay
