@@ -1,6 +1,7 @@
 import functools
 import http.server
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -80,6 +81,14 @@ def test_a_bare_name_saves_and_loads_as_one_file_and_a_folder_is_refused(tiny_mo
     with pytest.raises(IsADirectoryError, match="runs is a folder"):
         tiny_model.save(tmp_path / "runs")  # not a sibling file runs.safetensors
     assert not (tmp_path / "runs.safetensors").exists()
+
+
+def test_another_suffix_is_written_as_safetensors_with_a_warning(tiny_model, tmp_path, storm_log):
+    with storm_log.at_level(logging.WARNING, logger="storm_sc"):
+        written = tiny_model.save(tmp_path / "model.pt")
+    assert written == tmp_path / "model.pt"  # what the user named, but not a torch.save pickle: said so
+    assert any("safetensors format whatever its suffix" in r.getMessage() for r in storm_log.records)
+    assert StormModel.load(written).vocabulary == tiny_model.vocabulary
 
 
 def test_truncated_file_is_refused(saved, tmp_path):

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from storm_sc._settings import logger
+
 FORMAT = "storm_sc.checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
@@ -162,6 +164,9 @@ def write_checkpoint(
         )
     if not path.suffix:
         path = path.with_suffix(SUFFIX)
+    elif path.suffix != SUFFIX:
+        # "model.pt" reads as a torch.save pickle to anyone who finds it; torch.load cannot open it.
+        logger.warning("%s: the file is written in safetensors format whatever its suffix; name it *%s.", path, SUFFIX)
     if path.is_dir():
         raise IsADirectoryError(
             f"{path} is a folder; a STORM checkpoint is a single file, e.g. {path / 'model'}{SUFFIX}."
