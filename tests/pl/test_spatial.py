@@ -263,3 +263,20 @@ def test_domains_errors(sdata, tmp_path, storm_log):
     st.pl.domains(sdata, save=target)
     assert target.read_bytes()[:4] == b"\x89PNG"
     assert any("Replacing" in r.message and r.levelno == logging.WARNING for r in storm_log.records)
+
+
+def test_visium_hd_bins_are_drawn_as_squares_of_their_size():
+    from matplotlib.collections import PolyCollection
+
+    from tests.io._synthetic import visium_hd_sdata
+
+    hd = visium_hd_sdata(bin_sizes=(8,), cells=False)
+    table = hd["square_008um"]
+    table.obs["region_kind"] = pd.Categorical(np.where(np.arange(table.n_obs) % 2, "a", "b"))
+    fig = st.pl.domains(hd, key="region_kind", table_key="square_008um", show=False)
+    squares = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(squares) == 1
+    corners = np.stack([p.vertices[:4] for p in squares[0].get_paths()])
+    np.testing.assert_allclose(np.ptp(corners, axis=1), 8.0)  # 8 um wide and high: the bins tile the tissue
+    centres = st.io.resolve(hd, table_key="square_008um").centers_um
+    np.testing.assert_allclose(corners.mean(axis=1), centres)

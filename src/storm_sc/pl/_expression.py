@@ -18,7 +18,15 @@ from storm_sc.io import SpatialInput
 
 from ._correlation import _pearson, measured_correlations, pair_expression
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
-from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um, tissue_background
+from ._tissue import (
+    draw_background,
+    draw_spots,
+    frame_axes,
+    spot_bounds,
+    spot_diameter_um,
+    square_observations,
+    tissue_background,
+)
 
 # Colour limits of a gene: robust percentiles, so that a few extreme spots do not wash the map out.
 _CLIM_PERCENTILES = (1.0, 99.0)
@@ -183,7 +191,8 @@ def expression(
                 ax.set_title(f"{gene}: measured")
                 ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
                 continue
-            spots = draw_spots(ax, slide.centers_um, diameter, values=values, cmap=colormap, vmin=vmin, vmax=vmax)
+            spots = draw_spots(ax, slide.centers_um, diameter, values=values, cmap=colormap, vmin=vmin, vmax=vmax,
+                               square=square_observations(slide))  # fmt: skip
             if label == "predicted" and measured is not None:
                 r = _pearson(measured, pred)
                 # a gene measured (or predicted) the same everywhere has no correlation to show

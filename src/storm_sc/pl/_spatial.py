@@ -19,7 +19,15 @@ from storm_sc.io._resolve import UnknownScaleError
 from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
 from ._slides import require_obs_in_any, resolve_slide, scale_hint, slide_names, slides_to_draw
-from ._tissue import draw_background, draw_spots, frame_axes, spot_bounds, spot_diameter_um, tissue_background
+from ._tissue import (
+    draw_background,
+    draw_spots,
+    frame_axes,
+    spot_bounds,
+    spot_diameter_um,
+    square_observations,
+    tissue_background,
+)
 
 # Legend entries per column: about a panel's height of small-font rows.
 _LEGEND_ROWS = 16
@@ -67,8 +75,9 @@ def domains(
 ) -> Figure | None:
     """Tissue domains (or any categorical annotation) over the H&E image, in true physical scale.
 
-    Each observation is drawn as a circle of its real diameter at its position in microns, over the H&E image
-    read from a pyramid level at display resolution (the full-resolution image is never loaded). Colours are
+    Each observation is drawn as a circle of its real diameter (a square for Visium HD bins) at its position in
+    microns, over the H&E image read from a pyramid level at display resolution (the full-resolution image is never
+    loaded). Colours are
     those stored in ``.uns[f"{key}_colors"]`` (as written by :func:`storm_sc.tl.storm_domains`), so that every
     plot of the same domains matches. Several slides give one panel each. Nothing in ``data`` is modified.
 
@@ -166,7 +175,8 @@ def domains(
         diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
         bounds = spot_bounds(slide.centers_um, diameter)
         draw_background(panel, tissue_background(slide, bounds, image=image))
-        draw_spots(panel, slide.centers_um, diameter, facecolors=rgba_of(lab, colors, alpha=alpha))
+        draw_spots(panel, slide.centers_um, diameter, facecolors=rgba_of(lab, colors, alpha=alpha),
+                   square=square_observations(slide))  # fmt: skip
         frame_axes(panel, bounds)
         panel.set_title(panel_title)
     if legend:

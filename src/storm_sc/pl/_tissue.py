@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.collections import EllipseCollection
+from matplotlib.collections import Collection, EllipseCollection, PolyCollection
 from matplotlib.transforms import Affine2D
 from scipy.spatial import cKDTree
 
@@ -56,6 +56,11 @@ def spot_diameter_um(slide: SpatialInput) -> float:
     dist, _ = cKDTree(slide.centers_um).query(slide.centers_um, k=2)
     spacing = float(np.median(dist[:, 1]))
     return _NEIGHBOUR_SHARE * spacing if spacing > 0 else 10.0
+
+
+def square_observations(slide: SpatialInput) -> bool:
+    """Whether the observations are square bins (Visium HD), drawn as squares rather than circles."""
+    return slide.extra.get("bin_size_um") is not None
 
 
 def spot_bounds(centers_um: np.ndarray, diameter_um: float) -> tuple[float, float, float, float]:
@@ -175,18 +180,24 @@ def draw_spots(
     vmin: float | None = None,
     vmax: float | None = None,
     alpha: float | None = None,
-) -> EllipseCollection:
-    """Observations as circles of their true diameter (microns), coloured by RGBA or by values through ``cmap``."""
-    spots = EllipseCollection(
-        widths=diameter_um,
-        heights=diameter_um,
-        angles=0.0,
-        units="xy",
-        offsets=centers_um,
-        offset_transform=ax.transData,
-        linewidths=0,
-        zorder=2,
-    )
+    square: bool = False,
+) -> Collection:
+    """Observations as circles (or ``square`` bins) of their true size in microns, coloured by RGBA or by values."""
+    if square:
+        half = diameter_um / 2
+        corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
+        spots = PolyCollection(np.asarray(centers_um)[:, None, :] + corners, linewidths=0, zorder=2)
+    else:
+        spots = EllipseCollection(
+            widths=diameter_um,
+            heights=diameter_um,
+            angles=0.0,
+            units="xy",
+            offsets=centers_um,
+            offset_transform=ax.transData,
+            linewidths=0,
+            zorder=2,
+        )
     if values is not None:
         spots.set_array(np.asarray(values, dtype=np.float64))
         spots.set_cmap(cmap)
