@@ -16,12 +16,27 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def forked_cuda_devices() -> list[int]:
+    """The GPUs whose random state a seeded block saves and restores: the current one, once CUDA is in use.
+
+    Reading a GPU's state creates a CUDA context on it. Before CUDA is in use there is no GPU state of the caller's
+    to keep, and creating contexts then would break Lightning's forked multi-GPU launch in notebooks ("cannot
+    re-initialize CUDA in forked subprocess") and put a context of every process on every GPU under DDP.
+
+    Examples
+    --------
+    >>> forked_cuda_devices() == ([torch.cuda.current_device()] if torch.cuda.is_initialized() else [])
+    True
+    """
+    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+
+
 @contextlib.contextmanager
 def seeded_torch(seed: int | None) -> Iterator[None]:
-    """Seed torch's global generators for a block, then restore the caller's state: the CPU's and every GPU's.
+    """Seed torch's global generators for a block, then restore the caller's state: the CPU's and the GPU's.
 
     ``torch.manual_seed`` seeds the GPUs' generators too, so forking only the CPU's (``fork_rng(devices=[])``)
-    would leave the caller's GPU random state replaced after the block.
+    would leave the caller's GPU random state replaced after the block (see :func:`forked_cuda_devices`).
 
     Parameters
     ----------
@@ -38,7 +53,7 @@ def seeded_torch(seed: int | None) -> Iterator[None]:
     >>> bool(a == b)
     True
     """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = forked_cuda_devices()
     with torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
@@ -67,7 +82,7 @@ def global_random_state_kept() -> Iterator[None]:
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
     env = {key: os.environ.get(key) for key in _LIGHTNING_SEED_ENV}
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = forked_cuda_devices()
     try:
         with torch.random.fork_rng(devices=devices):
             yield
