@@ -81,7 +81,7 @@ def _feature_slide(seed, n=240, genes=("A", "B", "C", "D", "E", "F")):
     mix = np.random.default_rng(99).normal(size=(8, len(genes)))
     lam = np.exp(np.clip(feats @ mix / 2.0, -3, 3)) * 5.0
     counts = rng.poisson(lam).astype(np.float32)
-    xy = np.stack(np.meshgrid(np.arange(20), np.arange(n // 20)), -1).reshape(-1, 2)[:n] * 100.0
+    xy = np.stack(np.meshgrid(np.arange(20), np.arange(-(-n // 20))), -1).reshape(-1, 2)[:n] * 100.0
     adata = AnnData(counts, obsm={"spatial": xy, "X_feat": feats})
     adata.var_names = list(genes)
     adata.obs_names = [f"o{seed}_{i}" for i in range(n)]
@@ -246,3 +246,23 @@ def test_strongly_varying_genes_get_their_own_penalty():
     assert len(np.unique(fit_readout(slides, 200, genes=np.arange(60), penalty_strata=8).alpha)) == 1
     with pytest.raises(ValueError, match="positive integer"):
         fit_readout(slides, 200, penalty_strata=0)
+
+
+def test_too_few_observations_fit_no_readout(feature_model, caplog, monkeypatch):
+    # Their cross-validation folds would be empty: every uncertainty NaN ("Mean of empty slice").
+    slides, _ = _planted_slides(n_slides=1, n=2)
+    with pytest.raises(ValueError, match="at least 10 observations .* the slides have 2; fit it on more"):
+        fit_readout(slides, 30, min_detection=0.0)
+    one_column, _ = _planted_slides(n_slides=1, n=30)
+    one_column[0].x_um = np.zeros(30)
+    with pytest.raises(ValueError, match="share one x position"):
+        fit_readout(one_column, 30, min_detection=0.0)
+    tiny = _feature_slide(0, n=2)
+    with pytest.raises(ValueError, match="at least 10 observations"):
+        feature_model.fit_expression_readout([tiny], verbose=False)
+    # training leaves the model without a readout, and says why
+    cfg = feature_model.config
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        model = st.training.fit(st.models.StormModel(cfg, list("ABCDEF"), seed=0), tiny, max_epochs=1, verbose=False)
+    assert model.readout is None and "readout" not in model.manifest
+    assert "expression readout was not fitted on the training slides: it needs at least 10" in caplog.text

@@ -42,6 +42,7 @@ from ._readout import (
     ReadoutSlide,
     check_penalty_strata,
     fit_readout,
+    readout_shortfall,
 )
 from ._registry import get_config
 
@@ -579,6 +580,10 @@ class StormModel:
                     "with both."
                 )
             prepared.append((name, inputs))
+        # before the embeddings are computed, the costly part
+        why = readout_shortfall([inputs.centers_um[:, 0] for _, inputs in prepared])
+        if why is not None:
+            raise ValueError(f"Cannot fit the expression readout: {why}.")
         inputs_read = READOUT_INPUTS if stain_statistics and self._config.uses_pixels else (LEVELS_INPUT,)
         slides = [
             ReadoutSlide(

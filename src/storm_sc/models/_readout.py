@@ -39,6 +39,10 @@ _MIN_STRATUM = 50
 _GENE_CHUNK = 2048
 # A slide alone is cut into this many stripes along x for cross-validation.
 _SINGLE_SLIDE_FOLDS = 3
+# The fewest observations a readout is fitted on. Its penalty and uncertainty come from held-out slides or stripes,
+# each needing rows to fit on and rows to score: with fewer, folds are empty or single rows, and every held-out
+# correlation and residual sd (the predictive std) would be NaN or meaningless.
+MIN_READOUT_OBSERVATIONS = 10
 _PREFIX = "readout."
 
 
@@ -228,6 +232,9 @@ def fit_readout(
     if not slides:
         raise ValueError("The expression readout needs at least one slide with H&E and expression.")
     check_penalty_strata(penalty_strata)
+    why = readout_shortfall([s.x_um for s in slides])
+    if why is not None:
+        raise ValueError(f"Cannot fit the expression readout: {why}.")
     measured = np.zeros((len(slides), n_vocabulary), dtype=bool)
     detected = np.zeros(n_vocabulary)
     observed = np.zeros(n_vocabulary)
@@ -293,6 +300,23 @@ def check_penalty_strata(penalty_strata: int) -> None:
         )
 
 
+def readout_shortfall(x_um: Sequence[np.ndarray]) -> str | None:
+    """Why slides (the x positions of each one's observations) are too few to fit a readout on; ``None`` if not."""
+    n = sum(len(x) for x in x_um)
+    hint = "fit it on more or larger slides with H&E and expression"
+    if n < MIN_READOUT_OBSERVATIONS:
+        return (
+            f"it needs at least {MIN_READOUT_OBSERVATIONS} observations with H&E and expression to cross-validate "
+            f"its penalty and uncertainty, and the slides have {n}; {hint}"
+        )
+    if len(x_um) == 1 and len(np.unique(_stripes(x_um[0]))) < 2:
+        return (
+            "a lone slide is cross-validated over stripes along x, and all its observations share one x position; "
+            + hint
+        )
+    return None
+
+
 def _penalty_per_stratum(r: np.ndarray, variance: np.ndarray, n_strata: int) -> np.ndarray:
     """``(g,)`` index of the penalty of each gene: the best mean held-out ``r`` (``(n_alphas, g)``) of its stratum."""
     n_strata = max(1, min(n_strata, len(variance) // _MIN_STRATUM))
@@ -308,7 +332,11 @@ def _folds(slides: Sequence[ReadoutSlide]) -> np.ndarray:
     """Fold label per row: the slide, or x stripes of a lone slide."""
     if len(slides) >= 2:
         return np.concatenate([np.full(len(s.features), i) for i, s in enumerate(slides)])
-    x = slides[0].x_um
+    return _stripes(slides[0].x_um)
+
+
+def _stripes(x: np.ndarray) -> np.ndarray:
+    """Stripe label per row: ``_SINGLE_SLIDE_FOLDS`` quantile stripes of ``x``."""
     edges = np.quantile(x, np.linspace(0, 1, _SINGLE_SLIDE_FOLDS + 1)[1:-1])
     return np.searchsorted(edges, x, side="right")
 

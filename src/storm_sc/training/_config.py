@@ -75,7 +75,8 @@ class TrainingConfig:
         ``"bfloat16"``; see :meth:`storm_sc.models.StormModel.save`).
     expression_readout
         After training, fit the model's linear expression readout
-        (:meth:`storm_sc.models.StormModel.fit_expression_readout`) on every slide with H&E and expression.
+        (:meth:`storm_sc.models.StormModel.fit_expression_readout`) on every slide with H&E and expression
+        (with a warning and no readout when they hold fewer than 10 observations, too few to cross-validate it).
 
     Examples
     --------

@@ -21,6 +21,7 @@ from storm_sc._settings import logger, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
 from storm_sc.models._inference import native_bf16
 from storm_sc.models._programs import corpus_loadings
+from storm_sc.models._readout import readout_shortfall
 
 from ._config import TrainingConfig
 from ._dataset import ContextDataset, ContextSampler, collate
@@ -324,7 +325,8 @@ def _fit_readout(
     ``device``: the process's training device (its own GPU under DDP), which embeds the training slides for the fit.
     """
     both = {p.name: p.inputs for p in prepared if p.inputs.has_image and p.inputs.expression is not None}
-    if not opts.expression_readout or not both:
+    shortfall = readout_shortfall([i.centers_um[:, 0] for i in both.values()]) if both else None
+    if not opts.expression_readout or not both or shortfall is not None:
         if model.readout is not None:
             # it reads features the new weights no longer make: kept, it would predict from the wrong features
             logger.warning(
@@ -333,9 +335,16 @@ def _fit_readout(
                 model.readout.n_genes,
                 "expression_readout=False"
                 if not opts.expression_readout
-                else "no training slide has H&E and expression",
+                else shortfall or "no training slide has H&E and expression",
             )
             model.readout = None
+        elif opts.expression_readout and shortfall is not None:
+            # fitted anyway, its cross-validated uncertainties would all be NaN
+            logger.warning(
+                "The expression readout was not fitted on the training slides: %s (model.fit_expression_readout). "
+                "predict_expression uses the network head meanwhile.",
+                shortfall,
+            )
         return None
     before = model.readout
     # Every process fits the same readout from the same weights, so the returned models stay identical.
