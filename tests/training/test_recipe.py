@@ -184,3 +184,16 @@ def test_numeric_groups_are_groups(tmp_path):
     datasets = [{**TOY, "group": 0}, {**TOY, "name": "other", "group": 1}]
     recipe = load_recipe(_write(tmp_path, datasets=datasets, output_dir="x", split={"val_groups": [0]}))
     assert recipe.training.val_groups == ("0",)  # group names are strings, as the slides' are
+
+
+@pytest.mark.parametrize("folder", ["runs #1", "2024", "yes", "0.10"])
+def test_cli_output_dir_is_a_path_as_given(tmp_path, capsys, folder):
+    path = _write(tmp_path, model="storm-tiny", datasets=[TOY], output_dir="x")
+    assert main(["pretrain", "--config", str(path), "--output-dir", folder, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["output_dir"] == folder
+
+
+@pytest.mark.parametrize("value", [2024, True, 0.1, None, ""])
+def test_a_non_string_output_dir_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="`output_dir` must be a folder path.*quote a name"):
+        load_recipe(_write(tmp_path, datasets=[TOY], output_dir=value))

@@ -45,11 +45,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``storm-sc pretrain``; returns the exit status."""
     from storm_sc.training import load_recipe, run_recipe
 
-    overrides = list(args.overrides)
-    if args.output_dir is not None:
-        overrides.append(f"output_dir={args.output_dir}")
     try:
-        recipe = load_recipe(args.config, overrides=overrides)
+        # the folder goes in as given: as a --set value, YAML would cut "runs #1" at the "#" and read 2024 as a number
+        recipe = load_recipe(args.config, overrides=args.overrides, output_dir=args.output_dir)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"storm-sc pretrain: {err}") from err
     plan = {

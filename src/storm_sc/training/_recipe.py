@@ -210,7 +210,7 @@ def _check_dataset(i: int, entry: Any) -> dict[str, Any]:
     return entry
 
 
-def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, *, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> Recipe:
     """Read and validate a training recipe (YAML); nothing is loaded or trained.
 
     Parameters
@@ -223,6 +223,8 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
         filters of the datasets' union), ``patch_um`` / ``patch_px``, ``seed``. Relative paths are relative to the working directory.
     overrides
         ``"section.key=value"`` assignments applied before validation (values parsed as YAML).
+    output_dir
+        Replaces the recipe's ``output_dir`` (after ``overrides``); a path taken as given, never parsed as YAML.
 
     Returns
     -------
@@ -244,6 +246,8 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         _set(raw, assignment)
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
     _unknown(list(raw), _TOP_LEVEL, str(path))
 
     config, checkpoint = _model_config(raw)
@@ -268,6 +272,13 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
 
     if "output_dir" not in raw:
         raise ValueError(f"{path}: set `output_dir`, the folder for the checkpoint and logs.")
+    if not isinstance(raw["output_dir"], str) or not raw["output_dir"].strip():
+        # YAML reads 2024, yes, 0.10 or 2024-01-01 as a number, boolean or date, not the folder name they spell
+        raise ValueError(
+            f"{path}: `output_dir` must be a folder path, got {raw['output_dir']!r} "
+            f"({type(raw['output_dir']).__name__}); quote a name YAML would read as a number, boolean or date, "
+            'e.g. output_dir: "2024".'
+        )
     vocabulary = raw.get("vocabulary")
     if isinstance(vocabulary, dict):
         _unknown(list(vocabulary), ["min_slides", "max_genes"], "`vocabulary`")
