@@ -197,3 +197,39 @@ def test_cli_output_dir_is_a_path_as_given(tmp_path, capsys, folder):
 def test_a_non_string_output_dir_is_refused(tmp_path, value):
     with pytest.raises(ValueError, match="`output_dir` must be a folder path.*quote a name"):
         load_recipe(_write(tmp_path, datasets=[TOY], output_dir=value))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("trainer.accelerator=gpux", r"`accelerator` must be one of \['auto', 'cpu', 'gpu', 'cuda'"),
+        ("trainer.strategy=ddpx", r"`strategy` must be one of \['auto', 'ddp'"),
+        ("trainer.precision=fp64", r"`precision` must be None \(automatic\) or one of \['32-true'"),
+    ],
+)
+def test_unknown_trainer_settings_are_refused_by_a_dry_run(tmp_path, setting, message):
+    path = _write(tmp_path, datasets=[TOY], output_dir=str(tmp_path / "o"))
+    with pytest.raises(SystemExit, match=f"^storm-sc pretrain: Invalid training config: {message}"):
+        main(["pretrain", "--config", str(path), "--set", setting, "--dry-run"])
+
+
+def test_a_gpu_accelerator_without_a_gpu_is_refused_before_any_slide_is_read(tmp_path, monkeypatch):
+    import storm_sc.training._fit as fit_module
+    import storm_sc.training._recipe as recipe_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("slides were read before the accelerator was checked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(recipe_module, "_slide", must_not_run)
+    monkeypatch.setattr(fit_module, "prepare_slides", must_not_run)
+    path = _write(tmp_path, datasets=[TOY], output_dir=str(tmp_path / "o"))
+    fix = r"no CUDA GPU that torch can use; pass accelerator='cpu'"
+    with pytest.raises(SystemExit, match=f"^storm-sc pretrain: accelerator='gpu', but this machine has {fix}"):
+        main(["pretrain", "--config", str(path), "--set", "trainer.accelerator=gpu"])
+    model = StormModel("storm-tiny", [f"gene_{i:04d}" for i in range(24)], seed=0)
+    toy = st.datasets.toy(n_obs=30, n_genes=24, seed=0)
+    with pytest.raises(ValueError, match=fix):
+        model.fit(toy, max_epochs=1, accelerator="cuda")
+    with pytest.raises(ValueError, match=fix):
+        st.training.pretrain(toy, model="storm-tiny", max_epochs=1, accelerator="gpu")

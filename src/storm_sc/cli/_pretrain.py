@@ -60,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(plan, indent=2))
         return 0
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         model = run_recipe(recipe, overwrite=args.overwrite)
-    except (ValueError, KeyError, OSError) as err:  # the user's data or settings: a message, not a traceback
+    # the user's data or settings (MisconfigurationException: trainer settings Lightning refuses in combination)
+    except (ValueError, KeyError, OSError, MisconfigurationException) as err:
         raise SystemExit(f"storm-sc pretrain: {err}") from err
     from lightning.pytorch.utilities import rank_zero_only
 

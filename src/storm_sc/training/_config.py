@@ -7,9 +7,47 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.strategies import StrategyRegistry
+
 from storm_sc.models import LossWeights
 from storm_sc.models._network import LOSS_NAMES
 from storm_sc.models._replace_fields import replace_fields
+
+# Lightning 2's precision values (its aliases 16, 32, 64 and "bf16" included): checked here, before any slide is
+# prepared, rather than by the Trainer once they all are.
+PRECISIONS = (
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "bf16",
+    "16",
+    "32",
+    "64",
+    16,
+    32,
+    64,
+)
+_GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def _accelerators() -> list[str]:
+    return [
+        "auto",
+        "cpu",
+        *_GPU_ACCELERATORS,
+        *sorted(set(AcceleratorRegistry.available_accelerators()) - {"cpu", "cuda"}),
+    ]
+
+
+def _strategies() -> list[str]:
+    return ["auto", *StrategyRegistry.available_strategies()]
 
 
 @dataclass(frozen=True)
@@ -63,7 +101,8 @@ class TrainingConfig:
     num_workers
         DataLoader worker processes per training process.
     accelerator, devices, strategy, num_nodes, precision
-        Lightning Trainer settings. ``devices="auto"`` follows torchrun / SLURM when launched by them, and is one
+        Lightning Trainer settings (names Lightning knows; an accelerator the machine lacks is refused when training
+        starts, before any slide is read). ``devices="auto"`` follows torchrun / SLURM when launched by them, and is one
         device (a GPU when there is one) otherwise: for data-parallel training on several GPUs of one machine, pass
         ``devices=N`` (run as a script) or launch with torchrun.
         ``precision=None``: ``"bf16-mixed"`` on GPUs that compute in bf16 natively (NVIDIA Ampere and newer),
@@ -178,6 +217,18 @@ class TrainingConfig:
             problems.append(f"`checkpoint_dtype` must be float32, float16 or bfloat16 (got {self.checkpoint_dtype!r})")
         if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
             problems.append(f"`devices` must be 'auto' or a positive integer (got {self.devices!r})")
+        if self.accelerator not in _accelerators():
+            problems.append(f"`accelerator` must be one of {_accelerators()} (got {self.accelerator!r})")
+        if self.strategy not in _strategies():
+            problems.append(f"`strategy` must be one of {_strategies()} (got {self.strategy!r})")
+        if self.precision is not None and (
+            not isinstance(self.precision, str | int)
+            or isinstance(self.precision, bool)
+            or self.precision not in PRECISIONS
+        ):
+            problems.append(
+                f"`precision` must be None (automatic) or one of {list(PRECISIONS)} (got {self.precision!r})"
+            )
         if problems:
             raise ValueError("Invalid training config: " + "; ".join(problems) + ".")
 
@@ -230,3 +281,25 @@ class TrainingConfig:
         if out["val_groups"] is not None:
             out["val_groups"] = list(out["val_groups"])
         return out
+
+
+def check_hardware(options: TrainingConfig) -> None:
+    """Refuse an accelerator this machine lacks, before any slide is read (the Trainer would, once all are prepared).
+
+    Parameters
+    ----------
+    options
+        The run's settings.
+    """
+    name = options.accelerator
+    if name in _GPU_ACCELERATORS:
+        available = torch.cuda.is_available()
+    elif name in ("auto", "cpu"):
+        available = True
+    else:
+        available = AcceleratorRegistry[name]["accelerator"].is_available()
+    if not available:
+        raise ValueError(
+            f"accelerator={name!r}, but this machine has no {'CUDA GPU' if name in _GPU_ACCELERATORS else name} "
+            "that torch can use; pass accelerator='cpu' (or 'auto', which uses a GPU where there is one)."
+        )

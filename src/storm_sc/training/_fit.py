@@ -23,7 +23,7 @@ from storm_sc.models._inference import native_bf16
 from storm_sc.models._programs import corpus_loadings
 from storm_sc.models._readout import readout_shortfall
 
-from ._config import TrainingConfig
+from ._config import TrainingConfig, check_hardware
 from ._dataset import ContextDataset, ContextSampler, collate
 from ._module import BestWeights, History, StormLightningModule, Throughput
 from ._slides import (
@@ -185,6 +185,7 @@ def fit(
     if not isinstance(model, StormModel):
         raise TypeError(f"`model` must be a StormModel, got {type(model).__name__}.")
     opts = _options(config, options)
+    check_hardware(opts)
     slides = as_slides(data)
     if opts.val_groups is not None:  # now, not after every slide has been read and cut into patches
         check_val_groups([s.group for s in slides], opts.val_groups)
@@ -429,6 +430,7 @@ def pretrain(
     >>> model = st.training.pretrain(sdata, model="storm-tiny", max_epochs=2, output_dir="runs/toy")  # doctest: +SKIP
     """
     opts = _options(config, options)
+    check_hardware(opts)
     if isinstance(model, StormModel):
         if vocabulary is not None:
             raise ValueError("`vocabulary` cannot change an existing model's genes; drop it.")

@@ -15,7 +15,7 @@ import yaml
 from storm_sc._settings import logger
 from storm_sc.models import StormConfig, StormModel, get_config
 
-from ._config import TrainingConfig
+from ._config import TrainingConfig, check_hardware
 from ._slides import TrainingSlide, check_val_groups, union_vocabulary
 
 _TOP_LEVEL = (
@@ -348,6 +348,8 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None 
     target = recipe.output_dir / MODEL_FILE
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite or choose another output_dir.")
+    # here rather than in load_recipe: --dry-run checks a GPU cluster's recipe on a machine without one
+    check_hardware(recipe.training)
     slides = [_slide(e) for e in recipe.datasets]
     if recipe.checkpoint is not None:
         model = fit(
