@@ -7,6 +7,7 @@ from storm_sc.pp import align_genes
 from storm_sc.training import (
     ContextDataset,
     ContextSampler,
+    PreparedSlide,
     TrainingConfig,
     TrainingSlide,
     collate,
@@ -276,3 +277,26 @@ def test_dense_weights_decay_and_tables_tokens_norms_do_not():
     assert {"context.niche_pos.mlp.0.weight", "prediction_head.gene_query.weight"} <= decay
     assert {"expression.gene_embedding.weight", "expression.pool.query", "logit_scale"} <= no_decay
     assert not [n for n in decay if n.endswith("bias") or "norm" in n]
+
+
+def test_a_hold_out_much_larger_than_val_fraction_is_a_warning(toy_pair, caplog):
+    _, prepared = _prepared([TrainingSlide(toy_pair["a"], group="P1"), TrainingSlide(toy_pair["b"], group="P2")])
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        info = split(prepared, val_groups=None, val_fraction=0.2, seed=0)
+    held = info["val_groups"]
+    assert (
+        f"Validation holds out slide group(s) {held}: 50% of the observations (150 of 300), not the 20%" in caplog.text
+    )
+    assert "val_fraction=0 to train on everything" in caplog.text
+    # five equal groups: one of them is the 20% asked for
+    caplog.clear()
+    inputs = prepared[0].inputs
+    five = [
+        PreparedSlide(
+            TrainingSlide(toy_pair["a"], name=f"s{i}", group=f"G{i}"), inputs, np.zeros(inputs.n_obs, np.int8)
+        )
+        for i in range(5)
+    ]
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        split(five, val_groups=None, val_fraction=0.2, seed=0)
+    assert "Validation holds out" not in caplog.text

@@ -87,7 +87,8 @@ class TrainingConfig:
         With several processes, contrast against every process's batch (more negatives).
     val_fraction
         Fraction of slide groups (patients) held out for validation; with a single group, a spatial block of
-        that fraction of each slide is held out instead (with a warning).
+        that fraction of each slide is held out instead (with a warning). Groups are held out whole: a warning says
+        when that holds out more than twice this fraction of the observations (with two groups, one of them).
     val_groups
         Explicit validation groups (overrides ``val_fraction``).
     early_stopping_patience

@@ -417,6 +417,7 @@ def split(
         n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
         chosen = sorted(np.random.default_rng(seed).permutation(groups)[:n_val].tolist())
         strategy = "group"
+        _warn_large_hold_out(prepared, chosen, val_fraction)
     else:
         # Worth a warning only where the advice can be followed: one slide (e.g. adapting to it) has no other split.
         log = logger.warning if len(prepared) > 1 else logger.info
@@ -435,6 +436,27 @@ def split(
     for p in prepared:
         p.partition[:] = VAL if str(p.slide.group) in chosen else TRAIN
     return {"strategy": strategy, "val_groups": chosen, "groups": groups}
+
+
+def _warn_large_hold_out(prepared: Sequence[PreparedSlide], chosen: Sequence[str], val_fraction: float) -> None:
+    """Warn when whole groups hold out far more observations than ``val_fraction`` asked for.
+
+    Groups are held out whole, so with few groups (two: one of them) or uneven ones the share can be many times the
+    fraction, and the model trains on a fraction of the data with only an INFO line to say so.
+    """
+    total = sum(p.inputs.n_obs for p in prepared)
+    held = sum(p.inputs.n_obs for p in prepared if str(p.slide.group) in chosen)
+    if total and held / total > 2 * val_fraction:
+        logger.warning(
+            "Validation holds out slide group(s) %s: %.0f%% of the observations (%d of %d), not the %.0f%% of "
+            "val_fraction, since groups are held out whole. Pass val_fraction=0 to train on everything, "
+            "val_groups=[...] to choose the held-out groups, or give more slides their own `group`.",
+            list(chosen),
+            100 * held / total,
+            held,
+            total,
+            100 * val_fraction,
+        )
 
 
 def slide_manifest(p: PreparedSlide) -> dict[str, Any]:
