@@ -233,3 +233,15 @@ def test_a_gpu_accelerator_without_a_gpu_is_refused_before_any_slide_is_read(tmp
         model.fit(toy, max_epochs=1, accelerator="cuda")
     with pytest.raises(ValueError, match=fix):
         st.training.pretrain(toy, model="storm-tiny", max_epochs=1, accelerator="gpu")
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # PyYAML reads `1e-3` (no dot) as a string
+    path = tmp_path / "run.yaml"
+    text = "model: {name: storm-tiny, overrides: {dropout: 1e-1}}\ndatasets: [{loader: toy}]\noutput_dir: x\n"
+    path.write_text(text + "training: {lr: 1e-3, weight_decay: 5E-2}\n")
+    recipe = load_recipe(path, overrides=["split.val_fraction=1e-1"])
+    assert (recipe.training.lr, recipe.training.weight_decay, recipe.training.val_fraction) == (1e-3, 5e-2, 0.1)
+    assert recipe.model.dropout == 0.1
+    with pytest.raises(ValueError, match=r"`lr` must be a positive number \(got 'fast'\)"):
+        load_recipe(path, overrides=["training.lr=fast"])

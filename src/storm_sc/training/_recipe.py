@@ -123,6 +123,22 @@ def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> None:
         raise ValueError(f"Unknown key(s) {extra} in {where}; valid keys: {sorted(valid)}.")
 
 
+def _yaml_floats(values: dict[str, Any], record: type) -> dict[str, Any]:
+    """``values`` with numeric strings given to ``record``'s float fields read as numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot: ``lr: 1e-3`` is the string ``"1e-3"`` (``1.0e-3`` a float).
+    """
+    floats = {f.name for f in fields(record) if f.type == "float"}
+    out = dict(values)
+    for name, value in values.items():
+        if name in floats and isinstance(value, str):
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass  # not a number: the config's own check names the field
+    return out
+
+
 def _pretrained_names() -> list[str]:
     from storm_sc.models._pretrained import list_pretrained
 
@@ -145,7 +161,7 @@ def _model_config(raw: dict[str, Any]) -> tuple[StormConfig, Path | None]:
     elif isinstance(spec, dict):
         _unknown(list(spec), ["name", "overrides", "checkpoint"], "`model`")
         name = spec.get("name", "storm-small")
-        overrides = dict(spec.get("overrides") or {})
+        overrides = _yaml_floats(dict(spec.get("overrides") or {}), StormConfig)
         checkpoint = Path(spec["checkpoint"]).expanduser() if spec.get("checkpoint") else None
     else:
         raise ValueError(
@@ -263,7 +279,7 @@ def load_recipe(path: str | Path, *, overrides: Sequence[str] = (), output_dir: 
         if not isinstance(values, dict):
             raise ValueError(f"`{section}` must be a mapping.")
         _unknown(list(values), valid, f"`{section}`")
-        options.update(values)
+        options.update(_yaml_floats(values, TrainingConfig))
     if "seed" in raw:
         options["seed"] = raw["seed"]
     training = TrainingConfig(**options)
