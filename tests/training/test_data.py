@@ -300,3 +300,11 @@ def test_a_hold_out_much_larger_than_val_fraction_is_a_warning(toy_pair, caplog)
     with caplog.at_level("WARNING", logger="storm_sc"):
         split(five, val_groups=None, val_fraction=0.2, seed=0)
     assert "Validation holds out" not in caplog.text
+
+
+def test_the_same_object_twice_is_refused(toy_pair):
+    a = toy_pair["a"]
+    with pytest.raises(ValueError, match=r"holds the same object twice \(items 0 and 2\); pass each slide once"):
+        as_slides([a, toy_pair["b"], a])
+    with pytest.raises(ValueError, match=r"same object twice \(items 'x' and 'y'\)"):
+        as_slides({"x": a, "y": TrainingSlide(a, group="other")})

@@ -98,6 +98,7 @@ def as_slides(data: Any) -> list[TrainingSlide]:
     if not items:
         raise ValueError("No training slides were given.")
     slides = []
+    seen: dict[int, str | int] = {}
     for i, (key, item) in enumerate(items):
         if not isinstance(item, single):
             raise TypeError(
@@ -105,6 +106,14 @@ def as_slides(data: Any) -> list[TrainingSlide]:
                 "SpatialInput or TrainingSlide."
             )
         slide = item if isinstance(item, TrainingSlide) else TrainingSlide(data=item)
+        label = key if key is not None else i
+        if id(slide.data) in seen:
+            # as two slides it would be two groups, one of them validating on the observations the other trains on
+            raise ValueError(
+                f"Training data holds the same object twice (items {seen[id(slide.data)]!r} and {label!r}); pass each "
+                "slide once."
+            )
+        seen[id(slide.data)] = label
         for one in _each_slide(slide, key):
             one.name = one.name or key or f"slide{i}"
             one.group = str(one.group) if one.group is not None else one.name
