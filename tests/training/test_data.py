@@ -26,6 +26,11 @@ from storm_sc.training._slides import TRAIN, VAL, as_slides, prepare_slides, spl
         ({"devices": "two"}, "devices"),
         ({"checkpoint_dtype": "int8"}, "checkpoint_dtype"),
         ({"early_stopping_patience": 0}, "early_stopping_patience"),
+        # True is an int to Python, not a count
+        ({"early_stopping_patience": True}, r"`early_stopping_patience` must be a positive integer or None \(got True"),
+        ({"max_steps": True}, r"`max_steps` must be -1 or a positive integer \(got True"),
+        ({"image_dropout": "x"}, r"`image_dropout` must be in \[0, 1\) \(got 'x'"),
+        ({"stain_jitter": "x"}, r"`stain_jitter` must be a number >= 0 \(got 'x'"),
         ({"monitor": "val/accuracy"}, "monitor"),
     ],
 )

@@ -179,7 +179,8 @@ class TrainingConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 problems.append(f"`{name}` must be an integer >= 0 (got {v!r})")
-        if not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
+        steps = self.max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
             problems.append(f"`max_steps` must be -1 or a positive integer (got {self.max_steps!r})")
         for name in ("lr",):
             v = getattr(self, name)
@@ -201,13 +202,13 @@ class TrainingConfig:
             v = getattr(self, name)
             if not isinstance(v, int | float) or not 0 <= v < 1:
                 problems.append(f"`{name}` must be in [0, 1) (got {v!r})")
-        if self.image_dropout + self.expression_dropout >= 1:
+        dropouts = (self.image_dropout, self.expression_dropout)
+        if all(isinstance(v, int | float) for v in dropouts) and sum(dropouts) >= 1:
             problems.append("`image_dropout + expression_dropout` must be < 1 (some observations must keep both)")
-        if self.stain_jitter >= 1:
+        if isinstance(self.stain_jitter, int | float) and self.stain_jitter >= 1:
             problems.append("`stain_jitter` must be < 1")
-        if self.early_stopping_patience is not None and (
-            not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 1
-        ):
+        patience = self.early_stopping_patience
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
             problems.append(
                 f"`early_stopping_patience` must be a positive integer or None (got {self.early_stopping_patience!r})"
             )
