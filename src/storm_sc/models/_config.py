@@ -21,6 +21,11 @@ _EXTERNAL_PREFIXES = ("timm:", "hf:")
 _FIELDS_ADDED_LATER: dict[str, Any] = {"texture_statistics": False}
 
 
+def _not_number(value: object) -> bool:
+    """Whether ``value`` is not a finite int or float (``True`` is not a number here)."""
+    return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class StormConfig:
     """Architecture of a STORM model; named instances live in the registry (:func:`storm_sc.models.get_config`).
@@ -189,9 +194,12 @@ class StormConfig:
                 out.append(f"`{name}` must be a positive number (got {value!r})")
         if not out and self.position_min_um >= self.position_max_um:
             out.append("`position_min_um` must be smaller than `position_max_um`")
-        if not 0 <= self.dropout < 1:
-            out.append(f"`dropout` must be in [0, 1) (got {self.dropout!r})")
-        if self.logvar_min >= self.logvar_max:
+        if _not_number(self.dropout) or not 0 <= self.dropout < 1:
+            out.append(f"`dropout` must be a number in [0, 1) (got {self.dropout!r})")
+        bounds = [name for name in ("logvar_min", "logvar_max") if _not_number(getattr(self, name))]
+        for name in bounds:
+            out.append(f"`{name}` must be a finite number (got {getattr(self, name)!r})")
+        if not bounds and self.logvar_min >= self.logvar_max:
             out.append("`logvar_min` must be smaller than `logvar_max`")
         if not out and self.hidden_dim % self.heads:
             out.append(f"`hidden_dim` ({self.hidden_dim}) must be divisible by `heads` ({self.heads})")
