@@ -18,8 +18,11 @@ def test_overrides_rename_and_validate():
     assert cfg.name == "storm-tiny+custom"
     with pytest.raises(ValueError, match="Unknown STORM config field"):
         get_config("storm-tiny", not_a_field=1)
-    with pytest.raises(KeyError, match="registered"):
-        get_config("storm-huge")
+    # a KeyError as before, and a ValueError as the recipe's `model:` reports it
+    for make in (get_config, lambda name: st.models.StormModel(name, ["A"])):
+        for kind in (KeyError, ValueError):
+            with pytest.raises(kind, match=r"^No STORM config named 'storm-huge'; registered \(st.models.list_configs"):
+                make("storm-huge")
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,17 @@ _CONFIGS: dict[str, StormConfig] = {
 }
 
 
+class UnknownConfigError(KeyError, ValueError):
+    """No STORM config is registered under the name asked for.
+
+    A KeyError, as a failed registry lookup always was here, and a ValueError, as other bad arguments and the YAML
+    recipe report it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError's str() would quote the message
+
+
 def list_configs() -> list[str]:
     """Names of the registered STORM architectures.
 
@@ -114,7 +125,9 @@ def get_config(name: str, **overrides: Any) -> StormConfig:
     'storm-tiny+custom'
     """
     if name not in _CONFIGS:
-        raise KeyError(f"No STORM config named {name!r}; registered: {list_configs()}.")
+        raise UnknownConfigError(
+            f"No STORM config named {name!r}; registered (st.models.list_configs()): {list_configs()}."
+        )
     config = _CONFIGS[name]
     if overrides:
         config = config.replace(name=f"{name}+custom", **overrides)

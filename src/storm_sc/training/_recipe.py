@@ -182,10 +182,7 @@ def _model_config(raw: dict[str, Any]) -> tuple[StormConfig, Path | None]:
         if overrides:
             raise ValueError("A checkpoint's architecture is fixed: drop `model.overrides` / patch_um / patch_px.")
         return StormConfig.from_dict(StormModel.inspect(checkpoint)["config"]), checkpoint
-    try:
-        return get_config(name, **overrides), None
-    except KeyError as err:
-        raise ValueError(err.args[0]) from err
+    return get_config(name, **overrides), None
 
 
 def _check_dataset(i: int, entry: Any) -> dict[str, Any]:
