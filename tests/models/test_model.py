@@ -44,6 +44,10 @@ def test_embed_arguments_are_checked(tiny_model, toy_sdata):
     inputs = tiny_model.prepare(toy_sdata, verbose=False)
     with pytest.raises(ValueError, match="only apply when `data` is not already StormInputs"):
         tiny_model.embed(inputs, mpp=1.0, verbose=False)
+    for call in (tiny_model.embed, tiny_model.predict_expression, tiny_model.fit_expression_readout):
+        for bad in (0, True, 2.5):
+            with pytest.raises(ValueError, match=rf"`batch_size` must be a positive integer, got {bad!r}"):
+                call(toy_sdata, batch_size=bad, verbose=False)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             tiny_model.embed(inputs, device="cuda", verbose=False)
