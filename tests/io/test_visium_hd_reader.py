@@ -24,11 +24,11 @@ from tests.io._synthetic import fingerprint
 BINS = ("square_002um", "square_008um", "square_016um")
 
 
-def _read(path, **kwargs):
+def _read(path, dataset_id="hdtest", **kwargs):
     # The reader's defaults: every bin size, the full-resolution image from microscope_image/, hires and lowres,
     # and the segmented cells since the files are there (load_segmentations_only=None only warns about a future
     # default, FutureWarning, which pytest ignores here).
-    return spatialdata_io.visium_hd(path, dataset_id="hdtest", **kwargs)
+    return spatialdata_io.visium_hd(path, dataset_id=dataset_id, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,32 @@ def test_embed_and_predict_on_the_16um_bins(written):
     assert pred.obs.equals(table.obs)
     assert np.isfinite(pred.X).all()
     assert (pred.layers["predicted_std"] > 0).all()
+
+
+def test_plots_draw_each_slide_of_concatenated_bin_tables(written):
+    # Concatenated Visium HD slides hold one table per bin size, each annotating both slides: the slides of the
+    # table chosen by table_key= are drawn, one panel each, as the tools analyse them.
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import spatialdata
+
+    reads = [_read(written[0], dataset_id=d, bin_size=[8, 16], load_segmentations_only=False) for d in ("a", "b")]
+    for sdata in reads:
+        del sdata.tables["cell_segmentations"]
+    both = spatialdata.concatenate(reads, concatenate_tables=True)
+    table = both.tables["square_008um"]
+    table.obs["storm_domain"] = pd.Categorical(np.arange(table.n_obs) % 2)
+    table.obsm["X_storm"] = np.random.default_rng(0).normal(size=(table.n_obs, 4))
+    fig = st.pl.domains(both, table_key="square_008um", image=False, show=False)
+    assert [ax.get_title() for ax in fig.axes] == ["a_square_008um", "b_square_008um"]
+    fig = st.pl.embedding_umap(both, table_key="square_008um", color="slide", show=False)
+    assert len(fig.axes[0].collections[0].get_offsets()) == table.n_obs
+    with pytest.raises(ValueError, match=r"split_slides\(data, table_key='square_008um'\)\['a_square_008um'\]"):
+        st.pl.expression(both, "EPCAM", table_key="square_008um", show=False)
+    # what one-slide steps advise takes that slide apart (split_slides without table_key finds no slides here)
+    with pytest.raises(ValueError, match=r"split_slides\(sdata, table_key='square_008um'\)\[name\]"):
+        st.io.resolve(both, table_key="square_008um")
+    assert list(st.io.split_slides(both, table_key="square_008um")) == ["a_square_008um", "b_square_008um"]
+    plt.close("all")

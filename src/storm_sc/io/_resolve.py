@@ -294,8 +294,8 @@ def _check_one_slide(slide: Slide) -> None:
     raise ValueError(
         f"Table {slide.table_key!r} annotates {len(region_els)} regions that share no coordinate system, so they are "
         f"separate slides (as `spatialdata.concatenate` leaves them): {_placement(slide)}. This step reads one slide: "
-        "take one with `st.io.split_slides(sdata)[name]`. The st.tl tools take the SpatialData of several slides as "
-        "it is (they analyse its slides together and write back into its table)."
+        f"take one with `st.io.split_slides(sdata, table_key={slide.table_key!r})[name]`. The st.tl tools take the "
+        "SpatialData of several slides as it is (they analyse its slides together and write back into its table)."
     )
 
 

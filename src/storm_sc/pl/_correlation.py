@@ -77,7 +77,7 @@ def pair_expression(
 
     With ``positions`` the slide is resolved too (positions in microns, image), as plots over the tissue need.
     """
-    (one,) = as_slides(data, caller=caller, many=False)
+    (one,) = as_slides(data, caller=caller, many=False, table_key=table_key)
     if positions:
         slide = resolve_slide(one, table_key=table_key, predicted_key=predicted_key, image_key=image_key, mpp=mpp)
         table = slide.table

@@ -110,7 +110,7 @@ def embedding_umap(
     """
     import scanpy as sc
 
-    slides_data, _ = slides_to_draw(data, caller="embedding_umap", library_key=library_key)
+    slides_data, _ = slides_to_draw(data, caller="embedding_umap", library_key=library_key, table_key=table_key)
     check_flag(show, "show", allow_none=True)
     check_positive(point_size, "point_size")
     check_positive(panel_size, "panel_size", allow_none=False)

@@ -145,7 +145,7 @@ def napari(
     >>> [layer.name for layer in viewer.layers]  # doctest: +SKIP
     ['toy H&E', 'true_domain']
     """
-    (one,) = as_slides(data, caller="napari", many=False)
+    (one,) = as_slides(data, caller="napari", many=False, table_key=table_key)
     check_flag(image, "image")
     check_flag(show, "show")
     check_positive(spot_size, "spot_size")

@@ -26,28 +26,34 @@ from storm_sc.io._slides import (
 Data = SpatialData | AnnData
 
 
-def as_slides(data: Any, *, caller: str, many: bool) -> list[Data]:
+def as_slides(data: Any, *, caller: str, many: bool, table_key: str | None = None) -> list[Data]:
     """Return the slides in ``data`` (one, or a non-empty list when ``many``), or a clear error.
 
     Where several are drawn (``many``), a SpatialData holding several slides (``spatialdata.concatenate``) gives
-    one panel per slide, as a list of them would.
+    one panel per slide, as a list of them would. ``table_key`` is the measured table, whose slides these are.
     """
     if isinstance(data, SpatialData | AnnData) and not many:
-        names = _slide_names(data)
+        names = _slide_names(data, table_key)
         if len(names) > 1:
             # measured-vs-predicted comparisons are per slide: pooling slides would mix their batch effects
             raise ValueError(
                 f"`{caller}` reads one slide, and this {type(data).__name__} holds {len(names)}: {names}. Pass one, "
-                f"e.g. st.io.split_slides(data)[{names[0]!r}]."
+                f"e.g. st.io.split_slides(data{_table_arg(table_key)})[{names[0]!r}]."
             )
         if isinstance(data, AnnData):
             hint_library_key(data, caller)
         return [data]
-    return [slide for item in _objects(data, caller=caller, many=many) for _, slide in _panels(item, caller=caller)]
+    objects = _objects(data, caller=caller, many=many)
+    return [slide for item in objects for _, slide in _panels(item, caller=caller, table_key=table_key)]
+
+
+def _table_arg(table_key: str | None) -> str:
+    """``table_key`` as an argument of a call shown in a message (none when not given)."""
+    return "" if table_key is None else f", table_key={table_key!r}"
 
 
 def slides_to_draw(
-    data: Any, *, caller: str, mpp: Any = None, library_key: str | None = None
+    data: Any, *, caller: str, mpp: Any = None, library_key: str | None = None, table_key: str | None = None
 ) -> tuple[list[Data], list[float | None]]:
     """:func:`as_slides` (``many``) and the ``mpp`` of each slide.
 
@@ -55,6 +61,8 @@ def slides_to_draw(
 
     ``library_key``: the ``.obs`` column telling apart sections stacked in one AnnData (``anndata.concat``), each
     then a slide of its own, as ``library_key`` of the tools makes them.
+
+    ``table_key``: the measured table of a SpatialData, whose slides are drawn.
     """
     objects = _objects(data, caller=caller, many=True)
     mpps = mpp_per_object(mpp, len(objects))
@@ -62,7 +70,7 @@ def slides_to_draw(
         check_library_key(objects, library_key, caller)
     slides, values = [], []
     for item, value in zip(objects, mpps, strict=True):
-        panels = _panels(item, library_key, caller)
+        panels = _panels(item, library_key, caller, table_key)
         names = [name for name, _ in panels if name is not None]
         for name, slide in panels:
             slides.append(slide)
@@ -84,31 +92,39 @@ def _objects(data: Any, *, caller: str, many: bool) -> list[Data]:
     raise TypeError(f"`{caller}`: `data` must be {expected}, got {type(data).__name__}{hint}.")
 
 
-def _panels(item: Data, library_key: str | None = None, caller: str | None = None) -> list[tuple[str | None, Data]]:
-    """The slides of one object, named: itself (no name), or each slide of a SpatialData (or AnnData) holding several."""
+def _panels(
+    item: Data, library_key: str | None = None, caller: str | None = None, table_key: str | None = None
+) -> list[tuple[str | None, Data]]:
+    """The slides of one object, named: itself (no name), or each slide of a SpatialData (or AnnData) holding several.
+
+    A SpatialData's slides are those of ``table_key``: with several tables per slide (Visium HD's bin sizes) the
+    slides of all tables together cannot be told apart, those of the one drawn can.
+    """
     if isinstance(item, AnnData):
         libraries = anndata_slides(item, library_key)
         if libraries is None:
             hint_library_key(item, caller)
             return [(None, item)]
         return [(name, piece) for name, _, piece in libraries]
-    parts = find_slides(item)
+    parts = find_slides(item, table_key=table_key)
     return [(None, item)] if parts is None else [(part.name, slide_of(item, part)) for part in parts]
 
 
-def _slide_names(item: Data) -> list[str]:
+def _slide_names(item: Data, table_key: str | None = None) -> list[str]:
     """Names of the slides an object holds when it holds several (else one entry)."""
     if isinstance(item, AnnData):
         column = library_column(item)
         return ["the AnnData"] if column is None else list(dict.fromkeys(item.obs[column].astype(str)))
-    parts = find_slides(item)
+    parts = find_slides(item, table_key=table_key)
     return ["the SpatialData"] if parts is None else [part.name for part in parts]
 
 
-def scale_hint(data: Any) -> str:
+def scale_hint(data: Any, table_key: str | None = None) -> str:
     """How to give each slide its scale, when an object of ``data`` holds several slides (else ``""``)."""
     objects = list(data) if isinstance(data, list | tuple) else [data]
-    several = [names for item in objects if isinstance(item, SpatialData) and len(names := _slide_names(item)) > 1]
+    several = [
+        names for item in objects if isinstance(item, SpatialData) and len(names := _slide_names(item, table_key)) > 1
+    ]
     if not several:
         return ""
     return f" {several_slides_scale_hint(several[0])}"

@@ -136,7 +136,7 @@ def domains(
     >>> len(fig.axes)
     1
     """
-    slides_data, mpps = slides_to_draw(data, caller="domains", mpp=mpp, library_key=library_key)
+    slides_data, mpps = slides_to_draw(data, caller="domains", mpp=mpp, library_key=library_key, table_key=table_key)
     check_flag(image, "image")
     check_flag(legend, "legend")
     check_flag(show, "show", allow_none=True)
@@ -152,7 +152,7 @@ def domains(
             for d, m in zip(slides_data, mpps, strict=True)
         ]
     except UnknownScaleError as err:
-        raise UnknownScaleError(f"{err}{scale_hint(data)}") from err
+        raise UnknownScaleError(f"{err}{scale_hint(data, table_key)}") from err
     names = slide_names(slides)
     require_obs_in_any([s.table for s in slides], key, names)
     labels = []
