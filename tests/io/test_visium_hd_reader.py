@@ -18,6 +18,7 @@ from spatialdata.transformations import Identity, get_transformation
 
 import storm_sc as st
 from storm_sc.io._elements import full_res
+from storm_sc.io._resolve import UnknownScaleError
 from tests.io._spaceranger_hd import BACKGROUND_RGB, GENES, HIRES_SCALEF, LOWRES_SCALEF, MPP, write_visium_hd
 from tests.io._synthetic import fingerprint
 
@@ -190,3 +191,24 @@ def test_plots_draw_each_slide_of_concatenated_bin_tables(written):
         st.io.resolve(both, table_key="square_008um")
     assert list(st.io.split_slides(both, table_key="square_008um")) == ["a_square_008um", "b_square_008um"]
     plt.close("all")
+
+
+def test_segmented_cells_alone_point_at_space_rangers_microns_per_pixel(written):
+    # read without bins, nothing in the object states the scale: the error says where Space Ranger records it, and
+    # what that value becomes for the image chosen (the hires image's pixels are 1 / HIRES_SCALEF of full-res ones)
+    cells = _read(written[0], load_segmentations_only=True)
+    with pytest.raises(UnknownScaleError) as err:
+        st.io.resolve(cells)
+    message = str(err.value)
+    assert "microns per pixel of image 'hdtest_full_image'" in message
+    assert "`microns_per_pixel` in outs/segmented_outputs/spatial/scalefactors_json.json: pass that value" in message
+    assert "load_segmentations_only=False" in message
+    assert "100 um pitch" not in message
+    with pytest.raises(UnknownScaleError, match=rf"pass that value x {1 / HIRES_SCALEF:g}"):
+        st.io.resolve(cells, image_key="hdtest_hires_image")
+    with pytest.raises(UnknownScaleError, match="microns per unit of the coordinates"):
+        st.tl.storm_domains(cells, n_domains=2)
+    # following the hint gives the scale the bins give
+    assert st.io.resolve(cells, mpp=MPP).mpp == pytest.approx(MPP)
+    hires = st.io.resolve(cells, image_key="hdtest_hires_image", mpp=MPP / HIRES_SCALEF)
+    np.testing.assert_allclose(hires.centers_um, st.io.resolve(cells, mpp=MPP).centers_um)

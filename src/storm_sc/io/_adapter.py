@@ -151,6 +151,13 @@ class PlatformAdapter:
         """Microns per coordinate-system unit, from the platform's metadata or geometry."""
         return PhysicalScale(None)
 
+    def scale_hint(self, slide: Slide, units_per_px: float | None) -> str:
+        """Where to find the ``mpp=`` to pass when :meth:`scale` finds none (one sentence, for the error).
+
+        ``units_per_px``: coordinate-system units per pixel of the chosen image (``None`` without image).
+        """
+        return "E.g. for spots on a 100 um pitch that lie d pixels apart, mpp = 100 / d."
+
     def library_id(self, slide: Slide) -> str | None:
         """Name of the slide when the user did not give one."""
         lib = slide.storm_attrs.get("library_id")

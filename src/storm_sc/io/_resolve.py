@@ -214,18 +214,18 @@ class UnknownScaleError(ValueError):
     """Neither the data nor the caller give a slide's physical scale (microns per pixel)."""
 
 
-def _no_scale_message(platform: str, image_key: str | None) -> str:
-    target = f"of image {image_key!r}" if image_key is not None else "of the coordinates (no image)"
+def _no_scale_message(adapter: PlatformAdapter, slide: Slide, units_per_px: float | None) -> str:
+    target = f"pixel of image {slide.image_key!r}" if slide.image_key is not None else "unit of the coordinates"
     return (
-        f"The physical scale of this {platform} slide is unknown: pass `mpp=` (microns per full-resolution pixel "
-        f"{target}). E.g. for spots on a 100 um pitch that lie d pixels apart, mpp = 100 / d."
+        f"The physical scale of this {adapter.platform} slide is unknown: pass `mpp=` (microns per {target}). "
+        f"{adapter.scale_hint(slide, units_per_px)}"
     )
 
 
-def _require_scale_source(adapter: PlatformAdapter, slide: Slide, platform: str, image_key: str | None) -> None:
+def _require_scale_source(adapter: PlatformAdapter, slide: Slide, units_per_px: float | None) -> None:
     """Refuse early, before positions are computed, when neither the data nor the user give a scale."""
     if not adapter.may_know_scale(slide):
-        raise UnknownScaleError(_no_scale_message(platform, image_key))
+        raise UnknownScaleError(_no_scale_message(adapter, slide, units_per_px))
 
 
 def _check_scale(
@@ -455,7 +455,7 @@ def resolve(
         if anisotropy(img_affine) > 1.02:
             logger.warning("Image %r has non-square pixels in %r; using their geometric mean size.", image_key, cs)
     if mpp is None:
-        _require_scale_source(adapter, slide, platform, image_key)
+        _require_scale_source(adapter, slide, cs_per_px)
 
     slide.centers = region_centroids(sdata, table, region_key, slide.links, cs)
     found = adapter.scale(slide)
@@ -465,7 +465,7 @@ def resolve(
     elif found.um_per_unit is not None:
         um_per_unit, source = float(found.um_per_unit), found.source
     else:
-        raise UnknownScaleError(_no_scale_message(platform, image_key))
+        raise UnknownScaleError(_no_scale_message(adapter, slide, cs_per_px))
     if not (math.isfinite(um_per_unit) and um_per_unit > 0):
         raise ValueError(f"The scale found ({source}) is not a positive number: {um_per_unit!r}; pass `mpp=`.")
     size_cs = observation_size(sdata, element_keys, cs)

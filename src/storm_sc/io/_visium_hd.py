@@ -7,14 +7,16 @@ table name and the bin's side length give the physical scale.
 
 from __future__ import annotations
 
+import math
 import re
 
+from geopandas import GeoDataFrame
 from spatialdata import SpatialData
 
 from storm_sc._settings import logger
 
 from ._adapter import PhysicalScale, PlatformAdapter, RegionLink, Slide
-from ._elements import observation_size, shared_coordinate_systems
+from ._elements import affine_xy, linear_scale, observation_size, shared_coordinate_systems
 from ._visium import finest_rgb_image
 
 _BIN_TABLE = re.compile(r"^square_(\d+)um$")
@@ -103,6 +105,31 @@ class VisiumHDAdapter(PlatformAdapter):
                 if found is not None:
                     return found
         return PhysicalScale(None)
+
+    def scale_hint(self, slide: Slide, units_per_px: float | None) -> str:
+        # spatialdata_io keeps no scale factors; without bins (load_segmentations_only=True) nothing in the object
+        # states the scale, but Space Ranger's scalefactors_json.json does.
+        bins = bin_size_um(slide.table_key) is not None
+        folder = f"binned_outputs/{slide.table_key}" if bins else "segmented_outputs"
+        hint = f"Space Ranger records it as `microns_per_pixel` in outs/{folder}/spatial/scalefactors_json.json"
+        element = slide.region_elements[0]
+        if isinstance(element, GeoDataFrame) and slide.coordinate_system is not None:
+            # spatialdata_io writes bins and cells in full-resolution pixels: convert to the unit mpp is given in
+            per = (1.0 if units_per_px is None else units_per_px) / linear_scale(
+                affine_xy(element, slide.coordinate_system)
+            )
+            unit = f"a pixel of image {slide.image_key!r}" if slide.image_key is not None else "a coordinate unit"
+            hint += (
+                ": pass that value"
+                if math.isclose(per, 1.0, rel_tol=1e-6)
+                else f" (per full-resolution pixel; {unit} spans {per:.6g} of them): pass that value x {per:.6g}"
+            )
+        if not bins:
+            hint += (
+                "; or read bins with the cells, e.g. spatialdata_io.visium_hd(path, load_segmentations_only=False, "
+                "bin_size=16): their size gives the cells their scale"
+            )
+        return hint + "."
 
     def library_id(self, slide: Slide) -> str | None:
         lib = super().library_id(slide)
