@@ -154,3 +154,15 @@ def test_cosmx_labels_per_fov(storm_log):
     assert si2.mpp == pytest.approx(0.12028)
     w, h = fov2.images["2_image"].sizes["x"], fov2.images["2_image"].sizes["y"]
     assert ((si2.centers_px >= 0) & (si2.centers_px < [w, h])).all()
+
+
+def test_cosmx_prediction_asks_for_an_he_not_for_its_composites():
+    # the composites are 8-bit RGB, yet immunofluorescence: image_key= naming one would predict from no H&E
+    import spatialdata_io
+
+    sdata = spatialdata_io.cosmx(real_data("cosmx_lung12"), dataset_id="Lung12")
+    with pytest.raises(ValueError, match="no H&E image") as err:
+        st.tl.predict_expression(sdata, genes=["EPCAM"], verbose=False)
+    message = str(err.value)
+    assert "None of its images is H&E" in message and "'2_image'" in message
+    assert "add the slide's H&E" in message and "image_key=" not in message

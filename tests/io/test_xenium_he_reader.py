@@ -135,3 +135,17 @@ def test_embed_and_predict_per_cell(written):
     assert list(pred.obs_names) == list(table.obs_names)
     assert pred.obs.equals(table.obs)
     assert np.isfinite(pred.X).all()
+
+
+def test_without_he_prediction_asks_for_the_aligned_he_not_for_image_key(written):
+    # the DAPI morphology image cannot stand in for the H&E: naming it with image_key= would not help
+    path, _ = written
+    with pytest.warns(UserWarning, match="annotating 'cell_labels'"):
+        sdata = spatialdata_io.xenium(path, **READ)
+    with pytest.raises(ValueError, match="no H&E image") as err:
+        st.tl.predict_expression(sdata, genes=["EPCAM"], verbose=False)
+    message = str(err.value)
+    assert "None of its images is H&E" in message and "'morphology_focus'" in message
+    assert "spatialdata_io.xenium_aligned_image" in message
+    assert "image_key=" not in message
+    assert "storm_predicted" not in sdata.tables

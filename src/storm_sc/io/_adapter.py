@@ -126,10 +126,14 @@ class PlatformAdapter:
         regions = slide.region_elements
         return [k for k, img in slide.sdata.images.items() if shared_coordinate_systems([img, *regions])]
 
+    def he_images(self, sdata: SpatialData) -> list[str]:
+        """Keys of the images of ``sdata`` that may be the slide's H&E (bright-field), placed or not."""
+        return [k for k, image in sdata.images.items() if is_brightfield(image)]
+
     def choose_image(self, slide: Slide) -> str | None:
         """Key of the H&E image when the user did not name one; ``None`` for expression-only data."""
         candidates = self.candidate_images(slide)
-        rgb = [k for k in candidates if is_brightfield(slide.sdata.images[k])]
+        rgb = [k for k in self.he_images(slide.sdata) if k in candidates]
         if len(rgb) == 1:
             return rgb[0]
         if not slide.sdata.images:

@@ -105,6 +105,11 @@ def detect_platform(sdata: SpatialData) -> str:
     return _platform_from_tables(sdata)
 
 
+def he_images(sdata: SpatialData) -> list[str]:
+    """Keys of the images of ``sdata`` that may be the slide's H&E, as its platform tells them from the others."""
+    return _ADAPTERS[detect_platform(sdata)].he_images(sdata)
+
+
 def _platform_from_tables(sdata: SpatialData) -> str:
     """The platform of a ``spatialdata_io`` reader's tables, for SpatialData whose ``attrs`` were lost.
 

@@ -16,7 +16,8 @@ from spatialdata.models import TableModel, get_table_keys
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
-from storm_sc.io._resolve import mpp_per_object
+from storm_sc.io._elements import describe_images
+from storm_sc.io._resolve import he_images, mpp_per_object
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.models._manifest import training_slide_matching
@@ -46,12 +47,17 @@ def _no_image_hint(item: SpatialData | AnnData) -> str:
             "An AnnData carries its image in .uns['spatial'][library_id]['images'] (scanpy's Visium layout); read "
             "the slide with its image (scanpy.read_visium, spatialdata_io.visium) or pass a SpatialData holding it."
         )
+    add = (
+        "add the slide's H&E to it (for Xenium, spatialdata_io.xenium_aligned_image reads the post-Xenium H&E with "
+        "its alignment), then run again."
+    )
     if not item.images:
-        return (
-            "The SpatialData holds no image: add the slide's H&E to it (for Xenium, "
-            "spatialdata_io.xenium_aligned_image reads the post-Xenium H&E with its alignment), then run again."
-        )
-    return f"Pass `image_key=` naming the H&E image among {sorted(item.images)} (and `mpp=` if its scale is unknown)."
+        return f"The SpatialData holds no image: {add}"
+    he = sorted(he_images(item))
+    if not he:
+        # Xenium's morphology and CosMx's composites are fluorescence: naming one with image_key= cannot help
+        return f"None of its images is H&E: {describe_images(item)}; {add}"
+    return f"Pass `image_key=` naming the H&E image among {he} (and `mpp=` if its scale is unknown)."
 
 
 def predict_expression(
