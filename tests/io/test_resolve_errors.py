@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+from shapely.geometry import Point
 from spatialdata.models import Image2DModel, TableModel
 from spatialdata.transformations import Identity, Translation, set_transformation
 
@@ -90,6 +91,15 @@ def _missing_region_element():
     return sdata
 
 
+def _no_geometry():
+    sdata = _plain()
+    spots = sdata.shapes["spots"]
+    column = spots.geometry.name
+    spots.loc[104, column] = Point(np.nan, np.nan)  # a NaN point, as a failed conversion leaves it
+    spots.loc[108, column] = Point()  # an empty one
+    return sdata
+
+
 CASES = {
     # name: (builder, kwargs, exception, match)
     "mpp_zero": (_plain, {"mpp": 0.0}, ValueError, "must be a positive number"),
@@ -135,6 +145,13 @@ CASES = {
         {"mpp": 1.0},
         ValueError,
         r"20 of 20 table rows .* not an instance of 'spots'",
+    ),
+    "no_geometry": (
+        _no_geometry,
+        {"mpp": 1.0},
+        ValueError,
+        r"2 table rows of region 'spots' have no position: the geometry of their instances in 'spots' is empty or "
+        r"NaN \(`\.obs\['spot_id'\]`: \['104', '108'\]\)",
     ),
     "missing_region_element": (
         _missing_region_element,

@@ -223,6 +223,25 @@ def _match(index: pd.Index, ids: pd.Series) -> np.ndarray:
     return pos
 
 
+def _centroids(element: Any, coordinate_system: str) -> pd.DataFrame:
+    """``x``, ``y`` of each instance of an element in ``coordinate_system``, indexed by instance id.
+
+    Shapes whose geometry is missing, empty or NaN get NaN, so that the rows annotating them can be named:
+    spatialdata's ``get_centroids`` drops the empty ones, and the rest no longer line up with the index.
+    """
+    if not isinstance(element, GeoDataFrame):
+        with warnings.catch_warnings():
+            # spatialdata warns about dask divisions of an unsorted index; the centroids are computed at once
+            warnings.filterwarnings("ignore", message="The index of the dataframe is not monotonic")
+            return get_centroids(element, coordinate_system=coordinate_system).compute()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
+        centroid = element.geometry.centroid  # a circle's is its centre point
+        xy = np.column_stack([centroid.x.to_numpy(dtype=np.float64), centroid.y.to_numpy(dtype=np.float64)])
+    placed = apply_affine(affine_xy(element, coordinate_system), xy)
+    return pd.DataFrame(placed, columns=["x", "y"], index=element.index.copy())
+
+
 def region_centroids(
     sdata: SpatialData,
     table: AnnData,
@@ -243,12 +262,7 @@ def region_centroids(
         if not mask.any():
             continue
         if link.element_key not in cache:
-            with warnings.catch_warnings():
-                # spatialdata warns about dask divisions of an unsorted index; the centroids are computed at once
-                warnings.filterwarnings("ignore", message="The index of the dataframe is not monotonic")
-                cache[link.element_key] = get_centroids(
-                    element_of(sdata, link.element_key), coordinate_system=coordinate_system
-                ).compute()
+            cache[link.element_key] = _centroids(element_of(sdata, link.element_key), coordinate_system)
         cen = cache[link.element_key]
         index = pd.Index(cen.index)
         if link.element_column is not None:
@@ -263,13 +277,22 @@ def region_centroids(
                 f"`.obs[{link.table_column!r}]` id that is not an instance of {link.element_key!r}; "
                 "the table and the element do not match."
             )
-        out[mask] = cen[["x", "y"]].to_numpy(dtype=np.float64)[pos]
+        xy = cen[["x", "y"]].to_numpy(dtype=np.float64)[pos]
+        lost = np.isnan(xy).any(axis=1)
+        if lost.any():
+            ids = table.obs[link.table_column][mask][lost].astype(str).tolist()
+            raise ValueError(
+                f"{len(ids)} table rows of region {link.region!r} have no position: the geometry of their instances "
+                f"in {link.element_key!r} is empty or NaN (`.obs[{link.table_column!r}]`: {ids[:10]}"
+                f"{' ...' if len(ids) > 10 else ''}). Drop these rows from the table, or fix their geometry."
+            )
+        out[mask] = xy
     unassigned = int(np.isnan(out).any(axis=1).sum())
     if unassigned:
         regions = [link.region for link in links]
         raise ValueError(
             f"{unassigned} table rows have an `.obs[{region_key!r}]` that is not one of the annotated regions "
-            f"{regions}, or no position; drop them first."
+            f"{regions}; drop them first."
         )
     return out
 
