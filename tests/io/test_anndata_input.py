@@ -80,8 +80,13 @@ def test_user_mpp_is_per_pixel_of_the_chosen_image():
     native = 1 / PX_PER_UM_FULL / HIRES_SCALEF
     si = st.io.resolve(adata, mpp=native * 1.2)
     assert si.mpp == pytest.approx(native * 1.2)
-    with pytest.raises(ValueError, match=r"`mpp=0.5` is 5x smaller than the scale of the 'hires' image"):
+    with pytest.raises(ValueError, match=r"`mpp=0.5` is 5x smaller than the scale of the 'hires' image") as err:
         st.io.resolve(adata, mpp=0.5)  # the full-resolution mpp, given for the hires image
+    assert "microns per pixel of image 'hires'" in str(err.value)
+    assert f"pass mpp={native:.4g} (that value divided by the image's scale factor" in str(err.value)
+    with pytest.raises(ValueError, match="Check its units") as err:
+        st.io.resolve(adata, mpp=native * 10)  # not the full-resolution scale either: nothing to suggest
+    assert "pass mpp=" not in str(err.value)
 
 
 def _snapshot(adata):

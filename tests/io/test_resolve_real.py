@@ -90,6 +90,15 @@ def test_visium_positions_image_and_scale(name):
         assert 3.8 < si.mpp < 4.5
 
 
+def test_space_rangers_full_resolution_mpp_is_turned_into_the_hires_images():
+    name = "V10F24-078_A1"
+    sdata, si, _, sf = _visium(name)
+    full = 0.1721  # microns per full-resolution pixel of this scan (the spot pitch gives 4.18 per hires pixel)
+    with pytest.raises(ValueError, match=f"microns per pixel of image '{name}_hires_image'") as err:
+        st.io.resolve(sdata, mpp=full)
+    assert f"pass mpp={full / sf['tissue_hires_scalef']:.4g}" in str(err.value)
+
+
 @pytest.mark.parametrize("name", list(VISIUM))
 def test_visium_patches_at_spots_hold_tissue(name):
     """A patch around an in-tissue spot is darker (stained tissue) than one around an off-tissue spot."""

@@ -139,6 +139,19 @@ def test_without_full_image_hires_is_used_and_cytassist_is_not(tmp_path):
     np.testing.assert_allclose(si.centers_um, si.table.obsm["spatial"] * MPP, atol=1e-9)
 
 
+def test_mpp_of_the_full_resolution_scan_given_for_the_hires_image_says_what_to_pass(tmp_path):
+    path = tmp_path / "outs"
+    write_visium_hd(path, full_image=False, cells=False)
+    with pytest.warns(UserWarning, match="No full resolution image found"):
+        sdata = _read(path, bin_size=8)
+    # Space Ranger's microns_per_pixel is per full-resolution pixel; the hires image's are 1 / HIRES_SCALEF of them
+    with pytest.raises(ValueError, match="microns per pixel of image 'hdtest_hires_image'") as err:
+        st.io.resolve(sdata, table_key="square_008um", mpp=MPP)
+    suggested = MPP / HIRES_SCALEF
+    assert f"spans {1 / HIRES_SCALEF:.4g} of those: pass mpp={suggested:.4g}" in str(err.value)
+    assert st.io.resolve(sdata, table_key="square_008um", mpp=suggested).mpp == pytest.approx(suggested)
+
+
 def test_tables_annotating_rasterised_bins(written):
     # annotate_table_by_labels=True: the reader relinks every bin table to labels rasterised from array_row/col
     sdata = _read(written[0], annotate_table_by_labels=True)

@@ -7,6 +7,7 @@ output breaks one small module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,25 @@ from ._elements import describe_image, describe_images, element_of, is_brightfie
 
 #: A user's ``mpp=`` may differ this much (either way) from the scale the data state before it is refused.
 MAX_SCALE_RATIO = 2.0
+
+
+def full_resolution_hint(user_mpp: float, um_per_position_px: float, position_px_per_px: float, image_key: str) -> str:
+    """What to pass when a refused ``mpp=`` is the scale of the pixels the positions are in, not of the image's.
+
+    Space Ranger (and spatialdata_io's Visium readers) state ``microns_per_pixel`` for the full-resolution scan the
+    positions refer to; the image used may be a downsample (hires), whose pixels span ``position_px_per_px`` of
+    them. ``um_per_position_px`` is the scale the data give those pixels. Empty when that is not what happened.
+    """
+    if math.isclose(position_px_per_px, 1.0, rel_tol=1e-3):
+        return ""
+    if not (1 / MAX_SCALE_RATIO <= user_mpp / um_per_position_px <= MAX_SCALE_RATIO):
+        return ""
+    return (
+        f" `mpp={user_mpp:g}` matches the microns per pixel of the positions (Space Ranger's full-resolution "
+        f"pixels, its microns_per_pixel), but a pixel of image {image_key!r} spans {position_px_per_px:.4g} of "
+        f"those: pass mpp={user_mpp * position_px_per_px:.4g} (that value divided by the image's scale factor, "
+        "e.g. tissue_hires_scalef),"
+    )
 
 
 @dataclass(frozen=True)

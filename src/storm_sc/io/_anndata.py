@@ -19,7 +19,7 @@ from spatialdata.transformations import Identity
 from storm_sc._constants import VISIUM_SPOT_DIAMETER_UM
 from storm_sc._settings import logger
 
-from ._adapter import MAX_SCALE_RATIO
+from ._adapter import MAX_SCALE_RATIO, full_resolution_hint
 from ._elements import check_inside, check_table, is_blank_array
 from ._spatial_input import SpatialInput
 from ._visium import VISIUM_FULLRES_SPOT_UM, VISIUM_SPOT_PITCH_UM, lattice_scale
@@ -173,10 +173,11 @@ def _image_mpp(
             ratio = image_mpp / native
             if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
                 off = f"{1 / ratio:.3g}x smaller" if ratio < 1 else f"{ratio:.3g}x larger"
+                fullres = full_resolution_hint(image_mpp, um_per_full, 1.0 / scalef, image_key)
                 raise ValueError(
                     f"`mpp={mpp:g}` is {off} than the scale of the {image_key!r} image found from {found} "
-                    f"(mpp = {native:.4g}). `mpp` is microns per pixel of the chosen image (not of the full-"
-                    "resolution scan); check its units, or leave `mpp=None`."
+                    f"(mpp = {native:.4g}). `mpp` is microns per pixel of image {image_key!r} (not of the full-"
+                    f"resolution scan).{fullres or ' Check its units,'} or leave `mpp=None`."
                 )
     elif um_per_full is not None:
         image_mpp, source = um_per_full / scalef, found

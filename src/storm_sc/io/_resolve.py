@@ -19,7 +19,7 @@ from xarray import DataArray, DataTree
 from storm_sc._constants import ATTRS_STORM
 from storm_sc._settings import logger
 
-from ._adapter import MAX_SCALE_RATIO, PhysicalScale, PlatformAdapter, Slide
+from ._adapter import MAX_SCALE_RATIO, PhysicalScale, PlatformAdapter, Slide, full_resolution_hint
 from ._anndata import resolve_anndata
 from ._cosmx import CosMxAdapter
 from ._elements import (
@@ -139,8 +139,8 @@ def check_mpp(mpp: float | None) -> None:
         return
     if isinstance(mpp, bool) or not isinstance(mpp, Real) or not math.isfinite(mpp) or mpp <= 0:
         raise ValueError(
-            f"`mpp` must be a positive number of microns per full-resolution pixel of the image (per coordinate "
-            f"unit when there is no image); got {mpp!r}."
+            f"`mpp` must be a positive number of microns per pixel of the image (per coordinate unit when there is "
+            f"no image); got {mpp!r}."
         )
 
 
@@ -241,19 +241,31 @@ def _check_scale(
     user_mpp: float | None,
     cs_per_px: float | None,
     platform: str,
+    image_key: str | None,
+    position_units_per_px: float | None,
 ) -> None:
-    """Refuse a user's mpp that contradicts the platform's own scale; warn about implausible sizes."""
+    """Refuse a user's mpp that contradicts the platform's own scale; warn about implausible sizes.
+
+    ``position_units_per_px``: coordinate units per pixel of the positions' own element (their full-resolution
+    pixels), to recognise an mpp given for those rather than for the image's pixels.
+    """
+    unit = f"pixel of image {image_key!r}" if image_key is not None else "unit of the coordinates (no image)"
     if user_mpp is not None and found.um_per_unit is not None:
         ratio = um_per_unit / found.um_per_unit
         if not (1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO):
             native = found.um_per_unit * (cs_per_px if cs_per_px is not None else 1.0)
             off = f"{1 / ratio:.3g}x smaller" if ratio < 1 else f"{ratio:.3g}x larger"
             what = f"; observations would measure {size_um:.3g} um across" if size_um is not None else ""
+            fullres = ""
+            if image_key is not None and cs_per_px is not None and position_units_per_px:
+                fullres = full_resolution_hint(
+                    user_mpp, found.um_per_unit * position_units_per_px, cs_per_px / position_units_per_px, image_key
+                )
             raise ValueError(
                 f"`mpp={user_mpp:g}` is {off} than the scale of this {platform} slide found from {found.source} "
-                f"(mpp = {native:.4g}){what}. `mpp` is microns per full-resolution pixel of the chosen image; "
-                "check its units, or leave `mpp=None` to use the data's own scale (the tools take one `mpp` per "
-                "slide of a list: e.g. mpp=[None, 0.5])."
+                f"(mpp = {native:.4g}){what}. `mpp` is microns per {unit}.{fullres or ' Check its units,'} or "
+                "leave `mpp=None` to use the data's own scale (the tools take one `mpp` per slide of a list: e.g. "
+                "mpp=[None, 0.5])."
             )
         return
     if size_um is None:
@@ -266,7 +278,7 @@ def _check_scale(
             raise ValueError(
                 f"With `mpp={user_mpp:g}`, {platform} observations (spots, bins) measure {size_um:.3g} um, but "
                 f"should be about {found.expected_size_um:.3g} um ({ratio:.2g}x off). `mpp` is microns per "
-                "full-resolution pixel of the chosen image; check its units."
+                f"{unit}; check its units."
             )
         # The data contradict themselves: the recorded scale is per pixel of the image, so an image re-placed by
         # another transformation (or swapped for another image) silently rescales every position and patch.
@@ -280,7 +292,7 @@ def _check_scale(
     if not (_SIZE_RANGE_UM[0] <= size_um <= _SIZE_RANGE_UM[1]):
         logger.warning(
             "With the scale from %s, observations measure %.3g um across, which is implausible for spots or "
-            "cells; check that `mpp` is microns per full-resolution pixel.",
+            "cells; check that `mpp` is microns per pixel of the image used.",
             f"mpp={user_mpp:g}" if user_mpp is not None else found.source,
             size_um,
         )
@@ -396,7 +408,8 @@ def resolve(
         image (or RGBA, its alpha ignored, unless it is blank).
         For an AnnData: ``"hires"`` or ``"lowres"``.
     mpp
-        Microns per full-resolution pixel of the chosen image (per coordinate unit when there is no image).
+        Microns per pixel of the chosen image (of its finest level; per coordinate unit when there is no image):
+        for Space Ranger's hires image, its ``microns_per_pixel`` divided by ``tissue_hires_scalef``.
         Overrides the platform's metadata; required when the data do not state a scale.
     library_id
         Name of the slide; defaults to what the data record (dataset id), else the table key.
@@ -481,6 +494,8 @@ def resolve(
         user_mpp=mpp,
         cs_per_px=cs_per_px,
         platform=platform,
+        image_key=image_key,
+        position_units_per_px=linear_scale(affine_xy(slide.region_elements[0], cs)),
     )
 
     centers_cs = slide.centers
