@@ -159,6 +159,8 @@ CASES = {
         ValueError,
         r"annotates element 'spots', which is not in",
     ),
+    "image_key_list": (_plain, {"mpp": 1.0, "image_key": ["he"]}, TypeError, r"`image_key` must be a name.*'he'"),
+    "table_key_list": (_plain, {"mpp": 1.0, "table_key": ["table"]}, TypeError, r"pass table_key='table'"),
     "library_id_not_str": (_plain, {"mpp": 1.0, "library_id": 3}, TypeError, "`library_id` must be a string"),
 }
 

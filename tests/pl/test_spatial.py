@@ -237,6 +237,10 @@ def test_domains_errors(sdata, tmp_path, storm_log):
         st.pl.domains(other, key="depth")
     with pytest.raises(ValueError, match="between 0 and 1"):
         st.pl.domains(sdata, alpha=2)
+    with pytest.raises(TypeError, match=r"`image_key` must be a name.*pass image_key='toy_image'"):
+        st.pl.domains(sdata, image_key=["toy_image"])
+    with pytest.raises(TypeError, match=r"`table_key` must be a name"):
+        st.pl.domains(sdata, table_key=["table"])
     with pytest.raises(ValueError, match="positive"):
         st.pl.domains(sdata, spot_size=-5)
     with pytest.raises(TypeError, match="SpatialData"):

@@ -259,6 +259,14 @@ CASES: dict[str, Any] = {
     "embed/unknown_image_key": Case(
         "embed", slide, {"image_key": "he"}, ValueError, r"No image 'he'; images found: 'toy_image'"
     ),
+    "embed/image_key_in_a_list": Case(
+        "embed", slide, {"image_key": ["toy_image"]}, TypeError,
+        r"`image_key` must be a name \(a string\) or None, got list \['toy_image'\]; pass image_key='toy_image'",
+    ),
+    "embed/image_key_per_slide": Case(
+        "embed", slide, {"image_key": ["a", "b"]}, TypeError, r"`image_key` must be a name.*one name applies to every"
+    ),
+    "embed/table_key_not_a_name": Case("embed", slide, {"table_key": 0}, TypeError, r"`table_key` must be a name"),
     "embed/image_in_other_coordinate_system": Case(
         "embed", image_in_other_cs, {}, ValueError,
         r"No H&E image .* shares a coordinate system with the table's elements \['toy_spots'\]",
@@ -333,6 +341,9 @@ CASES: dict[str, Any] = {
     ),
     # ---- st.tl.predict_expression
     "predict/missing_image": Case("predict", no_image, {}, ValueError, r"no H&E image.*holds no image: add the slide's H&E"),
+    "predict/image_key_in_a_list": Case(
+        "predict", slide, {"image_key": ["toy_image"]}, TypeError, r"`image_key` must be a name.*image_key='toy_image'"
+    ),
     "predict/image_in_other_coordinate_system": Case(
         "predict", image_in_other_cs, {}, ValueError, r"No H&E image .* shares a coordinate system"
     ),
@@ -378,6 +389,9 @@ CASES: dict[str, Any] = {
     ),
     "domains/duplicated_obs_names": Case("domains", duplicated_obs, {"n_domains": 2}, ValueError,
                                          r"obs_names_make_unique"),  # fmt: skip
+    "domains/table_key_in_a_list": Case(
+        "domains", slide, {"table_key": ["table"]}, TypeError, r"`table_key` must be a name.*pass table_key='table'"
+    ),
     "domains/empty_table": Case("domains", empty_table, {"n_domains": 2}, ValueError, r"no observations"),
     "domains/two_slides_second_without_embedding": Case(
         "domains", lambda c: [embedded(lambda n: np.ones((n, 3)))(c), slide(seed=5)], {"n_domains": 2},

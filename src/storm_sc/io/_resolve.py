@@ -144,6 +144,30 @@ def check_mpp(mpp: float | None) -> None:
         )
 
 
+def check_keys(**keys: object) -> None:
+    """Refuse key arguments (``table_key=``, ``image_key=`` ...) that are neither a name (a string) nor None.
+
+    Examples
+    --------
+    >>> check_keys(table_key="table", image_key=None)
+    >>> check_keys(image_key=["he"])
+    Traceback (most recent call last):
+    ...
+    TypeError: `image_key` must be a name (a string) or None, got list ['he']; pass image_key='he'.
+    """
+    for name, value in keys.items():
+        if value is None or isinstance(value, str):
+            continue
+        listed = isinstance(value, list | tuple)
+        if listed and len(value) == 1 and isinstance(value[0], str):
+            hint = f"; pass {name}={value[0]!r}"
+        elif listed:
+            hint = "; one name applies to every slide of the call (pass the slides one by one to name another each)"
+        else:
+            hint = ""
+        raise TypeError(f"`{name}` must be a name (a string) or None, got {type(value).__name__} {value!r}{hint}.")
+
+
 def mpp_per_object(
     mpp: float | Mapping[str, float | None] | Sequence[float | Mapping[str, float | None] | None] | None,
     n_objects: int,
@@ -435,6 +459,7 @@ def resolve(
     [[10.0, 15.0], [30.0, 35.0]]
     """
     check_mpp(mpp)
+    check_keys(table_key=table_key, image_key=image_key)
     if library_id is not None and not isinstance(library_id, str):
         raise TypeError(f"`library_id` must be a string, got {type(library_id).__name__}.")
     if not use_image and image_key is not None:

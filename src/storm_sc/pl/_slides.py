@@ -13,7 +13,13 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, UNS_STORM
 from storm_sc._settings import logger, quiet_loggers
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._anndata import named_library
-from storm_sc.io._resolve import is_prediction, mpp_of_slide, mpp_per_object, several_slides_scale_hint
+from storm_sc.io._resolve import (
+    check_keys,
+    is_prediction,
+    mpp_of_slide,
+    mpp_per_object,
+    several_slides_scale_hint,
+)
 from storm_sc.io._slides import (
     anndata_slides,
     check_library_key,
@@ -32,6 +38,7 @@ def as_slides(data: Any, *, caller: str, many: bool, table_key: str | None = Non
     Where several are drawn (``many``), a SpatialData holding several slides (``spatialdata.concatenate``) gives
     one panel per slide, as a list of them would. ``table_key`` is the measured table, whose slides these are.
     """
+    check_keys(table_key=table_key)
     if isinstance(data, SpatialData | AnnData) and not many:
         names = _slide_names(data, table_key)
         if len(names) > 1:
@@ -64,6 +71,7 @@ def slides_to_draw(
 
     ``table_key``: the measured table of a SpatialData, whose slides are drawn.
     """
+    check_keys(table_key=table_key, library_key=library_key)
     objects = _objects(data, caller=caller, many=True)
     mpps = mpp_per_object(mpp, len(objects))
     if library_key is not None:

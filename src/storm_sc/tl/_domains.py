@@ -15,7 +15,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
-from storm_sc.io._resolve import mpp_per_object
+from storm_sc.io._resolve import check_keys, mpp_per_object
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._alignment import shared_columns
 from storm_sc.pp._graph import grid_pitch, library_codes
@@ -360,6 +360,7 @@ def storm_domains(
     check_integer(expression_pcs, "expression_pcs", minimum=0)
     if center not in ("slide", "all"):
         raise ValueError(f"`center` must be 'slide' or 'all', got {center!r}.")
+    check_keys(table_key=table_key, library_key=library_key)
     slides, single = as_slide_list(data)
     mpps = mpp_per_object(mpp, len(slides))
     if library_key is not None:

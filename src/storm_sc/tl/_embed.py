@@ -15,7 +15,7 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
-from storm_sc.io._resolve import mpp_per_object
+from storm_sc.io._resolve import check_keys, mpp_per_object
 from storm_sc.io._slides import is_prediction
 from storm_sc.models import StormModel
 from storm_sc.models._inference import INFERENCE_DRAWS, LEVELS, parse_device
@@ -236,6 +236,7 @@ def storm_embed(
     check_integer(adapt_epochs, "adapt_epochs", minimum=0)
     check_integer(n_draws, "n_draws")
     check_client(client)
+    check_keys(table_key=table_key, image_key=image_key, library_key=library_key)
     slides, single = as_slide_list(data)
     mpps = mpp_per_object(mpp, len(slides))  # before the H&E-only path, which would ask for the `mpp` it was given
     outputs = [copy_for_output(s) for s in slides] if copy else slides

@@ -17,7 +17,7 @@ from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PRED
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
 from storm_sc.io._elements import describe_images
-from storm_sc.io._resolve import he_images, mpp_per_object
+from storm_sc.io._resolve import check_keys, he_images, mpp_per_object
 from storm_sc.models import ExpressionPrediction, StormModel
 from storm_sc.models._inference import check_prediction_memory, parse_device
 from storm_sc.models._manifest import training_slide_matching
@@ -172,6 +172,7 @@ def predict_expression(
     check_integer(batch_size, "batch_size")
     parse_device(device)
     check_genes(genes)
+    check_keys(table_key=table_key, image_key=image_key, library_key=library_key)
     given, single = as_slide_list(data)
     mpps = mpp_per_object(mpp, len(given))  # before the H&E-only path, which would ask for the `mpp` it was given
     for item in given:
