@@ -65,6 +65,10 @@ def test_log1p_stored_with_little_precision_is_still_log1p(counts, store):
     np.testing.assert_allclose(st.pp.normalize_expression(stored), logged, atol=0.02)
     lib = np.maximum(counts.sum(1, keepdims=True), 1)
     assert st.pp.detect_counts((counts / lib).astype(np.float16)) == "normalized"
+    # linear values that are exactly scaled counts, or sit on a decimal or float16 grid, stay linear
+    size_factors = np.random.default_rng(2).uniform(0.5, 2.0, size=(counts.shape[0], 1))
+    for linear in (counts / 10, counts * 0.2, counts / 4, np.round(counts / size_factors, 2)):
+        assert st.pp.detect_counts(linear) == "normalized"
 
 
 @pytest.mark.parametrize("base", [2, 10])

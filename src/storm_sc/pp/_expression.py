@@ -255,18 +255,24 @@ def _detect(x: Matrix) -> ExpressionKind:
     if vmax > _LOG1P_MAX:
         return "normalized"
     rows = _probe_rows(x)
-    errors = _rounding_errors(rows, x.dtype)
-    as_log = _rescaled_integers(*_as_linear(rows, errors, np.e))
+    exact = [np.zeros(len(r)) for r in rows]
+    as_log = _rescaled_integers(*_as_linear(rows, exact, np.e))
     if as_log is None:
-        # No row with two distinct values (tiny panels), or none stored precisely enough to recover counts: only
-        # the value range is left to go by.
+        # No row with two distinct values (tiny panels): only the value range is left to go by.
         logger.warning(
-            "detect_counts: too few distinct values per observation, stored precisely enough, to check the scale; "
-            "values <= %g are taken as log1p. Pass the kind explicitly if this is wrong.",
+            "detect_counts: too few distinct values per observation to check the scale; values <= %g are taken as "
+            "log1p. Pass the kind explicitly if this is wrong.",
             _LOG1P_MAX,
         )
         return "log1p"
     if as_log >= 0.9:
+        return "log1p"
+    if (_rescaled_integers([r.astype(np.float64) for r in rows]) or 0.0) >= 0.9:
+        return "normalized"  # linear values that are exactly scaled counts (counts / 10, fractions of the library)
+    # Neither reading is exact. Values stored with little precision (float16, a few decimals) are then read again
+    # with the slack their rounding allows: log1p kept as float16 is log1p, not linear values.
+    errors = _rounding_errors(rows, x.dtype)
+    if (_rescaled_integers(*_as_linear(rows, errors, np.e)) or 0.0) >= 0.9:
         return "log1p"
     _refuse_other_log_bases(rows, errors)
     return "normalized"
