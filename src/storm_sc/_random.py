@@ -16,27 +16,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def forked_cuda_devices() -> list[int]:
-    """The GPUs whose random state a seeded block saves and restores: the current one, once CUDA is in use.
-
-    Reading a GPU's state creates a CUDA context on it. Before CUDA is in use there is no GPU state of the caller's
-    to keep, and creating contexts then would break Lightning's forked multi-GPU launch in notebooks ("cannot
-    re-initialize CUDA in forked subprocess") and put a context of every process on every GPU under DDP.
-
-    Examples
-    --------
-    >>> forked_cuda_devices() == ([torch.cuda.current_device()] if torch.cuda.is_initialized() else [])
-    True
-    """
-    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-
-
 @contextlib.contextmanager
 def seeded_torch(seed: int | None) -> Iterator[None]:
-    """Seed torch's global generators for a block, then restore the caller's state: the CPU's and the GPU's.
+    """Seed torch's global generators for a block, then restore the caller's state: the CPU's and every GPU's.
 
     ``torch.manual_seed`` seeds the GPUs' generators too, so forking only the CPU's (``fork_rng(devices=[])``)
-    would leave the caller's GPU random state replaced after the block (see :func:`forked_cuda_devices`).
+    would leave the caller's GPU random state replaced after the block.
 
     Parameters
     ----------
@@ -53,7 +38,7 @@ def seeded_torch(seed: int | None) -> Iterator[None]:
     >>> bool(a == b)
     True
     """
-    devices = forked_cuda_devices()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
@@ -82,7 +67,7 @@ def global_random_state_kept() -> Iterator[None]:
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
     env = {key: os.environ.get(key) for key in _LIGHTNING_SEED_ENV}
-    devices = forked_cuda_devices()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield
