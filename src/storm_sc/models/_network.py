@@ -313,8 +313,8 @@ class StormNetwork(nn.Module):
         rank
             This process's index among those gathered.
         generator
-            Draws the neighbours each contrastive view keeps (on the batch's device); ``None`` uses torch's global
-            random state. Validation passes one seeded per batch, so that the held-out loss that picks the best
+            Draws the neighbours each contrastive view keeps (on its own device, then moved to the batch's);
+            ``None`` uses torch's global random state on the batch's device. Validation passes one seeded per batch, so that the held-out loss that picks the best
             epoch does not change with the draw.
 
         Returns
@@ -405,8 +405,12 @@ class StormNetwork(nn.Module):
     def _neighbour_subset(batch: StormBatch, generator: torch.Generator | None = None) -> StormBatch:
         """``batch`` with each niche and region neighbour kept with probability ``CONTEXT_VIEW_KEEP``."""
         device = batch.niche_valid.device
-        keep_niche = torch.rand(batch.niche_valid.shape, generator=generator, device=device) < CONTEXT_VIEW_KEEP
-        keep_region = torch.rand(batch.region_valid.shape, generator=generator, device=device) < CONTEXT_VIEW_KEEP
+        drawn_on = device if generator is None else generator.device
+
+        def keep(shape: torch.Size) -> torch.Tensor:
+            return torch.rand(shape, generator=generator, device=drawn_on).to(device) < CONTEXT_VIEW_KEEP
+
+        keep_niche, keep_region = keep(batch.niche_valid.shape), keep(batch.region_valid.shape)
         return replace(batch, niche_valid=batch.niche_valid & keep_niche, region_valid=batch.region_valid & keep_region)
 
     def _contrastive(

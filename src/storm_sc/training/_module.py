@@ -70,8 +70,9 @@ class StormLightningModule(L.LightningModule):
         generator = None
         if stage != "train":
             # The same neighbours kept for every epoch's pass over this batch: the held-out loss picks the best
-            # epoch, and the draw alone moved it by about as much as an epoch of training gains.
-            generator = torch.Generator(device=self.device)
+            # epoch, and the draw alone moved it by about as much as an epoch of training gains. A CPU generator: the
+            # same draw on every accelerator (XLA has no generator objects), and the masks are small.
+            generator = torch.Generator()
             generator.manual_seed(int(self.options.seed) * 1_000_003 + batch_idx * 1_009 + self.global_rank)
         losses = self.network.losses(
             batch,
