@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import storm_sc as st
 from storm_sc.models import StormModel
 from storm_sc.pp import align_genes
 from storm_sc.training import (
@@ -309,7 +310,13 @@ def test_a_hold_out_much_larger_than_val_fraction_is_a_warning(toy_pair, caplog)
 
 def test_the_same_object_twice_is_refused(toy_pair):
     a = toy_pair["a"]
-    with pytest.raises(ValueError, match=r"holds the same object twice \(items 0 and 2\); pass each slide once"):
+    with pytest.raises(ValueError, match=r"holds the same object twice \(items 0 and 2\), reading the same table"):
         as_slides([a, toy_pair["b"], a])
     with pytest.raises(ValueError, match=r"same object twice \(items 'x' and 'y'\)"):
         as_slides({"x": a, "y": TrainingSlide(a, group="other")})
+    # another table of the same object (Visium HD bin sizes) is another training slide
+    two_tables = st.datasets.toy(n_obs=60, n_genes=10, n_domains=2, seed=3)
+    two_tables.tables["coarse"] = two_tables["table"].copy()
+    slides = as_slides([TrainingSlide(two_tables, name="fine", table_key="table", group="p"),
+                        TrainingSlide(two_tables, name="coarse", table_key="coarse", group="p")])  # fmt: skip
+    assert [s.name for s in slides] == ["fine", "coarse"]

@@ -98,7 +98,7 @@ def as_slides(data: Any) -> list[TrainingSlide]:
     if not items:
         raise ValueError("No training slides were given.")
     slides = []
-    seen: dict[int, str | int] = {}
+    seen: dict[tuple, str | int] = {}
     for i, (key, item) in enumerate(items):
         if not isinstance(item, single):
             raise TypeError(
@@ -107,13 +107,15 @@ def as_slides(data: Any) -> list[TrainingSlide]:
             )
         slide = item if isinstance(item, TrainingSlide) else TrainingSlide(data=item)
         label = key if key is not None else i
-        if id(slide.data) in seen:
-            # as two slides it would be two groups, one of them validating on the observations the other trains on
+        # The same table of the same object twice: two groups, one validating on what the other trains on. Other
+        # tables of one object (Visium HD bin sizes, one table per slide) are other training slides.
+        reads = (id(slide.data), slide.table_key, slide.library_id)
+        if reads in seen:
             raise ValueError(
-                f"Training data holds the same object twice (items {seen[id(slide.data)]!r} and {label!r}); pass each "
-                "slide once."
+                f"Training data holds the same object twice (items {seen[reads]!r} and {label!r}), reading the same "
+                "table; pass each slide once (or name another `table_key=` / `library_id=` in a TrainingSlide)."
             )
-        seen[id(slide.data)] = label
+        seen[reads] = label
         for one in _each_slide(slide, key):
             one.name = one.name or key or f"slide{i}"
             one.group = str(one.group) if one.group is not None else one.name
