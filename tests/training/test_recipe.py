@@ -245,3 +245,13 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert recipe.model.dropout == 0.1
     with pytest.raises(ValueError, match=r"`lr` must be a positive number \(got 'fast'\)"):
         load_recipe(path, overrides=["training.lr=fast"])
+
+
+def test_trainer_names_are_taken_in_any_case_and_numpy_precisions_as_integers():
+    import numpy as np
+
+    from storm_sc.training import TrainingConfig
+
+    options = TrainingConfig(accelerator="CPU", strategy="DDP", precision=np.int64(32))  # as Lightning takes them
+    assert options.precision == 32 and type(options.precision) is int
+    json.dumps(options.to_dict())  # the manifest stores it

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
@@ -219,14 +220,16 @@ class TrainingConfig:
             problems.append(f"`checkpoint_dtype` must be float32, float16 or bfloat16 (got {self.checkpoint_dtype!r})")
         if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
             problems.append(f"`devices` must be 'auto' or a positive integer (got {self.devices!r})")
-        if self.accelerator not in _accelerators():
+        # Names only (a recipe's, stored in the manifest), in any case as Lightning takes them.
+        if not isinstance(self.accelerator, str) or self.accelerator.lower() not in _accelerators():
             problems.append(f"`accelerator` must be one of {_accelerators()} (got {self.accelerator!r})")
-        if self.strategy not in _strategies():
+        if not isinstance(self.strategy, str) or self.strategy.lower() not in _strategies():
             problems.append(f"`strategy` must be one of {_strategies()} (got {self.strategy!r})")
-        if self.precision is not None and (
-            not isinstance(self.precision, str | int)
-            or isinstance(self.precision, bool)
-            or self.precision not in PRECISIONS
+        if isinstance(self.precision, np.integer):
+            object.__setattr__(self, "precision", int(self.precision))  # Lightning and the JSON manifest want int
+        precision = self.precision
+        if precision is not None and (
+            not isinstance(precision, str | int) or isinstance(precision, bool) or precision not in PRECISIONS
         ):
             problems.append(
                 f"`precision` must be None (automatic) or one of {list(PRECISIONS)} (got {self.precision!r})"
@@ -293,7 +296,7 @@ def check_hardware(options: TrainingConfig) -> None:
     options
         The run's settings.
     """
-    name = options.accelerator
+    name = options.accelerator.lower()
     if name in _GPU_ACCELERATORS:
         available = torch.cuda.is_available()
     elif name in ("auto", "cpu"):
