@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from storm_sc._checks import is_integer, is_real
 from storm_sc._random import seeded_torch
 
 AGGREGATORS = ("abmil", "mean")
@@ -207,7 +208,7 @@ class MILSettings:
         check_aggregator(self.aggregator)
         for name in ("hidden_dim", "epochs", "batch_size", "max_tiles"):
             value = getattr(self, name)
-            if not (value is None and name == "max_tiles") and not (_is_int(value) and value >= 1):
+            if not (value is None and name == "max_tiles") and not (is_integer(value) and value >= 1):
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
         checks = {
             "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -216,18 +217,8 @@ class MILSettings:
         }
         for name, (valid, wanted) in checks.items():
             value = getattr(self, name)
-            if not (_is_real(value) and valid(value)):
+            if not (is_real(value) and valid(value)):
                 raise ValueError(f"`{name}` must be {wanted}; got {value!r}.")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return (
-        isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
-    )
 
 
 def check_aggregator(aggregator: str) -> None:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from storm_sc._checks import is_real
 from storm_sc._constants import DEFAULT_PATCH_UM
 
 from ._replace_fields import replace_fields
@@ -19,11 +20,6 @@ _EXTERNAL_PREFIXES = ("timm:", "hf:")
 
 # Fields added after checkpoints were first written, with the value that rebuilds those checkpoints' networks.
 _FIELDS_ADDED_LATER: dict[str, Any] = {"texture_statistics": False}
-
-
-def _not_number(value: object) -> bool:
-    """Whether ``value`` is not a finite int or float (``True`` is not a number here)."""
-    return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -194,9 +190,9 @@ class StormConfig:
                 out.append(f"`{name}` must be a positive number (got {value!r})")
         if not out and self.position_min_um >= self.position_max_um:
             out.append("`position_min_um` must be smaller than `position_max_um`")
-        if _not_number(self.dropout) or not 0 <= self.dropout < 1:
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
             out.append(f"`dropout` must be a number in [0, 1) (got {self.dropout!r})")
-        bounds = [name for name in ("logvar_min", "logvar_max") if _not_number(getattr(self, name))]
+        bounds = [name for name in ("logvar_min", "logvar_max") if not is_real(getattr(self, name))]
         for name in bounds:
             out.append(f"`{name}` must be a finite number (got {getattr(self, name)!r})")
         if not bounds and self.logvar_min >= self.logvar_max:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from storm_sc._checks import check_integer
 from storm_sc._random import seeded_torch
 from storm_sc._settings import logger
 
@@ -346,9 +347,8 @@ class StormModel:
         """
         if not (use_image or use_expression):
             raise ValueError("At least one of `use_image` and `use_expression` must be True.")
-        _check_batch_size(batch_size)
-        if isinstance(n_draws, bool) or not isinstance(n_draws, int | np.integer) or n_draws < 1:
-            raise ValueError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
+        check_integer(batch_size, "batch_size")
+        check_integer(n_draws, "n_draws")
         resolve = {
             "table_key": table_key,
             "image_key": image_key,
@@ -419,7 +419,7 @@ class StormModel:
         >>> pred.mean.shape, pred.std.shape  # doctest: +SKIP
         ((1000, 2), (1000, 2))
         """
-        _check_batch_size(batch_size)
+        check_integer(batch_size, "batch_size")
         ids, columns = self._prediction_genes(genes, source)
         resolve = {"table_key": table_key, "image_key": image_key, "mpp": mpp, "library_id": library_id}
         if not isinstance(data, StormInputs):
@@ -560,7 +560,7 @@ class StormModel:
         if not 0 <= min_detection < 1:
             raise ValueError(f"`min_detection` must be in [0, 1); got {min_detection!r}.")
         check_penalty_strata(penalty_strata)
-        _check_batch_size(batch_size)
+        check_integer(batch_size, "batch_size")
         gene_ids = None
         if genes is not None:
             try:
@@ -835,10 +835,3 @@ def _load_weights(network: StormNetwork, tensors: dict[str, torch.Tensor], path:
             f"{path}: the weights do not fit the architecture described by its config ({'; '.join(details)})."
         )
     network.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
-
-
-def _check_batch_size(batch_size: object) -> None:
-    # imported here: storm_sc.tl imports this module
-    from storm_sc.tl._target import check_integer
-
-    check_integer(batch_size, "batch_size")

@@ -12,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 
+from storm_sc._checks import check_integer
 from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
@@ -24,7 +25,6 @@ from storm_sc.pp._representation_graph import representation_neighbors
 from ._target import (
     SlideFanout,
     as_slide_list,
-    check_integer,
     check_key_free,
     check_params_slot,
     copy_for_output,

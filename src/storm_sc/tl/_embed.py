@@ -12,6 +12,7 @@ import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
+from storm_sc._checks import check_integer
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
@@ -26,7 +27,6 @@ from ._target import (
     SlideFanout,
     add_tiles,
     as_slide_list,
-    check_integer,
     check_key_free,
     check_params_slot,
     copy_for_output,

@@ -13,6 +13,7 @@ from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.models import TableModel, get_table_keys
 
+from storm_sc._checks import check_integer
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
@@ -30,7 +31,6 @@ from ._target import (
     SlideFanout,
     add_tiles,
     as_slide_list,
-    check_integer,
     check_table_key_free,
     record_params,
     resolve_or_tile,

@@ -77,15 +77,6 @@ def copy_for_output(data: SpatialData | AnnData) -> SpatialData | AnnData:
     return copied
 
 
-def check_integer(value: object, name: str, *, minimum: int = 1, optional: bool = False) -> None:
-    """Refuse a count argument that is not an integer >= ``minimum`` (``True`` is not one), or ``None`` if optional."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"`{name}` must be {what}{' or None' if optional else ''}, got {value!r}.")
-
-
 def structural_keys(table: AnnData, slot: str) -> dict[str, str]:
     """The ``.obs`` or ``.obsm`` entries a table depends on, by name, with what each holds.
 
