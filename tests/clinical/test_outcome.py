@@ -156,3 +156,13 @@ def test_a_baseline_constant_in_a_training_fold_gives_that_fold_a_constant_score
     assert "single value among the training patients of fold 0" in caplog.text
     with pytest.raises(ValueError, match="Baseline column 'TMB' has the same value .* for all 12 patients"):
         fit_outcome(cohort.assign(TMB=3.0), feats, task="survival", folds=3, baseline="TMB", verbose=False)
+
+
+def test_fit_outcome_checks_the_aggregator_settings_before_reading_the_cohort(generated_cohort):
+    # one set of rules with MILSettings: learning_rate=0 was accepted here, then refused after the cohort was read
+    cohort, feats = generated_cohort
+    for bad, message in (({"learning_rate": 0.0}, "`learning_rate` must be a positive number"),
+                         ({"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+                         ({"epochs": 0}, "`epochs` must be a positive integer")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            fit_outcome(cohort, "no/such/features.h5", task="survival", folds=3, verbose=False, **bad)

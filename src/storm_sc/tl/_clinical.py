@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 
 from storm_sc import __version__
+from storm_sc._checks import check_integer
 from storm_sc._constants import DEFAULT_PATCH_UM
 from storm_sc._settings import logger
 from storm_sc.clinical import OutcomeResult, validate_cohort
 from storm_sc.clinical._evaluation import MIN_BOOTSTRAP, STORM, cross_validate, evaluate, risk_groups
-from storm_sc.clinical._mil import MILSettings, check_aggregator
+from storm_sc.clinical._mil import MILSettings
 from storm_sc.clinical._slides import SlidesArg, compute_slide_features, parse_slides, resolve_genes
 from storm_sc.models import StormModel, resolve_device
 from storm_sc.wsi._tiling import check_tiling_args
 
 from ._model_arg import get_model
-from ._target import check_integer
 
 _DEFAULT_BATCH = 256
 
@@ -217,18 +217,12 @@ def fit_outcome(
     >>> result.metrics[["c_index", "c_index_ci_low", "c_index_ci_high"]]  # doctest: +SKIP
     >>> result.plot_km()  # doctest: +SKIP
     """
-    check_aggregator(aggregator)
-    for name, value in (("epochs", epochs), ("hidden_dim", hidden_dim), ("batch_size", batch_size)):
-        check_integer(value, name)
+    # The aggregator's settings check themselves (one set of rules for fit_outcome and MILSettings).
+    mil = MILSettings(aggregator=aggregator, hidden_dim=hidden_dim, dropout=dropout, epochs=epochs,
+                      learning_rate=learning_rate, weight_decay=weight_decay, batch_size=batch_size,
+                      max_tiles=max_tiles)  # fmt: skip
     check_integer(n_bootstrap, "n_bootstrap", minimum=MIN_BOOTSTRAP)
     check_integer(folds, "folds", minimum=2)
-    if max_tiles is not None:
-        check_integer(max_tiles, "max_tiles")
-    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"`{name}` must be a non-negative number; got {value!r}.")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"`dropout` must be in [0, 1); got {dropout!r}.")
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
         raise ValueError(f"`random_state` must be a non-negative integer; got {random_state!r}.")
     baseline_list = None if baseline is None else [baseline] if isinstance(baseline, str) else list(baseline)
@@ -239,9 +233,6 @@ def fit_outcome(
         features_key=features_key,
     )  # fmt: skip
     dev = resolve_device(device)
-    mil = MILSettings(aggregator=aggregator, hidden_dim=hidden_dim, dropout=float(dropout), epochs=epochs,
-                      learning_rate=float(learning_rate), weight_decay=float(weight_decay), batch_size=batch_size,
-                      max_tiles=max_tiles)  # fmt: skip
     logger.info("fit_outcome: %s, %d patients, %d slides, %d tiles, %d folds, %s on %s.", task, len(c.patients),
                 len(c.slides), int(c.slides["n_tiles"].sum()), folds, aggregator, features_key)  # fmt: skip
     start = time.perf_counter()
