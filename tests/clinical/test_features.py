@@ -204,8 +204,11 @@ def test_a_failing_slide_keeps_the_class_of_its_error(tmp_path, tiny_model, monk
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("storm_sc.clinical._slides.extract_slide", unreadable)
-    with pytest.raises(PermissionError, match=r"Slide 'V1_A1' .*computing its features failed: .*Permission denied"):
+    with pytest.raises(
+        PermissionError, match=r"Slide 'V1_A1' .*computing its features failed: .*Permission denied"
+    ) as err:
         slide_features({"V1_A1": section}, tiny_model, out_dir=tmp_path / "f", mpp=3.5, device="cpu", verbose=False)
+    assert err.value.errno == 13
 
 
 def test_a_file_that_is_not_a_feature_file_is_never_replaced(slide_file, tmp_path, tiny_model):

@@ -241,10 +241,12 @@ def compute_slide_features(
                     # Pixels are only decoded here (a truncated image opens fine): say which of the slides failed.
                     failed = f"Slide {entry.slide_id!r} ({entry.path}): computing its features failed: {err}"
                     # Same class (PermissionError, PIL's UnidentifiedImageError...), so callers' handlers still match.
+                    # errno and filename kept too: handlers test them (ENOSPC, EACCES).
+                    args = (failed,) if err.errno is None else (err.errno, failed, err.filename)
                     try:
-                        named = type(err)(failed)
-                    except TypeError:  # a subclass whose constructor wants more than a message
-                        named = OSError(failed)
+                        named = type(err)(*args)
+                    except TypeError:  # a subclass whose constructor wants something else
+                        named = OSError(*args)
                     raise named from err
                 status = "resumed" if resumed else "computed"
                 logger.info("%s: %d tiles in %.1f s -> %s", entry.slide_id, grid.n_tiles,
