@@ -284,3 +284,14 @@ def test_visium_hd_bins_are_drawn_as_squares_of_their_size():
     np.testing.assert_allclose(np.ptp(corners, axis=1), 8.0)  # 8 um wide and high: the bins tile the tissue
     centres = st.io.resolve(hd, table_key="square_008um").centers_um
     np.testing.assert_allclose(corners.mean(axis=1), centres)
+
+
+def test_domains_numbered_by_separate_calls_are_flagged_in_one_figure(slides, storm_log):
+    with storm_log.at_level(logging.WARNING, logger="storm_sc"):
+        st.pl.domains(slides, show=False)  # clustered together: one numbering
+        assert not [r for r in storm_log.records if "separate storm_domains calls" in r.getMessage()]
+        copies = [st.tl.storm_domains(s, n_domains=3, key_added="apart", copy=True) for s in slides]
+        st.pl.domains(copies, key="apart", show=False)
+        st.pl.embedding_umap(copies, color="apart", show=False)
+    flagged = [r.getMessage() for r in storm_log.records if "separate storm_domains calls" in r.getMessage()]
+    assert len(flagged) == 2 and ".obs['apart'] of these slides comes from 2 separate" in flagged[0]

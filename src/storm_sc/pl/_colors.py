@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.colors import is_color_like, to_hex, to_rgba
 
+from storm_sc._constants import UNS_STORM
 from storm_sc._settings import logger
 
 #: Colour of observations without a category (NaN), as scanpy draws them.
@@ -57,6 +58,28 @@ def stored_colors(table: AnnData, key: str, categories: Sequence[str]) -> dict[s
         )
         return None
     return {str(cat): to_hex(c, keep_alpha=True) for cat, c in zip(categories, colors, strict=False)}
+
+
+def warn_if_clustered_apart(tables: Sequence[AnnData], key: str) -> None:
+    """Warn when ``key`` holds domains of several tables that separate ``storm_domains`` calls numbered.
+
+    One legend then shows domain ``2`` of one slide and domain ``2`` of another as the same thing, which they are
+    only when the slides were clustered together (``st.tl.storm_domains([a, b], ...)``).
+    """
+    calls = set()
+    for table in tables:
+        stored = table.uns.get(UNS_STORM)
+        params = stored.get(key) if isinstance(stored, Mapping) else None
+        if isinstance(params, Mapping) and params.get("tool") == "storm_domains" and "clustering" in params:
+            calls.add(str(params["clustering"]))
+    if len(calls) > 1:
+        logger.warning(
+            ".obs[%r] of these slides comes from %d separate storm_domains calls: the same domain number does not "
+            "mean the same domain on slides clustered apart. Cluster them together (st.tl.storm_domains([...])) to "
+            "compare domains across slides.",
+            key,
+            len(calls),
+        )
 
 
 def merged_categories(orders: Sequence[Sequence[object]]) -> list[str]:

@@ -19,7 +19,7 @@ from storm_sc._settings import logger
 from storm_sc.pp._representation_graph import representation_neighbors
 from storm_sc.tl._domains import centre_each_slide
 
-from ._colors import categorical_column, category_colors, merged_categories
+from ._colors import categorical_column, category_colors, merged_categories, warn_if_clustered_apart
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
 from ._slides import require_obs_in_any, require_obsm, slides_to_draw, table_and_name, unique_names
 
@@ -188,6 +188,7 @@ def embedding_umap(
             tmp.obs[c] = pd.to_numeric(tmp.obs[c])
             continue
         order = [str(x) for x in pd.unique(tmp.obs[c].dropna().astype(str))]
+        warn_if_clustered_apart(tables, c)
         declared = [categorical_column(t, c, "Slide").categories for t in tables if c in t.obs]
         categories = merged_categories([*declared, order])
         tmp.obs[c] = pd.Categorical([None if pd.isna(v) else str(v) for v in tmp.obs[c]], categories=categories)

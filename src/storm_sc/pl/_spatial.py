@@ -16,7 +16,15 @@ from spatialdata import SpatialData
 from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
 from storm_sc.io._resolve import UnknownScaleError
 
-from ._colors import NA_COLOR, NA_LABEL, categorical_column, category_colors, merged_categories, rgba_of
+from ._colors import (
+    NA_COLOR,
+    NA_LABEL,
+    categorical_column,
+    category_colors,
+    merged_categories,
+    rgba_of,
+    warn_if_clustered_apart,
+)
 from ._figure import check_flag, check_fraction, check_positive, check_save, finish, panel_axes
 from ._slides import require_obs_in_any, resolve_slide, scale_hint, slide_names, slides_to_draw
 from ._tissue import (
@@ -168,6 +176,7 @@ def domains(
         if len(titles) != len(slides):
             raise ValueError(f"`title` must give one title per slide ({len(slides)}), got {len(titles)}.")
 
+    warn_if_clustered_apart([s.table for s in slides], key)
     categories = merged_categories([lab.categories for lab in labels])
     colors = category_colors([s.table for s in slides], key, categories)
     fig, axes = panel_axes(len(slides), ax, ncols=ncols, panel_size=(panel_size, panel_size))

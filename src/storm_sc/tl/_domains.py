@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -440,6 +441,11 @@ def storm_domains(
     labels = _ordered_labels(_cluster(z, n_domains, resolution, random_state))
     colors = _palette(len(labels.categories))
 
+    # Which slides were clustered together, by name and by a digest of their positions (slides of separate objects
+    # often share a name): plots drawing several slides check it, since domain numbers from separate calls do not
+    # name the same domains.
+    clustered_with = [s.library_id for s in resolved]
+    clustering = hashlib.sha256(b"".join(np.round(s.centers_um, 3).astype(np.float64).tobytes() for s in resolved))
     offset = 0
     for slide, rule in zip(resolved, rules, strict=True):
         table = slide.table
@@ -467,6 +473,8 @@ def storm_domains(
                 "expression_pcs": n_pcs,
                 "layer": layer if n_pcs else None,
                 "n_slides": n_sections,
+                "clustered_with": clustered_with,
+                "clustering": clustering.hexdigest()[:16],
             },
         )
     logger.info(
