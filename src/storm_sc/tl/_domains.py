@@ -340,7 +340,8 @@ def storm_domains(
 
     - ``.obs[key_added]``: categorical domains;
     - ``.uns[f"{key_added}_colors"]``: one colour per domain, shared by every slide of the call;
-    - ``.uns["storm"][key_added]``: the parameters.
+    - ``.uns["storm"][key_added]``: the parameters, and which slides were clustered together (``clustered_with``,
+      and ``clustering``, a digest the plots use to tell domains numbered by separate calls).
 
     Examples
     --------
