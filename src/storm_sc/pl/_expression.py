@@ -24,7 +24,6 @@ from ._tissue import (
     frame_axes,
     spot_bounds,
     spot_diameter_um,
-    square_observations,
     tissue_background,
 )
 
@@ -191,8 +190,7 @@ def expression(
                 ax.set_title(f"{gene}: measured")
                 ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center")
                 continue
-            spots = draw_spots(ax, slide.centers_um, diameter, values=values, cmap=colormap, vmin=vmin, vmax=vmax,
-                               square=square_observations(slide))  # fmt: skip
+            spots = draw_spots(ax, slide, diameter, values=values, cmap=colormap, vmin=vmin, vmax=vmax)
             if label == "predicted" and measured is not None:
                 r = _pearson(measured, pred)
                 # a gene measured (or predicted) the same everywhere has no correlation to show

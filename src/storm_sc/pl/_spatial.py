@@ -33,7 +33,6 @@ from ._tissue import (
     frame_axes,
     spot_bounds,
     spot_diameter_um,
-    square_observations,
     tissue_background,
 )
 
@@ -184,8 +183,7 @@ def domains(
         diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
         bounds = spot_bounds(slide.centers_um, diameter)
         draw_background(panel, tissue_background(slide, bounds, image=image))
-        draw_spots(panel, slide.centers_um, diameter, facecolors=rgba_of(lab, colors, alpha=alpha),
-                   square=square_observations(slide))  # fmt: skip
+        draw_spots(panel, slide, diameter, facecolors=rgba_of(lab, colors, alpha=alpha))
         frame_axes(panel, bounds)
         panel.set_title(panel_title)
     if legend:

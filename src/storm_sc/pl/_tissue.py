@@ -171,7 +171,7 @@ def draw_tissue_image(ax: Axes, tissue: TissueImage) -> None:
 
 def draw_spots(
     ax: Axes,
-    centers_um: np.ndarray,
+    slide: SpatialInput,
     diameter_um: float,
     *,
     facecolors: np.ndarray | None = None,
@@ -180,10 +180,13 @@ def draw_spots(
     vmin: float | None = None,
     vmax: float | None = None,
     alpha: float | None = None,
-    square: bool = False,
 ) -> Collection:
-    """Observations as circles (or ``square`` bins) of their true size in microns, coloured by RGBA or by values."""
-    if square:
+    """Draw the slide's observations at their true size in microns, coloured by RGBA or by values through ``cmap``.
+
+    Circles, or squares for Visium HD bins (which tile the tissue).
+    """
+    centers_um = slide.centers_um
+    if square_observations(slide):
         half = diameter_um / 2
         corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
         spots = PolyCollection(np.asarray(centers_um)[:, None, :] + corners, linewidths=0, zorder=2)
