@@ -255,3 +255,14 @@ def test_trainer_names_are_taken_in_any_case_and_numpy_precisions_as_integers():
     options = TrainingConfig(accelerator="CPU", strategy="DDP", precision=np.int64(32))  # as Lightning takes them
     assert options.precision == 32 and type(options.precision) is int
     json.dumps(options.to_dict())  # the manifest stores it
+
+
+def test_cli_names_resume_for_an_interrupted_run(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
+    path = _write(tmp_path, model="storm-tiny", datasets=[TOY], output_dir=str(out))
+    with pytest.raises(SystemExit, match="interrupted run.*--resume"):
+        main(["pretrain", "--config", str(path)])
+    with pytest.raises(SystemExit, match="cannot be read as a storm_sc run checkpoint"):
+        main(["pretrain", "--config", str(path), "--resume"])

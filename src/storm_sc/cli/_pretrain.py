@@ -15,6 +15,8 @@ split and trainer settings and the output folder; see configs/ for examples.
 Multi-GPU / multi-node: launch the same command under torchrun or srun, e.g.
   torchrun --nproc_per_node=4 -m storm_sc.cli pretrain --config configs/storm-base.yaml
 Lightning reads the process layout from the launcher (devices/num_nodes follow it when left at "auto").
+
+An interrupted run (a pre-empted job) continues from its last completed epoch with the same command and --resume.
 """
 
 
@@ -37,7 +39,14 @@ def add_parser(subparsers: Any) -> None:
         help="override a config value (dotted key, YAML value), e.g. --set training.max_epochs=3; repeatable",
     )
     parser.add_argument("--output-dir", type=Path, default=None, help="override `output_dir` of the config")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model.safetensors")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model.safetensors, logs or interrupted run"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in the output folder from its last completed epoch (same config)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; no training")
 
 
@@ -63,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        model = run_recipe(recipe, overwrite=args.overwrite)
+        model = run_recipe(recipe, overwrite=args.overwrite, resume=args.resume)
     # the user's data or settings (MisconfigurationException: trainer settings Lightning refuses in combination)
     except (ValueError, KeyError, OSError, MisconfigurationException) as err:
         raise SystemExit(f"storm-sc pretrain: {err}") from err

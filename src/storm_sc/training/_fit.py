@@ -26,6 +26,18 @@ from storm_sc.models._readout import readout_shortfall
 from ._config import TrainingConfig, check_hardware
 from ._dataset import ContextDataset, ContextSampler, collate
 from ._module import BestWeights, History, StormLightningModule, Throughput
+from ._resume import (
+    CHECKPOINT_DIR,
+    LOG_DIR,
+    RandomStates,
+    RunDescription,
+    check_same_data,
+    check_same_run,
+    checkpoint_to_resume,
+    clear_checkpoints,
+    describe_run,
+    read_description,
+)
 from ._slides import (
     TRAIN,
     VAL,
@@ -119,6 +131,7 @@ def fit(
     config: TrainingConfig | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
     cache_dir: str | Path | None = None,
     init_gene_statistics: bool | None = None,
@@ -148,10 +161,19 @@ def fit(
     config
         Training settings; ``**options`` override single fields.
     output_dir
-        Folder for the checkpoint (``model.safetensors``) and the CSV logs (``logs/metrics.csv``). ``None``:
-        nothing is written (epoch losses stay in ``model.manifest["run"]["history"]``).
+        Folder for the trained model (``model.safetensors``) and the CSV logs (``logs/metrics.csv``). While the run
+        lasts, it also holds a checkpoint of the run (``checkpoints/last.ckpt``, rewritten at every epoch's end and
+        removed once the model is written) from which ``resume=True`` continues a run that was interrupted.
+        ``None``: nothing is written (epoch losses stay in ``model.manifest["run"]["history"]``) and an
+        interrupted run is lost.
     overwrite
-        Replace an existing ``model.safetensors`` in ``output_dir``.
+        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
+    resume
+        Continue the interrupted run saved in ``output_dir`` from its last completed epoch, with the same model,
+        slides and settings (only where and how long it runs may change: ``max_epochs``, ``devices``, ...). The
+        weights, optimiser, schedule, early stopping, best epoch so far and random generators are restored, so on
+        one process the result is the one the uninterrupted run would have given. The logs of the resumed part go
+        to ``logs-from-epoch-<N>/``.
     callbacks
         Extra Lightning callbacks.
     cache_dir
@@ -192,11 +214,19 @@ def fit(
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
     if out_dir is not None and (out_dir / MODEL_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out_dir / MODEL_FILE} already exists; pass overwrite=True or another output_dir.")
+    resume_from = checkpoint_to_resume(out_dir, resume=bool(resume), overwrite=overwrite, model_file=MODEL_FILE)
+    resumed_epochs = 0
+    if resume_from is not None:
+        description, resumed_epochs = read_description(resume_from)
+        check_same_run(description, model, opts, resume_from)
     launch = _launch_settings(opts)
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
     prepared = prepare_slides(model, slides, cache_dir=cache_dir, num_workers=opts.num_workers, verbose=verbose)
     split_info = split(prepared, val_groups=opts.val_groups, val_fraction=opts.val_fraction, seed=opts.seed)
+    datasets = [slide_manifest(p) for p in prepared]
+    if resume_from is not None:
+        check_same_data(description, datasets, resume_from)
     train_set = ContextDataset(prepared, TRAIN, model.config, opts, train=True)
     val_set = ContextDataset(prepared, VAL, model.config, opts, train=False)
     if len(train_set) == 0:
@@ -227,6 +257,26 @@ def fit(
 
     best, history, throughput = BestWeights(opts.monitor), History(), Throughput()
     cbs: list[L.Callback] = [best, history, throughput, *callbacks]
+    if out_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if resume_from is None and rank_zero_only.rank == 0:
+            clear_checkpoints(out_dir)  # a stale checkpoint of an earlier run (overwrite=True) is never resumed
+        # At the training epoch's end, after the callbacks above have recorded it: the resumed run starts the next
+        # epoch with everything the uninterrupted run had at that point.
+        cbs += [
+            RandomStates(),
+            RunDescription(describe_run(model, opts, datasets)),
+            ModelCheckpoint(
+                dirpath=out_dir / CHECKPOINT_DIR,
+                filename="last",
+                save_top_k=1,
+                monitor=None,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            ),
+        ]
     if val_loader is not None and opts.early_stopping_patience is not None:
         # not strict: a run cut short by max_steps before its first validation simply has nothing to compare
         cbs.append(
@@ -238,7 +288,9 @@ def fit(
                 check_on_train_epoch_end=False,
             )
         )
-    csv = CSVLogger(save_dir=out_dir, name="", version="logs") if out_dir is not None else None
+    # a resumed run's logs go beside the interrupted run's: the CSV logger empties the folder it writes to
+    log_version = LOG_DIR if resume_from is None else f"{LOG_DIR}-from-epoch-{resumed_epochs}"
+    csv = CSVLogger(save_dir=out_dir, name="", version=log_version) if out_dir is not None else None
     show = settings.show_progress(verbose)
     module = StormLightningModule(model.network, opts)
     model.network.train()
@@ -253,7 +305,7 @@ def fit(
             logger=csv if csv is not None else False,
             callbacks=cbs,
             default_root_dir=out_dir,
-            enable_checkpointing=False,
+            enable_checkpointing=out_dir is not None,  # our ModelCheckpoint only (the run checkpoint)
             enable_progress_bar=show,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -277,22 +329,26 @@ def fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # val_fraction=0 is deliberate too
+            # the folders were checked above: resume=True reuses the checkpoint folder, overwrite=True replaces the logs
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
             # Lightning's own use of an API torch deprecated: nothing a user of storm_sc can act on
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            _fit_interruptible(trainer, module, train_loader, val_loader)
+            _fit_interruptible(trainer, module, train_loader, val_loader, ckpt_path=resume_from)
 
     best.restore(model.network)
     model.network.cpu().eval()
     readout = _fit_readout(model, prepared, opts, verbose, device=trainer.strategy.root_device)
     model.manifest = {
         **({"provenance": provenance} if provenance else {}),
-        "datasets": [slide_manifest(p) for p in prepared],
+        "datasets": datasets,
         "split": split_info,
         "training": opts.to_dict(),
         "run": {
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
+            **({"resumed_after_epochs": resumed_epochs} if resume_from is not None else {}),
             "best_epoch": best.best_epoch,
             "best_val_loss": None if best.best_epoch is None else round(best.best, 6),
             "history": history.epochs,
@@ -309,7 +365,9 @@ def fit(
         f"; logs in {log_dir}" if log_dir else "",
     )
     if out_dir is not None and trainer.is_global_zero:
+        # a resumed run replaces nothing: the interrupted run never wrote its model
         model.save(out_dir / MODEL_FILE, overwrite=overwrite, dtype=opts.checkpoint_dtype)
+        clear_checkpoints(out_dir)
     return model
 
 
@@ -368,7 +426,14 @@ def _fit_readout(
     return after
 
 
-def _fit_interruptible(trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any) -> None:
+def _fit_interruptible(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    train_loader: Any,
+    val_loader: Any,
+    *,
+    ckpt_path: Path | None = None,
+) -> None:
     """``trainer.fit``, where Ctrl+C stays a KeyboardInterrupt and leaves Ctrl+C working afterwards.
 
     Lightning answers a KeyboardInterrupt by ignoring SIGINT for the rest of the process and calling
@@ -380,7 +445,7 @@ def _fit_interruptible(trainer: L.Trainer, module: L.LightningModule, train_load
     in_main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if in_main else None
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     except SystemExit as err:
         interruption = err.__context__  # what Lightning caught before exiting
         if trainer.state.status == TrainerStatus.INTERRUPTED and isinstance(interruption, KeyboardInterrupt):
@@ -399,6 +464,7 @@ def pretrain(
     config: TrainingConfig | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
     cache_dir: str | Path | None = None,
     provenance: dict[str, Any] | None = None,
@@ -416,7 +482,7 @@ def pretrain(
         :class:`storm_sc.models.StormConfig`, or a :class:`storm_sc.models.StormModel` to continue training.
     vocabulary
         Genes of the model; default the union of the slides' genes.
-    config, output_dir, overwrite, callbacks, cache_dir, provenance, verbose, **options
+    config, output_dir, overwrite, resume, callbacks, cache_dir, provenance, verbose, **options
         As in :func:`storm_sc.training.fit`.
 
     Returns
@@ -446,6 +512,7 @@ def pretrain(
         config=opts,
         output_dir=output_dir,
         overwrite=overwrite,
+        resume=resume,
         callbacks=callbacks,
         cache_dir=cache_dir,
         provenance=provenance,

@@ -148,6 +148,12 @@ class BestWeights(L.Callback):
             self.best, self.best_epoch = float(value), trainer.current_epoch
             self.state = {k: v.detach().cpu().clone() for k, v in pl_module.network.state_dict().items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.state = state_dict["best"], state_dict["best_epoch"], state_dict["state"]
+
     def restore(self, network: StormNetwork) -> None:
         """Load the best weights seen (no-op without validation)."""
         if self.state is not None:
@@ -166,6 +172,12 @@ class History(L.Callback):
             if key.endswith("_epoch") or key.startswith("val/"):
                 row[key.removesuffix("_epoch")] = round(float(value), 6)
         self.epochs.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict["epochs"])
 
 
 class Throughput(L.Callback):
@@ -210,6 +222,12 @@ class Throughput(L.Callback):
                 sync_dist=True,
             )
         self._epoch_start, self._epoch_patches = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"patches": self.patches, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.patches, self.seconds = state_dict["patches"], state_dict["seconds"]
 
     @property
     def patches_per_second(self) -> float:

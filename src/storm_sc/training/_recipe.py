@@ -334,7 +334,9 @@ def _slide(entry: dict[str, Any]) -> TrainingSlide:
     return TrainingSlide(data=data, name=entry["name"], group=entry.get("group"), source=source, **options)
 
 
-def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None = None) -> StormModel:
+def run_recipe(
+    recipe: Recipe, *, overwrite: bool = False, resume: bool = False, verbose: bool | None = None
+) -> StormModel:
     """Load the datasets of a recipe and train; writes ``model.safetensors`` and ``logs/`` to ``output_dir``.
 
     Parameters
@@ -342,7 +344,9 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None 
     recipe
         From :func:`load_recipe`.
     overwrite
-        Replace an existing ``model.safetensors``.
+        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
+    resume
+        Continue the run of this recipe that was interrupted (see :func:`storm_sc.training.fit`).
     verbose
         Progress bars.
 
@@ -357,10 +361,12 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None 
     from storm_sc.pp import GeneVocabulary
 
     from ._fit import MODEL_FILE, fit, pretrain
+    from ._resume import checkpoint_to_resume
 
     target = recipe.output_dir / MODEL_FILE
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite or choose another output_dir.")
+    checkpoint_to_resume(recipe.output_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
     # here rather than in load_recipe: --dry-run checks a GPU cluster's recipe on a machine without one
     check_hardware(recipe.training)
     slides = [_slide(e) for e in recipe.datasets]
@@ -371,6 +377,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None 
             config=recipe.training,
             output_dir=recipe.output_dir,
             overwrite=overwrite,
+            resume=resume,
             provenance={"recipe": recipe.raw},
             verbose=verbose,
         )
@@ -388,6 +395,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False, verbose: bool | None 
             config=recipe.training,
             output_dir=recipe.output_dir,
             overwrite=overwrite,
+            resume=resume,
             provenance={"recipe": recipe.raw},
             verbose=verbose,
         )

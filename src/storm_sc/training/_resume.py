@@ -1,0 +1,240 @@
+"""The run checkpoint in ``output_dir``: written at every epoch's end, read back by ``fit(..., resume=True)``.
+
+A long pretraining run that crashes (a pre-empted node, a full disk) otherwise loses every epoch since it started:
+only the final model is written. The checkpoint holds what Lightning restores (weights, optimiser, schedule, loop
+counters, early stopping) and what storm_sc's callbacks keep (the best epoch's weights, the loss history, the random
+generators), plus a description of the run that a resume is checked against before any slide is read.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from storm_sc import __version__
+from storm_sc._settings import logger
+
+if TYPE_CHECKING:
+    from storm_sc.models import StormModel
+
+    from ._config import TrainingConfig
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+LOG_DIR = "logs"
+
+# Settings a resumed run may change: where and how long it runs, not what it learns from or how.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_epochs",
+        "max_steps",
+        "early_stopping_patience",
+        "num_workers",
+        "accelerator",
+        "devices",
+        "num_nodes",
+        "strategy",
+        "precision",
+        "log_every_n_steps",
+        "checkpoint_dtype",
+        "expression_readout",
+    }
+)
+
+# Per-slide fields that must match for the resumed run to train on the same observations with the same split.
+_SAME_DATA = ("name", "n_obs", "n_train", "n_val", "sha256")
+
+
+def run_checkpoint(out_dir: Path) -> Path:
+    """Path of the run checkpoint of ``out_dir``."""
+    return out_dir / CHECKPOINT_DIR / LAST
+
+
+def checkpoint_to_resume(out_dir: Path | None, *, resume: bool, overwrite: bool, model_file: str) -> Path | None:
+    """Decide, before any work, whether the run resumes (its checkpoint) or starts; refuse to clobber a run.
+
+    Parameters
+    ----------
+    out_dir
+        The run's folder (``None``: nothing is written, nothing can be resumed).
+    resume, overwrite
+        As given to ``fit``.
+    model_file
+        Name of the final model in ``out_dir``.
+    """
+    if resume and out_dir is None:
+        raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
+    if out_dir is None:
+        return None
+    last = run_checkpoint(out_dir)
+    if resume:
+        if not last.is_file():
+            finished = (out_dir / model_file).exists()
+            raise FileNotFoundError(
+                f"Nothing to resume in {out_dir}: it holds no run checkpoint ({CHECKPOINT_DIR}/{LAST})"
+                + (
+                    f"; its run finished ({model_file}). To train that model further, load it and call fit "
+                    "with another output_dir."
+                    if finished
+                    else "; the run stopped before its first epoch ended. Start it again with overwrite=True "
+                    "(--overwrite)."
+                )
+            )
+        return last
+    if overwrite:
+        return None
+    if last.is_file():
+        raise FileExistsError(
+            f"{out_dir} holds an interrupted run ({CHECKPOINT_DIR}/{LAST}): pass resume=True (storm-sc pretrain "
+            "--resume) to continue it, overwrite=True (--overwrite) to start again from scratch, or another "
+            "output_dir."
+        )
+    metrics = out_dir / LOG_DIR / "metrics.csv"
+    if metrics.exists():
+        raise FileExistsError(
+            f"{metrics} holds the logs of another run, which this run would replace; pass overwrite=True "
+            "(--overwrite) or another output_dir."
+        )
+    return None
+
+
+def clear_checkpoints(out_dir: Path) -> None:
+    """Remove the run checkpoints (a restarted run's stale one would otherwise be resumed; a finished run's is spent)."""
+    folder = out_dir / CHECKPOINT_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder)
+
+
+def read_description(path: Path) -> tuple[dict[str, Any], int]:
+    """The run description stored in a checkpoint, and the number of epochs it completed."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file, another program's pickle: say which file and what to do
+        raise ValueError(
+            f"{path} cannot be read as a storm_sc run checkpoint (torch.load: {type(err).__name__}; damaged, cut "
+            "short, or written by another program); start the run again with overwrite=True (--overwrite)."
+        ) from err
+    description = checkpoint.get("storm_sc") if isinstance(checkpoint, dict) else None
+    if not isinstance(description, dict):
+        raise ValueError(f"{path} was not written by storm_sc's training; start the run again with overwrite=True.")
+    return description, int(checkpoint.get("epoch", -1)) + 1
+
+
+def check_same_run(description: dict[str, Any], model: StormModel, options: TrainingConfig, path: Path) -> None:
+    """Refuse a resume with another architecture, vocabulary or learning settings than the checkpoint's."""
+    problems = []
+    if description.get("config") != model.config.to_dict():
+        problems.append(f"the model architecture differs ({description.get('config', {}).get('name')!r} was trained)")
+    genes = model.vocabulary.to_dict()["symbols"]
+    if description.get("genes") != genes:
+        problems.append(
+            f"the model's genes differ ({len(description.get('genes', []))} were trained, {len(genes)} now)"
+        )
+    saved, now = description.get("training", {}), options.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        problems.append(
+            "these settings differ from the interrupted run's: "
+            + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed)
+        )
+    if problems:
+        raise ValueError(
+            f"Cannot resume {path}: "
+            + "; ".join(problems)
+            + f". A resumed run may change only {', '.join(sorted(RESUMABLE_CHANGES))}; start a new run (another "
+            "output_dir, or overwrite=True) for anything else."
+        )
+
+
+def check_same_data(description: dict[str, Any], datasets: Sequence[dict[str, Any]], path: Path) -> None:
+    """Refuse a resume on other slides, or the same slides split otherwise, than the checkpoint's run."""
+
+    def key(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [tuple(str(r.get(f)) for f in _SAME_DATA) for r in rows]
+
+    before = description.get("datasets", [])
+    if key(before) == key(datasets):
+        return
+    names_before, names_now = [r.get("name") for r in before], [r.get("name") for r in datasets]
+    what = (
+        f"slides {names_before} were trained, {names_now} given"
+        if names_before != names_now
+        else "the slides' observations, arrays or training / validation split differ"
+    )
+    raise ValueError(f"Cannot resume {path} on other data: {what}. Give the run's slides, or start a new run.")
+
+
+def describe_run(model: StormModel, options: TrainingConfig, datasets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a resume must match: stored in every run checkpoint."""
+    return {
+        "storm_sc_version": __version__,
+        "config": model.config.to_dict(),
+        "genes": model.vocabulary.to_dict()["symbols"],
+        "training": options.to_dict(),
+        "datasets": list(datasets),
+    }
+
+
+class RunDescription(L.Callback):
+    """Adds the run description to every checkpoint Lightning writes."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.description = description
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["storm_sc"] = self.description
+
+
+class RandomStates(L.Callback):
+    """Saves and restores Python's, NumPy's and torch's generators, so a resumed run draws what it would have drawn.
+
+    Stored as tensors and plain lists: a checkpoint then loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        numpy_state = np.random.get_state(legacy=False)
+        state: dict[str, Any] = {
+            "python": [version, list(internal), gauss],
+            "numpy": {
+                "key": torch.as_tensor(numpy_state["state"]["key"].astype(np.int64)),
+                "pos": int(numpy_state["state"]["pos"]),
+                "has_gauss": int(numpy_state["has_gauss"]),
+                "gauss": float(numpy_state["gauss"]),
+            },
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        saved = state_dict["numpy"]
+        np.random.set_state(
+            {
+                "bit_generator": "MT19937",
+                "state": {"key": saved["key"].numpy().astype(np.uint32), "pos": saved["pos"]},
+                "has_gauss": saved["has_gauss"],
+                "gauss": saved["gauss"],
+            }
+        )
+        torch.set_rng_state(state_dict["torch"])
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        elif cuda is not None:
+            logger.warning(
+                "The run checkpoint holds the random state of %d GPU(s), this machine has %d: the resumed run's "
+                "GPU draws (dropout) differ from the interrupted run's.",
+                len(cuda),
+                torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            )

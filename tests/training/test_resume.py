@@ -1,0 +1,95 @@
+"""An interrupted training run continues from its run checkpoint (``resume=True``) to the uninterrupted result."""
+
+import lightning as L
+import pandas as pd
+import pytest
+
+import storm_sc as st
+from storm_sc.models import StormModel
+from storm_sc.training import pretrain
+
+RUN = {"model": "storm-tiny", "max_epochs": 4, "batch_size": 32, "seed": 0, "verbose": False}
+
+
+class _Crash(L.Callback):
+    """Stops the run when the given epoch starts, as a pre-empted job would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _interrupted(data, out, epoch=2, **options):
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, output_dir=out, callbacks=[_Crash(epoch)], **{**RUN, **options})
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(small_toy, tmp_path):
+    whole = pretrain(small_toy, output_dir=tmp_path / "whole", **RUN)
+    assert not (tmp_path / "whole" / "checkpoints").exists()  # spent once the model is written
+
+    _interrupted(small_toy, tmp_path / "cut")
+    resumed = pretrain(small_toy, output_dir=tmp_path / "cut", resume=True, **RUN)
+    # weights, optimiser, schedule, best epoch so far and the random generators (dropout, masking) all carried over
+    assert resumed.weights_digest() == whole.weights_digest()
+    run, run_whole = resumed.manifest["run"], whole.manifest["run"]
+    assert run["history"] == run_whole["history"]
+    assert (run["best_epoch"], run["epochs"], run["resumed_after_epochs"]) == (run_whole["best_epoch"], 4, 2)
+    assert StormModel.load(tmp_path / "cut" / "model.safetensors").weights_digest() == whole.weights_digest()
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+    # the interrupted part's logs are kept, the resumed part's beside them
+    before = pd.read_csv(tmp_path / "cut" / "logs" / "metrics.csv")
+    after = pd.read_csv(tmp_path / "cut" / "logs-from-epoch-2" / "metrics.csv")
+    assert sorted(before["epoch"].dropna().unique()) == [0, 1]
+    assert sorted(after["epoch"].dropna().unique()) == [2, 3]
+
+
+def test_an_interrupted_run_is_neither_restarted_nor_resumed_by_accident(small_toy, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="Nothing to resume"):
+        pretrain(small_toy, output_dir=out, resume=True, **RUN)
+    with pytest.raises(ValueError, match="pass the run's output_dir"):
+        pretrain(small_toy, resume=True, **RUN)
+    _interrupted(small_toy, out, epoch=1)
+    with pytest.raises(FileExistsError, match="interrupted run.*resume=True"):
+        pretrain(small_toy, output_dir=out, **RUN)
+    with pytest.raises(ValueError, match=r"lr \(0\.001 -> 0\.01\)"):
+        pretrain(small_toy, output_dir=out, resume=True, **{**RUN, "lr": 1e-2})
+    with pytest.raises(ValueError, match="architecture differs"):
+        pretrain(small_toy, output_dir=out, resume=True, **{**RUN, "model": "storm-small"})
+    other = st.datasets.toy(n_obs=200, n_genes=30, n_domains=3, seed=5)
+    with pytest.raises(ValueError, match="other data"):
+        pretrain(other, output_dir=out, resume=True, **RUN)
+    # how long it runs may change
+    longer = pretrain(small_toy, output_dir=out, resume=True, **{**RUN, "max_epochs": 2})
+    assert longer.manifest["run"]["epochs"] == 2
+
+
+def test_overwrite_starts_again_and_never_resumes_a_stale_checkpoint(small_toy, tmp_path):
+    out = tmp_path / "run"
+    _interrupted(small_toy, out, epoch=1)
+    (out / "logs" / "metrics.csv").write_text("epoch\n0\n")
+    # a new run that fails before its first epoch ends must leave nothing of the old one to resume
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=out, overwrite=True, callbacks=[_Crash(0)], **RUN)
+    assert not (out / "checkpoints").exists()
+    with pytest.raises(FileNotFoundError, match="before its first epoch ended"):
+        pretrain(small_toy, output_dir=out, resume=True, **RUN)
+
+
+def test_logs_of_another_run_are_not_replaced(small_toy, tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text("epoch\n0\n")
+    with pytest.raises(FileExistsError, match="logs of another run"):
+        pretrain(small_toy, output_dir=tmp_path, **RUN)
+
+
+def test_a_damaged_checkpoint_is_named(small_toy, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read as a storm_sc run checkpoint.*overwrite=True"):
+        pretrain(small_toy, output_dir=tmp_path, resume=True, **RUN)
