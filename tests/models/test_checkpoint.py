@@ -18,11 +18,12 @@ from storm_sc.models._pretrained import _ENTRIES, WEIGHTS_DIR, reference_name, r
 
 
 def _rewrite(path, target, **metadata_changes):
-    """Copy a checkpoint with some header fields changed, re-hashed as a genuine writer would."""
+    """Copy a checkpoint with some header fields changed (None: removed), re-hashed as a genuine writer would."""
     with safe_open(str(path), "pt") as fh:
         meta = dict(fh.metadata())
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     meta.update(metadata_changes)
+    meta = {k: v for k, v in meta.items() if v is not None}
     meta["content_sha256"] = content_digest(tensors, meta)
     save_file(tensors, str(target), metadata=meta)
     return target
@@ -129,6 +130,10 @@ def test_incompatible_checkpoints_are_refused(saved, tmp_path, storm_log, monkey
     monkeypatch.setattr(st, "__version__", "0.0.0+unknown")
     assert StormModel.load(newer).config == StormModel.load(saved).config
     monkeypatch.undo()
+    storm_log.clear()
+    unversioned = _rewrite(saved, tmp_path / "unversioned.safetensors", storm_sc_version=None)
+    assert StormModel.load(unversioned).config == StormModel.load(saved).config
+    assert "does not say which storm_sc wrote it" in storm_log.text
     fmt = _rewrite(saved, tmp_path / "format.safetensors", format_version="7")
     with pytest.raises(IncompatibleCheckpointError, match="format 7"):
         StormModel.load(fmt)

@@ -315,6 +315,15 @@ def check_compatible(path: Path, metadata: dict[str, str]) -> None:
             f"{path}: unreadable checkpoint format version {metadata.get('format_version')!r}."
         ) from err
     written_by = metadata.get("storm_sc_version", "unknown")
+    if _release(written_by) == (0, 0) and not written_by.endswith("+unknown"):
+        # StormModel.save always records it: the header was made or edited by other means
+        logger.warning(
+            "%s does not say which storm_sc wrote it (storm_sc_version %r): it cannot be checked against this "
+            "storm_sc (%s) and may not load or behave as its author's did. Save it again with StormModel.save.",
+            path,
+            written_by,
+            __version__,
+        )
     if version > FORMAT_VERSION:
         raise IncompatibleCheckpointError(
             f"{path} uses checkpoint format {version}, written by storm_sc {written_by}; this storm_sc ({__version__}) "
