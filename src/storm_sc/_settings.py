@@ -43,8 +43,8 @@ _SCANPY_LEVELS = (logging.ERROR, logging.WARNING, logging.INFO, logging.INFO, lo
 
 
 @contextlib.contextmanager
-def quiet_loggers(*names: str) -> Iterator[None]:
-    """Hold the named loggers at WARNING or above for the duration, then restore their levels.
+def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Hold the named loggers at ``level`` or above for the duration, then restore their levels.
 
     For libraries whose informational messages restate, on every call, what storm_sc logs once in its own words
     (squidpy announcing each neighbour graph, Lightning its accelerator); their warnings still show.
@@ -52,7 +52,7 @@ def quiet_loggers(*names: str) -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        lg.setLevel(max(lg.getEffectiveLevel(), level))
     try:
         yield
     finally:

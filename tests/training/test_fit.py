@@ -149,6 +149,19 @@ def test_fine_tuning_says_which_genes_the_refitted_readout_no_longer_covers(smal
     assert "expression readout (15 genes) is dropped" in caplog.text
 
 
+def test_only_the_first_process_of_a_data_parallel_run_logs_warnings(small_toy, caplog, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    model = StormModel("storm-tiny", small_toy["table"].var_names, seed=1)
+    fit(model, small_toy, max_steps=1, batch_size=16, val_fraction=0.0, verbose=False)
+    caplog.clear()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # what torchrun / SLURM give the second process
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        fit(model, small_toy, max_steps=1, batch_size=16, val_fraction=0.0, expression_readout=False, verbose=False)
+    assert model.readout is None
+    assert "is dropped" not in caplog.text
+
+
 def test_worker_processes_do_not_change_the_result(small_toy):
     kw = {"model": "storm-tiny", "max_epochs": 2, "batch_size": 32, "seed": 2, "verbose": False}
     in_process = pretrain(small_toy, num_workers=0, **kw)

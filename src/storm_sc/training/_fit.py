@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +125,25 @@ def _lightning_messages(show: bool) -> Iterator[None]:
         yield
 
 
+def _messages_from_rank_zero(fn: Callable[..., StormModel]) -> Callable[..., StormModel]:
+    """Only the first process of a data-parallel run logs storm_sc's warnings and information (errors: all).
+
+    Every process prepares the same slides and fits the same readout, so each message would repeat once per GPU.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> StormModel:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            return fn(*args, **kwargs)
+        with quiet_loggers("storm_sc", level=logging.ERROR):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_messages_from_rank_zero
 @keeps_global_random_state
 def fit(
     model: StormModel,
