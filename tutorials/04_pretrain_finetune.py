@@ -165,9 +165,10 @@ print("embedding changed by fine-tuning:", not np.allclose(before, after))
 # torchrun --nproc_per_node=8 -m storm_sc.cli pretrain --config recipe.yaml  # 8 GPUs with DDP
 # ```
 #
-# A run writes a checkpoint to its output folder at the end of every epoch; a run that was interrupted (a pre-empted
-# cluster job) continues from its last completed epoch with the same command and `--resume` (in Python,
-# `st.training.fit(..., output_dir=..., resume=True)`).
+# A run writes a checkpoint to its output folder at the end of every epoch; a run that was interrupted continues from
+# its last completed epoch with the same command and `--resume` (in Python, `st.training.fit(..., output_dir=...,
+# resume=True)`). Job scripts that may run twice use `--resume auto` (resume if there is a run to resume, else
+# start); a requeued SLURM job resumes by itself.
 #
 # `configs/` in the repository holds the recipes of the named models (`storm-tiny.yaml` for the shipped reference
 # checkpoint, `storm-small.yaml` for a larger CPU model, `storm-base.yaml` for GPUs).

@@ -264,5 +264,6 @@ def test_cli_names_resume_for_an_interrupted_run(tmp_path):
     path = _write(tmp_path, model="storm-tiny", datasets=[TOY], output_dir=str(out))
     with pytest.raises(SystemExit, match="interrupted run.*--resume"):
         main(["pretrain", "--config", str(path)])
-    with pytest.raises(SystemExit, match="cannot be read as a storm_sc run checkpoint"):
-        main(["pretrain", "--config", str(path), "--resume"])
+    for resume in (["--resume"], ["--resume", "auto"]):
+        with pytest.raises(SystemExit, match="cannot be read as a storm_sc run checkpoint"):
+            main(["pretrain", "--config", str(path), *resume])

@@ -93,3 +93,39 @@ def test_a_damaged_checkpoint_is_named(small_toy, tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read as a storm_sc run checkpoint.*overwrite=True"):
         pretrain(small_toy, output_dir=tmp_path, resume=True, **RUN)
+
+
+class _Preempted(L.Callback):
+    """Saves a checkpoint mid-epoch as Lightning does on SLURM's signal (``hpc_ckpt_1.ckpt``), then stops."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 2:
+            trainer.save_checkpoint(trainer.default_root_dir + "/hpc_ckpt_1.ckpt")
+            raise KeyboardInterrupt
+
+
+def test_a_requeued_slurm_job_resumes_from_the_pre_emption_checkpoint(small_toy, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=out, callbacks=[_Preempted()], **RUN)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["hpc_ckpt_1.ckpt", "last.ckpt"]
+    with pytest.raises(FileExistsError, match="hpc_ckpt_1.ckpt"):  # the newer of the two
+        pretrain(small_toy, output_dir=out, **RUN)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same job script, run again by SLURM
+    model = pretrain(small_toy, output_dir=out, **RUN)
+    assert model.manifest["run"]["epochs"] == 4
+    assert model.manifest["run"]["resumed_after_epochs"] == 1  # epoch 1 is finished after the restart
+    assert [row["epoch"] for row in model.manifest["run"]["history"]] == [0, 1, 2, 3]
+    assert (out / "logs-from-epoch-1" / "metrics.csv").is_file()
+    assert not (out / "checkpoints").exists()
+
+
+def test_resume_auto_starts_a_run_or_resumes_one(small_toy, tmp_path):
+    fresh = pretrain(small_toy, output_dir=tmp_path / "a", resume="auto", **RUN)
+    assert "resumed_after_epochs" not in fresh.manifest["run"]
+    _interrupted(small_toy, tmp_path / "b")
+    resumed = pretrain(small_toy, output_dir=tmp_path / "b", resume="auto", **RUN)
+    assert resumed.manifest["run"]["resumed_after_epochs"] == 2
+    assert resumed.weights_digest() == fresh.weights_digest()
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        pretrain(small_toy, output_dir=tmp_path / "c", resume="yes", **RUN)

@@ -16,7 +16,8 @@ Multi-GPU / multi-node: launch the same command under torchrun or srun, e.g.
   torchrun --nproc_per_node=4 -m storm_sc.cli pretrain --config configs/storm-base.yaml
 Lightning reads the process layout from the launcher (devices/num_nodes follow it when left at "auto").
 
-An interrupted run (a pre-empted job) continues from its last completed epoch with the same command and --resume.
+An interrupted run continues from its last completed epoch with the same command and --resume; job scripts that may
+run again (pre-emptible queues) use --resume auto. A requeued SLURM job resumes by itself.
 """
 
 
@@ -44,8 +45,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the interrupted run in the output folder from its last completed epoch (same config)",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=["auto"],
+        help="continue the interrupted run in the output folder from its last checkpoint (same config); "
+        "'--resume auto': resume if there is one, else start (for job scripts that may run twice)",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; no training")
 

@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ from ._config import TrainingConfig, check_hardware
 from ._dataset import ContextDataset, ContextSampler, collate
 from ._module import BestWeights, History, StormLightningModule, Throughput
 from ._resume import (
-    CHECKPOINT_DIR,
+    LAST,
     LOG_DIR,
     RandomStates,
     RunDescription,
     check_same_data,
     check_same_run,
+    checkpoint_folder,
     checkpoint_to_resume,
     clear_checkpoints,
     describe_run,
@@ -152,7 +153,7 @@ def fit(
     config: TrainingConfig | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     callbacks: Sequence[L.Callback] = (),
     cache_dir: str | Path | None = None,
     init_gene_statistics: bool | None = None,
@@ -190,11 +191,15 @@ def fit(
     overwrite
         Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
     resume
-        Continue the interrupted run saved in ``output_dir`` from its last completed epoch, with the same model,
-        slides and settings (only where and how long it runs may change: ``max_epochs``, ``devices``, ...). The
-        weights, optimiser, schedule, early stopping, best epoch so far and random generators are restored, so on
-        one process the result is the one the uninterrupted run would have given. The logs of the resumed part go
-        to ``logs-from-epoch-<N>/``.
+        Continue the interrupted run saved in ``output_dir`` from its last checkpoint, with the same model, slides
+        and settings (only where and how long it runs may change: ``max_epochs``, ``devices``, ...). The weights,
+        optimiser, schedule, early stopping, best epoch so far and random generators are restored, so on one process
+        a run resumed from an epoch's end ends as the uninterrupted run would have. ``"auto"``: resume if there is an
+        interrupted run, else start one (for job scripts that may run more than once). A requeued SLURM job resumes
+        by itself, also from the checkpoint Lightning writes when SLURM signals the job's end (``#SBATCH
+        --signal=SIGUSR1@90``); that one is taken mid-epoch, and the rest of that epoch takes its batches from the
+        start of the epoch's order again (some observations twice, others not, in that epoch). The logs of the
+        resumed part go to ``logs-from-epoch-<N>/``.
     callbacks
         Extra Lightning callbacks.
     cache_dir
@@ -235,11 +240,21 @@ def fit(
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
     if out_dir is not None and (out_dir / MODEL_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out_dir / MODEL_FILE} already exists; pass overwrite=True or another output_dir.")
-    resume_from = checkpoint_to_resume(out_dir, resume=bool(resume), overwrite=overwrite, model_file=MODEL_FILE)
+    resume_from = checkpoint_to_resume(out_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
     resumed_epochs = 0
     if resume_from is not None:
         description, resumed_epochs = read_description(resume_from)
         check_same_run(description, model, opts, resume_from)
+        logger.info(
+            "Resuming the run in %s from %s, after %d completed epoch(s)%s.",
+            out_dir,
+            resume_from.name,
+            resumed_epochs,
+            ""
+            if resume_from.name == LAST
+            else f" (mid-epoch: the rest of epoch {resumed_epochs} takes its batches from the start of the epoch's "
+            "order again, so that epoch sees some observations twice and others not)",
+        )
     launch = _launch_settings(opts)
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
@@ -280,17 +295,17 @@ def fit(
     cbs: list[L.Callback] = [best, history, throughput, *callbacks]
     if out_dir is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.utilities import rank_zero_only
 
-        if resume_from is None and rank_zero_only.rank == 0:
-            clear_checkpoints(out_dir)  # a stale checkpoint of an earlier run (overwrite=True) is never resumed
+        if resume_from is None:
+            # by every process, before its trainer exists: on SLURM, Lightning would resume a stale one by itself
+            clear_checkpoints(out_dir)
         # At the training epoch's end, after the callbacks above have recorded it: the resumed run starts the next
         # epoch with everything the uninterrupted run had at that point.
         cbs += [
             RandomStates(),
             RunDescription(describe_run(model, opts, datasets)),
             ModelCheckpoint(
-                dirpath=out_dir / CHECKPOINT_DIR,
+                dirpath=checkpoint_folder(out_dir),
                 filename="last",
                 save_top_k=1,
                 monitor=None,
@@ -325,7 +340,8 @@ def fit(
             log_every_n_steps=min(opts.log_every_n_steps, steps_per_epoch),
             logger=csv if csv is not None else False,
             callbacks=cbs,
-            default_root_dir=out_dir,
+            # where Lightning writes its checkpoint when SLURM signals a job's end (and looks for one on restart)
+            default_root_dir=checkpoint_folder(out_dir) if out_dir is not None else None,
             enable_checkpointing=out_dir is not None,  # our ModelCheckpoint only (the run checkpoint)
             enable_progress_bar=show,
             enable_model_summary=False,
@@ -353,6 +369,8 @@ def fit(
             # the folders were checked above: resume=True reuses the checkpoint folder, overwrite=True replaces the logs
             warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+            # a mid-epoch (SLURM) checkpoint: said in our words when the run resumes
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
             # Lightning's own use of an API torch deprecated: nothing a user of storm_sc can act on
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             _fit_interruptible(trainer, module, train_loader, val_loader, ckpt_path=resume_from)
@@ -485,7 +503,7 @@ def pretrain(
     config: TrainingConfig | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     callbacks: Sequence[L.Callback] = (),
     cache_dir: str | Path | None = None,
     provenance: dict[str, Any] | None = None,

@@ -335,7 +335,7 @@ def _slide(entry: dict[str, Any]) -> TrainingSlide:
 
 
 def run_recipe(
-    recipe: Recipe, *, overwrite: bool = False, resume: bool = False, verbose: bool | None = None
+    recipe: Recipe, *, overwrite: bool = False, resume: bool | str = False, verbose: bool | None = None
 ) -> StormModel:
     """Load the datasets of a recipe and train; writes ``model.safetensors`` and ``logs/`` to ``output_dir``.
 
@@ -346,7 +346,8 @@ def run_recipe(
     overwrite
         Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
     resume
-        Continue the run of this recipe that was interrupted (see :func:`storm_sc.training.fit`).
+        Continue the run of this recipe that was interrupted; ``"auto"``: if there is one, else start it (see
+        :func:`storm_sc.training.fit`).
     verbose
         Progress bars.
 

@@ -8,8 +8,9 @@ generators), plus a description of the run that a resume is checked against befo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,47 +54,76 @@ _SAME_DATA = ("name", "n_obs", "n_train", "n_val", "sha256")
 
 
 def run_checkpoint(out_dir: Path) -> Path:
-    """Path of the run checkpoint of ``out_dir``."""
+    """Path of the epoch-end run checkpoint of ``out_dir``."""
     return out_dir / CHECKPOINT_DIR / LAST
 
 
-def checkpoint_to_resume(out_dir: Path | None, *, resume: bool, overwrite: bool, model_file: str) -> Path | None:
-    """Decide, before any work, whether the run resumes (its checkpoint) or starts; refuse to clobber a run.
+def checkpoint_folder(out_dir: Path) -> Path:
+    """Where a run's checkpoints go: Lightning's SLURM pre-emption checkpoints (``hpc_ckpt_<n>.ckpt``) as well."""
+    return out_dir / CHECKPOINT_DIR
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint of an interrupted run: the epoch-end one, or one Lightning saved on a SLURM signal."""
+    folder = checkpoint_folder(out_dir)
+    if not folder.is_dir():
+        return None
+    found = [p for p in (folder / LAST, *folder.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def requeued_slurm_job() -> bool:
+    """Whether this process belongs to a SLURM job that was requeued (pre-empted or timed out, then restarted)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False
+
+
+def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite: bool, model_file: str) -> Path | None:
+    """Decide, before any work, whether the run resumes (from which checkpoint) or starts; refuse to clobber a run.
 
     Parameters
     ----------
     out_dir
         The run's folder (``None``: nothing is written, nothing can be resumed).
     resume, overwrite
-        As given to ``fit``.
+        As given to ``fit``: ``resume`` True, False or ``"auto"`` (resume an interrupted run if there is one).
+        A requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) resumes as with ``"auto"`` unless ``overwrite``.
     model_file
         Name of the final model in ``out_dir``.
     """
-    if resume and out_dir is None:
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"`resume` must be True, False or 'auto', got {resume!r}.")
+    if resume is True and out_dir is None:
         raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
     if out_dir is None:
         return None
-    last = run_checkpoint(out_dir)
-    if resume:
-        if not last.is_file():
-            finished = (out_dir / model_file).exists()
-            raise FileNotFoundError(
-                f"Nothing to resume in {out_dir}: it holds no run checkpoint ({CHECKPOINT_DIR}/{LAST})"
-                + (
-                    f"; its run finished ({model_file}). To train that model further, load it and call fit "
-                    "with another output_dir."
-                    if finished
-                    else "; the run stopped before its first epoch ended. Start it again with overwrite=True "
-                    "(--overwrite)."
-                )
+    latest = _latest_checkpoint(out_dir)
+    if resume is False and not overwrite and requeued_slurm_job() and latest is not None:
+        logger.info("A requeued SLURM job: resuming the interrupted run in %s (%s).", out_dir, latest.name)
+        resume = "auto"
+    if resume is True and latest is None:
+        finished = (out_dir / model_file).exists()
+        raise FileNotFoundError(
+            f"Nothing to resume in {out_dir}: it holds no run checkpoint ({CHECKPOINT_DIR}/{LAST})"
+            + (
+                f"; its run finished ({model_file}). To train that model further, load it and call fit with "
+                "another output_dir."
+                if finished
+                else "; the run stopped before its first epoch ended. Start it again with overwrite=True "
+                "(--overwrite), or use resume='auto' (--resume auto), which starts a run when there is none to resume."
             )
-        return last
-    if overwrite:
+        )
+    if resume and latest is not None:
+        return latest
+    if overwrite or resume == "auto":
+        # "auto" with no checkpoint: logs without a model or checkpoint are a run that died in its first epoch
         return None
-    if last.is_file():
+    if latest is not None:
         raise FileExistsError(
-            f"{out_dir} holds an interrupted run ({CHECKPOINT_DIR}/{LAST}): pass resume=True (storm-sc pretrain "
-            "--resume) to continue it, overwrite=True (--overwrite) to start again from scratch, or another "
+            f"{out_dir} holds an interrupted run ({CHECKPOINT_DIR}/{latest.name}): pass resume=True (storm-sc "
+            "pretrain --resume) to continue it, overwrite=True (--overwrite) to start again from scratch, or another "
             "output_dir."
         )
     metrics = out_dir / LOG_DIR / "metrics.csv"
@@ -106,10 +136,17 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool, overwrite: bool,
 
 
 def clear_checkpoints(out_dir: Path) -> None:
-    """Remove the run checkpoints (a restarted run's stale one would otherwise be resumed; a finished run's is spent)."""
-    folder = out_dir / CHECKPOINT_DIR
-    if folder.is_dir():
-        shutil.rmtree(folder)
+    """Remove the run's checkpoints: a new run must not resume a stale one (Lightning would, on SLURM, by itself).
+
+    Safe to call from every process of a run at once.
+    """
+    folder = checkpoint_folder(out_dir)
+    if not folder.is_dir():
+        return
+    for path in folder.glob("*.ckpt"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another process removed it first, or the user keeps files there
+        folder.rmdir()
 
 
 def read_description(path: Path) -> tuple[dict[str, Any], int]:
@@ -124,7 +161,9 @@ def read_description(path: Path) -> tuple[dict[str, Any], int]:
     description = checkpoint.get("storm_sc") if isinstance(checkpoint, dict) else None
     if not isinstance(description, dict):
         raise ValueError(f"{path} was not written by storm_sc's training; start the run again with overwrite=True.")
-    return description, int(checkpoint.get("epoch", -1)) + 1
+    # the epoch-end checkpoint is saved as its epoch ends; a SLURM pre-emption one during the epoch it resumes
+    epoch = int(checkpoint.get("epoch", -1))
+    return description, epoch + 1 if path.name == LAST else max(epoch, 0)
 
 
 def check_same_run(description: dict[str, Any], model: StormModel, options: TrainingConfig, path: Path) -> None:
