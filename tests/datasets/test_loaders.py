@@ -69,7 +69,7 @@ def test_her2st_c2_image_scale_and_tissue(shared_data):
     full = tree[sorted(tree.keys())[0]]["image"]
     assert full.sizes == {"c": 3, "y": 9911, "x": 9274}
     grey = _grey(full.data[:, ::8, ::8].compute())
-    at_spots = _grey_at(grey, _spot_xy(sdata, "C2_spots", "global") / 8)
+    at_spots = _grey_at(grey, _spot_xy(sdata, "C2_spots", "C2") / 8)
     assert at_spots.mean() < grey.mean() - 15
 
 
@@ -83,7 +83,7 @@ def test_her2st_expression_only_section_with_pathologist_labels(shared_data):
     assert labels.notna().all()
     assert {"invasive cancer", "connective tissue"} <= set(labels.cat.categories)
     # positions are still in physical scale: array neighbours are ~200 um apart
-    xy_um = sdata.attrs[ATTRS_STORM]["mpp"] * _spot_xy(sdata, "C1_spots", "global")
+    xy_um = sdata.attrs[ATTRS_STORM]["mpp"] * _spot_xy(sdata, "C1_spots", "C1")
     step = _array_step_um(xy_um, table.obs[["array_x", "array_y"]].to_numpy())
     assert step == pytest.approx(200, rel=0.05)
 
@@ -196,7 +196,7 @@ def test_mob_layers_in_microns(shared_data):
     assert _is_integer_counts(table.X)
     assert len(table.obs["layer"].cat.categories) == 5
     assert table.obs["layer"].cat.categories[0].startswith("1:")
-    xy_um = _spot_xy(sdata, "MOB_spots", "global") * sdata.attrs[ATTRS_STORM]["mpp"]
+    xy_um = _spot_xy(sdata, "MOB_spots", "MOB") * sdata.attrs[ATTRS_STORM]["mpp"]
     step = _array_step_um(xy_um, table.obs[["array_x", "array_y"]].to_numpy())
     assert step == pytest.approx(200, rel=0.05)
 
@@ -207,7 +207,7 @@ def test_mob_he_scale_and_tissue(shared_data):
     assert sdata.tables["table"].n_obs == 267
     assert sdata.attrs[ATTRS_STORM]["mpp"] == pytest.approx(3.44, abs=0.05)
     grey = _grey(sdata.images["MOB1_image"].values)
-    at_spots = _grey_at(grey, _spot_xy(sdata, "MOB1_spots", "global"), radius=3)
+    at_spots = _grey_at(grey, _spot_xy(sdata, "MOB1_spots", "MOB1"), radius=3)
     assert at_spots.mean() < grey.mean() - 20
     with pytest.raises(ValueError, match="replicate"):
         st.datasets.mob_he(3)
@@ -225,7 +225,7 @@ def test_xenium_lung_he_swap_and_scale(shared_data):
     assert attrs["platform"] == "hest"
     assert "estimate" in attrs["mpp_source"]
     grey = _grey(sdata.images["NCBI858_image"].values)
-    xy = _spot_xy(sdata, "NCBI858_spots", "global")
+    xy = _spot_xy(sdata, "NCBI858_spots", "NCBI858")
     np.testing.assert_allclose(xy[:, 0], table.obs["y_pixel"].to_numpy())  # column of the image
     on_tissue = (_grey_at(grey, xy, radius=2) < 215).mean()
     assert on_tissue > 0.9
@@ -240,7 +240,7 @@ def test_xenium_mouse_brain_in_microns(shared_data):
     table = sdata.tables["table"]
     assert table.shape == (36602, 248)
     assert not sdata.images
-    xy = _spot_xy(sdata, "xenium_mouse_brain_spots", "global")
+    xy = _spot_xy(sdata, "xenium_mouse_brain_spots", "xenium_mouse_brain")
     np.testing.assert_allclose(xy, table.obs[["x_centroid", "y_centroid"]].to_numpy())
     assert 5 < sdata.attrs[ATTRS_STORM]["spot_diameter_um"] < 40
 

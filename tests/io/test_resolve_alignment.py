@@ -75,7 +75,7 @@ def test_recorded_mpp_converts_to_another_image():
     sdata.images["small"] = Image2DModel.parse(
         np.zeros((3, 50, 50), dtype=np.uint8),
         dims=("c", "y", "x"),
-        transformations={"global": Scale([2, 2], axes=("y", "x"))},
+        transformations={"slide": Scale([2, 2], axes=("y", "x"))},  # from_arrays: the slide's own system
     )
     si = st.io.resolve(sdata, image_key="small")
     assert si.mpp == pytest.approx(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 import spatialdata as sd
@@ -44,6 +45,38 @@ def test_concatenated_slides_are_taken_apart(tables):
     assert si.library_id == "toy_spots-a" and si.n_obs == 40 and si.image_key == "toy_image-a"
     table.obs["written"] = 1  # a slide's table is its own copy
     assert fingerprint(both) == before
+
+
+def test_slides_built_by_storm_sc_stay_apart_when_concatenated_as_a_list():
+    # from_arrays (legacy ST, HEST, the bulb and her2st loaders) places each slide in a system named after it, as
+    # spatialdata-io's Visium reader does: in one shared "global" system two sections would lie on top of each other
+    # and be analysed as one slide, each spot a neighbour of the other section's.
+    rng = np.random.default_rng(0)
+    slides = []
+    for name in ("C2", "C3"):
+        table = ad.AnnData(rng.poisson(2.0, (30, 6)).astype(np.float32))
+        table.obs_names = [f"{name}_{i}" for i in range(30)]
+        centres = rng.uniform(0, 400, (30, 2))
+        slides.append(st.io.from_arrays(table, centres, np.zeros((400, 400, 3), np.uint8), mpp=1.0, library_id=name))
+    both = sd.concatenate(slides, concatenate_tables=True)
+    assert sorted(both.coordinate_systems) == ["C2", "C3"]
+    assert {p.name: p.regions for p in find_slides(both)} == {"C2_spots": ("C2_spots",), "C3_spots": ("C3_spots",)}
+
+
+def test_predictions_of_concatenated_slides_are_not_taken_for_measurements():
+    # anndata's concat (under spatialdata.concatenate) drops the prediction tables' .uns record; their layer stays
+    slides = _toys()
+    for s in slides.values():
+        table = s["table"]
+        pred = ad.AnnData(np.zeros((table.n_obs, 2), np.float32), obs=table.obs[["region", "instance_id"]].copy())
+        pred.layers["predicted_std"] = np.ones_like(pred.X)
+        pred.uns["storm"] = {"predict_expression": {}}
+        s.tables["storm_predicted"] = TableModel.parse(
+            pred, region="toy_spots", region_key="region", instance_key="instance_id"
+        )
+    both = sd.concatenate(slides, concatenate_tables=True)
+    assert "storm" not in both["storm_predicted"].uns
+    assert sorted(st.io.split_slides(both)) == ["toy_spots-a", "toy_spots-b"]
 
 
 def test_one_slide_is_returned_as_it_is():

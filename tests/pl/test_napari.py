@@ -5,6 +5,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel
+from spatialdata.transformations import get_transformation
 
 import storm_sc as st
 from storm_sc.pl._napari import _napari_levels
@@ -24,8 +25,9 @@ def test_large_single_level_image_gets_lazy_levels():
     big = _gradient_slide(side=9000)
     (key,) = big.images
     level0 = big.images[key]["scale0"]["image"]
+    placed = get_transformation(big.images[key], get_all=True)  # in the slide's own coordinate system
     flat = SpatialData(
-        images={key: Image2DModel.parse(level0.data, dims=("c", "y", "x"))},
+        images={key: Image2DModel.parse(level0.data, dims=("c", "y", "x"), transformations=placed)},
         shapes=dict(big.shapes),
         tables={"table": big["table"].copy()},
     )

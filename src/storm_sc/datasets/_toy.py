@@ -230,6 +230,8 @@ def toy(
         spot_diameter_um=spot_diameter_um,
         platform="generic",
         library_id="toy",
+        # one synthetic slide, placed as spatialdata-io's Xenium and CosMx readers place theirs
+        coordinate_system="global",
     )
     sdata.attrs[ATTRS_STORM][ATTRS_DATASET] = "toy"
     sdata.attrs[ATTRS_STORM][ATTRS_SEED] = int(seed)

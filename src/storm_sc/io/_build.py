@@ -46,7 +46,7 @@ def from_arrays(
     image_key: str | None = None,
     shapes_key: str | None = None,
     table_key: str = "table",
-    coordinate_system: str = "global",
+    coordinate_system: str | None = None,
 ) -> SpatialData:
     """Assemble a SpatialData (image, spot circles, linked table) from arrays, in true physical scale.
 
@@ -75,7 +75,10 @@ def from_arrays(
     image_key, shapes_key, table_key
         Element names; default to ``f"{library_id}_image"``, ``f"{library_id}_spots"`` and ``"table"``.
     coordinate_system
-        Name of the coordinate system the elements are placed in (pixels of ``image``).
+        Name of the coordinate system the elements are placed in (pixels of ``image``); default ``library_id``,
+        as ``spatialdata_io.visium`` names it after the dataset: slides joined with ``spatialdata.concatenate``
+        then stay apart (in one shared system they would lie on top of each other, each spot a neighbour of the
+        other slide's).
 
     Returns
     -------
@@ -106,7 +109,7 @@ def from_arrays(
         )
     image_key = image_key or f"{library_id}_image"
     shapes_key = shapes_key or f"{library_id}_spots"
-    transformations = {coordinate_system: Identity()}
+    transformations = {coordinate_system or library_id: Identity()}
 
     images = {}
     if image is not None:

@@ -23,7 +23,7 @@ from spatialdata import SpatialData
 from spatialdata.models import TableModel, get_table_keys
 from xarray import DataArray, DataTree
 
-from storm_sc._constants import ATTRS_STORM, UNS_STORM
+from storm_sc._constants import ATTRS_STORM, LAYER_PREDICTED_STD, UNS_STORM
 from storm_sc._settings import logger
 
 from ._anndata import anndata_slide_name, library_naming_columns
@@ -40,9 +40,13 @@ class SlidePart:
 
 
 def is_prediction(table: AnnData) -> bool:
-    """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one)."""
+    """Whether a table holds expression predicted by storm_sc (which annotates the same spots as the measured one).
+
+    Known by its record in ``.uns``, or by its uncertainty layer: ``spatialdata.concatenate`` merges two slides'
+    prediction tables with anndata, which drops ``.uns`` but keeps layers.
+    """
     params = table.uns.get(UNS_STORM)
-    return isinstance(params, Mapping) and "predict_expression" in params
+    return (isinstance(params, Mapping) and "predict_expression" in params) or LAYER_PREDICTED_STD in table.layers
 
 
 def _annotated(table: AnnData) -> tuple[tuple[str, ...], str] | None:
