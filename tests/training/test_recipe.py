@@ -267,3 +267,26 @@ def test_cli_names_resume_for_an_interrupted_run(tmp_path):
     for resume in (["--resume"], ["--resume", "auto"]):
         with pytest.raises(SystemExit, match="cannot be read as a storm_sc run checkpoint"):
             main(["pretrain", "--config", str(path), *resume])
+
+
+def test_cli_an_interrupted_run_exits_non_zero_and_names_resume(tmp_path, monkeypatch, capsys):
+    import storm_sc.training as training
+
+    out = tmp_path / "out"
+    path = _write(tmp_path, model="storm-tiny", datasets=[TOY], output_dir=str(out))
+    plan = json.loads(main(["pretrain", "--config", str(path), "--dry-run"]) == 0 and capsys.readouterr().out)
+    assert plan["run"] == "new"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"an epoch")
+    assert main(["pretrain", "--config", str(path), "--dry-run", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == f"resume from {out / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(SystemExit, match="interrupted run"):  # what the real run would say
+        main(["pretrain", "--config", str(path), "--dry-run"])
+
+    def pre_empted(recipe, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(training, "run_recipe", pre_empted)
+    # Lightning exits with status 0 on SIGTERM: a job chain would take the pre-empted run for a finished one
+    assert main(["pretrain", "--config", str(path), "--resume"]) == 143
+    assert "rerun the same command with --resume" in capsys.readouterr().err

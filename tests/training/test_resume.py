@@ -28,12 +28,14 @@ def _interrupted(data, out, epoch=2, **options):
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_a_resumed_run_ends_where_the_uninterrupted_one_does(small_toy, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(small_toy, tmp_path, workers):
     whole = pretrain(small_toy, output_dir=tmp_path / "whole", **RUN)
     assert not (tmp_path / "whole" / "checkpoints").exists()  # spent once the model is written
 
     _interrupted(small_toy, tmp_path / "cut")
-    resumed = pretrain(small_toy, output_dir=tmp_path / "cut", resume=True, **RUN)
+    # worker processes took their first items before Lightning set the resumed epoch: epoch 0's order
+    resumed = pretrain(small_toy, output_dir=tmp_path / "cut", resume=True, **{**RUN, "num_workers": workers})
     # weights, optimiser, schedule, best epoch so far and the random generators (dropout, masking) all carried over
     assert resumed.weights_digest() == whole.weights_digest()
     run, run_whole = resumed.manifest["run"], whole.manifest["run"]
@@ -129,3 +131,81 @@ def test_resume_auto_starts_a_run_or_resumes_one(small_toy, tmp_path):
     assert resumed.weights_digest() == fresh.weights_digest()
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         pretrain(small_toy, output_dir=tmp_path / "c", resume="yes", **RUN)
+
+
+def test_a_step_limited_run_resumes_exactly(small_toy, tmp_path):
+    # Lightning restarts a step-limited run at its last epoch's end: that epoch ended twice (a history row of
+    # None), the next took the following epoch's order, and the restore drew from the generators
+    steps = {**RUN, "max_epochs": 20, "max_steps": 20}
+    whole = pretrain(small_toy, **steps)
+    _interrupted(small_toy, tmp_path, **{"max_epochs": 20, "max_steps": 20})
+    resumed = pretrain(small_toy, output_dir=tmp_path, resume=True, **steps)
+    assert resumed.manifest["run"]["history"] == whole.manifest["run"]["history"]
+    assert resumed.weights_digest() == whole.weights_digest()
+
+
+class _CrashAtTheEnd(L.Callback):
+    """Dies after the last epoch's checkpoint, before the model is written (e.g. while the readout is fitted)."""
+
+    def on_train_end(self, trainer, pl_module):
+        raise KeyboardInterrupt
+
+
+def test_a_run_that_stopped_early_stays_stopped_unless_given_more_patience(small_toy, tmp_path):
+    early = {**RUN, "max_epochs": 12, "early_stopping_patience": 1, "lr": 1e-2}
+    whole = pretrain(small_toy, **early)
+    assert whole.manifest["run"]["epochs"] < 12  # it did stop early
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=tmp_path / "a", callbacks=[_CrashAtTheEnd()], **early)
+    resumed = pretrain(small_toy, output_dir=tmp_path / "a", resume=True, **{**early, "expression_readout": False})
+    assert resumed.manifest["run"]["epochs"] == whole.manifest["run"]["epochs"]
+    assert resumed.manifest["run"]["history"] == whole.manifest["run"]["history"]
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=tmp_path / "b", callbacks=[_CrashAtTheEnd()], **early)
+    patient = pretrain(small_toy, output_dir=tmp_path / "b", resume=True, **{**early, "early_stopping_patience": 4})
+    assert patient.manifest["run"]["epochs"] > whole.manifest["run"]["epochs"]
+    assert patient.manifest["training"]["early_stopping_patience"] == 4
+
+
+def test_sigterm_is_an_interruption_not_a_success(small_toy, tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class _Term(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise SIGTERMException  # what Lightning raises once SIGTERM arrived (pre-emption, scancel)
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        pretrain(small_toy, output_dir=tmp_path, callbacks=[_Term()], **RUN)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_one(tmp_path, monkeypatch):
+    import torch
+
+    from storm_sc.training._resume import AtomicCheckpointIO
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, target)
+
+    def dies_midway(obj, path):
+        with open(path, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+
+
+def test_resume_errors_say_what_differs(small_toy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pretrain(small_toy, output_dir=tmp_path / "typo", resume=True, **RUN)
+    _interrupted(small_toy, tmp_path / "run", epoch=1)
+    fewer = st.datasets.toy(n_obs=150, n_genes=30, n_domains=3, seed=0)
+    fewer.tables["table"].obs_names = small_toy["table"].obs_names[:150]
+    with pytest.raises(ValueError, match=r"slide .*n_obs 200 -> 150"):
+        pretrain(fewer, output_dir=tmp_path / "run", resume=True, **RUN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,40 @@ def run(args: argparse.Namespace) -> int:
         "training": recipe.training.to_dict(),
     }
     if args.dry_run:
+        from storm_sc.training._fit import MODEL_FILE
+        from storm_sc.training._resume import checkpoint_to_resume
+
+        # what the real run would do with the output folder (or the error it would stop with)
+        try:
+            if (recipe.output_dir / MODEL_FILE).exists() and not args.overwrite:
+                raise FileExistsError(f"{recipe.output_dir / MODEL_FILE} already exists; pass --overwrite.")
+            start = checkpoint_to_resume(
+                recipe.output_dir, resume=args.resume, overwrite=args.overwrite, model_file=MODEL_FILE
+            )
+        except (ValueError, OSError) as err:
+            raise SystemExit(f"storm-sc pretrain: {err}") from err
+        plan["run"] = "new" if start is None else f"resume from {start}"
         print(json.dumps(plan, indent=2))
         return 0
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         model = run_recipe(recipe, overwrite=args.overwrite, resume=args.resume)
+    except KeyboardInterrupt as err:
+        signal_name = "SIGTERM" if "SIGTERM" in err.args else "SIGINT"
+        from storm_sc.training._resume import latest_checkpoint
+
+        saved = latest_checkpoint(recipe.output_dir)
+        print(
+            f"storm-sc pretrain: interrupted ({signal_name}); "
+            + (
+                f"rerun the same command with --resume to continue from {saved}."
+                if saved is not None
+                else "no epoch had finished, nothing to resume."
+            ),
+            file=sys.stderr,
+        )
+        return 143 if signal_name == "SIGTERM" else 130
     # the user's data or settings (MisconfigurationException: trainer settings Lightning refuses in combination)
     except (ValueError, KeyError, OSError, MisconfigurationException) as err:
         raise SystemExit(f"storm-sc pretrain: {err}") from err

@@ -27,10 +27,13 @@ from storm_sc.models._readout import readout_shortfall
 
 from ._config import TrainingConfig, check_hardware
 from ._dataset import ContextDataset, ContextSampler, collate
-from ._module import BestWeights, History, StormLightningModule, Throughput
+from ._module import BestWeights, History, SamplerEpoch, StormLightningModule, Throughput
 from ._resume import (
     LAST,
     LOG_DIR,
+    AtomicCheckpointIO,
+    EarlyStoppingWithNewPatience,
+    KeepsStopping,
     RandomStates,
     RunDescription,
     check_same_data,
@@ -38,6 +41,7 @@ from ._resume import (
     checkpoint_folder,
     checkpoint_to_resume,
     clear_checkpoints,
+    clear_resumed_logs,
     describe_run,
     read_description,
 )
@@ -192,14 +196,16 @@ def fit(
         Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
     resume
         Continue the interrupted run saved in ``output_dir`` from its last checkpoint, with the same model, slides
-        and settings (only where and how long it runs may change: ``max_epochs``, ``devices``, ...). The weights,
-        optimiser, schedule, early stopping, best epoch so far and random generators are restored, so on one process
-        a run resumed from an epoch's end ends as the uninterrupted run would have. ``"auto"``: resume if there is an
-        interrupted run, else start one (for job scripts that may run more than once). A requeued SLURM job resumes
-        by itself, also from the checkpoint Lightning writes when SLURM signals the job's end (``#SBATCH
-        --signal=SIGUSR1@90``); that one is taken mid-epoch, and the rest of that epoch takes its batches from the
-        start of the epoch's order again (some observations twice, others not, in that epoch). The logs of the
-        resumed part go to ``logs-from-epoch-<N>/``.
+        and settings. The weights, optimiser, schedule, early stopping, best epoch so far and random generators
+        are restored: on one process, a run resumed from an epoch's end ends as the uninterrupted run would have.
+        Only where and how long it runs may change (``max_epochs``, ``max_steps``, ``early_stopping_patience``,
+        ``devices``, ``num_workers``, ...); a new run length or process count recomputes the learning-rate schedule
+        from there on (warned). ``"auto"``: resume if there is an interrupted run, else start one (for job scripts
+        that may run more than once). A requeued SLURM job resumes by itself, also from the checkpoint Lightning
+        writes when SLURM signals the job's end (``#SBATCH --signal=SIGUSR1@90``); that one is taken mid-epoch,
+        and the rest of that epoch takes its batches from the start of the epoch's order again. The logs of the
+        resumed part go to ``logs-from-epoch-<N>/``. An interrupted run (Ctrl+C, SIGTERM) raises
+        ``KeyboardInterrupt``.
     callbacks
         Extra Lightning callbacks.
     cache_dir
@@ -227,7 +233,6 @@ def fit(
     StormModel(storm-tiny, 60 genes, ...)
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import CSVLogger
 
     if not isinstance(model, StormModel):
@@ -286,23 +291,29 @@ def fit(
         loader_args["prefetch_factor"] = 4
     # Our samplers shard across processes themselves and carry the epoch into the items (see ContextSampler).
     train_sampler = ContextSampler(len(train_set), shuffle=True, seed=opts.seed)
+    # Lightning sets the epoch before each epoch's iterator, except that a restarted run's worker processes may take
+    # their first items before it does: they would train the resumed epoch on epoch 0's order.
+    train_sampler.set_epoch(resumed_epochs)
     train_loader = DataLoader(train_set, sampler=train_sampler, **loader_args)
     val_loader = None
     if len(val_set):
         val_loader = DataLoader(val_set, sampler=ContextSampler(len(val_set), shuffle=False, seed=0), **loader_args)
 
     best, history, throughput = BestWeights(opts.monitor), History(), Throughput()
-    cbs: list[L.Callback] = [best, history, throughput, *callbacks]
+    cbs: list[L.Callback] = [best, history, throughput, SamplerEpoch(train_sampler), *callbacks]
     if out_dir is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         if resume_from is None:
             # by every process, before its trainer exists: on SLURM, Lightning would resume a stale one by itself
             clear_checkpoints(out_dir)
+            if overwrite:
+                clear_resumed_logs(out_dir)
         # At the training epoch's end, after the callbacks above have recorded it: the resumed run starts the next
         # epoch with everything the uninterrupted run had at that point.
         cbs += [
             RandomStates(),
+            KeepsStopping(),
             RunDescription(describe_run(model, opts, datasets)),
             ModelCheckpoint(
                 dirpath=checkpoint_folder(out_dir),
@@ -316,7 +327,7 @@ def fit(
     if val_loader is not None and opts.early_stopping_patience is not None:
         # not strict: a run cut short by max_steps before its first validation simply has nothing to compare
         cbs.append(
-            EarlyStopping(
+            EarlyStoppingWithNewPatience(
                 monitor=opts.monitor,
                 patience=opts.early_stopping_patience,
                 mode="min",
@@ -343,6 +354,7 @@ def fit(
             # where Lightning writes its checkpoint when SLURM signals a job's end (and looks for one on restart)
             default_root_dir=checkpoint_folder(out_dir) if out_dir is not None else None,
             enable_checkpointing=out_dir is not None,  # our ModelCheckpoint only (the run checkpoint)
+            plugins=[AtomicCheckpointIO()] if out_dir is not None else None,
             enable_progress_bar=show,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -371,6 +383,11 @@ def fit(
             warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
             # a mid-epoch (SLURM) checkpoint: said in our words when the run resumes
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
+            # a run folder moved or renamed between the interruption and the resume: the checkpoint path is ours
+            warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
+            if resume_from is not None and opts.early_stopping_patience is None:
+                # early stopping dropped on resume: its saved state has no callback to go to, as asked
+                warnings.filterwarnings("ignore", message=".*Please add the following callbacks.*EarlyStopping.*")
             # Lightning's own use of an API torch deprecated: nothing a user of storm_sc can act on
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             _fit_interruptible(trainer, module, train_loader, val_loader, ckpt_path=resume_from)
@@ -473,18 +490,22 @@ def _fit_interruptible(
     *,
     ckpt_path: Path | None = None,
 ) -> None:
-    """``trainer.fit``, where Ctrl+C stays a KeyboardInterrupt and leaves Ctrl+C working afterwards.
+    """``trainer.fit``, where Ctrl+C (or SIGTERM) is a KeyboardInterrupt and leaves Ctrl+C working afterwards.
 
     Lightning answers a KeyboardInterrupt by ignoring SIGINT for the rest of the process and calling
     ``sys.exit(1)``: in a notebook the kernel would then ignore every later Ctrl+C, and callers (``storm_embed``
     with ``adapt_epochs``) would see a SystemExit instead of the interruption.
     """
     from lightning.pytorch.trainer.states import TrainerStatus
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     in_main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if in_main else None
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    except SIGTERMException as err:
+        # A pre-empted or cancelled job: Lightning exits with status 0 on SIGTERM, which job chains take for success.
+        raise KeyboardInterrupt("SIGTERM") from err
     except SystemExit as err:
         interruption = err.__context__  # what Lightning caught before exiting
         if trainer.state.status == TrainerStatus.INTERRUPTED and isinstance(interruption, KeyboardInterrupt):

@@ -167,6 +167,8 @@ class History(L.Callback):
         self.epochs: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epochs and self.epochs[-1]["epoch"] == trainer.current_epoch:
+            return  # a run resumed from a step-limited checkpoint ends its last saved epoch a second time
         row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
             if key.endswith("_epoch") or key.startswith("val/"):
@@ -178,6 +180,20 @@ class History(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict["epochs"])
+
+
+class SamplerEpoch(L.Callback):
+    """Gives the training sampler the trainer's epoch at the start of each epoch.
+
+    Lightning sets it from its count of processed epochs, which a run resumed from a checkpoint of a step-limited
+    (``max_steps``) run counts one too far: the resumed epochs would take the next epoch's order.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sampler.set_epoch(trainer.current_epoch)
 
 
 class Throughput(L.Callback):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from storm_sc import __version__
 from storm_sc._settings import logger
@@ -63,7 +66,7 @@ def checkpoint_folder(out_dir: Path) -> Path:
     return out_dir / CHECKPOINT_DIR
 
 
-def _latest_checkpoint(out_dir: Path) -> Path | None:
+def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest checkpoint of an interrupted run: the epoch-end one, or one Lightning saved on a SLURM signal."""
     folder = checkpoint_folder(out_dir)
     if not folder.is_dir():
@@ -99,10 +102,12 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
         raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
     if out_dir is None:
         return None
-    latest = _latest_checkpoint(out_dir)
+    latest = latest_checkpoint(out_dir)
     if resume is False and not overwrite and requeued_slurm_job() and latest is not None:
         logger.info("A requeued SLURM job: resuming the interrupted run in %s (%s).", out_dir, latest.name)
         resume = "auto"
+    if resume is True and not out_dir.is_dir():
+        raise FileNotFoundError(f"Nothing to resume: {out_dir} does not exist. Pass the interrupted run's output_dir.")
     if resume is True and latest is None:
         finished = (out_dir / model_file).exists()
         raise FileNotFoundError(
@@ -135,6 +140,13 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
     return None
 
 
+def clear_resumed_logs(out_dir: Path) -> None:
+    """Remove the logs of an earlier run's resumed parts (``overwrite=True``: they would sit beside the new run's)."""
+    for folder in out_dir.glob(f"{LOG_DIR}-from-epoch-*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def clear_checkpoints(out_dir: Path) -> None:
     """Remove the run's checkpoints: a new run must not resume a stale one (Lightning would, on SLURM, by itself).
 
@@ -152,7 +164,8 @@ def clear_checkpoints(out_dir: Path) -> None:
 def read_description(path: Path) -> tuple[dict[str, Any], int]:
     """The run description stored in a checkpoint, and the number of epochs it completed."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: only the description is read here; Lightning loads the tensors once, when it restores
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a truncated file, another program's pickle: say which file and what to do
         raise ValueError(
             f"{path} cannot be read as a storm_sc run checkpoint (torch.load: {type(err).__name__}; damaged, cut "
@@ -176,7 +189,25 @@ def check_same_run(description: dict[str, Any], model: StormModel, options: Trai
         problems.append(
             f"the model's genes differ ({len(description.get('genes', []))} were trained, {len(genes)} now)"
         )
+    written_by = description.get("storm_sc_version")
+    if written_by != __version__:
+        logger.warning(
+            "%s was written by storm_sc %s, this is %s: the resumed run may not continue exactly as it would have.",
+            path,
+            written_by,
+            __version__,
+        )
     saved, now = description.get("training", {}), options.to_dict()
+    schedule = [k for k in ("max_epochs", "max_steps", "devices", "num_nodes") if saved.get(k) != now.get(k)]
+    if schedule:
+        logger.warning(
+            "Resuming with other %s: the learning-rate schedule (warm-up and cosine decay over the run's steps) is "
+            "recomputed for the new run length, so the rate can jump at the first resumed step%s.",
+            ", ".join(schedule),
+            "; more processes also make a larger global batch"
+            if any(k in schedule for k in ("devices", "num_nodes"))
+            else "",
+        )
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if changed:
         problems.append(
@@ -202,11 +233,19 @@ def check_same_data(description: dict[str, Any], datasets: Sequence[dict[str, An
     if key(before) == key(datasets):
         return
     names_before, names_now = [r.get("name") for r in before], [r.get("name") for r in datasets]
-    what = (
-        f"slides {names_before} were trained, {names_now} given"
-        if names_before != names_now
-        else "the slides' observations, arrays or training / validation split differ"
-    )
+    if names_before != names_now:
+        what = f"slides {names_before} were trained, {names_now} given"
+    else:
+        what = "; ".join(
+            f"slide {a.get('name')!r}: "
+            + ", ".join(
+                f"{f} {a.get(f)!r} -> {b.get(f)!r}" if f != "sha256" else "its arrays (sha256) differ"
+                for f in _SAME_DATA
+                if str(a.get(f)) != str(b.get(f))
+            )
+            for a, b in zip(before, datasets, strict=True)
+            if key([a]) != key([b])
+        )
     raise ValueError(f"Cannot resume {path} on other data: {what}. Give the run's slides, or start a new run.")
 
 
@@ -237,10 +276,15 @@ class RandomStates(L.Callback):
     Stored as tensors and plain lists: a checkpoint then loads with ``weights_only=True``.
     """
 
+    def __init__(self) -> None:
+        self._epoch = -1  # the last epoch ended: the one a checkpoint written now was saved at
+        self._restored: dict[str, Any] | None = None
+
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = random.getstate()
         numpy_state = np.random.get_state(legacy=False)
         state: dict[str, Any] = {
+            "epoch": self._epoch,
             "python": [version, list(internal), gauss],
             "numpy": {
                 "key": torch.as_tensor(numpy_state["state"]["key"].astype(np.int64)),
@@ -251,10 +295,25 @@ class RandomStates(L.Callback):
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            # this process's GPU only: every process of a data-parallel run is seeded alike and draws alike, and
+            # only the first one's state is saved, to be restored on each process's own GPU
+            state["cuda"] = torch.cuda.get_rng_state()
         return state
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        restored, self._restored = self._restored, None
+        if restored is not None and restored["epoch"] == trainer.current_epoch:
+            # Lightning ends a step-limited (max_steps) run's saved epoch a second time when it resumes it, after
+            # drawing from the generators for that epoch's loader: back to the state the checkpoint was saved with
+            self._apply(restored)
+        self._epoch = trainer.current_epoch
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+        self._apply(state_dict)
+
+    @staticmethod
+    def _apply(state_dict: dict[str, Any]) -> None:
         version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
         saved = state_dict["numpy"]
@@ -268,12 +327,67 @@ class RandomStates(L.Callback):
         )
         torch.set_rng_state(state_dict["torch"])
         cuda = state_dict.get("cuda")
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        elif cuda is not None:
+        if cuda is None:
+            return
+        if torch.cuda.is_available() and isinstance(cuda, torch.Tensor):
+            torch.cuda.set_rng_state(cuda)
+        else:
             logger.warning(
-                "The run checkpoint holds the random state of %d GPU(s), this machine has %d: the resumed run's "
-                "GPU draws (dropout) differ from the interrupted run's.",
-                len(cuda),
-                torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                "The run checkpoint holds a GPU's random state and this run has %s: its GPU draws (dropout) differ "
+                "from the interrupted run's.",
+                "no GPU" if not torch.cuda.is_available() else "a checkpoint of another layout",
             )
+
+
+class KeepsStopping(L.Callback):
+    """Records whether the run had decided to stop (early stopping), so that a resumed finished run does not go on.
+
+    Lightning's checkpoint does not hold ``trainer.should_stop``: a run killed between early stopping and writing its
+    model would otherwise train on when resumed, with a patience already spent.
+    """
+
+    def __init__(self) -> None:
+        self._stop = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["storm_sc_should_stop"] = bool(trainer.should_stop)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._stop = bool(checkpoint.get("storm_sc_should_stop", False))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        early = trainer.early_stopping_callback
+        # a new patience resets the early stop (see EarlyStoppingWithNewPatience): the user asked for more epochs
+        if self._stop and (early is None or early.stopped_epoch > 0):
+            trainer.should_stop = True
+
+
+class EarlyStoppingWithNewPatience(EarlyStopping):
+    """Lightning's early stopping, keeping the patience it is given when a run is resumed (Lightning restores it)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        if patience != self.patience:
+            # a new patience is a new decision: the epochs already waited count against it, a stop already made
+            # under the old one does not
+            self.stopped_epoch = 0
+        self.patience = patience
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its target and renames it into place, so a kill never leaves half a checkpoint.
+
+    Lightning's own writer goes through a temporary file of the system's temporary folder: across file systems (a
+    node-local /tmp, a shared output disk, the usual cluster layout) its final move rewrites the old checkpoint in
+    place, and a job killed meanwhile loses the only copy of the run.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("storm_sc's run checkpoints take no storage_options.")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, target)
