@@ -193,3 +193,20 @@ def test_mixed_feature_settings_name_what_differs(cohort, feats, generated_featu
     # The embedding does not depend on the genes predicted next to it.
     c = validate_cohort(cohort, mixed, task="response", folds=3, features_key="embedding")
     assert len(c.slides) == 16
+
+
+def test_ids_held_in_a_named_index_are_read_from_it(cohort, feats):
+    # scanpy-style tables keep their ids in the index; "no slide column 'slide_id'" was all the user heard.
+    c = validate_cohort(cohort.set_index("slide_id"), feats.set_index("slide_id"), task="response", folds=3)
+    assert sorted(c.slides["slide_id"]) == sorted(cohort["slide_id"])
+    by_both = cohort.set_index(["patient_id", "slide_id"])
+    assert len(validate_cohort(by_both, feats, task="response", folds=3).patients) == 12
+    # a missing value is named by the row label the user knows, here the slide id
+    labelled = cohort.set_index("slide_id")
+    with pytest.raises(ValueError, match=r"'response' has missing values \(rows \['G02_0'\] of the cohort\)"):
+        validate_cohort(labelled.assign(response=labelled["response"].where(labelled.index != "G02_0")), feats,
+                        task="response", folds=3)  # fmt: skip
+    # an index named otherwise is shown next to the columns, where the user will look for it
+    with pytest.raises(ValueError, match=r"no slide column 'slide_id' \(columns: \[.*\]; index: \['Slide'\]\)"):
+        validate_cohort(cohort.rename(columns={"slide_id": "Slide"}).set_index("Slide"), feats, task="response",
+                        folds=3)  # fmt: skip

@@ -373,3 +373,11 @@ def test_a_readout_of_stain_statistics_predicts_as_predict_expression_does(slide
     assert pred.sources == ["readout"] * 5
     assert pred.mean.std(axis=0).min() > 0.01  # the statistics make the prediction vary between tiles
     np.testing.assert_allclose(sf.features, pred.mean, rtol=2e-3, atol=2e-3)  # stored float16
+
+
+def test_a_slide_table_indexed_by_slide_id(slide_file, tmp_path, tiny_model):
+    table = pd.DataFrame({"path": [str(slide_file)]}, index=pd.Index(["case_7"], name="slide_id"))
+    out = slide_features(table, tiny_model, out_dir=tmp_path / "f", device="cpu", verbose=False)
+    assert out["slide_id"].tolist() == ["case_7"]
+    with pytest.raises(ValueError, match=r"missing \['slide_id'\] \(columns: \['path'\]; index: \['case'\]\)"):
+        slide_features(table.rename_axis("case"), tiny_model, out_dir=tmp_path / "f", verbose=False)

@@ -80,13 +80,14 @@ class Cohort:
 def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """``slide_id`` -> ``feature_file`` from the table of :func:`storm_sc.tl.slide_features` or its folder."""
     if isinstance(features, pd.DataFrame):
-        missing = [c for c in ("slide_id", "feature_file") if c not in features.columns]
+        columns = {c: column_or_index(features, c) for c in ("slide_id", "feature_file")}
+        missing = [c for c, values in columns.items() if values is None]
         if missing:
             raise ValueError(
                 f"`features` must be the table returned by st.tl.slide_features (columns 'slide_id', 'feature_file'); "
                 f"missing {missing}."
             )
-        table = features[["slide_id", "feature_file"]].astype({"slide_id": str, "feature_file": str})
+        table = pd.DataFrame({c: values.astype(str).to_numpy() for c, values in columns.items()})
     elif isinstance(features, str | os.PathLike):
         folder = Path(features)
         if not folder.is_dir():
@@ -104,14 +105,34 @@ def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     return table
 
 
+def column_or_index(df: pd.DataFrame, key: str) -> pd.Series | None:
+    """``df[key]``, else the index level named ``key`` (a Series on ``df``'s rows), else ``None``.
+
+    scanpy-style tables keep their ids in the index (``cohort.set_index("slide_id")``): an index named like the
+    column stands for it.
+    """
+    if key in df.columns:
+        return df[key]
+    if key in df.index.names:
+        return pd.Series(df.index.get_level_values(key), index=df.index, name=key)
+    return None
+
+
+def describe_columns(df: pd.DataFrame) -> str:
+    """``"columns: [...]"``, plus the index's name(s) when it has any: where a user may have put a column."""
+    named = [n for n in df.index.names if n is not None]
+    return f"columns: {list(df.columns)}" + (f"; index: {named}" if named else "")
+
+
 def _column(df: pd.DataFrame, key: str, role: str, argument: str | None = None) -> pd.Series:
-    """``df[key]``, or an error naming the argument that chooses the column (``{role}_key`` unless given)."""
-    if key not in df.columns:
+    """``df[key]`` (or the index named ``key``), or an error naming the argument that chooses the column."""
+    values = column_or_index(df, key)
+    if values is None:
         raise ValueError(
-            f"The cohort has no {role} column {key!r} (columns: {list(df.columns)}); pass "
+            f"The cohort has no {role} column {key!r} ({describe_columns(df)}); pass "
             f"`{argument or role + '_key'}=` naming it."
         )
-    return df[key]
+    return values
 
 
 def _binary(values: pd.Series, name: str) -> pd.Series:
@@ -161,7 +182,7 @@ def validate_cohort(
     folds
         Number of cross-validation folds (decides the minimum patients per class).
     slide_key, patient_key, response_key, time_key, event_key
-        Column names in ``cohort``.
+        Column names in ``cohort`` (an index named so counts as a column).
     baseline
         Clinical baseline column(s), numeric.
     features_key
@@ -207,8 +228,10 @@ def validate_cohort(
             f"`baseline` {clash} names the outcome or id column(s) {not_covariates} of this {task} task: a baseline is "
             "a clinical covariate known before the outcome (e.g. 'TMB'). Pass other columns, or none."
         )
-    # The cohort's own row labels, so that a problem row is named as the user knows it.
-    table = pd.DataFrame({"slide_id": slides.to_numpy(), "patient_id": patients.to_numpy()}, index=cohort.index)
+    # The cohort's own row labels, so that a problem row is named as the user knows it; without their names, which
+    # (an index named "slide_id") pandas would not tell apart from the column when merging.
+    rows = cohort.index.set_names([None] * cohort.index.nlevels)
+    table = pd.DataFrame({"slide_id": slides.to_numpy(), "patient_id": patients.to_numpy()}, index=rows)
     for name, key in outcome_cols.items():
         table[name] = _column(cohort, key, name).to_numpy()
     for col in baseline_cols:

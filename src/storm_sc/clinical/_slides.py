@@ -17,6 +17,7 @@ import pandas as pd
 
 from storm_sc._settings import logger
 
+from ._cohort import column_or_index, describe_columns
 from ._features import ExtractionSettings, extract_slide, feature_paths, read_status, slide_fingerprint
 
 if TYPE_CHECKING:
@@ -53,13 +54,16 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
             raise ValueError(f"`slides` must be a 1-D array of paths; got an array of shape {values.shape}.")
         slides = values.tolist()
     if isinstance(slides, pd.DataFrame):
-        missing = [c for c in ("slide_id", "path") if c not in slides.columns]
+        ids, paths = column_or_index(slides, "slide_id"), column_or_index(slides, "path")
+        missing = [c for c, values in (("slide_id", ids), ("path", paths)) if values is None]
         if missing:
             raise ValueError(
-                f"A slide table needs the columns 'slide_id' and 'path'; missing {missing} (has {list(slides.columns)})."
+                f"A slide table needs the columns 'slide_id' and 'path'; missing {missing} ({describe_columns(slides)})."
             )
-        col_mpp = slides["mpp"] if "mpp" in slides.columns else pd.Series([None] * len(slides), index=slides.index)
-        pairs = [(str(i), p, m) for i, p, m in zip(slides["slide_id"], slides["path"], col_mpp, strict=True)]
+        col_mpp = column_or_index(slides, "mpp")
+        if col_mpp is None:
+            col_mpp = pd.Series([None] * len(slides), index=slides.index)
+        pairs = [(str(i), p, m) for i, p, m in zip(ids, paths, col_mpp, strict=True)]
     elif isinstance(slides, Mapping):
         pairs = [(str(k), v, None) for k, v in slides.items()]
     elif isinstance(slides, str | os.PathLike):

@@ -61,7 +61,8 @@ def slide_features(
     ----------
     slides
         A slide path, a list, array or Series of paths (ids = file names without suffix), a dict of slide id to
-        path, or a DataFrame with ``slide_id`` and ``path`` (and optionally ``mpp``) columns.
+        path, or a DataFrame with ``slide_id`` and ``path`` (and optionally ``mpp``) columns (``slide_id`` may be
+        its index, named so).
     model
         A :class:`~storm_sc.models.StormModel` reading H&E pixels, a checkpoint path or registered name, or
         ``None`` for the reference checkpoint bundled with storm_sc.
@@ -174,9 +175,10 @@ def fit_outcome(
     cohort
         One row per slide with the slide id, the patient id and the outcome: ``response`` (0/1), or ``time``
         (positive) and ``event`` (1 = observed, 0 = censored); plus any baseline columns. Outcomes and baselines
-        must be equal across a patient's slides.
+        must be equal across a patient's slides. An id held in the index (``cohort.set_index("slide_id")``) is read
+        from there when the index is named like the key.
     features
-        The table returned by :func:`slide_features`, or its ``out_dir``.
+        The table returned by :func:`slide_features` (``slide_id`` as a column or as the index), or its ``out_dir``.
     task
         ``"response"`` or ``"survival"``.
     folds
