@@ -210,3 +210,42 @@ def test_ids_held_in_a_named_index_are_read_from_it(cohort, feats):
     with pytest.raises(ValueError, match=r"no slide column 'slide_id' \(columns: \[.*\]; index: \['Slide'\]\)"):
         validate_cohort(cohort.rename(columns={"slide_id": "Slide"}).set_index("Slide"), feats, task="response",
                         folds=3)  # fmt: skip
+
+
+def test_slide_ids_that_nearly_match_the_features_are_named_with_the_fix(cohort, feats, tmp_path):
+    # Every one of these said only "32 cohort slide(s) have no features ... Run st.tl.slide_features on them first."
+    paths = cohort["path"]
+    cases = {
+        "a file suffix": (cohort.assign(slide_id=paths.map(lambda p: p.rsplit("/", 1)[1])), r"'G00_0.tif' ~ 'G00_0'"),
+        "a folder and a file suffix": (cohort.assign(slide_id=paths), r"'.*/G00_0.tif' ~ 'G00_0'.*without its folder"),
+        "spaces around it and letter case": (cohort.assign(slide_id=cohort["slide_id"].str.lower() + " "),
+                                             r"'g00_0 ' ~ 'G00_0'.*str.strip"),
+    }  # fmt: skip
+    for reason, (bad, example) in cases.items():
+        with pytest.raises(ValueError, match=rf"16 cohort slide\(s\) have no features.*16 of them differ from a "
+                                             rf"feature id only by {reason} \(e.g. {example}"):  # fmt: skip
+            validate_cohort(bad, feats, task="response", folds=3)
+    # "001" read back by pd.read_csv as the number 1
+    numbered = feats.assign(slide_id=[f"{i:03d}" for i in range(len(feats))])
+    as_read = cohort.assign(slide_id=np.arange(len(cohort)))
+    with pytest.raises(ValueError, match=r"only by leading zeros \(e.g. '0' ~ '000'.*dtype=\{'slide_id': str\}"):
+        validate_cohort(as_read, numbered, task="response", folds=3)
+    # one near-match, one slide that really has no features: both are said
+    mixed = cohort.assign(slide_id=cohort["slide_id"].replace({"G00_0": "G00_0.tif", "G01_0": "NEW"}))
+    with pytest.raises(ValueError, match=r"1 of them differs.*Run st.tl.slide_features on the others first. The "
+                                         r"features hold 16 slide\(s\), e.g. \['G00_0'"):  # fmt: skip
+        validate_cohort(mixed, feats, task="response", folds=3)
+
+
+def test_a_folder_without_feature_files_says_what_it_holds(cohort, feats, tmp_path):
+    slides_folder = cohort["path"].map(lambda p: p.rsplit("/", 1)[0]).iloc[0]
+    with pytest.raises(ValueError, match=r"holds no slide feature files \(\*.h5\), but 16 slide image\(s\) "
+                                         r"\(\['G00_0.tif'.*is it the slides' folder\?"):  # fmt: skip
+        validate_cohort(cohort, slides_folder, task="response", folds=3)
+    with pytest.raises(ValueError, match=r"holds no slide feature files.*pass the `out_dir` given to"):
+        validate_cohort(cohort, tmp_path, task="response", folds=3)
+    (tmp_path / "G00_0.h5.partial").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"only 1 unfinished one\(s\) \(\['G00_0.h5.partial'\]\): rerun"):
+        validate_cohort(cohort, tmp_path, task="response", folds=3)
+    with pytest.raises(ValueError, match="`features` is an empty table"):
+        validate_cohort(cohort, feats.iloc[:0], task="response", folds=3)

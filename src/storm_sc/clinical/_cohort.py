@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pandas as pd
 
 from storm_sc._settings import logger
+from storm_sc.wsi._reader import IMAGE_SUFFIXES, TIFF_SUFFIXES
 
 from ._features import (
     A_COMPLETE,
@@ -19,10 +20,13 @@ from ._features import (
     H5_COORDS_UM,
     H5_EXPRESSION,
     H5_GENES,
+    PARTIAL_SUFFIX,
     SUFFIX,
 )
 from ._mil import TASKS
 
+# Files st.tl.slide_features reads: what a slide id may still carry when it was taken from a file name.
+SLIDE_SUFFIXES = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES)
 # A test fold needs at least this many patients for its out-of-fold predictions to mean anything.
 MIN_PATIENTS_PER_FOLD = 2
 
@@ -88,11 +92,17 @@ def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
                 f"missing {missing}."
             )
         table = pd.DataFrame({c: values.astype(str).to_numpy() for c, values in columns.items()})
+        if table.empty:
+            raise ValueError("`features` is an empty table; pass the table returned by st.tl.slide_features.")
     elif isinstance(features, str | os.PathLike):
         folder = Path(features)
         if not folder.is_dir():
             raise FileNotFoundError(f"`features` folder {folder} does not exist.")
         files = sorted(folder.glob(f"*{SUFFIX}"))
+        if not files:
+            raise ValueError(
+                f"`features` folder {folder} holds no slide feature files (*{SUFFIX}){_folder_hint(folder)}"
+            )
         table = pd.DataFrame({"slide_id": [f.name[: -len(SUFFIX)] for f in files],
                               "feature_file": [str(f) for f in files]})  # fmt: skip
     else:
@@ -103,6 +113,23 @@ def features_table(features: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     if dup:
         raise ValueError(f"`features` lists slide ids more than once: {dup[:10]}.")
     return table
+
+
+def _folder_hint(folder: Path) -> str:
+    """The end of the error for a folder without feature files: what it holds instead, and what to pass."""
+    partial = sorted(f.name for f in folder.glob(f"*{PARTIAL_SUFFIX}"))
+    if partial:
+        return (
+            f", only {len(partial)} unfinished one(s) ({partial[:3]}): rerun st.tl.slide_features on the same "
+            "slides and `out_dir` to complete them."
+        )
+    slides = sorted(f.name for f in folder.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES)
+    if slides:
+        return (
+            f", but {len(slides)} slide image(s) ({slides[:3]}): is it the slides' folder? Pass the `out_dir` given "
+            "to st.tl.slide_features."
+        )
+    return "; pass the `out_dir` given to st.tl.slide_features."
 
 
 def column_or_index(df: pd.DataFrame, key: str) -> pd.Series | None:
@@ -279,12 +306,76 @@ def validate_cohort(
     merged = table[["slide_id", "patient_id"]].merge(feats, on="slide_id", how="left")
     missing = merged.loc[merged["feature_file"].isna(), "slide_id"].tolist()
     if missing:
-        raise ValueError(
-            f"{len(missing)} cohort slide(s) have no features: {missing[:10]}. Run st.tl.slide_features on them first."
-        )
+        raise ValueError(_unmatched_ids(missing, feats["slide_id"].tolist(), slide_key))
     merged["n_tiles"] = _check_feature_files(merged, features_key)
     merged = _without_empty_slides(merged)
     return Cohort(task=task, slides=merged, patients=patient_table, baseline=baseline_cols)
+
+
+# How a cohort's slide id can differ from the id its features were saved under, each with what to do about it.
+_ID_MISMATCHES = {
+    "spaces around it": "strip the spaces (`.str.strip()`)",
+    "a folder": "keep the file name without its folder",
+    "a file suffix": "drop the suffix (`Path(p).stem`)",
+    "letter case": "write the ids in the features' case",
+    "leading zeros": "read the table with `pd.read_csv(..., dtype={{{key!r}: str}})`, which keeps the zeros",
+}
+
+
+def _without_slide_suffix(name: str) -> str:
+    suffix = PureWindowsPath(name).suffix
+    return name[: -len(suffix)] if suffix and suffix.lower() in (*SLIDE_SUFFIXES, SUFFIX) else name
+
+
+# The steps that make two spellings of one slide id equal, named as in _ID_MISMATCHES, in the order applied.
+_LOOSENING = (
+    ("spaces around it", str.strip),
+    ("a folder", lambda s: PureWindowsPath(s).name),  # splits at "/" and "\\" alike
+    ("a file suffix", _without_slide_suffix),
+    ("letter case", str.casefold),
+    ("leading zeros", lambda s: (s.lstrip("0") or "0") if s.isdigit() else s),
+)
+
+
+def _loosen(slide_id: str) -> list[str]:
+    """The id after each step of :data:`_LOOSENING`; the last has no spaces, folder, suffix, case or leading zeros."""
+    stages = [slide_id]
+    for _, step in _LOOSENING:
+        stages.append(step(stages[-1]))
+    return stages
+
+
+def _how_ids_differ(cohort_id: str, feature_id: str) -> list[str]:
+    """The steps of :data:`_LOOSENING` that took away a difference between two spellings of one id."""
+    c, f = _loosen(cohort_id), _loosen(feature_id)
+    return [name for i, (name, _) in enumerate(_LOOSENING) if c[i] != f[i] and (c[i + 1] != c[i] or f[i + 1] != f[i])]
+
+
+def _unmatched_ids(missing: list[str], available: list[str], slide_key: str) -> str:
+    """The error for cohort slides without features: near-matches among the feature ids and how they differ."""
+    by_loose: dict[str, list[str]] = {}
+    for feature_id in available:
+        by_loose.setdefault(_loosen(feature_id)[-1], []).append(feature_id)
+    near = {}
+    for cohort_id in missing:
+        candidates = by_loose.get(_loosen(cohort_id)[-1], [])
+        if len(candidates) == 1:  # an ambiguous near-match suggests nothing
+            near[cohort_id] = candidates[0]
+    message = f"{len(missing)} cohort slide(s) have no features: {missing[:10]}."
+    if near:
+        differences = {d for c, f in near.items() for d in _how_ids_differ(c, f)}
+        reasons = [name for name, _ in _LOOSENING if name in differences]
+        examples = ", ".join(f"{c!r} ~ {f!r}" for c, f in list(near.items())[:3])
+        fixes = "; ".join(_ID_MISMATCHES[r].format(key=slide_key) for r in reasons)
+        message += (
+            f" {len(near)} of them {'differs' if len(near) == 1 else 'differ'} from a feature id only by "
+            f"{' and '.join(reasons)} (e.g. {examples}): {fixes}. "
+            f"The cohort's {slide_key!r} must be the slide ids given to st.tl.slide_features (its feature files' "
+            f"names without {SUFFIX!r})."
+        )
+    if len(near) < len(missing):
+        message += f" Run st.tl.slide_features on {'the others' if near else 'them'} first."
+    return message + f" The features hold {len(available)} slide(s), e.g. {available[:5]}."
 
 
 def _without_empty_slides(slides: pd.DataFrame) -> pd.DataFrame:
