@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -166,3 +168,41 @@ def test_fit_outcome_checks_the_aggregator_settings_before_reading_the_cohort(ge
                          ({"epochs": 0}, "`epochs` must be a positive integer")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             fit_outcome(cohort, "no/such/features.h5", task="survival", folds=3, verbose=False, **bad)
+
+
+def test_a_tiny_cohort_is_warned_about_and_gets_no_certain_looking_interval(generated_cohort, caplog):
+    # 4 patients, folds=2 printed "auroc=1.000 [1.000, 1.000]" without a word.
+    cohort, feats = generated_cohort
+    per_class = cohort.drop_duplicates("patient_id").groupby("response")["patient_id"].apply(lambda p: list(p)[:2])
+    tiny = cohort[cohort["patient_id"].isin(sum(per_class, []))]
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        res = fit_outcome(tiny, feats, folds=2, epochs=2, n_bootstrap=200, verbose=False)
+    assert "Only 2 of 4 patients have response=" in caplog.text
+    assert "not as evidence" in caplog.text
+    row = res.metrics.iloc[0]
+    lo, hi = row["auroc_ci_low"], row["auroc_ci_high"]
+    assert (np.isnan(lo) and np.isnan(hi)) or lo < hi  # never a zero-width interval
+    survival = fit_outcome(tiny, feats, task="survival", folds=2, epochs=2, n_bootstrap=50, verbose=False)
+    assert "event(s) among 4 patients: with fewer than 10 events" in caplog.text
+    assert len(survival.predictions) == 4
+
+
+def test_a_degenerate_bootstrap_reports_nan_not_a_zero_width_interval(caplog):
+    from storm_sc.clinical._evaluation import bootstrap_indices, response_metrics
+
+    y = np.array([0, 0, 1, 1])
+    boots = bootstrap_indices(len(y), 200, 0)
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        perfect = response_metrics(y, np.array([0.1, 0.2, 0.8, 0.9]), boots, "storm_abmil")
+    assert perfect["auroc"] == 1.0
+    assert np.isnan(perfect["auroc_ci_low"]) and np.isnan(perfect["auroc_ci_high"])
+    assert "AUROC of storm_abmil: every bootstrap resample gives 1.000" in caplog.text
+    caplog.clear()
+    # most resamples without a value (a class missing): the few left are no interval either
+    one_positive = np.array([0] * 9 + [1])
+    boots = bootstrap_indices(len(one_positive), 1000, 0)
+    boots = boots[~(boots == 9).any(axis=1)][:150].tolist() + boots[(boots == 9).any(axis=1)][:50].tolist()
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        few = response_metrics(one_positive, np.arange(10.0), np.array(boots), "m")
+    assert np.isnan(few["auroc_ci_low"])
+    assert "only 50 of 200 bootstrap resamples" in caplog.text

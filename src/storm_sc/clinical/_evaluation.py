@@ -65,10 +65,26 @@ def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
 
 
-def _ci(values: list[float]) -> tuple[float, float]:
+def _ci(values: list[float], what: str) -> tuple[float, float]:
+    """95% percentile interval of bootstrap ``values``; NaN, with a warning, where the bootstrap cannot resolve one.
+
+    A resample without both classes (or without an event) has no value: when that is most of them, the rest are a
+    biased few. When every resample gives the same value (a handful of patients, or scores that separate the
+    classes perfectly) the percentile interval has zero width, which is not certainty: the bootstrap can only echo
+    the one value the sample shows.
+    """
     v = np.asarray([x for x in values if np.isfinite(x)])
-    if len(v) < MIN_BOOTSTRAP:
-        return float("nan"), float("nan")
+    nan = float("nan"), float("nan")
+    if len(v) < max(MIN_BOOTSTRAP, len(values) / 2):
+        logger.warning("%s: only %d of %d bootstrap resamples of the patients give a value (the others lack a class or "
+                       "an event); too few patients for a confidence interval, reported as NaN.", what, len(v),
+                       len(values))  # fmt: skip
+        return nan
+    if v.min() == v.max():
+        logger.warning("%s: every bootstrap resample gives %.3f, so the percentile interval has zero width; that is "
+                       "too few patients (or a perfect separation), not certainty: the interval is reported as NaN.",
+                       what, float(v[0]))  # fmt: skip
+        return nan
     lo, hi = np.percentile(v, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -127,19 +143,20 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         return float("nan")
 
 
-def response_metrics(y: np.ndarray, score: np.ndarray, boots: np.ndarray) -> dict[str, float]:
-    """AUROC with a percentile bootstrap 95% CI over patients."""
+def response_metrics(y: np.ndarray, score: np.ndarray, boots: np.ndarray, name: str = "score") -> dict[str, float]:
+    """AUROC with a percentile bootstrap 95% CI over patients (``name`` is the model's, for warnings)."""
     value = auroc(y, score)
-    lo, hi = _ci([auroc(y[b], score[b]) for b in boots])
+    lo, hi = _ci([auroc(y[b], score[b]) for b in boots], f"AUROC of {name}")
     return {"auroc": value, "auroc_ci_low": lo, "auroc_ci_high": hi, "n_patients": len(y), "n_positive": int(y.sum())}
 
 
-def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray, boots: np.ndarray) -> dict[str, float]:
+def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray, boots: np.ndarray,
+                     name: str = "score") -> dict[str, float]:  # fmt: skip
     """C-index (bootstrap CI), per-SD Cox hazard ratio of the score, and a median split with its log-rank p."""
     from lifelines.statistics import logrank_test
 
     value = c_index(time, event, risk)
-    lo, hi = _ci([c_index(time[b], event[b], risk[b]) for b in boots])
+    lo, hi = _ci([c_index(time[b], event[b], risk[b]) for b in boots], f"C-index of {name}")
     out = {"c_index": value, "c_index_ci_low": lo, "c_index_ci_high": hi}
     out.update(hazard_ratio_per_sd(time, event, risk))
     high = risk_groups(risk)
@@ -348,13 +365,13 @@ def evaluate(cohort: Cohort, cv: CrossValidation, *, n_bootstrap: int, random_st
     """Metrics of every model's out-of-fold scores, and the paired difference STORM - baseline."""
     p = cohort.patients
     boots = bootstrap_indices(len(p), n_bootstrap, random_state)
-    metric: Callable[[np.ndarray], dict[str, float]]
+    metric: Callable[[np.ndarray, str], dict[str, float]]
     if cohort.task == "response":
         y = p["response"].to_numpy()
         main = "auroc"
 
-        def metric(s: np.ndarray) -> dict[str, float]:
-            return response_metrics(y, s, boots)
+        def metric(s: np.ndarray, name: str) -> dict[str, float]:
+            return response_metrics(y, s, boots, name)
 
         def point(s: np.ndarray, b: np.ndarray) -> float:
             return auroc(y[b], s[b])
@@ -362,13 +379,13 @@ def evaluate(cohort: Cohort, cv: CrossValidation, *, n_bootstrap: int, random_st
         t, e = p["time"].to_numpy(), p["event"].to_numpy().astype(bool)
         main = "c_index"
 
-        def metric(s: np.ndarray) -> dict[str, float]:
-            return survival_metrics(t, e, s, boots)
+        def metric(s: np.ndarray, name: str) -> dict[str, float]:
+            return survival_metrics(t, e, s, boots, name)
 
         def point(s: np.ndarray, b: np.ndarray) -> float:
             return c_index(t[b], e[b], s[b])
 
-    rows = {names[k]: metric(s) for k, s in cv.scores.items()}
+    rows = {names[k]: metric(s, names[k]) for k, s in cv.scores.items()}
     metrics = pd.DataFrame.from_dict(rows, orient="index")
     metrics.index.name = "model"
     comparison = None
@@ -377,7 +394,7 @@ def evaluate(cohort: Cohort, cv: CrossValidation, *, n_bootstrap: int, random_st
         full = np.arange(len(p))
         delta = point(a, full) - point(b, full)
         diffs = [point(a, idx) - point(b, idx) for idx in boots]
-        lo, hi = _ci(diffs)
+        lo, hi = _ci(diffs, f"{main} difference {names[STORM]} - {names['baseline']}")
         finite = np.asarray([d for d in diffs if np.isfinite(d)])
         # Two-sided bootstrap p-value of "no difference": how often the resampled difference crosses zero, counted
         # with the observed sample (+1 over n + 1), so that n resamples never claim p = 0, only p <= 2 / (n + 1).

@@ -28,7 +28,7 @@ class OutcomeResult:
         One row per model (the STORM aggregator, and the clinical baseline when given). Response: ``auroc`` with
         its 95% bootstrap CI. Survival: ``c_index`` with its CI, ``hr_per_sd`` (Cox hazard ratio per standard
         deviation of the out-of-fold score, with CI and p), and ``logrank_p`` of the high/low split at the median
-        out-of-fold score.
+        out-of-fold score. A CI is NaN where the bootstrap cannot resolve one (see :func:`storm_sc.tl.fit_outcome`).
     predictions
         One row per patient: ``fold``, the outcome, the out-of-fold ``score`` (response logit or log-hazard;
         higher = responder / higher risk), ``baseline_score`` when a baseline was given, and for survival

@@ -170,6 +170,12 @@ def fit_outcome(
     the Cox hazard ratio per standard deviation of the out-of-fold risk score, and the log-rank p of a high/low
     split at the median out-of-fold score.
 
+    Small cohorts are warned about: fewer than 10 patients in the smaller response class, or fewer than 10 events,
+    and the estimate means little (with 10 patients per class an AUROC of 0.75 is still +-0.22, Hanley & McNeil
+    1982; 10 events is the usual floor for one survival effect, Peduzzi et al. 1995). A CI the bootstrap cannot
+    resolve is NaN, with a warning: when most resamples lack a class (or an event), or when every resample gives the
+    same value (a zero-width interval from a handful of patients or a perfect separation is not certainty).
+
     Parameters
     ----------
     cohort
