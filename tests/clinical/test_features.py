@@ -381,3 +381,29 @@ def test_a_slide_table_indexed_by_slide_id(slide_file, tmp_path, tiny_model):
     assert out["slide_id"].tolist() == ["case_7"]
     with pytest.raises(ValueError, match=r"missing \['slide_id'\] \(columns: \['path'\]; index: \['case'\]\)"):
         slide_features(table.rename_axis("case"), tiny_model, out_dir=tmp_path / "f", verbose=False)
+
+
+def test_an_mpp_in_the_wrong_unit_is_refused_before_any_work(slide_file, tmp_path, tiny_model):
+    # 0.00175 (millimetres) gave "no tissue tiles found; the file records 0 tiles" and nothing else.
+    out = tmp_path / "f"
+    other = write_pyramid(tmp_path / "slide_b.tif", textured_slide(0.5, np.random.default_rng(1)), 1.75, levels=1)
+    with pytest.raises(ValueError, match=r"Slide 'slide_b': at mpp=0.00175 um/px \(as given\), a 112 um tile is "
+                                         r"6.4e\+04 px, larger than the whole image \(256 x 256 px.*Is it in "
+                                         r"millimetres\? 0.00175 mm/px is mpp=1.75 um/px"):  # fmt: skip
+        slide_features({"slide_a": slide_file, "slide_b": other}, tiny_model, out_dir=out, mpp={"slide_b": 0.00175},
+                       verbose=False)  # fmt: skip
+    assert not list(out.glob("*.h5*"))  # the first slide was not processed either
+    with pytest.raises(ValueError, match=r"smaller than one pixel.*Is it in nanometres\? 1750 nm/px is mpp=1.75"):
+        slide_features([slide_file], tiny_model, out_dir=out, mpp=1750, verbose=False)
+
+
+def test_the_upsampling_warning_is_for_files_computed_not_reused(slide_file, tmp_path, tiny_model, caplog):
+    kw = {"out_dir": tmp_path / "f", "mpp": 17.5, "device": "cpu", "verbose": False}
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        slide_features([slide_file], tiny_model, **kw)
+    assert "upsampled" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        again = slide_features([slide_file], tiny_model, **kw)
+    assert again["status"].tolist() == ["reused"]
+    assert "upsampled" not in caplog.text

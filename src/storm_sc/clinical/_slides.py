@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from storm_sc._settings import logger
+from storm_sc.wsi._reader import PLAUSIBLE_MPP
 
 from ._cohort import column_or_index, describe_columns
 from ._features import ExtractionSettings, extract_slide, feature_paths, read_status, slide_fingerprint
 
 if TYPE_CHECKING:
     from storm_sc.models import StormModel
+    from storm_sc.wsi import WholeSlide
 
 SlidesArg = (
     str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | pd.Series | Mapping[str, str | os.PathLike]
@@ -127,6 +129,30 @@ def resolve_genes(model: StormModel, genes: Sequence[str] | None) -> np.ndarray:
         raise ValueError(f"`genes` holds genes outside the model's vocabulary: {err.args[0]}") from err
 
 
+def _check_scale(slide: WholeSlide, patch_um: float) -> None:
+    """Refuse a pixel size at which a tile is larger than the whole image or smaller than a pixel.
+
+    Such an ``mpp`` is a unit mistake (0.00078 mm for 0.78 um), not a slide: it would give a file of no tiles.
+    """
+    tile_px = patch_um / slide.mpp
+    width, height = slide.dimensions
+    if 1 <= tile_px <= max(width, height):
+        return
+    lo, hi = PLAUSIBLE_MPP
+    if lo <= slide.mpp * 1000 <= hi:
+        hint = f"Is it in millimetres? {slide.mpp:g} mm/px is mpp={slide.mpp * 1000:.4g} um/px."
+    elif lo <= slide.mpp / 1000 <= hi:
+        hint = f"Is it in nanometres? {slide.mpp:g} nm/px is mpp={slide.mpp / 1000:.4g} um/px."
+    else:
+        hint = "`mpp` is in microns per pixel: about 0.25 for a 40x scan, 0.5 for 20x."
+    source = "as given" if slide.mpp_source == "given" else "as the file records it; pass `mpp=` to override it"
+    fit = "larger than the whole image" if tile_px > 1 else "smaller than one pixel"
+    raise ValueError(
+        f"at mpp={slide.mpp:.4g} um/px ({source}), a {patch_um:g} um tile is {tile_px:.3g} px, {fit} ({width} x "
+        f"{height} px, which would span {width * slide.mpp:.3g} x {height * slide.mpp:.3g} um). {hint}"
+    )
+
+
 def _warn_if_upsampled(slide_id: str, mpp: float, mpp_source: str, patch_um: float, out_px: int) -> None:
     """Warn when a tile holds fewer level-0 pixels than the model's patch, which upsamples it.
 
@@ -173,11 +199,11 @@ def compute_slide_features(
         # thousands of open files.
         try:
             with open_slide(entry.path, mpp=entry.mpp) as slide:
-                mpp, mpp_source = slide.mpp, slide.mpp_source
+                mpp = slide.mpp
+                _check_scale(slide, patch_um)
         except ValueError as err:
             # Many slides share a file name (every Visium section's is tissue_hires_image.png): name the slide.
             raise ValueError(f"Slide {entry.slide_id!r}: {err}") from err
-        _warn_if_upsampled(entry.slide_id, mpp, mpp_source, patch_um, model.config.image_size)
         settings = ExtractionSettings(
             model_digest=digest,
             model_config=model.config.name,
@@ -232,6 +258,8 @@ def compute_slide_features(
                 if final.exists():  # overwrite=True was given for a file made differently
                     logger.warning("%s: replacing %s (overwrite=True).", entry.slide_id, final)
                     final.unlink()
+                # Here, not while checking: a file reused unchanged was warned about when it was made.
+                _warn_if_upsampled(entry.slide_id, slide.mpp, slide.mpp_source, patch_um, model.config.image_size)
                 start = time.perf_counter()
                 try:
                     grid = tile_grid(slide, patch_um=patch_um, tissue_threshold=tissue_threshold)
