@@ -407,3 +407,10 @@ def test_the_upsampling_warning_is_for_files_computed_not_reused(slide_file, tmp
         again = slide_features([slide_file], tiny_model, **kw)
     assert again["status"].tolist() == ["reused"]
     assert "upsampled" not in caplog.text
+
+
+def test_a_windows_path_is_reported_as_missing_not_as_a_bad_id(tmp_path, tiny_model):
+    # the id made from it ('C:\\data\\slides\\C2_q1') was refused first, hiding the real problem
+    with pytest.raises(FileNotFoundError, match=r"do not exist: \['C:\\\\data\\\\slides\\\\C2_q1.jpg'\]. Paths "
+                                                r"written with '\\' are Windows paths"):  # fmt: skip
+        slide_features([r"C:\data\slides\C2_q1.jpg"], tiny_model, out_dir=tmp_path / "f", verbose=False)

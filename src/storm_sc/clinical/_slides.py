@@ -83,8 +83,6 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
     for slide_id, path, slide_mpp in pairs:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"Slide {slide_id!r}: the path must be a string or os.PathLike; got {type(path).__name__}.")
-        if not slide_id or slide_id in (".", "..") or _BAD_ID_CHARS & set(slide_id):
-            raise ValueError(f"Slide id {slide_id!r} cannot name a file; use ids without {sorted(_BAD_ID_CHARS)}.")
         given = slide_mpp if slide_mpp is not None and not (isinstance(slide_mpp, float) and math.isnan(slide_mpp)) \
             else None  # fmt: skip
         if given is None and isinstance(mpp, Mapping):
@@ -92,6 +90,25 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
         elif given is None and mpp is not None and not isinstance(mpp, Mapping):
             given = mpp
         entries.append(SlideEntry(slide_id, Path(path).expanduser(), given))
+    # The files first: a path that is not one here (a Windows path on Linux) also makes an id that cannot name a
+    # file, and the missing file is what the user has to fix.
+    folders = [str(e.path) for e in entries if e.path.is_dir()]
+    if folders:
+        raise IsADirectoryError(
+            f"{len(folders)} slide path(s) are folders, not image files: {folders[:10]}; give each slide's image file "
+            "(e.g. sorted(Path(folder).glob('*.svs')))."
+        )
+    missing = [str(e.path) for e in entries if not e.path.is_file()]
+    if missing:
+        windows = os.sep == "/" and any("\\" in m for m in missing)
+        raise FileNotFoundError(
+            f"{len(missing)} slide file(s) do not exist: {missing[:10]}."
+            + (" Paths written with '\\' are Windows paths, which this system does not read: give each file's "
+               "path on this machine, with '/'." if windows else "")
+        )  # fmt: skip
+    for e in entries:
+        if not e.slide_id or e.slide_id in (".", "..") or _BAD_ID_CHARS & set(e.slide_id):
+            raise ValueError(f"Slide id {e.slide_id!r} cannot name a file; use ids without {sorted(_BAD_ID_CHARS)}.")
     ids = pd.Series([e.slide_id for e in entries])
     dup = sorted(ids[ids.duplicated()].unique())
     if dup:
@@ -103,15 +120,6 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
         unknown = sorted(set(mpp) - set(ids))
         if unknown:
             raise ValueError(f"`mpp` names slides that are not in `slides`: {unknown[:10]}.")
-    folders = [str(e.path) for e in entries if e.path.is_dir()]
-    if folders:
-        raise IsADirectoryError(
-            f"{len(folders)} slide path(s) are folders, not image files: {folders[:10]}; give each slide's image file "
-            "(e.g. sorted(Path(folder).glob('*.svs')))."
-        )
-    missing = [str(e.path) for e in entries if not e.path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} slide file(s) do not exist: {missing[:10]}.")
     return entries
 
 
