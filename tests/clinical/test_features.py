@@ -409,6 +409,16 @@ def test_the_upsampling_warning_is_for_files_computed_not_reused(slide_file, tmp
     assert "upsampled" not in caplog.text
 
 
+def test_one_image_under_two_slide_ids_is_warned_about(slide_file, tmp_path, tiny_model, caplog):
+    # accepted silently, and in a cohort the two ids could be two patients sharing one tissue across folds
+    link = tmp_path / "same.tif"
+    link.symlink_to(slide_file)
+    with caplog.at_level(logging.WARNING, logger="storm_sc"):
+        slide_features({"a": slide_file, "b": link}, tiny_model, out_dir=tmp_path / "f", device="cpu", verbose=False)
+    assert f"1 image file(s) come under several slide ids (['a', 'b']: {slide_file})" in caplog.text
+    assert "leak it between the cross-validation folds" in caplog.text
+
+
 def test_a_windows_path_is_reported_as_missing_not_as_a_bad_id(tmp_path, tiny_model):
     # the id made from it ('C:\\data\\slides\\C2_q1') was refused first, hiding the real problem
     with pytest.raises(FileNotFoundError, match=r"do not exist: \['C:\\\\data\\\\slides\\\\C2_q1.jpg'\]. Paths "

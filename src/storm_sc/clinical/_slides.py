@@ -120,7 +120,23 @@ def parse_slides(slides: SlidesArg, mpp: float | Mapping[str, float] | None) -> 
         unknown = sorted(set(mpp) - set(ids))
         if unknown:
             raise ValueError(f"`mpp` names slides that are not in `slides`: {unknown[:10]}.")
+    _warn_if_shared(entries)
     return entries
+
+
+def _warn_if_shared(entries: list[SlideEntry]) -> None:
+    """Warn when one image file comes under several slide ids: in a cohort, two patients would share its tissue."""
+    by_file: dict[Path, list[str]] = {}
+    for e in entries:
+        by_file.setdefault(e.path.resolve(), []).append(e.slide_id)
+    shared = {path: ids for path, ids in by_file.items() if len(ids) > 1}
+    if shared:
+        examples = "; ".join(f"{ids}: {path}" for path, ids in list(shared.items())[:3])
+        logger.warning(
+            "%d image file(s) come under several slide ids (%s): their features are the same. In one cohort, "
+            "patients sharing a slide leak it between the cross-validation folds; give each file one id.",
+            len(shared), examples,
+        )  # fmt: skip
 
 
 def resolve_genes(model: StormModel, genes: Sequence[str] | None) -> np.ndarray:
