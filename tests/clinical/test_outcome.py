@@ -206,3 +206,24 @@ def test_a_degenerate_bootstrap_reports_nan_not_a_zero_width_interval(caplog):
         few = response_metrics(one_positive, np.arange(10.0), np.array(boots), "m")
     assert np.isnan(few["auroc_ci_low"])
     assert "only 50 of 200 bootstrap resamples" in caplog.text
+
+
+def test_the_attention_colour_bar_keeps_its_label_and_ticks_in_a_saved_figure(generated_cohort, tmp_path):
+    # saved with the default layout, "attention / uniform" was cut off and log ticks read "3 x 10"
+    cohort, feats = generated_cohort
+    res = fit_outcome(cohort, feats, folds=3, epochs=3, n_bootstrap=20, verbose=False)
+    slide = max(res.attention, key=lambda s: np.ptp(res.attention[s]))
+    ax = res.plot_attention(slide)
+    fig = ax.figure
+    fig.savefig(tmp_path / "attention.png")
+    bar = fig.axes[-1]
+    renderer = fig.canvas.get_renderer()
+    texts = [bar.yaxis.label, *bar.get_yticklabels(which="both")]
+    shown = [t for t in texts if t.get_visible() and t.get_text()]
+    assert bar.yaxis.label.get_text() == "attention / uniform"
+    assert any(t.get_text() for t in bar.get_yticklabels(which="both"))
+    for text in shown:
+        box = text.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (text.get_text(), box, fig.bbox)
+        assert "times" not in text.get_text() and "^" not in text.get_text()  # plain numbers, not 3 x 10^0
+    plt.close(fig)

@@ -246,6 +246,7 @@ class OutcomeResult:
         >>> result.plot_attention("slide_01")  # doctest: +SKIP
         """
         from matplotlib.colors import LogNorm
+        from matplotlib.ticker import FuncFormatter
 
         heat, thumb = self.attention_heatmap(slide_id)
         ax = _axes(ax)
@@ -255,7 +256,13 @@ class OutcomeResult:
             lo, hi = float(finite.min()), float(finite.max())
             norm = LogNorm(vmin=max(lo, 1e-3), vmax=max(hi, lo * 1.0001, 1e-3 * 1.0001))
             im = ax.imshow(np.ma.masked_invalid(heat), cmap=cmap, alpha=alpha, norm=norm, interpolation="nearest")
-            ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention / uniform")
+            bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention / uniform")
+            # Plain numbers: the log axis' default "3 x 10^0" labels are wide, and were cut off in saved figures.
+            # Over more than a decade, only the 2s and 5s between the powers of ten, so that labels do not crowd.
+            few = np.log10(norm.vmax / norm.vmin) <= 1
+            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+            bar.ax.yaxis.set_minor_formatter(FuncFormatter(
+                lambda v, _: f"{v:.2g}" if few or f"{v:.0e}"[0] in "25" else ""))  # fmt: skip
         ax.set_axis_off()
         ax.set_title(f"{slide_id} ({self.params['aggregator']} attention)")
         return ax
@@ -304,5 +311,6 @@ def _axes(ax: Axes | None) -> Axes:
         return ax
     import matplotlib.pyplot as plt
 
-    _, ax = plt.subplots(figsize=(5, 4.5))
+    # Constrained: a colour bar's label and ticks stay inside the saved figure.
+    _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
     return ax
