@@ -62,8 +62,7 @@ def viewer_of(napari_display):
 
 
 def _screenshot(viewer) -> np.ndarray:
-    # A hidden viewer's canvas is drawn once the window has been rendered (grabbed) a first time.
-    viewer.screenshot(canvas_only=False, flash=False)
+    # the first screenshot of the hidden viewer, as a user takes it (st.pl.napari renders its window once)
     return viewer.screenshot(canvas_only=True, flash=False)
 
 

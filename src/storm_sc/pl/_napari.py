@@ -131,7 +131,8 @@ def napari(
     spot_size
         Diameter of the observations in microns; default the platform's spot size.
     show
-        Show the viewer window (``False``: build it hidden, e.g. for screenshots or tests).
+        Show the viewer window (``False``: build it hidden, e.g. for screenshots or tests; its canvas is rendered
+        once, so ``viewer.screenshot()`` works straight away).
 
     Returns
     -------
@@ -220,6 +221,10 @@ def napari(
         )
     _scale_bar(viewer).visible = True
     viewer.reset_view()
+    if not show:
+        # A hidden viewer draws its canvas only once its window has been rendered: without this, the first
+        # viewer.screenshot() (or export_figure) of the canvas is black.
+        viewer.screenshot(canvas_only=False, flash=False)
     logger.info(
         "napari: %s with %d observations%s",
         slide.library_id,
