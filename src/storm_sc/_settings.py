@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 logger = logging.getLogger("storm_sc")
 if not logger.handlers:
@@ -58,6 +63,25 @@ def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def messages_from_rank_zero(fn: Callable[P, R]) -> Callable[P, R]:
+    """Only the first process of a data-parallel run logs storm_sc's warnings and information (errors: all).
+
+    Every process of a training run reads the same slides and fits the same readout, so each message would repeat
+    once per GPU. The rank is the launcher's (torchrun, SLURM), as Lightning reads it.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            return fn(*args, **kwargs)
+        with quiet_loggers("storm_sc", level=logging.ERROR):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class _Settings:

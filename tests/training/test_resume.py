@@ -122,6 +122,22 @@ def test_a_requeued_slurm_job_resumes_from_the_pre_emption_checkpoint(small_toy,
     assert not (out / "checkpoints").exists()
 
 
+class _DiesInItsFirstEpoch(L.Callback):
+    def on_validation_start(self, trainer, pl_module):
+        raise KeyboardInterrupt  # after training steps were logged, before any checkpoint
+
+
+def test_a_requeued_job_whose_run_died_in_its_first_epoch_starts_again(small_toy, tmp_path, monkeypatch):
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=tmp_path, callbacks=[_DiesInItsFirstEpoch()], **RUN)
+    assert (tmp_path / "logs" / "metrics.csv").is_file() and not (tmp_path / "checkpoints").exists()
+    with pytest.raises(FileExistsError, match="logs of another run"):
+        pretrain(small_toy, output_dir=tmp_path, **RUN)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    model = pretrain(small_toy, output_dir=tmp_path, **RUN)
+    assert model.manifest["run"]["epochs"] == 4 and "resumed_after_epochs" not in model.manifest["run"]
+
+
 def test_resume_auto_starts_a_run_or_resumes_one(small_toy, tmp_path):
     fresh = pretrain(small_toy, output_dir=tmp_path / "a", resume="auto", **RUN)
     assert "resumed_after_epochs" not in fresh.manifest["run"]
@@ -166,6 +182,12 @@ def test_a_run_that_stopped_early_stays_stopped_unless_given_more_patience(small
     patient = pretrain(small_toy, output_dir=tmp_path / "b", resume=True, **{**early, "early_stopping_patience": 4})
     assert patient.manifest["run"]["epochs"] > whole.manifest["run"]["epochs"]
     assert patient.manifest["training"]["early_stopping_patience"] == 4
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(small_toy, output_dir=tmp_path / "c", callbacks=[_CrashAtTheEnd()], **early)
+    unstopped = pretrain(
+        small_toy, output_dir=tmp_path / "c", resume=True, **{**early, "early_stopping_patience": None}
+    )
+    assert unstopped.manifest["run"]["epochs"] == 12  # early stopping turned off: the run goes to max_epochs
 
 
 def test_sigterm_is_an_interruption_not_a_success(small_toy, tmp_path):

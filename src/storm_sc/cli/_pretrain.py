@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             + (
                 f"rerun the same command with --resume to continue from {saved}."
                 if saved is not None
-                else "no epoch had finished, nothing to resume."
+                else "no epoch had finished: rerun with --resume auto (or --overwrite) to start it again."
             ),
             file=sys.stderr,
         )

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import math
 import os
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from storm_sc._random import keeps_global_random_state
-from storm_sc._settings import logger, quiet_loggers, settings
+from storm_sc._settings import logger, messages_from_rank_zero, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
 from storm_sc.models._inference import native_bf16
 from storm_sc.models._programs import corpus_loadings
@@ -130,25 +128,7 @@ def _lightning_messages(show: bool) -> Iterator[None]:
         yield
 
 
-def _messages_from_rank_zero(fn: Callable[..., StormModel]) -> Callable[..., StormModel]:
-    """Only the first process of a data-parallel run logs storm_sc's warnings and information (errors: all).
-
-    Every process prepares the same slides and fits the same readout, so each message would repeat once per GPU.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> StormModel:
-        from lightning.pytorch.utilities import rank_zero_only
-
-        if getattr(rank_zero_only, "rank", 0) == 0:
-            return fn(*args, **kwargs)
-        with quiet_loggers("storm_sc", level=logging.ERROR):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_messages_from_rank_zero
+@messages_from_rank_zero
 @keeps_global_random_state
 def fit(
     model: StormModel,
@@ -516,6 +496,7 @@ def _fit_interruptible(
             signal.signal(signal.SIGINT, sigint)
 
 
+@messages_from_rank_zero
 def pretrain(
     data: Any,
     *,

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from storm_sc._settings import logger
+from storm_sc._settings import logger, messages_from_rank_zero
 from storm_sc.models import StormConfig, StormModel, get_config
 
 from ._config import TrainingConfig, check_hardware
@@ -334,6 +334,7 @@ def _slide(entry: dict[str, Any]) -> TrainingSlide:
     return TrainingSlide(data=data, name=entry["name"], group=entry.get("group"), source=source, **options)
 
 
+@messages_from_rank_zero
 def run_recipe(
     recipe: Recipe, *, overwrite: bool = False, resume: bool | str = False, verbose: bool | None = None
 ) -> StormModel:

@@ -103,8 +103,10 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
     if out_dir is None:
         return None
     latest = latest_checkpoint(out_dir)
-    if resume is False and not overwrite and requeued_slurm_job() and latest is not None:
-        logger.info("A requeued SLURM job: resuming the interrupted run in %s (%s).", out_dir, latest.name)
+    if resume is False and not overwrite and requeued_slurm_job():
+        # the same job script, run again by SLURM: continue what the first run left, or start it again
+        if latest is not None:
+            logger.info("A requeued SLURM job: resuming the interrupted run in %s (%s).", out_dir, latest.name)
         resume = "auto"
     if resume is True and not out_dir.is_dir():
         raise FileNotFoundError(f"Nothing to resume: {out_dir} does not exist. Pass the interrupted run's output_dir.")
@@ -357,8 +359,9 @@ class KeepsStopping(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         early = trainer.early_stopping_callback
-        # a new patience resets the early stop (see EarlyStoppingWithNewPatience): the user asked for more epochs
-        if self._stop and (early is None or early.stopped_epoch > 0):
+        # a new patience resets the early stop (see EarlyStoppingWithNewPatience), and so does none (early stopping
+        # turned off): either way the user asked for more epochs
+        if self._stop and early is not None and early.stopped_epoch > 0:
             trainer.should_stop = True
 
 
