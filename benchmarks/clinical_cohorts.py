@@ -206,7 +206,9 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         out.append({
             "cohort": kind, "method": method, "runs": len(group), "AUROC": mean_sd(group["auroc"]),
             "min-max": f"{group['auroc'].min():.3f}-{group['auroc'].max():.3f}",
-            "CI low (mean)": f"{group['auroc_ci_low'].mean():.3f}",
+            # a CI the bootstrap cannot resolve (every resample 1.0, say) is NaN: counted, not silently left out
+            "CI low (mean)": f"{group['auroc_ci_low'].mean():.3f}"
+            + (f" ({n_nan} unresolved)" if (n_nan := int(group["auroc_ci_low"].isna().sum())) else ""),
             "focus attention (median, x uniform)": mean_sd(group["focus_attention"])
             if "focus_attention" in group else "n/a",
         })  # fmt: skip

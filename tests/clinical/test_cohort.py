@@ -217,7 +217,7 @@ def test_slide_ids_that_nearly_match_the_features_are_named_with_the_fix(cohort,
     paths = cohort["path"]
     cases = {
         "a file suffix": (cohort.assign(slide_id=paths.map(lambda p: p.rsplit("/", 1)[1])), r"'G00_0.tif' ~ 'G00_0'"),
-        "a folder and a file suffix": (cohort.assign(slide_id=paths), r"'.*/G00_0.tif' ~ 'G00_0'.*without its folder"),
+        "a folder and a file suffix": (cohort.assign(slide_id=paths), r"'.*/G00_0.tif' ~ 'G00_0'.*without their folder"),
         "spaces around it and letter case": (cohort.assign(slide_id=cohort["slide_id"].str.lower() + " "),
                                              r"'g00_0 ' ~ 'G00_0'.*str.strip"),
     }  # fmt: skip

@@ -395,6 +395,9 @@ def test_an_mpp_in_the_wrong_unit_is_refused_before_any_work(slide_file, tmp_pat
     assert not list(out.glob("*.h5*"))  # the first slide was not processed either
     with pytest.raises(ValueError, match=r"smaller than one pixel.*Is it in nanometres\? 1750 nm/px is mpp=1.75"):
         slide_features([slide_file], tiny_model, out_dir=out, mpp=1750, verbose=False)
+    # a plausible scale on an image smaller than one tile (256 px at 0.25 um/px under 112 um tiles) is no unit mistake
+    with pytest.raises(ValueError, match=r"larger than the whole image.*smaller than one tile: pass a smaller"):
+        slide_features([slide_file], tiny_model, out_dir=out, mpp=0.25, patch_um=224, verbose=False)
 
 
 def test_the_upsampling_warning_is_for_files_computed_not_reused(slide_file, tmp_path, tiny_model, caplog):

@@ -318,11 +318,11 @@ def validate_cohort(
 
 # How a cohort's slide id can differ from the id its features were saved under, each with what to do about it.
 _ID_MISMATCHES = {
-    "spaces around it": "strip the spaces (`.str.strip()`)",
-    "a folder": "keep the file name without its folder",
-    "a file suffix": "drop the suffix (`Path(p).stem`)",
-    "letter case": "write the ids in the features' case",
-    "leading zeros": "read the table with `pd.read_csv(..., dtype={{{key!r}: str}})`, which keeps the zeros",
+    "spaces around it": "strip the spaces (`.str.strip()`) where they are",
+    "a folder": "use file names without their folder on both sides",
+    "a file suffix": "use ids without the file suffix on both sides (`Path(p).stem`)",
+    "letter case": "write the ids in one case on both sides",
+    "leading zeros": "read the table that lost them with `pd.read_csv(..., dtype={{{key!r}: str}})`, which keeps them",
 }
 
 

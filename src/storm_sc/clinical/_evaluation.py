@@ -400,7 +400,9 @@ def evaluate(cohort: Cohort, cv: CrossValidation, *, n_bootstrap: int, random_st
         # with the observed sample (+1 over n + 1), so that n resamples never claim p = 0, only p <= 2 / (n + 1).
         n_finite = len(finite)
         crossing = min((finite <= 0).sum(), (finite >= 0).sum())
-        p_value = float(min(1.0, 2 * (crossing + 1) / (n_finite + 1))) if n_finite else np.nan
+        # as unresolved as the interval where most resamples give no difference (see _ci)
+        resolved = n_finite >= max(MIN_BOOTSTRAP, len(diffs) / 2)
+        p_value = float(min(1.0, 2 * (crossing + 1) / (n_finite + 1))) if resolved else np.nan
         comparison = pd.DataFrame([{"metric": main, "model": names[STORM], "versus": names["baseline"],
                                     "difference": delta, "ci_low": lo, "ci_high": hi, "p_bootstrap": p_value}])  # fmt: skip
     return metrics, comparison

@@ -167,6 +167,9 @@ def _check_scale(slide: WholeSlide, patch_um: float) -> None:
         hint = f"Is it in millimetres? {slide.mpp:g} mm/px is mpp={slide.mpp * 1000:.4g} um/px."
     elif lo <= slide.mpp / 1000 <= hi:
         hint = f"Is it in nanometres? {slide.mpp:g} nm/px is mpp={slide.mpp / 1000:.4g} um/px."
+    elif lo <= slide.mpp <= hi and tile_px > 1:
+        # a plausible scale on a small image (a crop, a thumbnail): no unit mistake to point at
+        hint = "The image is smaller than one tile: pass a smaller `patch_um`, or leave this slide out."
     else:
         hint = "`mpp` is in microns per pixel: about 0.25 for a 40x scan, 0.5 for 20x."
     source = "as given" if slide.mpp_source == "given" else "as the file records it; pass `mpp=` to override it"
