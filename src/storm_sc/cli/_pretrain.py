@@ -78,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
         # what the real run would do with the output folder (or the error it would stop with)
         try:
-            if (recipe.output_dir / MODEL_FILE).exists() and not args.overwrite:
-                raise FileExistsError(f"{recipe.output_dir / MODEL_FILE} already exists; pass --overwrite.")
             start = checkpoint_to_resume(
                 recipe.output_dir, resume=args.resume, overwrite=args.overwrite, model_file=MODEL_FILE
             )

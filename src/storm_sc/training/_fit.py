@@ -223,8 +223,6 @@ def fit(
     if opts.val_groups is not None:  # now, not after every slide has been read and cut into patches
         check_val_groups([s.group for s in slides], opts.val_groups)
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
-    if out_dir is not None and (out_dir / MODEL_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir / MODEL_FILE} already exists; pass overwrite=True or another output_dir.")
     resume_from = checkpoint_to_resume(out_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
     resumed_epochs = 0
     if resume_from is not None:

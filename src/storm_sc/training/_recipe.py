@@ -365,9 +365,7 @@ def run_recipe(
     from ._fit import MODEL_FILE, fit, pretrain
     from ._resume import checkpoint_to_resume
 
-    target = recipe.output_dir / MODEL_FILE
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass --overwrite or choose another output_dir.")
+    # the output folder first: a finished or interrupted run there is found before any slide is read
     checkpoint_to_resume(recipe.output_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
     # here rather than in load_recipe: --dry-run checks a GPU cluster's recipe on a machine without one
     check_hardware(recipe.training)

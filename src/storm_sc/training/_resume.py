@@ -86,6 +86,9 @@ def requeued_slurm_job() -> bool:
 def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite: bool, model_file: str) -> Path | None:
     """Decide, before any work, whether the run resumes (from which checkpoint) or starts; refuse to clobber a run.
 
+    A finished run (its model in ``out_dir``), an interrupted one or another run's logs are replaced only with
+    ``overwrite``.
+
     Parameters
     ----------
     out_dir
@@ -102,6 +105,10 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
         raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
     if out_dir is None:
         return None
+    if (out_dir / model_file).exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_dir / model_file} already exists; pass overwrite=True (--overwrite) or another output_dir."
+        )
     latest = latest_checkpoint(out_dir)
     if resume is False and not overwrite and requeued_slurm_job():
         # the same job script, run again by SLURM: continue what the first run left, or start it again
