@@ -74,6 +74,15 @@ def test_umap_of_tables_with_numeric_colour(slides):
     assert [t.get_text() for t in axes[2].get_legend().get_texts()] == ["slide (1)", "slide (2)"]
 
 
+def test_umap_coloured_by_a_gene_as_scanpy_does(slides):
+    tables = [s["table"] for s in slides]
+    gene = tables[0].var_names[3]
+    fig = st.pl.embedding_umap(tables, color=[gene, "true_domain"], show=False)
+    panel = next(a for a in fig.axes if a.get_title() == gene)
+    expected = np.concatenate([np.asarray(t[:, gene].X.toarray()).ravel() for t in tables])
+    np.testing.assert_allclose(np.sort(_points(panel).get_array()), np.sort(expected))
+
+
 def test_umap_errors(sdata, slides):
     bare = st.datasets.toy(n_obs=60, n_genes=10, n_domains=2, seed=0)
     with pytest.raises(KeyError, match="storm_embed"):

@@ -60,7 +60,8 @@ def embedding_umap(
     use_rep
         The embedding in ``.obsm``.
     color
-        Column(s) of ``.obs`` to colour by, one panel each (categorical or numeric), or ``slide_key`` for the
+        Column(s) of ``.obs`` to colour by, one panel each (categorical or numeric), gene names (the table's
+        ``.X``, as scanpy colours by a gene; an ``.obs`` column of that name comes first), or ``slide_key`` for the
         slide of each observation. Default: the domains when present, and the slide when several are given.
     slide_key
         Name under which the slide of each observation (its library id) can be coloured; an ``.obs`` column of
@@ -147,8 +148,14 @@ def embedding_umap(
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise ValueError(f"Slide {name!r}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         dims.add(rep.shape[1])
+    # genes: named by no .obs column of any slide, but by some table's genes
+    genes = {
+        c
+        for c in colors
+        if c != slide_key and not any(c in t.obs for t in tables) and any(c in t.var_names for t in tables)
+    }
     for c in colors:
-        if c != slide_key:
+        if c != slide_key and c not in genes:
             require_obs_in_any(tables, c, names)
     if len(dims) > 1:
         raise ValueError(
@@ -172,12 +179,18 @@ def embedding_umap(
                 obs[c] = values.astype(object) if isinstance(column.dtype, pd.CategoricalDtype) else values
             elif c == slide_key:
                 obs[c] = name
-            else:  # a column this slide lacks (e.g. labels of another section): missing here
+            elif c in genes and c in table.var_names:
+                x = table[:, c].X
+                obs[c] = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64).ravel()
+            else:  # a column (or gene) this slide lacks (e.g. labels of another section): missing here
                 obs[c] = np.nan
         parts.append(AnnData(np.zeros((table.n_obs, 0), dtype=np.float32), obs=obs,
                              obsm={"rep": rep.astype(np.float32)}))  # fmt: skip
     tmp = ad.concat(parts, merge=None)
     for c in colors:
+        if c in genes:
+            tmp.obs[c] = pd.to_numeric(tmp.obs[c])
+            continue
         having = [t for t in tables if c in t.obs]
         numeric = (
             bool(having)
