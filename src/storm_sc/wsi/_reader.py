@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from storm_sc._settings import logger
+from storm_sc._settings import logger, warn_once
 
 # White, like bare glass: what a read shows beyond the edge of the scanned image.
 PAD_VALUE = 255
@@ -413,8 +413,9 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None) -> WholeSli
         if found is not None and lo <= found <= hi and abs(found - given) > MPP_MISMATCH * given:
             # A scanner's own pixel size rarely is wrong; a typed one (7.8 for 0.78) often is, and silently tiles
             # the slide at the wrong scale.
-            logger.warning("%s: using mpp=%.4g um/px as given, but the file records %.4g um/px; check `mpp`.", path,
-                           given, found)  # fmt: skip
+            # once: st.tl.slide_features opens each slide more than once per call, and files reused unchanged too
+            warn_once("%s: using mpp=%.4g um/px as given, but the file records %.4g um/px; check `mpp`.", path, given,
+                      found)  # fmt: skip
         elif found is not None and abs(found - given) > 0.05 * given:
             logger.info("%s: using mpp=%.4g as given (the file records %.4g).", path.name, given, found)
         return WholeSlide(path, backend, given, "given")
