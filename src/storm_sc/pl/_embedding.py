@@ -21,7 +21,7 @@ from storm_sc.tl._domains import centre_each_slide
 
 from ._colors import categorical_column, category_colors, merged_categories, warn_if_clustered_apart
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
-from ._slides import require_obs_in_any, require_obsm, slides_to_draw, table_and_name, unique_names
+from ._slides import gene_values, require_obs_in_any, require_obsm, slides_to_draw, table_and_name, unique_names
 
 #: Default name of the column telling slides apart in the UMAP (only in the throwaway AnnData).
 SLIDE_KEY = "slide"
@@ -180,8 +180,7 @@ def embedding_umap(
             elif c == slide_key:
                 obs[c] = name
             elif c in genes and c in table.var_names:
-                x = table[:, c].X
-                obs[c] = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64).ravel()
+                obs[c] = gene_values(table, c)
             else:  # a column (or gene) this slide lacks (e.g. labels of another section): missing here
                 obs[c] = np.nan
         parts.append(AnnData(np.zeros((table.n_obs, 0), dtype=np.float32), obs=obs,

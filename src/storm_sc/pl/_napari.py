@@ -19,7 +19,7 @@ from storm_sc.pp._pyramid import image_levels
 
 from ._colors import categorical_column, category_colors, rgba_of
 from ._figure import check_flag, check_positive
-from ._slides import as_slides, pick_predicted_genes, predicted_table, require_obs, resolve_slide
+from ._slides import as_slides, gene_values, pick_predicted_genes, predicted_table, require_obs, resolve_slide
 from ._tissue import image_to_um, spot_diameter_um
 
 if TYPE_CHECKING:
@@ -199,12 +199,10 @@ def napari(
         yx, size=diameter, face_color=face, border_width=0, features=features, name=name, units=_UNITS, opacity=0.8
     )
     for gene in chosen or []:
-        column = pred[:, gene]
-        values = np.asarray(column.X.toarray() if hasattr(column.X, "toarray") else column.X, dtype=np.float64).ravel()
+        values = gene_values(pred, gene)
         gene_features = features.assign(**{gene: values})
-        if LAYER_PREDICTED_STD in column.layers:
-            std = column.layers[LAYER_PREDICTED_STD]
-            gene_features[f"{gene} s.d."] = np.asarray(std.toarray() if hasattr(std, "toarray") else std).ravel()
+        if LAYER_PREDICTED_STD in pred.layers:
+            gene_features[f"{gene} s.d."] = gene_values(pred, gene, LAYER_PREDICTED_STD)
         finite = values[np.isfinite(values)]
         lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
         viewer.add_points(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
@@ -229,6 +230,13 @@ def require_obs(table: AnnData, key: str, where: str) -> None:
     raise KeyError(
         f"{where}: .obs[{key!r}] not found.{hint} Columns of .obs: {columns[:20]}{' ...' * (len(columns) > 20)}"
     )
+
+
+def gene_values(table: AnnData, gene: str, layer: str | None = None) -> np.ndarray:
+    """The ``(n_obs,)`` values of one gene of ``table`` (its ``.X``, or ``layer``), dense float64."""
+    column = table[:, gene]
+    x = column.X if layer is None else column.layers[layer]
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64).ravel()
 
 
 def require_obs_in_any(tables: Sequence[AnnData], key: str, names: Sequence[str]) -> None:

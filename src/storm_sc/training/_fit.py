@@ -30,9 +30,8 @@ from ._resume import (
     LAST,
     LOG_DIR,
     AtomicCheckpointIO,
-    EarlyStoppingWithNewPatience,
-    KeepsStopping,
     RandomStates,
+    ResumableEarlyStopping,
     RunDescription,
     check_same_data,
     check_same_run,
@@ -291,7 +290,6 @@ def fit(
         # epoch with everything the uninterrupted run had at that point.
         cbs += [
             RandomStates(),
-            KeepsStopping(),
             RunDescription(describe_run(model, opts, datasets)),
             ModelCheckpoint(
                 dirpath=checkpoint_folder(out_dir),
@@ -305,7 +303,7 @@ def fit(
     if val_loader is not None and opts.early_stopping_patience is not None:
         # not strict: a run cut short by max_steps before its first validation simply has nothing to compare
         cbs.append(
-            EarlyStoppingWithNewPatience(
+            ResumableEarlyStopping(
                 monitor=opts.monitor,
                 patience=opts.early_stopping_patience,
                 mode="min",

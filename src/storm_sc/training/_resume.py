@@ -56,11 +56,6 @@ RESUMABLE_CHANGES = frozenset(
 _SAME_DATA = ("name", "n_obs", "n_train", "n_val", "sha256")
 
 
-def run_checkpoint(out_dir: Path) -> Path:
-    """Path of the epoch-end run checkpoint of ``out_dir``."""
-    return out_dir / CHECKPOINT_DIR / LAST
-
-
 def checkpoint_folder(out_dir: Path) -> Path:
     """Where a run's checkpoints go: Lightning's SLURM pre-emption checkpoints (``hpc_ckpt_<n>.ckpt``) as well."""
     return out_dir / CHECKPOINT_DIR
@@ -348,41 +343,26 @@ class RandomStates(L.Callback):
             )
 
 
-class KeepsStopping(L.Callback):
-    """Records whether the run had decided to stop (early stopping), so that a resumed finished run does not go on.
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning's early stopping, for a resumed run: an early stop made stays made, a new patience is honoured.
 
-    Lightning's checkpoint does not hold ``trainer.should_stop``: a run killed between early stopping and writing its
-    model would otherwise train on when resumed, with a patience already spent.
+    Lightning's checkpoint does not hold ``trainer.should_stop``, so a run killed between stopping early and writing
+    its model would train on when resumed, its patience already spent; and Lightning restores the saved patience
+    over the one given to the resumed run.
     """
-
-    def __init__(self) -> None:
-        self._stop = False
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint["storm_sc_should_stop"] = bool(trainer.should_stop)
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._stop = bool(checkpoint.get("storm_sc_should_stop", False))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        early = trainer.early_stopping_callback
-        # a new patience resets the early stop (see EarlyStoppingWithNewPatience), and so does none (early stopping
-        # turned off): either way the user asked for more epochs
-        if self._stop and early is not None and early.stopped_epoch > 0:
-            trainer.should_stop = True
-
-
-class EarlyStoppingWithNewPatience(EarlyStopping):
-    """Lightning's early stopping, keeping the patience it is given when a run is resumed (Lightning restores it)."""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         patience = self.patience
         super().load_state_dict(state_dict)
         if patience != self.patience:
             # a new patience is a new decision: the epochs already waited count against it, a stop already made
-            # under the old one does not
+            # under the old one does not (and without early stopping on resume there is no stop to keep)
             self.stopped_epoch = 0
         self.patience = patience
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_epoch > 0:  # restored from a run that had stopped early
+            trainer.should_stop = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
