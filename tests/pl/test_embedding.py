@@ -83,6 +83,15 @@ def test_umap_coloured_by_a_gene_as_scanpy_does(slides):
     np.testing.assert_allclose(np.sort(_points(panel).get_array()), np.sort(expected))
 
 
+def test_umap_of_slides_whose_scale_is_unknown(slides):
+    # spatialdata.concatenate drops the recorded mpp: a UMAP needs no scale and must not ask for one
+    unscaled = [SpatialData(images=dict(s.images), shapes=dict(s.shapes), tables=dict(s.tables)) for s in slides]
+    with pytest.raises(ValueError, match="pass `mpp=`"):
+        st.io.resolve(unscaled[0])
+    fig = st.pl.embedding_umap(unscaled, n_neighbors=10, show=False)
+    assert len(_points(fig.axes[0]).get_offsets()) == sum(s["table"].n_obs for s in slides)
+
+
 def test_umap_errors(sdata, slides):
     bare = st.datasets.toy(n_obs=60, n_genes=10, n_domains=2, seed=0)
     with pytest.raises(KeyError, match="storm_embed"):

@@ -239,6 +239,10 @@ def anndata_slide_name(adata: AnnData) -> str:
     return _library(adata, None)[0] if isinstance(libs, dict) and libs else named_library(adata)
 
 
+# The name of a slide that records none (plots leave it out of their titles).
+UNNAMED_SLIDE = "slide"
+
+
 def named_library(adata: AnnData) -> str:
     """A positions-only AnnData's name: its one ``.obs["library_id"]`` (one section of a stack), else "slide".
 
@@ -251,7 +255,7 @@ def named_library(adata: AnnData) -> str:
     column = adata.obs.get("library_id")
     if column is not None and len(names := pd.unique(column.astype(str))) == 1:
         return str(names[0])
-    return "slide"
+    return UNNAMED_SLIDE
 
 
 def resolve_anndata(

@@ -15,9 +15,11 @@ from spatialdata import SpatialData
 
 from storm_sc._constants import LAYER_PREDICTED_STD, TABLE_PREDICTED
 from storm_sc.io import SpatialInput
+from storm_sc.io._anndata import UNNAMED_SLIDE
 
 from ._correlation import _pearson, measured_correlations, pair_expression
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
+from ._slides import table_and_name
 from ._tissue import (
     draw_background,
     draw_spots,
@@ -301,5 +303,8 @@ def gene_correlation(
     what = "all" if top is None or len(finite) <= top else f"top {len(shown)} of"
     n_nan = int(table["pearson_r"].isna().sum())
     constant = f"\n({n_nan} constant gene(s) without r)" if n_nan else ""
-    axis.set_title(f"{what} {len(finite)} genes{constant}", fontsize="medium")
+    _, name = table_and_name(data, table_key=table_key, predicted_key=predicted_key)
+    # A generic name says nothing in a title; a figure saved from a loop over slides needs the slide's.
+    slide = "" if name == UNNAMED_SLIDE else f"{name}: "
+    axis.set_title(f"{slide}{what} {len(finite)} genes{constant}", fontsize="medium")
     return finish(fig, save_path, show, own_figure=ax is None)

@@ -20,6 +20,7 @@ from storm_sc.io._resolve import (
     mpp_of_slide,
     mpp_per_object,
     several_slides_scale_hint,
+    slide_name,
 )
 from storm_sc.io._slides import (
     anndata_slides,
@@ -193,11 +194,12 @@ def measured_table(data: Data, *, table_key: str | None, predicted_key: str | No
 
 
 def table_and_name(data: Data, *, table_key: str | None, predicted_key: str | None) -> tuple[AnnData, str]:
-    """Return the measured table and the slide's name; an AnnData needs no positions for this."""
-    if isinstance(data, SpatialData):
-        slide = resolve_slide(data, table_key=table_key, predicted_key=predicted_key)
-        return slide.table, slide.library_id
+    """Return the measured table and the slide's name, without reading positions, image or scale."""
     table = measured_table(data, table_key=table_key, predicted_key=predicted_key)
+    if isinstance(data, SpatialData):
+        # The name needs no scale: a slide whose mpp is unknown (concatenated slides) still gets its title.
+        key = measured_table_key(data, table_key, predicted_key) or next(iter(data.tables))
+        return table, slide_name(data, table_key=key)
     libraries = table.uns.get("spatial")
     name = next(iter(libraries)) if isinstance(libraries, dict) and len(libraries) == 1 else named_library(table)
     return table, str(name)
