@@ -39,6 +39,10 @@ def test_umap_of_several_slides(slides):
     assert len(_points(axes[0]).get_offsets()) == sum(s["table"].n_obs for s in slides)
     labels = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert labels == ["toy (1)", "toy (2)"]
+    # slides are not coloured like domains: side by side, the same colours would read as a correspondence
+    slide_colors = {tuple(c[:3]) for c in _points(axes[1]).get_facecolor()}
+    domain_colors = {tuple(c[:3]) for c in _points(axes[0]).get_facecolor()}
+    assert len(slide_colors) == 2 and not slide_colors & domain_colors
 
 
 def test_umap_centred_per_slide_mixes_shifted_slides(slides):

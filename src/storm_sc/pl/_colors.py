@@ -43,6 +43,21 @@ def default_palette(n: int) -> list[str]:
     return [to_hex(default_102[i % len(default_102)]) for i in range(n)]
 
 
+def slide_palette(n: int) -> list[str]:
+    """Colours of ``n`` slides, apart from the domains' palette: side by side, equal colours would read as a match.
+
+    Examples
+    --------
+    >>> slide_palette(2)
+    ['#1b9e77', '#d95f02']
+    """
+    from matplotlib import colormaps
+
+    if n <= 8:
+        return [to_hex(c) for c in colormaps["Dark2"].colors[:n]]
+    return default_palette(20 + n)[20:]  # beyond the 20 colours the domains take first
+
+
 def stored_colors(table: AnnData, key: str, categories: Sequence[str]) -> dict[str, str] | None:
     """Category -> colour from ``table.uns[f"{key}_colors"]``, or ``None`` when absent or unusable."""
     colors = table.uns.get(f"{key}_colors")

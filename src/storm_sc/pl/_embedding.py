@@ -19,7 +19,7 @@ from storm_sc._settings import logger
 from storm_sc.pp._representation_graph import representation_neighbors
 from storm_sc.tl._domains import centre_each_slide
 
-from ._colors import categorical_column, category_colors, merged_categories, warn_if_clustered_apart
+from ._colors import categorical_column, category_colors, merged_categories, slide_palette, warn_if_clustered_apart
 from ._figure import check_flag, check_positive, check_save, finish, panel_axes
 from ._slides import gene_values, require_obs_in_any, require_obsm, slides_to_draw, table_and_name, unique_names
 
@@ -205,7 +205,10 @@ def embedding_umap(
         categories = merged_categories([*declared, order])
         tmp.obs[c] = pd.Categorical([None if pd.isna(v) else str(v) for v in tmp.obs[c]], categories=categories)
         present = [t for t in tables if c in t.obs]
-        tmp.uns[f"{c}_colors"] = list(category_colors(present, c, categories).values())
+        if c == slide_key and not present:
+            tmp.uns[f"{c}_colors"] = slide_palette(len(categories))
+        else:
+            tmp.uns[f"{c}_colors"] = list(category_colors(present, c, categories).values())
 
     fig, axes = panel_axes(len(colors), ax, ncols=ncols, panel_size=(panel_size * 1.3, panel_size))
     logger.info("UMAP of .obsm[%r] for %d observations in %d slide(s)", use_rep, n_total, len(tables))
