@@ -131,6 +131,25 @@ def test_default_genes_are_the_readouts(toy_sdata_factory, trained_model, caplog
     assert vocab[30] in caplog.text and vocab[0] not in caplog.text.split("head, which")[-1]
 
 
+def test_genes_predicted_zero_everywhere_are_warned_about(toy_sdata_factory, trained_model, caplog):
+    import copy
+
+    model = copy.deepcopy(trained_model)
+    readout = model.readout
+    column = int(np.flatnonzero(readout.gene_ids == model.vocabulary.symbols.index("gene_0001"))[0])
+    readout.intercept[column] = -1e6  # its linear prediction is negative everywhere: clipped to 0
+    sdata = toy_sdata_factory(seed=8)
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        result = st.tl.predict_expression(sdata, model, genes=["gene_0000", "gene_0001"], verbose=False)
+    assert (result[:, "gene_0001"].X == 0).all() and (result[:, "gene_0000"].X > 0).any()
+    assert "1 of 2 gene(s) are predicted 0 at every observation" in caplog.text
+    assert "['gene_0001']" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="storm_sc"):
+        st.tl.predict_expression(sdata, trained_model, genes=["gene_0000"], key_added="fine", verbose=False)
+    assert "predicted 0" not in caplog.text
+
+
 def _he_only(sdata):
     """The toy slide's H&E image alone, as an H&E-only slide arrives: no table, no spots."""
     import spatialdata as sd

@@ -251,6 +251,7 @@ def predict_expression(
         _prediction_table(item, slide, prediction, {**params, "in_training": seen[k]}, outside, net.vocabulary)
         for k, (item, slide, prediction) in enumerate(zip(items, slides, predictions, strict=True))
     ]
+    _warn_if_predicted_zero(results, slides)
     for item, tiled in zip(items, tiles, strict=True):
         if tiled is not None:
             add_tiles(item, tiled)
@@ -286,6 +287,26 @@ def _training_slides(net: StormModel, slides: list[SpatialInput]) -> list[str | 
             list(named.values()),
         )
     return seen
+
+
+def _warn_if_predicted_zero(results: list[AnnData], slides: list[SpatialInput]) -> None:
+    """Warn about genes predicted 0 at every observation of a slide: a map of them shows nothing, and says why."""
+    for result, slide in zip(results, slides, strict=True):
+        if result.n_obs == 0 or result.n_vars == 0:
+            continue
+        # Only the readout's clipped linear prediction reaches exactly 0 (the head's softplus never does).
+        zero = np.flatnonzero(~np.asarray(result.X != 0).any(axis=0))
+        if len(zero):
+            names = result.var_names[zero].tolist()
+            logger.warning(
+                "Slide %r: %d of %d gene(s) are predicted 0 at every observation (the readout's prediction is below "
+                "zero everywhere and clipped), e.g. %s: the model reads no expression of them from this H&E; do "
+                "not read their maps as measured absence.",
+                slide.library_id,
+                len(names),
+                result.n_vars,
+                names[:10],
+            )
 
 
 def _prediction_table(
