@@ -299,12 +299,12 @@ def _warn_if_predicted_zero(results: list[AnnData], slides: list[SpatialInput]) 
         if len(zero):
             names = result.var_names[zero].tolist()
             logger.warning(
-                "Slide %r: %d of %d gene(s) are predicted 0 at every observation (the readout's prediction is below "
+                "Slide %r: %s of %s gene(s) are predicted 0 at every observation (the readout's prediction is below "
                 "zero everywhere and clipped), e.g. %s: the model reads no expression of them from this H&E; do "
                 "not read their maps as measured absence.",
                 slide.library_id,
-                len(names),
-                result.n_vars,
+                f"{len(names):,}",
+                f"{result.n_vars:,}",
                 names[:10],
             )
 
