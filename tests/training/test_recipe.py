@@ -269,6 +269,17 @@ def test_cli_names_resume_for_an_interrupted_run(tmp_path):
             main(["pretrain", "--config", str(path), *resume])
 
 
+def test_a_requeued_recipe_says_once_that_it_resumes(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
+    path = _write(tmp_path, model="storm-tiny", datasets=[TOY], output_dir=str(out))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with caplog.at_level("INFO", logger="storm_sc"), pytest.raises(SystemExit, match="cannot be read"):
+        main(["pretrain", "--config", str(path)])
+    assert caplog.text.count("A requeued SLURM job: resuming") == 1
+
+
 def test_cli_an_interrupted_run_exits_non_zero_and_names_resume(tmp_path, monkeypatch, capsys):
     import storm_sc.training as training
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from storm_sc._settings import logger, messages_from_rank_zero
+from storm_sc._settings import logger, messages_from_rank_zero, quiet_loggers
 from storm_sc.models import StormConfig, StormModel, get_config
 
 from ._config import TrainingConfig, check_hardware
@@ -365,8 +365,10 @@ def run_recipe(
     from ._fit import MODEL_FILE, fit, pretrain
     from ._resume import checkpoint_to_resume
 
-    # the output folder first: a finished or interrupted run there is found before any slide is read
-    checkpoint_to_resume(recipe.output_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
+    # the output folder first: a finished or interrupted run there is found before any slide is read (quietly:
+    # fit checks it again and says it is resuming, once)
+    with quiet_loggers(logger.name):
+        checkpoint_to_resume(recipe.output_dir, resume=resume, overwrite=overwrite, model_file=MODEL_FILE)
     # here rather than in load_recipe: --dry-run checks a GPU cluster's recipe on a machine without one
     check_hardware(recipe.training)
     slides = [_slide(e) for e in recipe.datasets]
