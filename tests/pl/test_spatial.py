@@ -291,7 +291,17 @@ def test_domains_numbered_by_separate_calls_are_flagged_in_one_figure(slides, st
         st.pl.domains(slides, show=False)  # clustered together: one numbering
         assert not [r for r in storm_log.records if "separate storm_domains calls" in r.getMessage()]
         copies = [st.tl.storm_domains(s, n_domains=3, key_added="apart", copy=True) for s in slides]
-        st.pl.domains(copies, key="apart", show=False)
+        fig = st.pl.domains(copies, key="apart", image=False, show=False)
         st.pl.embedding_umap(copies, color="apart", show=False)
     flagged = [r.getMessage() for r in storm_log.records if "separate storm_domains calls" in r.getMessage()]
     assert len(flagged) == 2 and ".obs['apart'] of these slides comes from 2 separate" in flagged[0]
+    # numbered apart, one legend would pair unrelated domains: each panel has its own, from its own colours
+    axes = [a for a in fig.axes if a.get_visible()]
+    for ax, sdata in zip(axes, copies, strict=True):
+        table = sdata["table"]
+        legend = ax.get_legend()
+        assert legend is not None and legend.get_title().get_text() == "apart (this slide)"
+        assert [t.get_text() for t in legend.get_texts()] == list(table.obs["apart"].cat.categories)
+        colors = table.uns["apart_colors"]
+        expected = np.array([to_rgba(colors[c], 0.75) for c in table.obs["apart"].cat.codes])
+        np.testing.assert_allclose(_spots(ax).get_facecolor(), expected)

@@ -75,8 +75,8 @@ def stored_colors(table: AnnData, key: str, categories: Sequence[str]) -> dict[s
     return {str(cat): to_hex(c, keep_alpha=True) for cat, c in zip(categories, colors, strict=False)}
 
 
-def warn_if_clustered_apart(tables: Sequence[AnnData], key: str) -> None:
-    """Warn when ``key`` holds domains of several tables that separate ``storm_domains`` calls numbered.
+def warn_if_clustered_apart(tables: Sequence[AnnData], key: str) -> bool:
+    """Warn when ``key`` holds domains of several tables that separate ``storm_domains`` calls numbered; say so.
 
     One legend then shows domain ``2`` of one slide and domain ``2`` of another as the same thing, which they are
     only when the slides were clustered together (``st.tl.storm_domains([a, b], ...)``).
@@ -95,6 +95,7 @@ def warn_if_clustered_apart(tables: Sequence[AnnData], key: str) -> None:
             key,
             len(calls),
         )
+    return len(calls) > 1
 
 
 def merged_categories(orders: Sequence[Sequence[object]]) -> list[str]:

@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from spatialdata import SpatialData
 
 from storm_sc._constants import OBS_DOMAIN, TABLE_PREDICTED
+from storm_sc.io import SpatialInput
 from storm_sc.io._resolve import UnknownScaleError
 
 from ._colors import (
@@ -116,7 +117,9 @@ def domains(
     alpha
         Opacity of the observations (the tissue shows through below 1).
     legend
-        Draw a legend of the categories.
+        Draw a legend of the categories: one for all slides, or one per slide when separate
+        :func:`storm_sc.tl.storm_domains` calls numbered their domains (domain 2 of one is not domain 2 of the other;
+        a warning says so).
     title
         Panel title(s); default each slide's library id.
     ncols
@@ -175,27 +178,52 @@ def domains(
         if len(titles) != len(slides):
             raise ValueError(f"`title` must give one title per slide ({len(slides)}), got {len(titles)}.")
 
-    warn_if_clustered_apart([s.table for s in slides], key)
-    categories = merged_categories([lab.categories for lab in labels])
-    colors = category_colors([s.table for s in slides], key, categories)
     fig, axes = panel_axes(len(slides), ax, ncols=ncols, panel_size=(panel_size, panel_size))
-    for panel, slide, lab, panel_title in zip(axes, slides, labels, titles, strict=True):
-        diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
-        bounds = spot_bounds(slide.centers_um, diameter)
-        draw_background(panel, tissue_background(slide, bounds, image=image))
-        draw_spots(panel, slide, diameter, facecolors=rgba_of(lab, colors, alpha=alpha))
-        frame_axes(panel, bounds)
+    if warn_if_clustered_apart([s.table for s in slides], key):
+        # Numbered apart, domain 2 of one slide is not domain 2 of another: each slide its own colours and legend.
+        for panel, slide, lab in zip(axes, slides, labels, strict=True):
+            categories = [str(c) for c in lab.categories]
+            colors = category_colors([slide.table], key, categories)
+            _draw_slide(panel, slide, lab, colors, spot_size=spot_size, image=image, alpha=alpha)
+            if legend:
+                _legend(panel, categories, colors, pd.isna(lab).any(), title=f"{key} (this slide)")
+    else:
+        categories = merged_categories([lab.categories for lab in labels])
+        colors = category_colors([s.table for s in slides], key, categories)
+        for panel, slide, lab in zip(axes, slides, labels, strict=True):
+            _draw_slide(panel, slide, lab, colors, spot_size=spot_size, image=image, alpha=alpha)
+        if legend:
+            _legend(axes[-1], categories, colors, any(pd.isna(lab).any() for lab in labels), title=key)
+    for panel, panel_title in zip(axes, titles, strict=True):
         panel.set_title(panel_title)
-    if legend:
-        with_na = any(pd.isna(lab).any() for lab in labels)
-        handles = _legend_handles(categories, colors, with_na)
-        axes[-1].legend(
-            handles=handles,
-            title=key,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            frameon=False,
-            fontsize="small",
-            ncol=math.ceil(len(handles) / _LEGEND_ROWS),  # many domains (Leiden on cells) would run off the figure
-        )
     return finish(fig, save_path, show, own_figure=ax is None)
+
+
+def _draw_slide(
+    panel: Axes,
+    slide: SpatialInput,
+    labels: pd.Categorical,
+    colors: dict[str, str],
+    *,
+    spot_size: float | None,
+    image: bool,
+    alpha: float,
+) -> None:
+    diameter = spot_size if spot_size is not None else spot_diameter_um(slide)
+    bounds = spot_bounds(slide.centers_um, diameter)
+    draw_background(panel, tissue_background(slide, bounds, image=image))
+    draw_spots(panel, slide, diameter, facecolors=rgba_of(labels, colors, alpha=alpha))
+    frame_axes(panel, bounds)
+
+
+def _legend(panel: Axes, categories: Sequence[str], colors: dict[str, str], with_na: bool, *, title: str) -> None:
+    handles = _legend_handles(categories, colors, with_na)
+    panel.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        fontsize="small",
+        ncol=math.ceil(len(handles) / _LEGEND_ROWS),  # many domains (Leiden on cells) would run off the figure
+    )
