@@ -101,3 +101,40 @@ def keeps_global_random_state(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+# The golden-ratio increment of SplitMix64 (2**64 / phi): successive counters of one seed land far apart.
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic): a well-mixed 64-bit hash.
+
+    Examples
+    --------
+    >>> a = splitmix64(np.arange(3, dtype=np.uint64))
+    >>> a.dtype, len(set(a.tolist()))
+    (dtype('uint64'), 3)
+    """
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def counter_uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
+    """``(len(seeds), count)`` uniforms in ``[0, 1)``: positions ``start`` onwards of each seed's own stream.
+
+    Counter-based: a row's numbers depend on its seed and their position only, so rows drawn together in any
+    batch and any order get the same numbers.
+
+    Examples
+    --------
+    >>> seeds = np.array([7, 8], dtype=np.uint64)
+    >>> bool((counter_uniforms(seeds, 0, 3)[:, 1:] == counter_uniforms(seeds, 1, 2)).all())
+    True
+    """
+    counters = np.arange(start + 1, start + count + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+    bits = splitmix64(seeds[:, None] + counters[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53

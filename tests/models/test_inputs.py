@@ -77,6 +77,16 @@ def test_neighbours_tied_on_a_grid_do_not_follow_float_rounding():
     np.testing.assert_array_equal(region_neighbors(other, 400.0, 6), region_neighbors(grid, 400.0, 6))
 
 
+def test_thinned_region_pools_do_not_depend_on_the_row_order(rng):
+    # dense cells (~1,000 per region, over 8 x pool): pools are drawn from a thinned subset, which must be chosen
+    # by position; drawn by row, shuffling the table changed every cell's region embedding
+    xy = rng.uniform(0, 300, (3_000, 2))
+    pool = region_neighbors(xy, 100.0, 16)
+    perm = rng.permutation(len(xy))
+    shuffled = region_neighbors(xy[perm], 100.0, 16)
+    np.testing.assert_array_equal(np.where(shuffled >= 0, perm[shuffled], -1), pool[perm])
+
+
 def test_region_neighbours_cover_the_radius_sparsely(rng):
     xy = rng.uniform(0, 500, (300, 2))
     pool = region_neighbors(xy, 150.0, 10)

@@ -7,6 +7,8 @@ import logging
 import numpy as np
 from scipy.spatial import cKDTree
 
+from storm_sc._random import counter_uniforms, splitmix64
+
 # Observations whose radius queries are answered at once: bounds the temporary lists on dense cell data.
 _CHUNK = 4096
 # Regions typically holding more than this many times `pool` observations draw their pool from a thinned set.
@@ -103,11 +105,14 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
         return out
     tree = cKDTree(centers)
     candidates = np.arange(n)
-    probes = centers[np.linspace(0, n - 1, min(n, _PROBES)).round().astype(np.int64)]
+    # Probes and the thinned subset are chosen by position, never by row: reordering the table (or a stack of
+    # sections) must not change an observation's pool, hence its embedding.
+    by_position = np.lexsort((tie_y, tie_x))
+    probes = centers[by_position[np.linspace(0, n - 1, min(n, _PROBES)).round().astype(np.int64)]]
     reach = radius_um + 10.0**-_TIE_DECIMALS  # see the cut at the rounded radius below
     typical = float(np.median(tree.query_ball_point(probes, r=reach, return_length=True))) - 1.0
     if typical > _THIN_ABOVE * pool:
-        keep = np.random.default_rng(_THIN_SEED).random(n) < _THIN_ABOVE * pool / typical
+        keep = _position_uniforms(tie_x, tie_y) < _THIN_ABOVE * pool / typical
         candidates = np.flatnonzero(keep)
         tree = cKDTree(centers[candidates])
         logging.getLogger("storm_sc").debug(
@@ -132,6 +137,15 @@ def region_neighbors(centers_um: np.ndarray, radius_um: float, pool: int) -> np.
                 cols = cols[np.linspace(0, len(cols) - 1, pool).round().astype(np.int64)]
             out[i, : len(cols)] = cols
     return out
+
+
+def _position_uniforms(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One uniform in ``[0, 1)`` per observation from its rounded position alone (not its row), seeded."""
+    scale = 10.0**_TIE_DECIMALS
+    qx = np.round(x * scale).astype(np.int64).view(np.uint64)
+    qy = np.round(y * scale).astype(np.int64).view(np.uint64)
+    seeds = splitmix64(splitmix64(qx ^ np.uint64(_THIN_SEED)) ^ qy)
+    return counter_uniforms(seeds, 0, 1)[:, 0]
 
 
 def pick(pool_row: np.ndarray, k: int, rng: np.random.Generator | None) -> np.ndarray:

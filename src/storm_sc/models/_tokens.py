@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import sparse
 
+from storm_sc._random import GOLDEN, counter_uniforms, splitmix64
 from storm_sc.pp._expression import gene_moments
 
 # Seed of the draws at inference time, with the set of genes each observation detects (see content_seeds): its
@@ -24,8 +25,6 @@ _MIN_CANDIDATES = 768
 # Entries of the (rows x longest row) arrays that rank each row's top genes: a batch is ranked in groups of rows of
 # similar length within this budget, so one very long row does not pad every other one.
 _RANK_BUDGET = 1 << 21
-# The golden-ratio increment of SplitMix64: successive counters of one seed land far apart before mixing.
-_GOLDEN = 0x9E3779B97F4A7C15
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
@@ -81,10 +80,10 @@ def content_seeds(block: sparse.csr_matrix) -> np.ndarray:
     (True, False)
     """
     detected = np.asarray(block.data) != 0
-    hashed = np.where(detected, _splitmix64(block.indices.astype(np.uint64) ^ np.uint64(INFERENCE_SEED)), np.uint64(0))
+    hashed = np.where(detected, splitmix64(block.indices.astype(np.uint64) ^ np.uint64(INFERENCE_SEED)), np.uint64(0))
     # per-row sums as differences of one running sum (uint64 arithmetic wraps): a hash of the row's set of columns
     running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(hashed, dtype=np.uint64)])
-    return _splitmix64(running[block.indptr[1:]] - running[block.indptr[:-1]])
+    return splitmix64(running[block.indptr[1:]] - running[block.indptr[:-1]])
 
 
 def gene_tokens(
@@ -159,7 +158,7 @@ def gene_tokens(
     n_rest = max_genes - n_top
     if rng is None:
         seeds = _draw_seeds(content_seeds(block), draw)
-        stream = lambda subset, start, count: _uniforms(seeds[subset], start, count)  # noqa: E731
+        stream = lambda subset, start, count: counter_uniforms(seeds[subset], start, count)  # noqa: E731
     else:
         stream = lambda subset, start, count: rng.random((len(subset), count))  # noqa: E731
     rest_cols = _weighted_draws(stream, top_cols, n_top, n_rest, n_panel, weights)
@@ -323,27 +322,7 @@ def _lookup(block: sparse.csr_matrix, cols: np.ndarray) -> np.ndarray:
     return np.where(hit, block.data[pos], 0.0).astype(np.float32).reshape(cols.shape)
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic): a well-mixed 64-bit hash."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _uniforms(seeds: np.ndarray, start: int, count: int) -> np.ndarray:
-    """``(len(seeds), count)`` uniforms in ``[0, 1)``: positions ``start`` onwards of each seed's own stream.
-
-    Counter-based: a row's numbers depend on its seed and their position only, so rows drawn together in any
-    batch and any order get the same tokens.
-    """
-    counters = np.arange(start + 1, start + count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
-    bits = _splitmix64(seeds[:, None] + counters[None, :])
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
 def _draw_seeds(content: np.ndarray, draw: int) -> np.ndarray:
     """Seeds of one inference draw from the rows' :func:`content_seeds`."""
-    salt = _splitmix64(np.array([draw], dtype=np.uint64) + np.uint64(_GOLDEN))[0]
-    return _splitmix64(content ^ salt)
+    salt = splitmix64(np.array([draw], dtype=np.uint64) + np.uint64(GOLDEN))[0]
+    return splitmix64(content ^ salt)
