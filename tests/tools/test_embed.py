@@ -156,3 +156,23 @@ def test_a_refitted_readout_is_no_longer_the_release(toy_sdata_factory, trained_
     model.pretrained_name = "some-release"  # as from_pretrained sets it
     model.fit_expression_readout(toy_sdata_factory(seed=1))
     assert model.pretrained_name is None
+
+
+def test_adaptation_trains_on_every_observation_of_every_slide(toy_sdata_factory, trained_model, monkeypatch):
+    import storm_sc.models._model as model_module
+
+    seen = {}
+    fit = model_module.StormModel.fit
+
+    def spy(self, slides, **kwargs):
+        out = fit(self, slides, **kwargs)
+        seen.update(kwargs, history=self.manifest["run"]["history"])
+        return out
+
+    monkeypatch.setattr(model_module.StormModel, "fit", spy)
+    slides = [toy_sdata_factory(seed=s) for s in (5, 6)]
+    before = trained_model.weights_digest()
+    st.tl.storm_embed(slides, trained_model, adapt_epochs=2, verbose=False)
+    assert seen["val_fraction"] == 0.0  # two slides: one whole slide was held out for validation
+    assert len(seen["history"]) == 2 and not any(k.startswith("val") for k in seen["history"][-1])
+    assert trained_model.weights_digest() == before

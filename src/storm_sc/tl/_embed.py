@@ -133,8 +133,9 @@ def storm_embed(
 
     Optionally, the model first adapts to the user's own slides without labels (``adapt_epochs > 0``): the same
     self-supervised objectives as pretraining, run on a copy of the model for a few epochs, as GraphST, STAGATE and
-    Novae do. It helps when the slides differ from the pretraining corpus (tissue, platform, staining); the
-    adapted model is not returned and the given model is left unchanged.
+    Novae do, on every observation of the slides for all ``adapt_epochs`` epochs (nothing is held out: there are no
+    labels to validate against). It helps when the slides differ from the pretraining corpus (tissue, platform,
+    staining); the adapted model is not returned and the given model is left unchanged.
 
     Parameters
     ----------
@@ -307,7 +308,10 @@ def storm_embed(
         adapt_on = [TrainingSlide(slide, layer=layer, gene_symbols=gene_symbols) for slide in resolved]
         # the adapted copy only embeds: its expression readout is neither refitted (time) nor kept (stale)
         net.readout = None
-        net.fit(adapt_on, max_epochs=adapt_epochs, seed=random_state, expression_readout=False, verbose=verbose)
+        # every observation trains, for every epoch asked: without labels nothing is gained by holding tissue out,
+        # and validation with early stopping held out a whole slide of two, and could return the epoch-0 weights
+        net.fit(adapt_on, max_epochs=adapt_epochs, seed=random_state, val_fraction=0.0, expression_readout=False,
+                verbose=verbose)  # fmt: skip
 
     results = map_slides(
         embed_slide,
