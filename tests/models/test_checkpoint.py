@@ -161,6 +161,13 @@ def test_not_a_storm_checkpoint(tmp_path):
         StormModel.load(tmp_path / "missing.safetensors")
 
 
+def test_a_training_output_folder_is_refused_naming_its_model_file(saved):
+    run = saved.parent
+    for load in (StormModel.load, StormModel.from_pretrained):
+        with pytest.raises(CheckpointError, match=f"is a folder.*pass '{saved}'"):
+            load(run)
+
+
 def test_from_pretrained_local_path_and_missing_reference(saved, tiny_model, registry):
     assert StormModel.from_pretrained(saved).weights_digest() == tiny_model.weights_digest()
     assert StormModel.from_pretrained(str(saved)).weights_digest() == tiny_model.weights_digest()

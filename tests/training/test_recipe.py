@@ -85,6 +85,14 @@ def test_a_recipe_continues_training_a_registered_pretrained_model(tmp_path):
         load_recipe(_write(tmp_path, model={"checkpoint": "no-such-model"}, datasets=[TOY], output_dir="x"))
 
 
+def test_a_recipe_checkpoint_given_a_training_output_folder_names_its_model_file(tmp_path):
+    run = tmp_path / "run1"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"a trained model")
+    with pytest.raises(ValueError, match=f"is a folder.*pass '{run / 'model.safetensors'}'"):
+        load_recipe(_write(tmp_path, model={"checkpoint": str(run)}, datasets=[TOY], output_dir="x"))
+
+
 def test_cli_dry_run_and_a_real_run_from_a_zarr_path(tmp_path, capsys):
     sdata = st.datasets.toy(n_obs=120, n_genes=24, n_domains=3, seed=0)
     sdata.write(tmp_path / "slide.zarr")

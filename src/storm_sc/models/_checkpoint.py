@@ -277,10 +277,17 @@ def decode_json(path: Path | str, metadata: dict[str, str], key: str) -> Any:
 def _existing_file(path: str | Path) -> Path:
     path = with_checkpoint_suffix(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; a STORM checkpoint is a single {SUFFIX} file.")
+        raise CheckpointError(f"{path} is a folder; a STORM checkpoint is a single {SUFFIX} file{folder_hint(path)}.")
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     return path
+
+
+def folder_hint(folder: Path) -> str:
+    """``": pass '<folder>/model.safetensors'"`` where the folder holds one (a training run's output), else ``""``."""
+    # Named, not loaded in its place: the path a script keeps should be the file that was used, as save() requires.
+    model_file = folder / f"model{SUFFIX}"
+    return f": pass '{model_file}' (the model a training run writes there)" if model_file.is_file() else ""
 
 
 def with_checkpoint_suffix(path: str | Path) -> Path:

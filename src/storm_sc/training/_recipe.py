@@ -14,6 +14,7 @@ import yaml
 
 from storm_sc._settings import logger, messages_from_rank_zero, quiet_loggers
 from storm_sc.models import StormConfig, StormModel, get_config
+from storm_sc.models._checkpoint import SUFFIX, folder_hint
 
 from ._config import TrainingConfig, check_hardware
 from ._slides import TrainingSlide, check_val_groups, union_vocabulary
@@ -174,6 +175,11 @@ def _model_config(raw: dict[str, Any]) -> tuple[StormConfig, Path | None]:
     if checkpoint is not None and not checkpoint.is_file():
         checkpoint = _registered_checkpoint(str(spec["checkpoint"])) or checkpoint
     if checkpoint is not None:
+        if checkpoint.is_dir():
+            raise ValueError(
+                f"`model.checkpoint`: {checkpoint} is a folder; a STORM checkpoint is a single {SUFFIX} file"
+                f"{folder_hint(checkpoint)}."
+            )
         if not checkpoint.is_file():
             raise FileNotFoundError(
                 f"`model.checkpoint`: no file at {checkpoint}, and no pretrained model of that name (registered: "
