@@ -90,6 +90,14 @@ def test_logs_of_another_run_are_not_replaced(small_toy, tmp_path):
         pretrain(small_toy, output_dir=tmp_path, **RUN)
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(small_toy, tmp_path):
+    model_file = tmp_path / "model.safetensors"
+    model_file.write_bytes(b"a model")
+    for out in (model_file, model_file / "run"):
+        with pytest.raises(NotADirectoryError, match=f"{model_file} is a file. Pass a folder"):
+            pretrain(small_toy, output_dir=out, **RUN)
+
+
 def test_a_damaged_checkpoint_is_named(small_toy, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")

@@ -100,6 +100,13 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
         raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
     if out_dir is None:
         return None
+    # now, not when the model or first log is written after the slides are prepared (a bare "File exists")
+    blocking = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"`output_dir` {out_dir} cannot be a run folder: {blocking} is a file. Pass a folder, new or existing, "
+            f"for {model_file} and the logs."
+        )
     if (out_dir / model_file).exists() and not overwrite:
         raise FileExistsError(
             f"{out_dir / model_file} already exists; pass overwrite=True (--overwrite) or another output_dir."
