@@ -83,6 +83,15 @@ def test_overwrite_starts_again_and_never_resumes_a_stale_checkpoint(small_toy, 
         pretrain(small_toy, output_dir=out, resume=True, **RUN)
 
 
+@pytest.mark.parametrize("resume", [True, "auto"])
+def test_resume_and_overwrite_together_are_refused(small_toy, tmp_path, resume):
+    out = tmp_path / "run"
+    _interrupted(small_toy, out, epoch=1)
+    with pytest.raises(ValueError, match=f"`resume={resume!r}` continues.*`overwrite=True` replaces it; pass one"):
+        pretrain(small_toy, output_dir=out, resume=resume, overwrite=True, **RUN)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_logs_of_another_run_are_not_replaced(small_toy, tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "metrics.csv").write_text("epoch\n0\n")

@@ -172,7 +172,7 @@ def fit(
         ``None``: nothing is written (epoch losses stay in ``model.manifest["run"]["history"]``) and an
         interrupted run is lost.
     overwrite
-        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
+        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir`` (not with ``resume``).
     resume
         Continue the interrupted run saved in ``output_dir`` from its last checkpoint, with the same model, slides
         and settings. The weights, optimiser, schedule, early stopping, best epoch so far and random generators

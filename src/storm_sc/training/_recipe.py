@@ -351,7 +351,7 @@ def run_recipe(
     recipe
         From :func:`load_recipe`.
     overwrite
-        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir``.
+        Replace an existing ``model.safetensors``, logs or interrupted run in ``output_dir`` (not with ``resume``).
     resume
         Continue the run of this recipe that was interrupted; ``"auto"``: if there is one, else start it (see
         :func:`storm_sc.training.fit`).

@@ -89,13 +89,20 @@ def checkpoint_to_resume(out_dir: Path | None, *, resume: bool | str, overwrite:
     out_dir
         The run's folder (``None``: nothing is written, nothing can be resumed).
     resume, overwrite
-        As given to ``fit``: ``resume`` True, False or ``"auto"`` (resume an interrupted run if there is one).
+        As given to ``fit``: ``resume`` True, False or ``"auto"`` (resume an interrupted run if there is one);
+        not together with ``overwrite``.
         A requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) resumes as with ``"auto"`` unless ``overwrite``.
     model_file
         Name of the final model in ``out_dir``.
     """
     if resume not in (True, False, "auto"):
         raise ValueError(f"`resume` must be True, False or 'auto', got {resume!r}.")
+    if resume and overwrite:
+        # "auto" too: overwrite replaces an interrupted run, "auto" continues it; neither may quietly win
+        raise ValueError(
+            f"`resume={resume!r}` continues an interrupted run and `overwrite=True` replaces it; pass one of them "
+            "(storm-sc pretrain: --resume or --overwrite)."
+        )
     if resume is True and out_dir is None:
         raise ValueError("`resume=True` continues the run saved in an `output_dir`; pass the run's output_dir.")
     if out_dir is None:
