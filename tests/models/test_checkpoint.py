@@ -131,6 +131,9 @@ def test_incompatible_checkpoints_are_refused(saved, tmp_path, storm_log, monkey
     assert StormModel.load(newer).config == StormModel.load(saved).config
     monkeypatch.undo()
     storm_log.clear()
+    older = _rewrite(saved, tmp_path / "older.safetensors", storm_sc_version="0.0.1")  # a real release, not "none"
+    assert StormModel.load(older).config == StormModel.load(saved).config
+    assert "does not say which storm_sc wrote it" not in storm_log.text
     unversioned = _rewrite(saved, tmp_path / "unversioned.safetensors", storm_sc_version=None)
     assert StormModel.load(unversioned).config == StormModel.load(saved).config
     assert "does not say which storm_sc wrote it" in storm_log.text

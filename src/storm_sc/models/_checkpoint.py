@@ -298,9 +298,10 @@ def with_checkpoint_suffix(path: str | Path) -> Path:
     return path
 
 
-def _release(version: str) -> tuple[int, int]:
+def _release(version: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of a version string; ``None`` where it has none (0.0.x is a real release)."""
     match = re.match(r"^(\d+)\.(\d+)", version)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _check_storm(path: Path, metadata: dict[str, str]) -> None:
@@ -322,7 +323,8 @@ def check_compatible(path: Path, metadata: dict[str, str]) -> None:
             f"{path}: unreadable checkpoint format version {metadata.get('format_version')!r}."
         ) from err
     written_by = metadata.get("storm_sc_version", "unknown")
-    if _release(written_by) == (0, 0) and not written_by.endswith("+unknown"):
+    written, installed = _release(written_by), _release(__version__)
+    if written is None:
         # StormModel.save always records it: the header was made or edited by other means
         logger.warning(
             "%s does not say which storm_sc wrote it (storm_sc_version %r): it cannot be checked against this "
@@ -337,7 +339,7 @@ def check_compatible(path: Path, metadata: dict[str, str]) -> None:
             f"reads format {FORMAT_VERSION} and older. Upgrade storm_sc."
         )
     # a source tree run without installing has no version to compare (0.0.0+unknown): its code is whatever it is
-    if not __version__.endswith("+unknown") and _release(written_by) > _release(__version__):
+    if not __version__.endswith("+unknown") and None not in (written, installed) and written > installed:
         raise IncompatibleCheckpointError(
             f"{path} was written by storm_sc {written_by}, newer than the installed {__version__}; its architecture "
             "may rely on code this version lacks. Upgrade storm_sc."
