@@ -260,7 +260,8 @@ def test_genes_measured_by_ensembl_id_pair_with_predictions():
 
 def test_prediction_argument_errors_come_first(toy_sdata_factory, trained_model):
     sdata = toy_sdata_factory(seed=8)
-    for genes, match in (([], "empty list"), ([1, 2], "gene names"), ("", "gene names")):
+    default = r"None \(the default\) for the genes the model's expression readout covers"
+    for genes, match in (([], f"empty list.*{default}"), ([1, 2], f"gene names.*{default}"), ("", "gene names")):
         with pytest.raises((ValueError, TypeError), match=match):
             st.tl.predict_expression(sdata, trained_model, genes=genes)
     with pytest.raises(ValueError, match="batch_size"):

@@ -15,6 +15,12 @@ from storm_sc.pp import GeneVocabulary
 from storm_sc.pp._alignment import matched_columns, symbol_column
 from storm_sc.pp._vocabulary import ensembl_key, ensembl_species, is_ensembl, symbol_key
 
+# What genes=None predicts (StormModel._prediction_genes): the head is at chance where the readout is not.
+_DEFAULT_GENES = (
+    "None (the default) for the genes the model's expression readout covers (its whole vocabulary with "
+    "source='head' or without a readout)"
+)
+
 
 def check_genes(genes: Any) -> None:
     """Refuse a ``genes=`` that is not a gene name, a list of them or ``None``."""
@@ -26,11 +32,11 @@ def check_genes(genes: Any) -> None:
         names = list(genes) if isinstance(genes, Sequence | np.ndarray | pd.Index) else None
     if names is None or not all(isinstance(g, str) and g.strip() for g in names):
         raise TypeError(
-            f"`genes` must be a gene name or a list of gene names (symbols or Ensembl ids), or None for all the "
-            f"model's genes; got {genes!r}."
+            f"`genes` must be a gene name or a list of gene names (symbols or Ensembl ids), or {_DEFAULT_GENES}; "
+            f"got {genes!r}."
         )
     if not names:
-        raise ValueError("`genes` is an empty list; pass gene names, or None (the default) for all the model's genes.")
+        raise ValueError(f"`genes` is an empty list; pass gene names, or {_DEFAULT_GENES}.")
 
 
 def split_genes(genes: Sequence[str] | str | None, vocabulary: GeneVocabulary) -> tuple[list[str] | None, list[str]]:
