@@ -164,6 +164,14 @@ def test_errors_before_work(embedded, toy_sdata_factory):
     assert "d3" not in embedded["table"].obs and "d3" in copy["table"].obs
 
 
+def test_slides_sharing_a_name_are_numbered_in_messages():
+    first, second = (st.datasets.toy(n_obs=200, n_genes=40, n_domains=3, seed=0) for _ in range(2))
+    first["table"].obsm["X_storm"] = first["table"].X.toarray()
+    name = st.io.resolve(second).library_id
+    with pytest.raises(KeyError, match=rf"{name} \(2\): \.obsm\['X_storm'\] not found"):
+        st.tl.storm_domains([first, second], n_domains=3)
+
+
 def test_smoothing_operator_is_the_neighbour_mean_rule():
     from scipy import sparse
 

@@ -399,31 +399,34 @@ def storm_domains(
     fanout = SlideFanout(outputs, table_key, hint_stacked=library_key is None)
     targets = fanout.slides
 
+    from storm_sc.pl._slides import unique_names
+
     resolved: list[SpatialInput] = []
     for k, t in enumerate(targets):
         # Domains need positions and the embedding, not the image: do not let a missing or misplaced image stop them.
         with fanout.naming_scales(k):
-            slide = resolve(t, table_key=table_key, mpp=fanout.mpp_of(k, mpps), use_image=False)
+            resolved.append(resolve(t, table_key=table_key, mpp=fanout.mpp_of(k, mpps), use_image=False))
+    # two copies of one dataset share a name: numbered as the plots number them, so that a message says which one
+    for slide, name in zip(resolved, unique_names([s.library_id for s in resolved]), strict=True):
         table = slide.table
         if use_rep not in table.obsm:
             raise KeyError(
-                f"{slide.library_id}: .obsm[{use_rep!r}] not found; run st.tl.storm_embed first or pass `use_rep=` "
+                f"{name}: .obsm[{use_rep!r}] not found; run st.tl.storm_embed first or pass `use_rep=` "
                 f"(available: {sorted(table.obsm)})."
             )
         if library_key is not None and library_key not in table.obs:
-            raise KeyError(f"{slide.library_id}: `library_key` {library_key!r} is not a column of .obs.")
+            raise KeyError(f"{name}: `library_key` {library_key!r} is not a column of .obs.")
         library_codes(table, library_key)  # refuses missing slide names now, not in the spatial graph later
         rep = np.asarray(table.obsm[use_rep])
         if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number) or not np.isfinite(rep).all():
-            raise ValueError(f"{slide.library_id}: .obsm[{use_rep!r}] must be a finite 2-D array.")
+            raise ValueError(f"{name}: .obsm[{use_rep!r}] must be a finite 2-D array.")
         if expression_pcs and layer is not None and layer not in table.layers:
-            raise KeyError(f"{slide.library_id}: layer {layer!r} not found (layers: {sorted(table.layers)}).")
+            raise KeyError(f"{name}: layer {layer!r} not found (layers: {sorted(table.layers)}).")
         protected = structural_keys(table, "obs")
         if library_key is not None:
             protected[library_key] = "section names (`library_key`)"
-        check_key_free(table.obs, key_added, f"{slide.library_id}: .obs", overwrite=overwrite, protected=protected)
-        check_params_slot(table, f"{slide.library_id}: ")
-        resolved.append(slide)
+        check_key_free(table.obs, key_added, f"{name}: .obs", overwrite=overwrite, protected=protected)
+        check_params_slot(table, f"{name}: ")
     widths = [np.shape(s.table.obsm[use_rep])[1] for s in resolved]
     if len(set(widths)) > 1:
         raise ValueError(
