@@ -31,6 +31,18 @@ def test_several_tables_need_a_choice_listing_bins_and_cells(hd):
     assert fingerprint(hd) == before
 
 
+def test_prediction_tables_are_not_offered_as_measured_tables():
+    from storm_sc._constants import LAYER_PREDICTED_STD
+
+    sdata = visium_hd_sdata()
+    pred = sdata.tables["square_008um"].copy()
+    pred.layers[LAYER_PREDICTED_STD] = pred.X  # what marks a table of predict_expression's
+    sdata.tables["storm_predicted"] = pred
+    with pytest.raises(ValueError, match=r"table_key=.*\['square_002um', 'square_008um', 'square_016um'\]") as err:
+        st.io.resolve(sdata)
+    assert "storm_predicted" not in str(err.value)
+
+
 @pytest.mark.parametrize("bin_um", [2, 8, 16])
 def test_bin_size_sets_the_scale(hd, bin_um):
     key = f"square_{bin_um:03}um"

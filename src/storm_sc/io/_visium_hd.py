@@ -17,6 +17,7 @@ from storm_sc._settings import logger
 
 from ._adapter import PhysicalScale, PlatformAdapter, RegionLink, Slide
 from ._elements import affine_xy, linear_scale, observation_size, shared_coordinate_systems
+from ._slides import is_prediction
 from ._visium import finest_rgb_image
 
 _BIN_TABLE = re.compile(r"^square_(\d+)um$")
@@ -40,8 +41,10 @@ class VisiumHDAdapter(PlatformAdapter):
     def choose_table(self, sdata: SpatialData) -> str:
         if len(sdata.tables) == 1:
             return next(iter(sdata.tables))
-        bins = sorted(k for k in sdata.tables if bin_size_um(k) is not None)
-        others = sorted(k for k in sdata.tables if bin_size_um(k) is None)
+        # storm_sc's prediction tables annotate the same bins but measure nothing: not candidates
+        measured = [k for k, t in sdata.tables.items() if not is_prediction(t)] or list(sdata.tables)
+        bins = sorted(k for k in measured if bin_size_um(k) is not None)
+        others = sorted(k for k in measured if bin_size_um(k) is None)
         raise ValueError(
             f"This Visium HD data holds several tables; choose one with `table_key=`. Bin tables: {bins} "
             f"(8 um bins, 'square_008um', are closest to single cells); segmented-cell and other tables: {others}."

@@ -153,7 +153,8 @@ def measured_table_key(sdata: SpatialData, table_key: str | None, predicted_key:
     if len(others) == 1:
         return others[0]
     raise ValueError(
-        f"This SpatialData holds several tables {list(sdata.tables)}; pass `table_key=` naming the measured one."
+        f"This SpatialData holds several tables {others or list(sdata.tables)}; pass `table_key=` naming the measured "
+        "one."
     )
 
 
