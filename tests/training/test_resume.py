@@ -248,3 +248,23 @@ def test_resume_errors_say_what_differs(small_toy, tmp_path):
     fewer.tables["table"].obs_names = small_toy["table"].obs_names[:150]
     with pytest.raises(ValueError, match=r"slide .*n_obs 200 -> 150"):
         pretrain(fewer, output_dir=tmp_path / "run", resume=True, **RUN)
+
+
+def test_an_interrupted_fit_no_longer_calls_the_model_the_release(small_toy, storm_log):
+    # fit trains in place: in a notebook, a model interrupted mid-fit stays in use and must not pass for the release
+    # it was loaded as (its name is recorded with every result) nor keep a readout fitted to other weights
+    model = StormModel("storm-tiny", small_toy["table"].var_names, seed=0)
+    model.fit([small_toy], max_epochs=1, batch_size=32, seed=0, val_fraction=0.0, verbose=False)
+    assert model.readout is not None
+    model.pretrained_name = "storm-tiny-public-v5"  # as from_pretrained names a release
+    with pytest.raises(KeyboardInterrupt), storm_log.at_level("WARNING", logger="storm_sc"):
+        model.fit([small_toy], max_epochs=4, batch_size=32, seed=0, verbose=False, callbacks=[_Crash(2)])
+    assert model.pretrained_name is None and model.readout is None
+    assert model.manifest["interrupted_training"]["epochs_completed"] == 2
+    assert "weights are partly trained" in storm_log.text
+    assert not model.network.training
+    # interrupted before any step: the weights are the given ones and the model keeps its name
+    model.pretrained_name = "storm-tiny-public-v5"
+    with pytest.raises(KeyboardInterrupt):
+        model.fit([small_toy], max_epochs=4, batch_size=32, seed=0, verbose=False, callbacks=[_Crash(0)])
+    assert model.pretrained_name == "storm-tiny-public-v5"

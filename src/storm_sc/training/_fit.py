@@ -153,6 +153,9 @@ def fit(
     observations with either modality missing. Validation holds out whole slide groups (patients),
     and training stops early when the validation loss stops improving; the best weights are kept. Python's, NumPy's
     and torch's global generators are seeded for the run (``seed``) and given back as they were afterwards.
+    A run stopped partway (Ctrl+C, an error) leaves ``model`` partly trained: it then no longer carries the name of
+    the release it was loaded as, nor its expression readout, and ``model.manifest["interrupted_training"]`` says
+    so (with ``output_dir``, ``resume=True`` continues the run instead).
 
     Parameters
     ----------
@@ -366,7 +369,12 @@ def fit(
                 warnings.filterwarnings("ignore", message=".*Please add the following callbacks.*EarlyStopping.*")
             # Lightning's own use of an API torch deprecated: nothing a user of storm_sc can act on
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            _fit_interruptible(trainer, module, train_loader, val_loader, ckpt_path=resume_from)
+            try:
+                _fit_interruptible(trainer, module, train_loader, val_loader, ckpt_path=resume_from)
+            except BaseException:
+                if trainer.global_step > 0:  # an optimiser step was taken: the weights are no longer the given ones
+                    _mark_partly_trained(model, datasets, epochs=trainer.current_epoch)
+                raise
 
     best.restore(model.network)
     model.network.cpu().eval()
@@ -401,6 +409,26 @@ def fit(
         model.save(out_dir / MODEL_FILE, overwrite=overwrite, dtype=opts.checkpoint_dtype)
         clear_checkpoints(out_dir)
     return model
+
+
+def _mark_partly_trained(model: StormModel, datasets: list[dict[str, Any]], *, epochs: int) -> None:
+    """Say on ``model`` that a failed or interrupted ``fit`` changed its weights in place (as fit trains).
+
+    In a notebook the interrupted model stays in use: without this it still called itself the release it was
+    loaded as (its name recorded with every result), with the readout fitted to the weights it no longer has.
+    """
+    model.network.cpu().eval()
+    changed = model.pretrained_name is not None or model.readout is not None
+    model.manifest = {**model.manifest, "interrupted_training": {"datasets": datasets, "epochs_completed": epochs}}
+    model.pretrained_name = None
+    model.readout = None
+    if changed:
+        logger.warning(
+            "Training stopped after %d complete epoch(s): the model's weights are partly trained, so it is no longer "
+            "the release it was loaded as and its expression readout (fitted to the former weights) was dropped. "
+            "Load the model again to start over, or resume the run from its output_dir.",
+            epochs,
+        )
 
 
 def _fit_readout(
