@@ -176,3 +176,24 @@ def test_adaptation_trains_on_every_observation_of_every_slide(toy_sdata_factory
     assert seen["val_fraction"] == 0.0  # two slides: one whole slide was held out for validation
     assert len(seen["history"]) == 2 and not any(k.startswith("val") for k in seen["history"][-1])
     assert trained_model.weights_digest() == before
+
+
+def test_a_fine_tuned_model_keeps_its_lineage(toy_sdata_factory, trained_model, storm_log):
+    import copy
+
+    from storm_sc.tl._model_arg import model_name
+
+    base = copy.deepcopy(trained_model)
+    base.pretrained_name = "some-release"  # as from_pretrained names a release
+    base_digest = base.weights_digest()
+    tuned = copy.deepcopy(base)
+    tuned.fit([toy_sdata_factory(seed=21)], max_epochs=1, batch_size=16, val_fraction=0.0, seed=0, verbose=False)
+    parent = tuned.manifest["parent"]
+    assert parent["name"] == "some-release" and parent["weights_sha256"] == base_digest
+    assert [d["name"] for d in parent["datasets"]] == [d["name"] for d in trained_model.manifest["datasets"]]
+    assert model_name(tuned, tuned) == "storm-tiny (in-memory, fine-tuned from some-release)"
+    # the base's training slide is in-sample for the fine-tuned model too
+    with storm_log.at_level("WARNING", logger="storm_sc"):
+        result = st.tl.predict_expression(toy_sdata_factory(seed=11), tuned, genes=["gene_0000"], verbose=False)
+    assert "match the model's training slide(s)" in storm_log.text
+    assert result.uns["storm"]["predict_expression"]["weights_sha256"] == tuned.weights_digest()

@@ -41,7 +41,8 @@ def training_slide_matching(
     >>> training_slide_matching(manifest, np.zeros((3, 2)), library_id="C2") is None
     True
     """
-    entries = manifest.get("datasets", [])
+    # the slides a fine-tuned model's base was trained on are in-sample for it too
+    entries = [*manifest.get("datasets", []), *manifest.get("parent", {}).get("datasets", [])]
     if source is not None:
         for entry in entries:
             if entry.get("source") == source:
@@ -55,3 +56,27 @@ def training_slide_matching(
             if entry.get("library_id") == library_id and entry.get("n_obs") == len(centers_um):
                 return str(entry.get("name"))
     return None
+
+
+def trained_from(model: Any) -> dict[str, Any] | None:
+    """The lineage a model about to be trained keeps: its name, weights digest and every slide it learned from.
+
+    ``None`` for a model that never learned anything (fresh weights, no manifest). A fine-tuned release otherwise
+    forgot it was the release: results recorded only "(in-memory)", and its base's training slides were not
+    recognised as in-sample.
+
+    Examples
+    --------
+    >>> import storm_sc as st
+    >>> trained_from(st.models.StormModel("storm-tiny", ["A", "B"], seed=0)) is None
+    True
+    """
+    manifest = model.manifest or {}
+    if model.pretrained_name is None and not manifest.get("datasets"):
+        return None
+    parent = manifest.get("parent", {})
+    return {
+        "name": model.pretrained_name or parent.get("name"),
+        "weights_sha256": model.weights_digest(),
+        "datasets": [*manifest.get("datasets", []), *parent.get("datasets", [])],
+    }

@@ -300,6 +300,7 @@ def storm_embed(
             )
 
     net = net or get_model(model, verbose=verbose)
+    given_name = model_name(net, model)  # the model the user gave; `adapt_epochs` says it was adapted
     if adapt_epochs:
         net = _copy.deepcopy(net)
         logger.info("adapting %s to %d slide(s) for %d epoch(s) (self-supervised)", net, len(resolved), adapt_epochs)
@@ -330,6 +331,7 @@ def storm_embed(
     )
 
     # Results are written only once every slide has been embedded: a failure leaves all inputs untouched.
+    digest = net.weights_digest()  # of the weights that embedded (adapted ones included): results say which
     for target, tiled, slide, (embedding, used, seconds) in zip(targets, tiles, resolved, results, strict=True):
         slide.table.obsm[key_added] = embedding
         if tiled is not None:
@@ -339,7 +341,8 @@ def storm_embed(
             key_added,
             {
                 "tool": "storm_embed",
-                "model": model_name(net, model),
+                "model": given_name,
+                "weights_sha256": digest,
                 "architecture": net.config.name,
                 "modalities": used + ["spatial context"],
                 "modalities_requested": modalities,

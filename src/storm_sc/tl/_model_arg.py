@@ -29,4 +29,5 @@ def model_name(model: StormModel, given: Any) -> str:
         return str(given)
     if model.pretrained_name:  # from_pretrained, not trained since: the release it is
         return f"{model.pretrained_name} (in-memory, from_pretrained)"
-    return f"{model.config.name} (in-memory)"
+    base = (model.manifest or {}).get("parent", {}).get("name")
+    return f"{model.config.name} (in-memory" + (f", fine-tuned from {base})" if base else ")")

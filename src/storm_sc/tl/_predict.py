@@ -243,6 +243,7 @@ def predict_expression(
     params = {
         "tool": "predict_expression",
         "model": model_name(net, model),
+        "weights_sha256": net.weights_digest(),
         "architecture": net.config.name,
         "source": source,
         "library_key": library_key,

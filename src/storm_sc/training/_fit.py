@@ -20,6 +20,7 @@ from storm_sc._random import keeps_global_random_state
 from storm_sc._settings import logger, messages_from_rank_zero, quiet_loggers, settings
 from storm_sc.models import StormConfig, StormModel
 from storm_sc.models._inference import native_bf16
+from storm_sc.models._manifest import trained_from
 from storm_sc.models._programs import corpus_loadings
 from storm_sc.models._readout import readout_shortfall
 
@@ -246,6 +247,7 @@ def fit(
     prepared = prepare_slides(model, slides, cache_dir=cache_dir, num_workers=opts.num_workers, verbose=verbose)
     split_info = split(prepared, val_groups=opts.val_groups, val_fraction=opts.val_fraction, seed=opts.seed)
     datasets = [slide_manifest(p) for p in prepared]
+    parent = trained_from(model)  # before training changes the weights
     if resume_from is not None:
         check_same_data(description, datasets, resume_from)
     train_set = ContextDataset(prepared, TRAIN, model.config, opts, train=True)
@@ -381,6 +383,7 @@ def fit(
     readout = _fit_readout(model, prepared, opts, verbose, device=trainer.strategy.root_device)
     model.manifest = {
         **({"provenance": provenance} if provenance else {}),
+        **({"parent": parent} if parent else {}),
         "datasets": datasets,
         "split": split_info,
         "training": opts.to_dict(),
