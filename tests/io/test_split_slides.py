@@ -139,7 +139,7 @@ def test_split_slides_refuses_bad_input():
     images_only = sd.SpatialData(images=dict(st.datasets.toy(n_obs=20, n_genes=3, seed=0).images))
     with pytest.raises(ValueError, match="has no table"):
         st.io.split_slides(images_only)
-    with pytest.raises(ValueError, match="has no `.obsm\\['spatial'\\]`"):
+    with pytest.raises(ValueError, match="has no `.obsm\\['spatial'\\]`.*or in microns with `mpp=1`"):
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0)["table"])
     with pytest.raises(ValueError, match="No table 'nope'"):
         st.io.split_slides(st.datasets.toy(n_obs=20, n_genes=3, seed=0), table_key="nope")

@@ -226,7 +226,8 @@ def _positions_only(adata: AnnData, xy: np.ndarray, mpp: float | None, library_i
 def _require_positions(adata: AnnData) -> None:
     if _OBSM_KEY not in adata.obsm:
         raise ValueError(
-            "This AnnData has no `.obsm['spatial']` positions; it needs them in full-resolution pixels (x, y)."
+            "This AnnData has no `.obsm['spatial']` positions; it needs them (x, y) in full-resolution pixels, or in "
+            "microns with `mpp=1`."
             f"{_table_of_spatialdata_hint(adata)}"
         )
 
