@@ -125,10 +125,11 @@ def test_default_genes_are_the_readouts(toy_sdata_factory, trained_model, caplog
     head = st.tl.predict_expression(sdata, model, source="head", key_added="head", verbose=False)
     assert list(head.var_names) == vocab
     with caplog.at_level("WARNING", logger="storm_sc"):
-        mixed = st.tl.predict_expression(sdata, model, genes=[vocab[0], vocab[30]], key_added="mixed", verbose=False)
+        asked = [vocab[0], vocab[30].upper()]  # named in the warning as asked for, not as the vocabulary spells it
+        mixed = st.tl.predict_expression(sdata, model, genes=asked, key_added="mixed", verbose=False)
     assert list(mixed.var["prediction_source"]) == ["readout", "head"]
     assert "1 requested gene(s) are not covered by the model's expression readout" in caplog.text
-    assert vocab[30] in caplog.text and vocab[0] not in caplog.text.split("head, which")[-1]
+    assert f"'{asked[1]}'" in caplog.text and vocab[0] not in caplog.text.split("head, which")[-1]
 
 
 def test_genes_predicted_zero_everywhere_are_warned_about(toy_sdata_factory, trained_model, caplog):

@@ -216,7 +216,13 @@ def predict_expression(
         )
     ids, columns = net._prediction_genes(inside, source)
     if genes is not None and source == "auto" and net.readout is not None and (columns < 0).any():
-        from_head = [net.vocabulary.symbols[i] for i in ids[columns < 0]]
+        # as the user wrote them (XIST, an Ensembl id), not as the vocabulary spells them (Xist)
+        asked = {
+            net.vocabulary.index(name): name
+            for name in ([genes] if isinstance(genes, str) else list(genes))[::-1]
+            if name in net.vocabulary
+        }
+        from_head = [asked[i] for i in ids[columns < 0]]
         logger.warning(
             "%d requested gene(s) are not covered by the model's expression readout and come from the network's "
             "head, which predicts far less well (var['prediction_source'] == 'head'): %s%s",
