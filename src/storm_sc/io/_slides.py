@@ -12,7 +12,7 @@ split; the tools warn when such slides overlap (:func:`overlapping_regions`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -427,3 +427,22 @@ def split_slides(
 
         return {slide_name(sdata, table_key=table_key): sdata}
     return {part.name: slide_of(sdata, part) for part in parts}
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make names unique by numbering repeats (two toy slides are both called "toy"), as plots and messages say them.
+
+    Examples
+    --------
+    >>> unique_names(["toy", "C2", "toy"])
+    ['toy (1)', 'C2', 'toy (2)']
+    """
+    out = []
+    seen: dict[str, int] = {}
+    for name in names:
+        if list(names).count(name) > 1:
+            seen[name] = seen.get(name, 0) + 1
+            out.append(f"{name} ({seen[name]})")
+        else:
+            out.append(name)
+    return out

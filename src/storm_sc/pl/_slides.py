@@ -29,6 +29,7 @@ from storm_sc.io._slides import (
     hint_library_key,
     library_column,
     slide_of,
+    unique_names,
 )
 
 Data = SpatialData | AnnData
@@ -204,19 +205,6 @@ def table_and_name(data: Data, *, table_key: str | None, predicted_key: str | No
     libraries = table.uns.get("spatial")
     name = next(iter(libraries)) if isinstance(libraries, dict) and len(libraries) == 1 else named_library(table)
     return table, str(name)
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Make names unique by numbering repeats (two toy slides are both called "toy")."""
-    out = []
-    seen: dict[str, int] = {}
-    for name in names:
-        if list(names).count(name) > 1:
-            seen[name] = seen.get(name, 0) + 1
-            out.append(f"{name} ({seen[name]})")
-        else:
-            out.append(name)
-    return out
 
 
 def slide_names(slides: Sequence[SpatialInput]) -> list[str]:

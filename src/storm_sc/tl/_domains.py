@@ -18,6 +18,7 @@ from storm_sc._constants import OBS_DOMAIN, OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput, resolve
 from storm_sc.io._resolve import check_keys, mpp_per_object
+from storm_sc.io._slides import unique_names
 from storm_sc.pp import expression_components, spatial_graph
 from storm_sc.pp._alignment import shared_columns
 from storm_sc.pp._graph import grid_pitch, library_codes
@@ -398,8 +399,6 @@ def storm_domains(
     # the slides of a SpatialData holding several, as a list (stacked sections: see library_key)
     fanout = SlideFanout(outputs, table_key, hint_stacked=library_key is None)
     targets = fanout.slides
-
-    from storm_sc.pl._slides import unique_names
 
     resolved: list[SpatialInput] = []
     for k, t in enumerate(targets):
