@@ -296,3 +296,22 @@ def test_resolve_finds_loader_elements_and_scale(shared_data, loader, folder, mp
         assert resolved.mpp == pytest.approx(mpp, abs=0.05)
     array_xy = resolved.table.obs[["array_x", "array_y"]].to_numpy()
     assert _array_step_um(resolved.centers_um, array_xy) == pytest.approx(200, rel=0.05)
+
+
+def test_a_shifted_xenium_he_is_warned_about_by_the_tools(shared_data, storm_log):
+    from spatialdata.transformations import Translation, get_transformation, set_transformation
+
+    real_data("xenium_lung_he_ncbi858")
+    sdata = st.datasets.xenium_lung_he()
+    (image_key,) = sdata.images
+    cs = st.io.resolve(sdata).coordinate_system
+    with storm_log.at_level("WARNING", logger="storm_sc"):
+        st.tl.storm_embed(sdata, verbose=False)
+    assert "lie on tissue" not in storm_log.text
+    # 1.2 mm off: most cells still fall inside the image (no error), over glass or other tissue
+    moved = Translation([400, 0], axes=("x", "y"))
+    set_transformation(sdata.images[image_key], moved, to_coordinate_system=cs)
+    assert get_transformation(sdata.images[image_key], to_coordinate_system=cs) == moved
+    with storm_log.at_level("WARNING", logger="storm_sc"):
+        st.tl.storm_embed(sdata, key_added="moved", verbose=False)
+    assert "the H&E may not line up with the table" in storm_log.text

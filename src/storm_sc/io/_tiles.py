@@ -79,8 +79,8 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
         )
     width, height = image_size(element)
     step = tile_um / mpp
-    thumbnail, factor = _thumbnail(element)
-    tissue = detect_tissue(thumbnail, mpp=mpp * factor)
+    overview, factor = thumbnail(element)
+    tissue = detect_tissue(overview, mpp=mpp * factor)
 
     xs = np.arange(step / 2, width - step / 2 + 1e-9, step)
     ys = np.arange(step / 2, height - step / 2 + 1e-9, step)
@@ -118,16 +118,16 @@ def tile_observations(sdata: SpatialData, *, image_key: str | None, mpp: float |
     return tiles
 
 
-def _thumbnail(element: DataArray | DataTree) -> tuple[np.ndarray, float]:
-    """``(h, w, 3)`` uint8 overview of about ``_THUMBNAIL_SIDE`` pixels, and its full-resolution pixels per pixel.
+def thumbnail(element: DataArray | DataTree, side: int = _THUMBNAIL_SIDE) -> tuple[np.ndarray, float]:
+    """``(h, w, 3)`` uint8 overview of about ``side`` pixels, and its full-resolution pixels per pixel.
 
     Read from the coarsest stored pyramid level that is still at least that large: striding through the full
     resolution of a whole-slide image would read all of it.
     """
     stored = levels(element)
     full_width = max(int(level.sizes["x"]) for level in stored)
-    big_enough = [lv for lv in stored if max(lv.sizes["x"], lv.sizes["y"]) >= _THUMBNAIL_SIDE]
+    big_enough = [lv for lv in stored if max(lv.sizes["x"], lv.sizes["y"]) >= side]
     level = min(big_enough, key=lambda lv: lv.sizes["x"]) if big_enough else max(stored, key=lambda lv: lv.sizes["x"])
-    stride = max(1, math.ceil(max(level.sizes["x"], level.sizes["y"]) / _THUMBNAIL_SIDE))
+    stride = max(1, math.ceil(max(level.sizes["x"], level.sizes["y"]) / side))
     pixels = np.asarray(level.data[:3, ::stride, ::stride]).transpose(1, 2, 0)
     return np.ascontiguousarray(pixels, dtype=np.uint8), full_width / int(level.sizes["x"]) * stride

@@ -16,6 +16,7 @@ from storm_sc._checks import check_integer
 from storm_sc._constants import OBSM_EMBEDDING, TABLE_TILES
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._alignment import warn_if_misaligned
 from storm_sc.io._resolve import check_keys, mpp_per_object
 from storm_sc.io._slides import is_prediction
 from storm_sc.models import StormModel
@@ -260,6 +261,8 @@ def storm_embed(
                 mpp=fanout.mpp_of(k, mpps),
                 overwrite=overwrite,
             )
+        if want_image and tiled is None:  # tiles lie on the tissue by construction
+            warn_if_misaligned(slide)
         resolved.append(slide)
         tiles.append(tiled)
     for slide in resolved:

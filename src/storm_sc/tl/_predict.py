@@ -17,6 +17,7 @@ from storm_sc._checks import check_integer
 from storm_sc._constants import LAYER_PREDICTED_STD, OBSM_SPATIAL_UM, TABLE_PREDICTED, UNS_STORM
 from storm_sc._settings import logger
 from storm_sc.io import SpatialInput
+from storm_sc.io._alignment import warn_if_misaligned
 from storm_sc.io._elements import describe_images
 from storm_sc.io._resolve import check_keys, he_images, mpp_per_object
 from storm_sc.models import ExpressionPrediction, StormModel
@@ -80,7 +81,8 @@ def predict_expression(
     """Gene expression predicted from the H&E image and the positions alone, with a per-gene uncertainty.
 
     The measured expression is never read, even when the table has it: each observation's prediction comes from
-    its H&E patch and the patches of its spatial neighbours. Compare the result with the measurement to find
+    its H&E patch and the patches of its spatial neighbours. A warning says when far fewer observations lie on the
+    image's tissue than on an aligned slide (a shifted, flipped or swapped image, or another section's). Compare the result with the measurement to find
     where morphology explains expression, or apply the model to H&E-only slides.
 
     Parameters
@@ -200,6 +202,8 @@ def predict_expression(
                 f"Slide {slide.library_id!r} has no H&E image, and expression is predicted from H&E alone. "
                 + _no_image_hint(item)
             )
+        if tiled is None:  # tiles lie on the tissue by construction
+            warn_if_misaligned(slide)
         slides.append(slide)
     inside, outside = split_genes(genes, net.vocabulary)
     if genes is not None and not inside:
