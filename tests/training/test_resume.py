@@ -261,7 +261,7 @@ def test_an_interrupted_fit_no_longer_calls_the_model_the_release(small_toy, sto
         model.fit([small_toy], max_epochs=4, batch_size=32, seed=0, verbose=False, callbacks=[_Crash(2)])
     assert model.pretrained_name is None and model.readout is None
     assert model.manifest["interrupted_training"]["epochs_completed"] == 2
-    assert "weights are partly trained" in storm_log.text
+    assert "partly trained: it is no longer 'storm-tiny-public-v5' and its expression readout" in storm_log.text
     assert not model.network.training
     # interrupted before any step: the weights are the given ones and the model keeps its name
     model.pretrained_name = "storm-tiny-public-v5"

@@ -421,16 +421,19 @@ def _mark_partly_trained(model: StormModel, datasets: list[dict[str, Any]], *, e
     loaded as (its name recorded with every result), with the readout fitted to the weights it no longer has.
     """
     model.network.cpu().eval()
-    changed = model.pretrained_name is not None or model.readout is not None
+    dropped = [
+        *([f"it is no longer {model.pretrained_name!r}"] if model.pretrained_name is not None else []),
+        *(["its expression readout (fitted to the former weights) was dropped"] if model.readout is not None else []),
+    ]
     model.manifest = {**model.manifest, "interrupted_training": {"datasets": datasets, "epochs_completed": epochs}}
     model.pretrained_name = None
     model.readout = None
-    if changed:
+    if dropped:
         logger.warning(
-            "Training stopped after %d complete epoch(s): the model's weights are partly trained, so it is no longer "
-            "the release it was loaded as and its expression readout (fitted to the former weights) was dropped. "
-            "Load the model again to start over, or resume the run from its output_dir.",
+            "Training stopped after %d complete epoch(s) and the model's weights are partly trained: %s. Load the "
+            "model again to start over, or resume the run from its output_dir.",
             epochs,
+            " and ".join(dropped),
         )
 
 
