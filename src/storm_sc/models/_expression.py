@@ -122,8 +122,10 @@ class ExpressionEncoder(nn.Module):
         ``program`` holds ``(n, p)`` program ids, standardised values and validity (models with a program path).
         """
         # Project each distinct gene once rather than every token: batches repeat the same genes many times.
+        # Gathered by an embedding lookup, not by indexing: on CPU with several threads the backward of `x[inverse]`
+        # sums each gene's token gradients in parallel, in any order, and two runs of one seed trained apart.
         unique, inverse = torch.unique(gene_ids, return_inverse=True)
-        genes = self.gene_proj(self.gene_embedding(unique))[inverse]
+        genes = nn.functional.embedding(inverse, self.gene_proj(self.gene_embedding(unique)))
         tokens = genes * self.value_scale(values).unsqueeze(-1).to(genes.dtype)
         if self.mixer is not None:
             safe = valid.clone()

@@ -61,7 +61,10 @@ class GaussianGeneDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance for ``gene_ids``: ``(t,)`` shared by all rows -> ``(b, t)``; ``(b, t)`` -> ``(b, t)``."""
         mu_state, lv_state = self.state(x).chunk(2, dim=-1)
-        q_mu, q_lv = self.gene_query(gene_embedding[gene_ids]).chunk(2, dim=-1)
+        # Rows gathered by embedding lookups, not by indexing: on CPU with several threads the backward of
+        # `table[gene_ids]` sums repeated genes' gradients in parallel, in any order (see ExpressionEncoder).
+        embedding = nn.functional.embedding
+        q_mu, q_lv = self.gene_query(embedding(gene_ids, gene_embedding)).chunk(2, dim=-1)
         scale = 1.0 / math.sqrt(self.hidden)
         if gene_ids.ndim == 1:
             raw_mu = mu_state @ q_mu.T
@@ -69,8 +72,10 @@ class GaussianGeneDecoder(nn.Module):
         else:
             raw_mu = torch.einsum("bh,bth->bt", mu_state, q_mu)
             raw_lv = torch.einsum("bh,bth->bt", lv_state, q_lv)
-        mean = nn.functional.softplus(raw_mu * scale + self.mean_bias[gene_ids])
+        mean = nn.functional.softplus(raw_mu * scale + embedding(gene_ids, self.mean_bias[:, None])[..., 0])
         half = 0.5 * (self.logvar_max - self.logvar_min)
         mid = 0.5 * (self.logvar_max + self.logvar_min)
-        logvar = mid + half * torch.tanh((raw_lv * scale + self.logvar_bias[gene_ids]) / half)
+        logvar = mid + half * torch.tanh(
+            (raw_lv * scale + embedding(gene_ids, self.logvar_bias[:, None])[..., 0]) / half
+        )
         return mean, logvar

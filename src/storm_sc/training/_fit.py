@@ -180,7 +180,8 @@ def fit(
     resume
         Continue the interrupted run saved in ``output_dir`` from its last checkpoint, with the same model, slides
         and settings. The weights, optimiser, schedule, early stopping, best epoch so far and random generators
-        are restored: on one process, a run resumed from an epoch's end ends as the uninterrupted run would have.
+        are restored: on one process, a run resumed from an epoch's end ends as the uninterrupted run would have
+        (on the same hardware and number of CPU threads, which change the rounding).
         Only where and how long it runs may change (``max_epochs``, ``max_steps``, ``early_stopping_patience``,
         ``devices``, ``num_workers``, ...); a new run length or process count recomputes the learning-rate schedule
         from there on (warned). ``"auto"``: resume if there is an interrupted run, else start one (for job scripts
