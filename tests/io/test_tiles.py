@@ -16,11 +16,10 @@ def _slide(side: int, *, scale_factors=None, transformations=None):
     return sd.SpatialData(images={"he": image})
 
 
-def test_thumbnail_comes_from_the_coarsest_level_large_enough(monkeypatch):
-    monkeypatch.setattr(_tiles, "_THUMBNAIL_SIDE", 100)
-    pixels, factor = _tiles.thumbnail(_slide(400, scale_factors=[2, 2]).images["he"])
+def test_thumbnail_comes_from_the_coarsest_level_large_enough():
+    pixels, factor = _tiles.thumbnail(_slide(400, scale_factors=[2, 2]).images["he"], side=100)
     assert pixels.shape == (100, 100, 3) and factor == 4  # the 100 px level, not a stride through 400 px
-    pixels, factor = _tiles.thumbnail(_slide(400).images["he"])
+    pixels, factor = _tiles.thumbnail(_slide(400).images["he"], side=100)
     assert pixels.shape == (100, 100, 3) and factor == 4
 
 
